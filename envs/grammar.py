@@ -1,0 +1,91 @@
+"""The answer grammar shared by the games: turning a model's text into an action, and the
+G1 format / perception checks on that text. Everything here runs on the host, on strings.
+
+The original G1 parsers (vlm-gym-spec.md §3-§6) are reproduced exactly, with one deliberate
+fix: coordinates outside the board are invalid instead of aliasing onto other cells
+(spec §12 #4). All functions are linear in the length of the text, so adversarially long
+answers cannot stall a training step.
+"""
+
+from __future__ import annotations
+
+import re
+
+ANSWER_OPEN = "<answer>"
+ANSWER_CLOSE = "</answer>"
+TAGS = ("perception", "think", "answer")
+
+# G1's coordinate regex: `<answer>` immediately followed by "(r, c)" (one optional space after
+# the comma), optional whitespace, "(r, c)", immediately `</answer>`; first occurrence anywhere.
+_PAIR_RE = re.compile(r"<answer>\((\d+),\s?(\d+)\)\s*\((\d+),\s?(\d+)\)</answer>")
+_DIGITS_RE = re.compile(r"\d+")
+
+
+def first_answer_integer(text: str) -> int | None:
+    """G1's `<answer>.*?(\\d+).*?</answer>` (DOTALL) in linear time: the first digit run after
+    the first `<answer>`, provided some `</answer>` follows that run. ("Action 2" -> 2,
+    "-1" -> 1.) Later `<answer>` tags cannot change the result: any digit run they reach is
+    also reachable from the first one, and the first one reached wins."""
+    if not isinstance(text, str):
+        raise TypeError(f"answer text must be str, got {type(text).__name__}")
+    start = text.find(ANSWER_OPEN)
+    if start < 0:
+        return None
+    digits = _DIGITS_RE.search(text, start + len(ANSWER_OPEN))
+    if digits is None or text.find(ANSWER_CLOSE, digits.end()) < 0:
+        return None
+    # A pathological 10^6-digit run is still "an integer": only its size matters to callers.
+    run = digits.group()
+    return int(run) if len(run) <= 18 else 10**18
+
+
+def coordinate_answer(text: str) -> tuple[int, int, int, int] | None:
+    """The first strict `<answer>(r1, c1) (r2, c2)</answer>`; None when there is none."""
+    if not isinstance(text, str):
+        raise TypeError(f"answer text must be str, got {type(text).__name__}")
+    match = _PAIR_RE.search(text)
+    if match is None:
+        return None
+    return tuple(int(g) if len(g) <= 9 else 10**9 for g in match.groups())  # type: ignore[return-value]
+
+
+def encode_pair(r1, c1, r2, c2, size: int):
+    """Action id of a cell pair on a size x size board: base-`size` digits (r1, c1, r2, c2).
+    Works on Python ints and on jax/numpy arrays."""
+    return ((r1 * size + c1) * size + r2) * size + c2
+
+
+def decode_pair(action, size: int):
+    """Inverse of `encode_pair` for ids < size**4."""
+    c2 = action % size
+    r2 = (action // size) % size
+    c1 = (action // size**2) % size
+    r1 = action // size**3
+    return r1, c1, r2, c2
+
+
+def parse_pair_action(text: str, size: int, invalid_action: int) -> int:
+    """Coordinate answer -> action id; malformed or out-of-range answers -> `invalid_action`."""
+    pair = coordinate_answer(text)
+    if pair is None or any(v >= size for v in pair):
+        return invalid_action
+    return int(encode_pair(*pair, size))
+
+
+def format_ok(text: str, strict: bool = False) -> bool:
+    """G1's format reward condition. Lenient (the original): all six tags occur somewhere, in any
+    order and number. Strict: exactly one `<perception>...</perception>`, then one
+    `<think>...</think>`, then one `<answer>...</answer>`, in that order, nothing but whitespace
+    between and around the blocks."""
+    if not strict:
+        return all(f"<{t}>" in text and f"</{t}>" in text for t in TAGS)
+    for tag in TAGS:
+        if text.count(f"<{tag}>") != 1 or text.count(f"</{tag}>") != 1:
+            return False
+    pattern = r"\s*<perception>.*?</perception>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
+    return re.fullmatch(pattern, text, re.DOTALL) is not None
+
+
+def perception_ok(text: str, truth: str) -> bool:
+    """G1's perception reward condition: the exact ground-truth board text occurs verbatim."""
+    return truth in text

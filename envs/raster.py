@@ -1,0 +1,330 @@
+"""Raster primitives on the device, shared by every game's renderer.
+
+Shapes are signed distance fields (SDF, in pixels, negative inside) evaluated at pixel
+centres; `coverage(sdf)` turns one into an anti-aliased mask in [0, 1]. Text comes from a
+glyph atlas built once on the host from the font that ships with Pillow, then kept as a
+device constant; placing text is a gather into a small strip plus a dynamic slice, so a
+score that changes every step costs a few thousand pixels, not a full frame.
+
+Renderers use these two ways:
+  * at construction, to bake an atlas of every cell state (tile x value/colour/shape) as a
+    uint8 array (drawn once, jitted);
+  * per frame, to assemble the board by gathering atlas tiles (`grid_from_atlas`), paste it
+    into a static background (`paste`), and stamp dynamic text (`draw_text`).
+All functions are pure jnp code: jittable, vmappable, no host round trip while drawing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ---------------------------------------------------------------------------------------
+# Signed distance fields and masks
+# ---------------------------------------------------------------------------------------
+
+
+def pixel_centres(height: int, width: int):
+    """(ys [H, 1], xs [1, W]) float32 pixel-centre coordinates: pixel (i, j) covers
+    [j, j+1) x [i, i+1), so its centre is (j + 0.5, i + 0.5)."""
+    ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
+    xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
+    return ys, xs
+
+
+def coverage(sdf):
+    """Anti-aliased fill mask of a shape from its SDF: 1 inside, 0 outside, linear across the
+    one-pixel band at the edge (a box-filter approximation of exact area coverage)."""
+    return jnp.clip(0.5 - sdf, 0.0, 1.0)
+
+
+def outline(sdf, width: float):
+    """Mask of a stroke of `width` pixels centred on the shape's boundary."""
+    return coverage(jnp.abs(sdf) - 0.5 * width)
+
+
+def inner_outline(sdf, width: float):
+    """Stroke of `width` pixels lying just inside the boundary (pygame draws outlines this way)."""
+    return coverage(jnp.abs(sdf + 0.5 * width) - 0.5 * width)
+
+
+def sdf_box(ys, xs, x0, y0, x1, y1, radius=0.0):
+    """Axis-aligned rectangle [x0, x1] x [y0, y1], corners rounded by `radius`."""
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+    hx, hy = 0.5 * (x1 - x0) - radius, 0.5 * (y1 - y0) - radius
+    qx = jnp.abs(xs - cx) - hx
+    qy = jnp.abs(ys - cy) - hy
+    outside = jnp.sqrt(jnp.maximum(qx, 0.0) ** 2 + jnp.maximum(qy, 0.0) ** 2)
+    inside = jnp.minimum(jnp.maximum(qx, qy), 0.0)
+    return outside + inside - radius
+
+
+def sdf_ellipse(ys, xs, x0, y0, x1, y1):
+    """Ellipse inscribed in the box; the distance is scaled by the smaller semi-axis, which is
+    exact for circles and accurate to a fraction of a pixel at the edge of mild ellipses."""
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+    ax, ay = 0.5 * (x1 - x0), 0.5 * (y1 - y0)
+    r = jnp.sqrt(((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2)
+    return (r - 1.0) * jnp.minimum(ax, ay)
+
+
+def sdf_convex_polygon(ys, xs, vertices):
+    """Convex polygon given by vertices (list of (x, y), either winding): the largest signed
+    distance to the edge lines. Exact inside and along edges; underestimates only
+    diagonally beyond corners, which does not matter for a one-pixel coverage band."""
+    verts = [(jnp.float32(x), jnp.float32(y)) for x, y in vertices]
+    n = len(verts)
+    area2 = sum(verts[i][0] * verts[(i + 1) % n][1] - verts[(i + 1) % n][0] * verts[i][1] for i in range(n))
+    sign = jnp.where(area2 > 0, 1.0, -1.0)
+    dist = None
+    for i in range(n):
+        (ax, ay), (bx, by) = verts[i], verts[(i + 1) % n]
+        ex, ey = bx - ax, by - ay
+        length = jnp.sqrt(ex * ex + ey * ey)
+        # outward normal for counter-clockwise (in y-down coordinates: clockwise) winding
+        d = sign * ((xs - ax) * ey - (ys - ay) * ex) / length
+        dist = d if dist is None else jnp.maximum(dist, d)
+    return dist
+
+
+def sdf_segment(ys, xs, x0, y0, x1, y1, half_width):
+    """A thick line segment with flat-ish (round) caps."""
+    px, py = xs - x0, ys - y0
+    ex, ey = x1 - x0, y1 - y0
+    t = jnp.clip((px * ex + py * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+    return jnp.sqrt((px - t * ex) ** 2 + (py - t * ey) ** 2) - half_width
+
+
+def sdf_union(*sdfs):
+    return functools.reduce(jnp.minimum, sdfs)
+
+
+# The six tile shapes of the G1 matching games, drawn in a square box (x, y, size).
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
+# Shapes the G1 games outline in black (cross and the X-shaped "star" are not outlined).
+OUTLINED_SHAPES = frozenset({"circle", "square", "triangle", "diamond"})
+
+
+def shape_sdf(shape: str, ys, xs, x, y, size, bar=None):
+    """SDF of one of `SHAPES` in the box [x, x+size] x [y, y+size], with G1's geometry
+    (vlm-gym-spec.md §4): cross = two bars of width `bar` (8/60 of the box by default),
+    "star" = an X of two `bar`-wide diagonals."""
+    bar = size * 8.0 / 60.0 if bar is None else bar
+    x1, y1, cx, cy = x + size, y + size, x + 0.5 * size, y + 0.5 * size
+    if shape == "circle":
+        return sdf_ellipse(ys, xs, x, y, x1, y1)
+    if shape == "square":
+        return sdf_box(ys, xs, x, y, x1, y1)
+    if shape == "triangle":
+        return sdf_convex_polygon(ys, xs, [(cx, y), (x, y1), (x1, y1)])
+    if shape == "diamond":
+        return sdf_convex_polygon(ys, xs, [(cx, y), (x1, cy), (cx, y1), (x, cy)])
+    if shape == "cross":
+        return sdf_union(
+            sdf_box(ys, xs, x, cy - 0.5 * bar, x1, cy + 0.5 * bar),
+            sdf_box(ys, xs, cx - 0.5 * bar, y, cx + 0.5 * bar, y1),
+        )
+    if shape == "star":
+        return sdf_union(
+            sdf_segment(ys, xs, x, y, x1, y1, 0.5 * bar),
+            sdf_segment(ys, xs, x, y1, x1, y, 0.5 * bar),
+        )
+    raise ValueError(f"unknown shape {shape!r}; shapes: {SHAPES}")
+
+
+# ---------------------------------------------------------------------------------------
+# Compositing
+# ---------------------------------------------------------------------------------------
+
+
+def canvas(height: int, width: int, color) -> jax.Array:
+    """A float32 [H, W, 3] image filled with an RGB colour (0..255)."""
+    return jnp.broadcast_to(jnp.asarray(color, jnp.float32), (height, width, 3))
+
+
+def fill(image, mask, color):
+    """Alpha-composite a solid colour through a [H, W] mask onto a float [H, W, 3] image."""
+    m = mask[..., None]
+    return image * (1.0 - m) + jnp.asarray(color, jnp.float32) * m
+
+
+def to_uint8(image):
+    return jnp.clip(jnp.round(image), 0, 255).astype(jnp.uint8)
+
+
+def paste(image, patch, y: int, x: int):
+    """Paste `patch` at a static (y, x) offset."""
+    h, w = patch.shape[:2]
+    return image.at[y : y + h, x : x + w].set(patch.astype(image.dtype))
+
+
+def grid_from_atlas(atlas, ids):
+    """Assemble a board image by gathering one pre-drawn tile per cell.
+
+    atlas: [K, th, tw, C] tiles; ids: int [R, Cols] tile indices -> [R*th, Cols*tw, C].
+    A gather plus a transpose: the cost is one copy of the output, whatever K is."""
+    tiles = atlas[ids]  # [R, Cols, th, tw, C]
+    r, c, th, tw, ch = tiles.shape
+    return tiles.transpose(0, 2, 1, 3, 4).reshape(r * th, c * tw, ch)
+
+
+def resize(image, height: int, width: int, method: str = "linear"):
+    """Resize a [H, W, 3] image (any dtype) with anti-aliasing; returns the input dtype."""
+    out = jax.image.resize(
+        image.astype(jnp.float32), (height, width, image.shape[-1]), method=method, antialias=True
+    )
+    if image.dtype == jnp.uint8:
+        return to_uint8(out)
+    return out.astype(image.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------
+
+FIRST_CHAR, LAST_CHAR = 32, 126  # printable ASCII
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GlyphAtlas:
+    """Alpha masks of printable ASCII at one pixel size, from Pillow's bundled font.
+
+    alpha: float32 [n_chars, cell_h, cell_w] (device constant); advance: int32 [n_chars]
+    horizontal advance in pixels; `ascent`: baseline offset from the top of a cell."""
+
+    px: int
+    alpha: jax.Array
+    advance: jax.Array
+    advance_host: np.ndarray
+    cell_h: int
+    cell_w: int
+    ascent: int
+
+    def codes(self, text: str, length: int | None = None) -> np.ndarray:
+        """Host: string -> int32 glyph indices (unknown characters become '?'), padded with
+        -1 (blank) to `length`."""
+        idx = [ord(ch) - FIRST_CHAR if FIRST_CHAR <= ord(ch) <= LAST_CHAR else ord("?") - FIRST_CHAR for ch in text]
+        if length is not None:
+            if len(idx) > length:
+                raise ValueError(f"text {text!r} is longer than {length} characters")
+            idx += [-1] * (length - len(idx))
+        return np.asarray(idx, np.int32)
+
+    def text_width(self, text: str) -> int:
+        return int(sum(self.advance_host[c] for c in self.codes(text)))
+
+
+@functools.lru_cache(maxsize=None)
+def glyph_atlas(px: int, stroke: int = 0) -> GlyphAtlas:
+    """Build (once per size) the glyph atlas from Pillow's bundled FreeType font (Aileron).
+    `stroke` > 0 thickens strokes (a bold look) by that many pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if px < 4:
+        raise ValueError(f"font size {px} px is too small to be legible")
+    font = ImageFont.load_default(size=px)
+    ascent, descent = font.getmetrics()
+    chars = [chr(c) for c in range(FIRST_CHAR, LAST_CHAR + 1)]
+    advances = [int(round(font.getlength(ch))) + stroke for ch in chars]
+    cell_w = max(max(advances), max(font.getbbox(ch, stroke_width=stroke)[2] for ch in chars)) + stroke
+    cell_h = ascent + descent + 2 * stroke
+    alpha = np.zeros((len(chars), cell_h, cell_w), np.float32)
+    for i, ch in enumerate(chars):
+        img = Image.new("L", (cell_w, cell_h), 0)
+        ImageDraw.Draw(img).text((stroke, stroke), ch, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
+        alpha[i] = np.asarray(img, np.float32) / 255.0
+    return GlyphAtlas(
+        px=px,
+        alpha=jnp.asarray(alpha),
+        advance=jnp.asarray(advances, jnp.int32),
+        advance_host=np.asarray(advances, np.int32),
+        cell_h=cell_h,
+        cell_w=cell_w,
+        ascent=ascent + stroke,
+    )
+
+
+def number_codes(value, num_chars: int):
+    """Jittable: the decimal digits of a non-negative integer as glyph codes, most significant
+    first, left-aligned and padded with -1 (blank) to `num_chars`. Values with more digits
+    than fit show their lowest `num_chars` digits."""
+    value = jnp.maximum(jnp.asarray(value, jnp.int32), 0)
+    powers = jnp.asarray([10**k for k in range(num_chars - 1, -1, -1)], jnp.int32)
+    digits = (value // powers) % 10  # right-aligned, with leading zeros
+    n_digits = jnp.sum(value >= jnp.asarray([10**k for k in range(num_chars)], jnp.int32)).clip(1, num_chars)
+    shift = num_chars - n_digits
+    idx = jnp.arange(num_chars) + shift
+    left = jnp.where(idx < num_chars, digits[jnp.minimum(idx, num_chars - 1)], -1)
+    return jnp.where(left >= 0, left + (ord("0") - FIRST_CHAR), -1).astype(jnp.int32)
+
+
+def concat_codes(*parts):
+    """Join code arrays (static prefixes from `atlas.codes` and dynamic `number_codes`),
+    squeezing out -1 blanks so that the text reads continuously. Jittable; static length."""
+    codes = jnp.concatenate([jnp.asarray(p, jnp.int32) for p in parts])
+    keep = codes >= 0
+    order = jnp.argsort(~keep, stable=True)  # kept codes first, original order preserved
+    return jnp.where(jnp.sort(~keep), -1, codes[order])
+
+
+def text_strip(atlas: GlyphAtlas, codes, width: int):
+    """Alpha [cell_h, width] of `codes` laid out left to right with the font's advances,
+    plus the text's pixel width. Blank (-1) codes take no space."""
+    adv = jnp.where(codes >= 0, atlas.advance[jnp.maximum(codes, 0)], 0)
+    starts = jnp.cumsum(adv) - adv  # x of each glyph
+    xs = jnp.arange(width)
+    # which glyph covers column x: the last one starting at or before x
+    which = jnp.clip(jnp.searchsorted(starts, xs, side="right") - 1, 0, codes.shape[0] - 1)
+    local_x = xs - starts[which]
+    code = codes[which]
+    valid = (code >= 0) & (local_x < adv[which]) & (local_x < atlas.cell_w)
+    cols = atlas.alpha[jnp.maximum(code, 0), :, jnp.clip(local_x, 0, atlas.cell_w - 1)]  # [width, cell_h]
+    return jnp.where(valid[:, None], cols, 0.0).T, jnp.sum(adv)
+
+
+def draw_text(image, atlas: GlyphAtlas, codes, x, y, color, align: str = "left", max_width: int | None = None):
+    """Stamp text onto a float [H, W, 3] image. (x, y) is the top-left of the text box for
+    align="left" and its centre for align="center"; both may be traced values. Only a
+    [cell_h, max_width] window of the image is touched."""
+    codes = jnp.asarray(codes, jnp.int32)
+    max_width = int(max_width or codes.shape[0] * atlas.cell_w)
+    max_width = min(max_width, image.shape[1])
+    h = min(atlas.cell_h, image.shape[0])
+    alpha, text_w = text_strip(atlas, codes, max_width)
+    alpha = alpha[:h]
+    if align == "center":
+        x0 = jnp.round(x - 0.5 * text_w).astype(jnp.int32)
+        y0 = jnp.round(y - 0.5 * atlas.cell_h).astype(jnp.int32)
+    elif align == "left":
+        x0, y0 = jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)
+    else:
+        raise ValueError(f"align must be 'left' or 'center', got {align!r}")
+    # dynamic_slice clamps the window into the image; shift the strip by what was clamped
+    wy = jnp.clip(y0, 0, image.shape[0] - h)
+    wx = jnp.clip(x0, 0, image.shape[1] - max_width)
+    alpha = _shift2d(alpha, y0 - wy, x0 - wx)
+    window = jax.lax.dynamic_slice(image, (wy, wx, 0), (h, max_width, 3))
+    window = fill(window, alpha, color)
+    return jax.lax.dynamic_update_slice(image, window, (wy, wx, 0))
+
+
+def _shift2d(a, dy, dx):
+    """Shift a 2-D array by (dy, dx) pixels, filling with zeros (static shape)."""
+    h, w = a.shape
+    ys = jnp.arange(h)[:, None] - dy
+    xs = jnp.arange(w)[None, :] - dx
+    ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    return jnp.where(ok, a[jnp.clip(ys, 0, h - 1), jnp.clip(xs, 0, w - 1)], 0.0)
+
+
+def text_image(text: str, px: int, color=(0, 0, 0), background=(255, 255, 255), stroke: int = 0):
+    """Host convenience: a uint8 image of one line of static text (for baking into atlases)."""
+    atlas = glyph_atlas(px, stroke)
+    codes = atlas.codes(text)
+    width = max(1, atlas.text_width(text))
+    img = canvas(atlas.cell_h, width, background)
+    return to_uint8(draw_text(img, atlas, codes, 0, 0, color, max_width=width))
