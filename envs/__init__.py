@@ -1,0 +1,30 @@
+"""VLM-Gym games as pure JAX functions that draw their own observations.
+
+    import envs
+    env = envs.make("2048")                 # static config: board_size, image_size, ...
+    state = env.reset(key, env.default_params)
+"""
+
+import importlib
+
+from envs.core import ConfigError, Env, UnknownGameError, list_games, make, register, unbatch
+from envs.wrappers import auto_reset_step, parallel_step, warmup_state, warmup_states
+
+# Each game registers itself on import; one module per game.
+_GAME_MODULES = ("game2048",)
+for _module in _GAME_MODULES:
+    importlib.import_module(f"envs.{_module}")
+
+__all__ = [
+    "ConfigError",
+    "Env",
+    "UnknownGameError",
+    "auto_reset_step",
+    "list_games",
+    "make",
+    "parallel_step",
+    "register",
+    "unbatch",
+    "warmup_state",
+    "warmup_states",
+]
