@@ -87,6 +87,11 @@ def check_image_size(game: str, image_size) -> tuple[int, int]:
     return h, w
 
 
+def check_bool(game: str, option: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{game}: {option}={value!r} must be True or False")
+
+
 def check_choice(game: str, option: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{game}: {option}={value!r} is not supported; allowed: {list(allowed)}")

@@ -141,6 +141,16 @@ def shape_sdf(shape: str, ys, xs, x, y, size, bar=None):
 # ---------------------------------------------------------------------------------------
 
 
+def bake(draw) -> np.ndarray:
+    """Run a drawing function eagerly and keep the result as a host numpy array.
+
+    Atlases and backgrounds are drawn once and cached on the env; the first call may happen
+    while a jitted function is being traced, and a cached tracer would leak into later
+    traces. Evaluating at compile time and storing numpy avoids that."""
+    with jax.ensure_compile_time_eval():
+        return np.asarray(draw())
+
+
 def canvas(height: int, width: int, color) -> jax.Array:
     """A float32 [H, W, 3] image filled with an RGB colour (0..255)."""
     return jnp.broadcast_to(jnp.asarray(color, jnp.float32), (height, width, 3))
@@ -193,13 +203,13 @@ FIRST_CHAR, LAST_CHAR = 32, 126  # printable ASCII
 class GlyphAtlas:
     """Alpha masks of printable ASCII at one pixel size, from Pillow's bundled font.
 
-    alpha: float32 [n_chars, cell_h, cell_w] (device constant); advance: int32 [n_chars]
-    horizontal advance in pixels; `ascent`: baseline offset from the top of a cell."""
+    alpha: float32 [n_chars, cell_h, cell_w]; advance: int32 [n_chars] horizontal advance in
+    pixels; `ascent`: baseline offset from the top of a cell. Host numpy arrays (they become
+    XLA constants where used)."""
 
     px: int
-    alpha: jax.Array
-    advance: jax.Array
-    advance_host: np.ndarray
+    alpha: np.ndarray
+    advance: np.ndarray
     cell_h: int
     cell_w: int
     ascent: int
@@ -215,7 +225,7 @@ class GlyphAtlas:
         return np.asarray(idx, np.int32)
 
     def text_width(self, text: str) -> int:
-        return int(sum(self.advance_host[c] for c in self.codes(text)))
+        return int(sum(self.advance[c] for c in self.codes(text)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -239,9 +249,8 @@ def glyph_atlas(px: int, stroke: int = 0) -> GlyphAtlas:
         alpha[i] = np.asarray(img, np.float32) / 255.0
     return GlyphAtlas(
         px=px,
-        alpha=jnp.asarray(alpha),
-        advance=jnp.asarray(advances, jnp.int32),
-        advance_host=np.asarray(advances, np.int32),
+        alpha=alpha,
+        advance=np.asarray(advances, np.int32),
         cell_h=cell_h,
         cell_w=cell_w,
         ascent=ascent + stroke,
@@ -274,7 +283,8 @@ def concat_codes(*parts):
 def text_strip(atlas: GlyphAtlas, codes, width: int):
     """Alpha [cell_h, width] of `codes` laid out left to right with the font's advances,
     plus the text's pixel width. Blank (-1) codes take no space."""
-    adv = jnp.where(codes >= 0, atlas.advance[jnp.maximum(codes, 0)], 0)
+    glyphs, advance = jnp.asarray(atlas.alpha), jnp.asarray(atlas.advance)
+    adv = jnp.where(codes >= 0, advance[jnp.maximum(codes, 0)], 0)
     starts = jnp.cumsum(adv) - adv  # x of each glyph
     xs = jnp.arange(width)
     # which glyph covers column x: the last one starting at or before x
@@ -282,12 +292,12 @@ def text_strip(atlas: GlyphAtlas, codes, width: int):
     local_x = xs - starts[which]
     code = codes[which]
     valid = (code >= 0) & (local_x < adv[which]) & (local_x < atlas.cell_w)
-    cols = atlas.alpha[jnp.maximum(code, 0), :, jnp.clip(local_x, 0, atlas.cell_w - 1)]  # [width, cell_h]
+    cols = glyphs[jnp.maximum(code, 0), :, jnp.clip(local_x, 0, atlas.cell_w - 1)]  # [width, cell_h]
     return jnp.where(valid[:, None], cols, 0.0).T, jnp.sum(adv)
 
 
 def draw_text(image, atlas: GlyphAtlas, codes, x, y, color, align: str = "left", max_width: int | None = None):
-    """Stamp text onto a float [H, W, 3] image. (x, y) is the top-left of the text box for
+    """Stamp text onto a [H, W, 3] image (float 0..255 or uint8; the dtype is kept). (x, y) is the top-left of the text box for
     align="left" and its centre for align="center"; both may be traced values. Only a
     [cell_h, max_width] window of the image is touched."""
     codes = jnp.asarray(codes, jnp.int32)
@@ -308,8 +318,10 @@ def draw_text(image, atlas: GlyphAtlas, codes, x, y, color, align: str = "left",
     wx = jnp.clip(x0, 0, image.shape[1] - max_width)
     alpha = _shift2d(alpha, y0 - wy, x0 - wx)
     window = jax.lax.dynamic_slice(image, (wy, wx, 0), (h, max_width, 3))
-    window = fill(window, alpha, color)
-    return jax.lax.dynamic_update_slice(image, window, (wy, wx, 0))
+    window = fill(window.astype(jnp.float32), alpha, color)
+    if image.dtype == jnp.uint8:
+        window = to_uint8(window)
+    return jax.lax.dynamic_update_slice(image, window.astype(image.dtype), (wy, wx, 0))
 
 
 def _shift2d(a, dy, dx):
@@ -324,7 +336,5 @@ def _shift2d(a, dy, dx):
 def text_image(text: str, px: int, color=(0, 0, 0), background=(255, 255, 255), stroke: int = 0):
     """Host convenience: a uint8 image of one line of static text (for baking into atlases)."""
     atlas = glyph_atlas(px, stroke)
-    codes = atlas.codes(text)
     width = max(1, atlas.text_width(text))
-    img = canvas(atlas.cell_h, width, background)
-    return to_uint8(draw_text(img, atlas, codes, 0, 0, color, max_width=width))
+    return bake(lambda: to_uint8(draw_text(canvas(atlas.cell_h, width, background), atlas, atlas.codes(text), 0, 0, color, max_width=width)))

@@ -1,0 +1,350 @@
+"""2048, faithful to G1's game (vlm-gym-spec.md §3), as pure JAX functions.
+
+Board: int32 exponents [n, n] (0 empty, k -> tile 2^k). Actions: 0 up, 1 right, 2 down,
+3 left, 4 "still" (the action an unparsable answer maps to). A move compacts toward its
+direction, merges equal neighbours once from the leading edge, compacts again; if the board
+changed, a 2 (p 0.9) or 4 (p 0.1) spawns on a uniformly chosen empty cell. Raw reward: the
+merge score (sum of merged tile values), -1 for "still". Training reward: +1 if the move
+merged something, else -1. The game is over when no move changes the board.
+
+Speed: every direction is turned into "slide rows left" by a fixed cell permutation, and a
+row slide is one gather from a lookup table of all rows (n <= 4; 18^4 rows) or an unrolled
+branch-free pass (larger boards). Spawning uses one uniform draw per decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from envs import raster
+from envs.core import ConfigError, Env, check_bool, check_image_size, check_range, register
+from envs.grammar import first_answer_integer
+
+UP, RIGHT, DOWN, LEFT, STILL = 0, 1, 2, 3, 4
+
+PROMPT = (
+    "You are now playing the 2048 game. 2048 is a sliding tile puzzle game where you combine numbered tiles "
+    "to create a tile with the value 2048.\n\nRule:\nOnly Tiles with the SAME number merge when they collide. "
+    "After each move, a new tile (2 or 4) appears randomly on the board. The game ends when there are no more "
+    "valid moves.\n\nAvailable actions:\n- (0): Up (slide all tiles upward)\n- (1): Right (slide all tiles to "
+    "the right)\n- (2): Down (slide all tiles downward)\n- (3): Left (slide all tiles to the left)\nWhat action "
+    "should you take to achieve the highest score and reach the 2048 tile?\n\nFirst describe the board in "
+    "<perception></perception>.Then output your thinking process in <think></think> and final action number "
+    "in <answer></answer>."
+)
+
+# Original look (pygame, 400 x 460 canvas): colours by tile value.
+BACKGROUND = (250, 248, 238)
+BOARD_COLOR = (186, 172, 160)
+EMPTY_COLOR = (204, 193, 178)
+TILE_COLORS = {
+    2: (238, 228, 218), 4: (237, 224, 200), 8: (242, 177, 121), 16: (245, 149, 99),
+    32: (246, 124, 95), 64: (246, 94, 59), 128: (237, 207, 114), 256: (237, 204, 97),
+    512: (237, 200, 80), 1024: (237, 197, 63), 2048: (237, 194, 46),
+}
+BIG_TILE_COLOR = (60, 58, 50)  # 4096 and above
+DARK_TEXT, LIGHT_TEXT = (119, 110, 101), (249, 246, 242)
+LABEL_COLOR = (119, 110, 101)
+SCORE_DIGITS = 9
+LUT_MAX_SIZE = 4  # 18^4 rows = 105k entries; 18^5 would be 1.9M (too big to be worth it)
+
+
+@struct.dataclass
+class State:
+    board: jax.Array  # int32 [n, n] exponents, 0 = empty
+    score: jax.Array  # int32 total merge score of the episode
+    steps: jax.Array  # int32 actions taken
+    illegal_count: jax.Array  # int32 moves that did not change the board
+    done: jax.Array  # bool: no move changes the board
+
+
+@struct.dataclass
+class Params:
+    spawn_four_prob: float = 0.1  # probability that a spawned tile is a 4 (else a 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Row slide: the whole rule set lives here
+# ---------------------------------------------------------------------------------------
+
+
+def slide_rows_left(rows):
+    """Slide int [..., n] rows of exponents left: compact, merge equal neighbours once
+    (leading edge first), compact. Returns (new rows, merge score per row). Branch-free,
+    unrolled over the (static, small) row length."""
+    n = rows.shape[-1]
+    rows = _compact_left(rows)
+    out = []
+    score = jnp.zeros(rows.shape[:-1], jnp.int32)
+    merged_prev = jnp.zeros(rows.shape[:-1], bool)  # did cell i-1 absorb cell i?
+    for i in range(n):
+        cur = jnp.where(merged_prev, 0, rows[..., i])
+        if i + 1 < n:
+            merge = (cur != 0) & (cur == rows[..., i + 1])
+        else:
+            merge = jnp.zeros_like(merged_prev)
+        cur = jnp.where(merge, cur + 1, cur)
+        score = score + jnp.where(merge, jnp.left_shift(1, cur), 0)
+        out.append(cur)
+        merged_prev = merge
+    return _compact_left(jnp.stack(out, -1)), score
+
+
+def _compact_left(rows):
+    """Move non-zero cells left, keeping their order (stable sort on emptiness)."""
+    order = jnp.argsort(rows == 0, axis=-1, stable=True)
+    return jnp.take_along_axis(rows, order, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _row_table(n: int, base: int):
+    """Lookup table over every row of n exponents < base: (moved row as packed base-`base`
+    index, score). Built once per board size by running `slide_rows_left` on all rows."""
+    codes = np.arange(base**n, dtype=np.int64)
+    rows = np.stack([(codes // base**i) % base for i in range(n)], -1).astype(np.int32)
+    with jax.ensure_compile_time_eval():  # may be first called while tracing a step
+        moved, score = jax.jit(slide_rows_left)(jnp.asarray(rows))
+    # two maximal tiles cannot both exist on a real board; clipping keeps those rows in range
+    moved = np.minimum(np.asarray(moved), base - 1)
+    packed = (moved * base ** np.arange(n)).sum(-1)
+    return np.asarray(packed, np.int32), np.asarray(score, np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _direction_permutations(n: int):
+    """perm[a] lists the board's flat cell indices so that reading the board through it gives
+    rows that slide *left* for action a; the same table scatters results back."""
+    idx = np.arange(n * n).reshape(n, n)
+    views = {
+        UP: idx.T,  # columns, top first
+        RIGHT: idx[:, ::-1],  # rows, right first
+        DOWN: idx[::-1, :].T,  # columns, bottom first
+        LEFT: idx,  # rows, left first
+    }
+    return np.stack([views[a].reshape(-1) for a in range(4)]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# The game
+# ---------------------------------------------------------------------------------------
+
+
+@register("2048")
+@dataclasses.dataclass(frozen=True, repr=False)
+class Game2048(Env):
+    """G1's 2048. Static config: board_size (3..8), image_size (H, W) multiples of 28,
+    coordinate_labels (draw row/column indices; off like the original)."""
+
+    name = "2048"
+    board_size: int = 4
+    image_size: tuple = (448, 392)
+    coordinate_labels: bool = False
+
+    def __post_init__(self):
+        check_range(self.name, "board_size", self.board_size, 3, 8)
+        object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
+        check_bool(self.name, "coordinate_labels", self.coordinate_labels)
+        if min(self.image_size) < 112:
+            raise ConfigError(f"2048: image_size {self.image_size} is too small to draw legible numbers; use >= 112")
+
+    # --- static facts ------------------------------------------------------------------
+    @property
+    def num_actions(self) -> int:
+        return 5
+
+    @property
+    def invalid_action(self) -> int:
+        return STILL
+
+    @property
+    def default_params(self) -> Params:
+        return Params()
+
+    @property
+    def prompt(self) -> str:
+        return PROMPT
+
+    @property
+    def max_exponent(self) -> int:
+        """Largest reachable exponent: n*n cells can hold at most 2^(n*n+1)."""
+        return self.board_size * self.board_size + 1
+
+    # --- rules ---------------------------------------------------------------------------
+    def _slide(self, board, action):
+        """Board after sliding in direction `action` (0..3), and the merge score."""
+        n = self.board_size
+        perm = jnp.asarray(_direction_permutations(n))[action]
+        rows = board.reshape(-1)[perm].reshape(n, n)
+        if n <= LUT_MAX_SIZE:
+            base = self.max_exponent + 1
+            index = (rows * base ** jnp.arange(n)).sum(-1)
+            packed, score = (jnp.asarray(t) for t in _row_table(n, base))  # numpy -> XLA constant
+            packed, score = packed[index], score[index]
+            moved = (packed[:, None] // base ** jnp.arange(n)) % base
+        else:
+            moved, score = slide_rows_left(rows)
+        new = jnp.zeros(n * n, board.dtype).at[perm].set(moved.reshape(-1).astype(board.dtype))
+        return new.reshape(n, n), score.sum()
+
+    def _all_slides(self, board):
+        return jax.vmap(lambda a: self._slide(board, a))(jnp.arange(4))
+
+    def _spawn(self, key, board, params):
+        """Put a 2 (exponent 1) or, with spawn_four_prob, a 4 on a uniformly chosen empty cell."""
+        u_cell, u_value = jax.random.uniform(key, (2,))
+        flat = board.reshape(-1)
+        empty = flat == 0
+        k = jnp.floor(u_cell * empty.sum()).astype(jnp.int32)  # k-th empty cell, row-major
+        target = jnp.argmax(empty & (jnp.cumsum(empty) == k + 1))
+        value = jnp.where(u_value < params.spawn_four_prob, 2, 1).astype(board.dtype)
+        flat = jnp.where(empty.any(), flat.at[target].set(value), flat)
+        return flat.reshape(board.shape)
+
+    def _game_over(self, board):
+        horizontal = (board[:, 1:] == board[:, :-1]).any()
+        vertical = (board[1:, :] == board[:-1, :]).any()
+        return ~((board == 0).any() | horizontal | vertical)
+
+    def reset(self, key, params=None):
+        params = self.default_params if params is None else params
+        k1, k2 = jax.random.split(key)
+        board = jnp.zeros((self.board_size, self.board_size), jnp.int32)
+        board = self._spawn(k2, self._spawn(k1, board, params), params)
+        zero = jnp.int32(0)
+        return State(board=board, score=zero, steps=zero, illegal_count=zero, done=jnp.bool_(False))
+
+    def step(self, key, state, action, params=None):
+        params = self.default_params if params is None else params
+        action = jnp.asarray(action, jnp.int32)
+        is_move = (action >= 0) & (action < 4)
+        moved, score = self._slide(state.board, jnp.clip(action, 0, 3))
+        changed = is_move & (moved != state.board).any()
+        board = jnp.where(changed, self._spawn(key, moved, params), state.board)
+        score = jnp.where(changed, score, 0)
+        raw = jnp.where(is_move, score, -1).astype(jnp.float32)
+        new_state = State(
+            board=board,
+            score=state.score + score,
+            steps=state.steps + 1,
+            illegal_count=state.illegal_count + (is_move & ~changed),
+            done=self._game_over(board),
+        )
+        reward = jnp.where(raw > 0, 1.0, -1.0)
+        return new_state, reward, new_state.done, {"raw_reward": raw, "legal": changed}
+
+    def valid_actions(self, state, params=None):
+        moved, _ = self._all_slides(state.board)
+        changed = (moved != state.board[None]).reshape(4, -1).any(-1)
+        return jnp.concatenate([changed, jnp.zeros(1, bool)])
+
+    # --- rendering -----------------------------------------------------------------------
+    @functools.cached_property
+    def _layout(self):
+        """Pixel layout of the original 400 x 460 canvas, uniformly scaled into image_size and
+        centred. All numbers are static Python ints."""
+        h, w = self.image_size
+        n = self.board_size
+        s = min(w / 400.0, h / 460.0)
+        ox, oy = (w - 400 * s) / 2, (h - 460 * s) / 2
+        pitch = max(2, int(round((360 - 10) // n * s)))
+        gap = max(1, int(round(10 * s)))
+        board_x, board_y = int(round(ox + 20 * s)), int(round(oy + 20 * s))
+        return dict(
+            scale=s, ox=ox, oy=oy, pitch=pitch, gap=gap, tile=pitch - gap,
+            board_x=board_x, board_y=board_y, board_px=int(round(360 * s)),
+            strip_y=int(round(oy + 400 * s)), strip_h=int(round(60 * s)),
+        )
+
+    @functools.cached_property
+    def _tile_atlas(self) -> np.ndarray:
+        """uint8 [max_exp + 1, pitch, pitch, 3]: every cell state drawn once: a rounded tile in
+        its colour with its number centred, on the board colour (the gap right and below)."""
+        return raster.bake(lambda: jnp.stack([self._draw_tile(e) for e in range(self.max_exponent + 1)]))
+
+    def _draw_tile(self, exponent: int):
+        L = self._layout
+        p, t = L["pitch"], L["tile"]
+        ys, xs = raster.pixel_centres(p, p)
+        value = 2**exponent
+        color = EMPTY_COLOR if exponent == 0 else TILE_COLORS.get(value, BIG_TILE_COLOR)
+        img = raster.fill(raster.canvas(p, p, BOARD_COLOR), raster.coverage(raster.sdf_box(ys, xs, 0, 0, t, t, 4 * L["scale"])), color)
+        if exponent > 0:
+            # the original draws 40-px text on 77-px tiles; long numbers shrink to fit the tile
+            text, px = str(value), max(6, int(round(40 * t / 77)))
+            while px > 6 and raster.glyph_atlas(px, 1).text_width(text) > 0.9 * t:
+                px -= 1
+            atlas = raster.glyph_atlas(px, 1)
+            text_color = DARK_TEXT if value < 8 else LIGHT_TEXT
+            img = raster.draw_text(img, atlas, atlas.codes(text), t / 2, t / 2, text_color, align="center", max_width=p)
+        return raster.to_uint8(img)
+
+    @functools.cached_property
+    def _score_font(self):
+        return raster.glyph_atlas(max(6, int(round(40 * self._layout["scale"]))), 1)
+
+    @functools.cached_property
+    def _background(self) -> np.ndarray:
+        """The static part of the frame: canvas, board rectangle, optional coordinate labels."""
+        return raster.bake(self._draw_background)
+
+    def _draw_background(self):
+        h, w = self.image_size
+        L = self._layout
+        ys, xs = raster.pixel_centres(h, w)
+        bx, by, size = L["board_x"], L["board_y"], L["board_px"]
+        img = raster.canvas(h, w, BACKGROUND)
+        img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L["scale"])), BOARD_COLOR)
+        if self.coordinate_labels:
+            atlas = raster.glyph_atlas(max(6, int(round(14 * L["scale"]))), 0)
+            margin = L["board_y"]  # labels sit in the 20-px margin above / left of the board
+            for i in range(self.board_size):
+                centre = L["gap"] + i * L["pitch"] + L["tile"] / 2
+                img = raster.draw_text(img, atlas, atlas.codes(str(i)), bx + centre, margin / 2, LABEL_COLOR, align="center")
+                img = raster.draw_text(img, atlas, atlas.codes(str(i)), bx / 2, by + centre, LABEL_COLOR, align="center")
+        return raster.to_uint8(img)
+
+    def render(self, state, params=None):
+        L = self._layout
+        board = jnp.clip(state.board, 0, self.max_exponent)
+        img = raster.paste(
+            jnp.asarray(self._background), raster.grid_from_atlas(jnp.asarray(self._tile_atlas), board), L["board_y"] + L["gap"], L["board_x"] + L["gap"]
+        )
+        font = self._score_font
+        codes = raster.concat_codes(font.codes("Score: "), raster.number_codes(state.score, SCORE_DIGITS))
+        x = int(round(L["ox"] + 20 * L["scale"]))
+        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
+        return raster.draw_text(img, font, codes, x, y, (0, 0, 0), max_width=min(self.image_size[1] - x, codes.shape[0] * font.cell_w))
+
+    # --- text ----------------------------------------------------------------------------
+    def describe(self, state) -> str:
+        board = np.asarray(state.board)
+        if board.shape != (self.board_size, self.board_size):
+            raise ValueError(f"describe expects one {self.board_size}x{self.board_size} board, got shape {board.shape}")
+        return "\n".join("|".join(f" {2 ** int(e)} " if e else " - " for e in row) for row in board)
+
+    def parse(self, text: str) -> int:
+        """G1's training parser: the first integer in the first answer block; >= 4 or none -> 4."""
+        value = first_answer_integer(text)
+        return STILL if value is None or value >= STILL else value
+
+    def from_board(self, board, score: int = 0, values: bool = False):
+        """State from an [n, n] board of exponents (or of tile values with values=True; 0 = empty)."""
+        arr = np.asarray(board, np.int64)
+        n = self.board_size
+        if arr.shape != (n, n):
+            raise ValueError(f"2048: board must have shape ({n}, {n}), got {arr.shape}")
+        if values:
+            if ((arr != 0) & ((arr < 2) | (arr & (arr - 1)) != 0)).any():
+                raise ValueError(f"2048: tile values must be 0 or powers of two >= 2, got {arr.tolist()}")
+            arr = np.where(arr > 0, np.log2(np.maximum(arr, 1)).round(), 0).astype(np.int64)
+        if (arr < 0).any() or (arr > self.max_exponent).any():
+            raise ValueError(f"2048: exponents must lie in [0, {self.max_exponent}], got {arr.tolist()}")
+        board = jnp.asarray(arr, jnp.int32)
+        zero = jnp.int32(0)
+        return State(board=board, score=jnp.int32(score), steps=zero, illegal_count=zero, done=self._game_over(board))
