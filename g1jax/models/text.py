@@ -1,0 +1,109 @@
+"""Qwen2 language model of Qwen2.5-VL (`model.*`): GQA with q/k/v biases, M-RoPE, RMSNorm, SwiGLU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from g1jax.models.config import TextConfig
+from g1jax.models.layers import RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
+    """positions int [3, B, T] (t, h, w) -> cos, sin [B, T, head_dim] in `dtype`.
+
+    Frequency slot i takes its angle from axis 0 for the first mrope_section[0] slots, axis 1 for the
+    next mrope_section[1], axis 2 for the rest; angles are computed in float32 and cast to the
+    activation dtype before use (transformers does the same, which matters for bf16 parity).
+    """
+    inv_freq = jnp.asarray(inverse_frequencies(cfg.rope_theta, cfg.head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, head_dim/2]
+    bounds = [0]
+    for size in cfg.mrope_section:
+        bounds.append(bounds[-1] + size)
+    angles = jnp.concatenate([angles[axis, ..., bounds[axis]:bounds[axis + 1]] for axis in range(3)], axis=-1)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+class Qwen2Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = linear(d, cfg.num_attention_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+        self.k_proj = linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+        self.v_proj = linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+        self.o_proj = linear(cfg.num_attention_heads * hd, d, bias=False, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+        """x [B, T, D]; cos/sin [B, T, hd]; mask bool [B, T, S].
+
+        Without `kv`, attends over its own T keys (S = T). With `kv` = (keys, values) [B, S_max, K, hd],
+        writes this chunk's keys/values at slot `write_index` and attends over the whole cache
+        (S = S_max; the mask hides unwritten and padding slots). Returns (out, new kv or None).
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv is not None:
+            cache_k, cache_v = kv
+            start = (0, write_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            kv = (cache_k, cache_v)
+            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+        out = attention(q, k, v, mask, self.head_dim ** -0.5)
+        return self.o_proj(out), kv
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype,
+                          rngs=rngs)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype,
+                                                param_dtype=param_dtype)
+
+    def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
+        attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, write_index)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv
+
+
+def _call_layer(layer, x, cos, sin, mask, kv, write_index):
+    return layer(x, cos, sin, mask, kv, write_index)
+
+
+class Qwen2Model(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = dtype
+        self.remat = remat
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, embeds, positions, mask, kv_caches=None, write_index=None):
+        """embeds [B, T, D], positions [3, B, T], mask bool [B, T, S] -> (normed hidden [B, T, D], new caches)."""
+        cos, sin = mrope_cos_sin(positions, self.config, embeds.dtype)
+        call = nnx.remat(_call_layer) if self.remat else _call_layer
+        x = embeds
+        new_caches = []
+        for index, layer in enumerate(self.layers):
+            kv = None if kv_caches is None else kv_caches[index]
+            x, kv = call(layer, x, cos, sin, mask, kv, write_index)
+            new_caches.append(kv)
+        return self.norm(x), (None if kv_caches is None else tuple(new_caches))
