@@ -147,11 +147,13 @@ class Env:
         raise NotImplementedError
 
     def random_valid_action(self, key: jax.Array, state, params=None) -> jax.Array:
-        """Uniform over `valid_actions`; `invalid_action` when nothing is valid."""
+        """Uniform over `valid_actions`; `invalid_action` when nothing is valid. One uniform
+        draw picks the k-th valid id (cheaper than Gumbel sampling over all actions)."""
         mask = self.valid_actions(state, params)
-        logits = jnp.where(mask, 0.0, -jnp.inf)
-        choice = jax.random.categorical(key, logits)
-        return jnp.where(mask.any(), choice, self.invalid_action).astype(jnp.int32)
+        count = mask.sum()
+        k = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
+        choice = jnp.argmax(mask & (jnp.cumsum(mask) == k + 1))
+        return jnp.where(count > 0, choice, self.invalid_action).astype(jnp.int32)
 
     # --- host helpers ----------------------------------------------------------------------
     def describe(self, state) -> str:

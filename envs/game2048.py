@@ -116,18 +116,25 @@ def _row_table(n: int, base: int):
     return np.asarray(packed, np.int32), np.asarray(score, np.int32)
 
 
-@functools.lru_cache(maxsize=None)
-def _direction_permutations(n: int):
-    """perm[a] lists the board's flat cell indices so that reading the board through it gives
-    rows that slide *left* for action a; the same table scatters results back."""
-    idx = np.arange(n * n).reshape(n, n)
-    views = {
-        UP: idx.T,  # columns, top first
-        RIGHT: idx[:, ::-1],  # rows, right first
-        DOWN: idx[::-1, :].T,  # columns, bottom first
-        LEFT: idx,  # rows, left first
-    }
-    return np.stack([views[a].reshape(-1) for a in range(4)]).astype(np.int32)
+def _rows_sliding_left(board, action):
+    """The board viewed so that moving in direction `action` slides its rows left. The four
+    views are static transposes/flips; picking one is an elementwise select (no dynamic
+    gather or scatter, which are slow under vmap on CPU)."""
+    views = [board.T, board[:, ::-1], board[::-1, :].T, board]  # up, right, down, left
+    return jnp.select([action == a for a in range(4)], views)
+
+
+def _unview(rows, action):
+    """Inverse of `_rows_sliding_left`."""
+    boards = [rows.T, rows[:, ::-1], rows.T[::-1, :], rows]
+    return jnp.select([action == a for a in range(4)], boards)
+
+
+def _can_slide_left(rows):
+    """bool [...]: some row changes when slid left: a tile with a gap before it, or two equal
+    neighbouring tiles. Cheap comparisons only; used for the legal-move mask."""
+    left, right = rows[..., :-1], rows[..., 1:]
+    return (((left == 0) & (right != 0)) | ((left != 0) & (left == right))).any((-1, -2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,8 +186,7 @@ class Game2048(Env):
     def _slide(self, board, action):
         """Board after sliding in direction `action` (0..3), and the merge score."""
         n = self.board_size
-        perm = jnp.asarray(_direction_permutations(n))[action]
-        rows = board.reshape(-1)[perm].reshape(n, n)
+        rows = _rows_sliding_left(board, action)
         if n <= LUT_MAX_SIZE:
             base = self.max_exponent + 1
             index = (rows * base ** jnp.arange(n)).sum(-1)
@@ -189,15 +195,11 @@ class Game2048(Env):
             moved = (packed[:, None] // base ** jnp.arange(n)) % base
         else:
             moved, score = slide_rows_left(rows)
-        new = jnp.zeros(n * n, board.dtype).at[perm].set(moved.reshape(-1).astype(board.dtype))
-        return new.reshape(n, n), score.sum()
+        return _unview(moved.astype(board.dtype), action), score.sum()
 
-    def _all_slides(self, board):
-        return jax.vmap(lambda a: self._slide(board, a))(jnp.arange(4))
-
-    def _spawn(self, key, board, params):
-        """Put a 2 (exponent 1) or, with spawn_four_prob, a 4 on a uniformly chosen empty cell."""
-        u_cell, u_value = jax.random.uniform(key, (2,))
+    def _spawn(self, u_cell, u_value, board, params):
+        """Put a 2 (exponent 1) or, with spawn_four_prob, a 4 on a uniformly chosen empty cell;
+        `u_cell`, `u_value` are uniforms in [0, 1) (drawn in bulk by the caller)."""
         flat = board.reshape(-1)
         empty = flat == 0
         k = jnp.floor(u_cell * empty.sum()).astype(jnp.int32)  # k-th empty cell, row-major
@@ -213,9 +215,9 @@ class Game2048(Env):
 
     def reset(self, key, params=None):
         params = self.default_params if params is None else params
-        k1, k2 = jax.random.split(key)
+        u = jax.random.uniform(key, (4,))
         board = jnp.zeros((self.board_size, self.board_size), jnp.int32)
-        board = self._spawn(k2, self._spawn(k1, board, params), params)
+        board = self._spawn(u[2], u[3], self._spawn(u[0], u[1], board, params), params)
         zero = jnp.int32(0)
         return State(board=board, score=zero, steps=zero, illegal_count=zero, done=jnp.bool_(False))
 
@@ -225,7 +227,8 @@ class Game2048(Env):
         is_move = (action >= 0) & (action < 4)
         moved, score = self._slide(state.board, jnp.clip(action, 0, 3))
         changed = is_move & (moved != state.board).any()
-        board = jnp.where(changed, self._spawn(key, moved, params), state.board)
+        u = jax.random.uniform(key, (2,))
+        board = jnp.where(changed, self._spawn(u[0], u[1], moved, params), state.board)
         score = jnp.where(changed, score, 0)
         raw = jnp.where(is_move, score, -1).astype(jnp.float32)
         new_state = State(
@@ -239,9 +242,9 @@ class Game2048(Env):
         return new_state, reward, new_state.done, {"raw_reward": raw, "legal": changed}
 
     def valid_actions(self, state, params=None):
-        moved, _ = self._all_slides(state.board)
-        changed = (moved != state.board[None]).reshape(4, -1).any(-1)
-        return jnp.concatenate([changed, jnp.zeros(1, bool)])
+        b = state.board
+        can = jnp.stack([_can_slide_left(_rows_sliding_left(b, a)) for a in range(4)])
+        return jnp.concatenate([can, jnp.zeros(1, bool)])
 
     # --- rendering -----------------------------------------------------------------------
     @functools.cached_property
