@@ -207,6 +207,23 @@ def trainable_filter(freeze_vision: bool = False):
     return nnx.Param
 
 
+# -------------------------------------------------------------------- jitted entry points
+# Module-level so every caller shares one compilation per (model structure, shapes, grids).
+@functools.partial(nnx.jit, static_argnames=("image_grids",))
+def forward_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids):
+    return model(input_ids, positions, attention_mask, pixel_values, image_grids)
+
+
+@functools.partial(nnx.jit, static_argnames=("image_grids",))
+def hidden_states_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids):
+    return model.hidden_states(input_ids, positions, attention_mask, pixel_values, image_grids)
+
+
+@functools.partial(nnx.jit, static_argnames=("image_grids",))
+def encode_images_jit(model, pixel_values, image_grids):
+    return model.encode_images(pixel_values, image_grids)
+
+
 # -------------------------------------------------------------------- greedy generation
 @functools.partial(nnx.jit, static_argnames=("image_grids", "max_new_tokens", "cache_len", "cache_dtype"))
 def _greedy_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids, max_new_tokens, cache_len,
