@@ -1,0 +1,205 @@
+"""The shared env pieces: registry and config errors, answer grammar, raster primitives,
+wrappers (auto-reset, warm-up, parallel actions)."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from envs import grammar, raster
+
+ENV = envs.make("2048")
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_unknown_game_names_the_choices():
+    with pytest.raises(envs.UnknownGameError, match="unknown game 'chess'.*2048"):
+        envs.make("chess")
+    assert "2048" in envs.list_games()
+
+
+def test_image_size_must_be_pairs_of_28_multiples():
+    with pytest.raises(envs.ConfigError, match=r"image_size must be \(height, width\)"):
+        envs.make("2048", image_size=448)
+    with pytest.raises(envs.ConfigError, match="multiples of 28"):
+        envs.make("2048", image_size=(448, 0))
+
+
+def test_env_is_hashable_static_config():
+    a, b = envs.make("2048"), envs.make("2048")
+    assert a == b and hash(a) == hash(b)
+    assert envs.make("2048", board_size=5, image_size=(224, 196)) != a
+    assert "board_size=4" in repr(a)
+
+
+# --- grammar ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,pair",
+    [
+        ("<answer>(0, 1) (2, 3)</answer>", (0, 1, 2, 3)),
+        ("<answer>(0,1)(2,3)</answer>", (0, 1, 2, 3)),
+        ("blah <answer>(10, 11)\n(3, 4)</answer> tail", (10, 11, 3, 4)),
+        ("<answer> (0, 1) (2, 3)</answer>", None),  # G1's regex allows no space after the tag
+        ("<answer>(0 , 1) (2, 3)</answer>", None),
+        ("<answer>(0,  1) (2, 3)</answer>", None),  # at most one space after the comma
+        ("<answer>(0, 1)</answer>", None),
+        ("<answer>(-1, 1) (2, 3)</answer>", None),
+        ("", None),
+        ("<answer>(a, b) (c, d)</answer><answer>(1, 1) (1, 2)</answer>", (1, 1, 1, 2)),
+    ],
+)
+def test_coordinate_answer(text, pair):
+    assert grammar.coordinate_answer(text) == pair
+
+
+def test_pair_actions_roundtrip_and_range():
+    for size in (4, 6, 8, 12):
+        for pair in [(0, 0, 0, 1), (size - 1, size - 2, 3, 0), (1, 2, 3, 1)]:
+            a = grammar.encode_pair(*pair, size)
+            assert tuple(int(v) for v in grammar.decode_pair(a, size)) == pair
+            assert a < size**4
+    invalid = 6**4
+    assert grammar.parse_pair_action("<answer>(0, 6) (1, 1)</answer>", 6, invalid) == invalid  # no aliasing
+    assert grammar.parse_pair_action("<answer>(0, 5) (1, 1)</answer>", 6, invalid) == grammar.encode_pair(0, 5, 1, 1, 6)
+    assert grammar.parse_pair_action("nonsense", 6, invalid) == invalid
+
+
+def test_format_and_perception_checks():
+    good = "<perception>board</perception>\n<think>hmm</think>\n<answer>2</answer>"
+    assert grammar.format_ok(good) and grammar.format_ok(good, strict=True)
+    shuffled = "<answer>2</answer><think>x</think><perception>p</perception>"
+    assert grammar.format_ok(shuffled) and not grammar.format_ok(shuffled, strict=True)
+    doubled = good + "<answer>3</answer>"
+    assert grammar.format_ok(doubled) and not grammar.format_ok(doubled, strict=True)
+    assert not grammar.format_ok("<perception></perception><think></think><answer>1")
+    assert not grammar.format_ok("text " + good, strict=True)
+    truth = " - | 2 \n 4 | - "
+    assert grammar.perception_ok(f"<perception>{truth}</perception>", truth)
+    assert not grammar.perception_ok("<perception> - | 2 \n 4 | -</perception>", truth)
+
+
+def test_parsers_are_linear_time():
+    """Adversarial answers (many open tags, no close) must not stall a training step."""
+    nasty = "<answer>1" * 100_000
+    start = time.perf_counter()
+    assert grammar.first_answer_integer(nasty) is None
+    assert grammar.coordinate_answer("<answer>(1, 1) " * 50_000) is None
+    grammar.format_ok(nasty, strict=True)
+    assert time.perf_counter() - start < 2.0
+
+
+# --- raster -------------------------------------------------------------------------------
+
+
+def test_shape_areas_match_geometry():
+    ys, xs = raster.pixel_centres(100, 100)
+    def area(sdf):
+        return float(raster.coverage(sdf).sum())
+    assert area(raster.sdf_box(ys, xs, 10, 20, 50, 80)) == pytest.approx(40 * 60, rel=1e-3)
+    assert area(raster.shape_sdf("circle", ys, xs, 10, 10, 60)) == pytest.approx(np.pi * 30**2, rel=0.01)
+    assert area(raster.shape_sdf("triangle", ys, xs, 10, 10, 60)) == pytest.approx(60 * 60 / 2, rel=0.02)
+    assert area(raster.shape_sdf("diamond", ys, xs, 10, 10, 60)) == pytest.approx(60 * 60 / 2, rel=0.02)
+    assert area(raster.shape_sdf("cross", ys, xs, 10, 10, 60)) == pytest.approx(2 * 60 * 8 - 64, rel=0.02)
+    rounded = area(raster.sdf_box(ys, xs, 10, 10, 70, 70, radius=10))
+    assert rounded == pytest.approx(3600 - (4 - np.pi) * 100, rel=0.01)
+    m = raster.coverage(raster.shape_sdf("star", ys, xs, 10, 10, 60))
+    assert float(m.min()) >= 0 and float(m.max()) <= 1 and m[40, 40] == 1 and m[40, 12] == 0
+    with pytest.raises(ValueError, match="unknown shape"):
+        raster.shape_sdf("hexagon", ys, xs, 0, 0, 10)
+
+
+def test_number_codes_and_text():
+    atlas = raster.glyph_atlas(16)
+    zero = ord("0") - raster.FIRST_CHAR
+    def digits(v, n):
+        return [c - zero if c >= 0 else None for c in np.asarray(raster.number_codes(v, n)).tolist()]
+    assert digits(0, 4) == [0, None, None, None]
+    assert digits(1000, 4) == [1, 0, 0, 0]
+    assert digits(99, 4) == [9, 9, None, None]
+    assert digits(10, 3) == [1, 0, None]
+    assert digits(123456, 3) == [4, 5, 6]  # overflow keeps the lowest digits
+    codes = raster.concat_codes(atlas.codes("ab", length=4), raster.number_codes(7, 3))
+    assert np.asarray(codes).tolist()[:3] == atlas.codes("ab7").tolist()
+    strip, width = raster.text_strip(atlas, jnp.asarray(atlas.codes("11")), 64)
+    assert int(width) == atlas.text_width("11") and float(strip.sum()) > 0
+    a, b = raster.text_image("2", 20), raster.text_image("4", 20)
+    assert a.dtype == np.uint8 and (a != b).any()
+
+
+def test_draw_text_clamps_at_the_border_and_keeps_dtype():
+    atlas = raster.glyph_atlas(12)
+    img = jnp.full((40, 60, 3), 255, jnp.uint8)
+    out = raster.draw_text(img, atlas, atlas.codes("88"), 55, 35, (0, 0, 0), max_width=30)
+    assert out.dtype == jnp.uint8 and out.shape == img.shape
+    out = np.asarray(out)
+    assert (out[35:, 55:] < 128).any() and (out[:30, :50] == 255).all()
+
+
+def test_grid_from_atlas_and_resize():
+    atlas = jnp.arange(3 * 2 * 2 * 1).reshape(3, 2, 2, 1)
+    grid = raster.grid_from_atlas(atlas, jnp.array([[0, 2], [1, 0]]))
+    assert grid.shape == (4, 4, 1)
+    np.testing.assert_array_equal(grid[:2, 2:, 0], atlas[2, :, :, 0])
+    np.testing.assert_array_equal(grid[2:, :2, 0], atlas[1, :, :, 0])
+    img = jnp.full((56, 56, 3), 200, jnp.uint8)
+    small = raster.resize(img, 28, 14)
+    assert small.shape == (28, 14, 3) and small.dtype == jnp.uint8 and int(small.min()) == 200
+
+
+# --- wrappers -----------------------------------------------------------------------------
+
+
+FULL = [[1, 2, 1, 2], [2, 1, 2, 1], [1, 2, 1, 2], [2, 1, 2, 3]]
+ALMOST_OVER = [[1, 2, 1, 2], [2, 1, 2, 1], [1, 2, 1, 2], [2, 1, 3, 3]]
+
+
+def test_auto_reset_returns_the_final_state():
+    state = ENV.from_board(ALMOST_OVER)
+    # moving left merges the two 8s; then the spawn may or may not end the game: try keys
+    step = jax.jit(lambda k, s, a: envs.auto_reset_step(ENV, k, s, a))
+    ended = 0
+    for seed in range(20):
+        new, reward, done, info = step(jax.random.key(seed), state, 3)
+        final = info["final_state"]
+        assert float(reward) == 1.0 and int(final.score) == 16
+        if bool(done):
+            ended += 1
+            assert bool(final.done) and int(new.score) == 0 and int((new.board > 0).sum()) == 2
+        else:
+            jax.tree.map(np.testing.assert_array_equal, new, final)
+    assert ended > 0
+
+
+def test_warmup_states_take_random_moves():
+    batch = jax.jit(lambda k: envs.warmup_states(ENV, k, 64, num_moves=30))(jax.random.key(0))
+    steps = np.asarray(batch.steps)
+    tiles = (np.asarray(batch.board) > 0).reshape(64, -1).sum(1)
+    assert (steps > 0).all() and (steps <= 30).all() and tiles.mean() > 3
+    assert not np.asarray(batch.done).any()  # finished games were reset
+    assert len({np.asarray(b).tobytes() for b in batch.board}) == 64
+    uniform = jax.jit(lambda k: envs.warmup_state(ENV, k, num_moves=200, policy="uniform"))(jax.random.key(1))
+    assert int(uniform.illegal_count) > 0  # G1's policy includes wasted moves
+    with pytest.raises(ValueError, match="warm-up policy"):
+        envs.warmup_state(ENV, jax.random.key(0), policy="greedy")
+
+
+def test_parallel_step_scores_every_answer_from_the_same_state():
+    state = ENV.from_board([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]])
+    actions = jnp.array([0, 1, 2, 3, 4, 3])
+    key = jax.random.key(7)
+    states, rewards, dones, infos = jax.jit(lambda k, s, a: envs.parallel_step(ENV, k, s, a))(key, state, actions)
+    assert rewards.shape == (6,) and states.board.shape == (6, 4, 4)
+    for g, a in enumerate(actions.tolist()):
+        single = ENV.step(jax.random.fold_in(key, g), state, a)
+        jax.tree.map(np.testing.assert_array_equal, envs.unbatch(states, g), single[0])
+        assert float(rewards[g]) == float(single[1])
+    assert np.asarray(rewards).tolist() == [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]
+    assert np.asarray(infos["raw_reward"]).tolist() == [0.0, 4.0, 0.0, 4.0, -1.0, 4.0]
+    np.testing.assert_array_equal(state.board, ENV.from_board([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]).board)
