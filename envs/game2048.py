@@ -280,11 +280,10 @@ class Game2048(Env):
         if exponent > 0:
             # the original draws 40-px text on 77-px tiles; long numbers shrink to fit the tile
             text, px = str(value), max(6, int(round(40 * t / 77)))
-            while px > 6 and raster.glyph_atlas(px, 1).text_width(text) > 0.9 * t:
+            while px > 6 and raster.text_width(text, px, 1) > 0.85 * t:
                 px -= 1
-            atlas = raster.glyph_atlas(px, 1)
             text_color = DARK_TEXT if value < 8 else LIGHT_TEXT
-            img = raster.draw_text(img, atlas, atlas.codes(text), t / 2, t / 2, text_color, align="center", max_width=p)
+            img = raster.stamp(img, raster.text_alpha(text, px, 1), t / 2, t / 2, text_color)
         return raster.to_uint8(img)
 
     @functools.cached_property
@@ -304,12 +303,13 @@ class Game2048(Env):
         img = raster.canvas(h, w, BACKGROUND)
         img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L["scale"])), BOARD_COLOR)
         if self.coordinate_labels:
-            atlas = raster.glyph_atlas(max(6, int(round(14 * L["scale"]))), 0)
-            margin = L["board_y"]  # labels sit in the 20-px margin above / left of the board
+            px = max(6, int(round(14 * L["scale"])))
             for i in range(self.board_size):
                 centre = L["gap"] + i * L["pitch"] + L["tile"] / 2
-                img = raster.draw_text(img, atlas, atlas.codes(str(i)), bx + centre, margin / 2, LABEL_COLOR, align="center")
-                img = raster.draw_text(img, atlas, atlas.codes(str(i)), bx / 2, by + centre, LABEL_COLOR, align="center")
+                label = raster.text_alpha(str(i), px)
+                # in the 20-px margins above and left of the board
+                img = raster.stamp(img, label, bx + centre, by / 2, LABEL_COLOR)
+                img = raster.stamp(img, label, bx / 2, by + centre, LABEL_COLOR)
         return raster.to_uint8(img)
 
     def render(self, state, params=None):

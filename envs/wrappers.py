@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from envs.core import Env
 
 WARMUP_POLICIES = ("valid", "uniform")
+# Random moves G1's trainers play from a fresh game to draw each training state (spec §9).
+G1_WARMUP_MOVES = {"2048": 100, "shisensho": 250, "shisensho_photo": 250, "swap": 0}
 
 
 def _select(pred, on_true, on_false):

@@ -129,8 +129,11 @@ def test_number_codes_and_text():
     assert np.asarray(codes).tolist()[:3] == atlas.codes("ab7").tolist()
     strip, width = raster.text_strip(atlas, jnp.asarray(atlas.codes("11")), 64)
     assert int(width) == atlas.text_width("11") and float(strip.sum()) > 0
-    a, b = raster.text_image("2", 20), raster.text_image("4", 20)
-    assert a.dtype == np.uint8 and (a != b).any()
+    a, b = raster.text_alpha("2", 20), raster.text_alpha("4", 20)
+    assert a.max() == 1.0 and a.shape[0] > 10 and (a.shape != b.shape or (a != b).any())
+    img = raster.stamp(jnp.zeros((30, 30, 3), jnp.uint8), a, 15, 15, (255, 255, 255))
+    assert img.dtype == jnp.uint8 and int(img[..., 0].sum()) == pytest.approx(255 * a.sum(), rel=0.02)
+    assert raster.text_width("1111", 20) > raster.text_width("11", 20)
 
 
 def test_draw_text_clamps_at_the_border_and_keeps_dtype():

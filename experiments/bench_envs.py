@@ -1,0 +1,269 @@
+"""Environment throughput: game logic steps/s (with auto-reset, actions uniform over the valid
+mask), rendered frames/s, and the env work of one G1 training step, for every registered game.
+
+    python experiments/bench_envs.py                       # all games, batch 1/64/1024/4096
+    python experiments/bench_envs.py --games 2048 --compare --json out/bench_envs.json
+    python experiments/bench_envs.py --g1-step             # only the G1-step measure
+
+Timings: each measured function is jitted once (compile time reported separately), then run
+`--repeats` times; the table shows the median (and best) of those runs. On a shared machine
+best-of-N is the better estimate of what the code can do; both are in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import envs  # noqa: E402
+from envs.wrappers import G1_WARMUP_MOVES  # noqa: E402
+
+G1_FRAME = (840, 644)  # G1 resizes to 640x840 (WxH); the processor then makes it 644x840
+G1_STATES, G1_GROUP = 128, 5
+
+
+def scan_length(batch: int) -> int:
+    return 1000 if batch <= 64 else 200 if batch <= 1024 else 100
+
+
+def timed(fn, *args, repeats: int):
+    """(compile+first-run seconds, list of steady-state seconds)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - start)
+    return first, runs
+
+
+def logic_rollout(env, batch: int, steps: int):
+    """A jitted rollout of `steps` auto-reset steps for `batch` boards; actions uniform over
+    each board's valid actions. Returns the number of finished episodes (a sanity check)."""
+    params = env.default_params
+
+    def run(key):
+        state = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(key, batch))
+
+        def body(state, k):
+            act_keys, step_keys = jnp.split(jax.random.split(k, 2 * batch), 2)
+            actions = jax.vmap(lambda kk, s: env.random_valid_action(kk, s, params))(act_keys, state)
+            state, _, done, _ = jax.vmap(lambda kk, s, a: envs.auto_reset_step(env, kk, s, a, params))(
+                step_keys, state, actions
+            )
+            return state, done.sum()
+
+        _, finished = jax.lax.scan(body, state, jax.random.split(key, steps))
+        return finished.sum()
+
+    return jax.jit(run)
+
+
+def warm_batch(env, batch: int, moves: int = 20):
+    return jax.jit(lambda k: envs.warmup_states(env, k, batch, num_moves=moves))(jax.random.key(1))
+
+
+def bench_logic(env, batch: int, repeats: int) -> dict:
+    steps = scan_length(batch)
+    fn = logic_rollout(env, batch, steps)
+    first, runs = timed(fn, jax.random.key(0), repeats=repeats)
+    finished = int(fn(jax.random.key(0)))
+    return dict(
+        metric="steps_per_s", batch=batch, scan_steps=steps, compile_s=first,
+        median=batch * steps / statistics.median(runs), best=batch * steps / min(runs), episodes=finished,
+    )
+
+
+def bench_render(env, batch: int, repeats: int) -> dict:
+    states = warm_batch(env, batch)
+    fn = jax.jit(jax.vmap(lambda s: env.render(s, env.default_params)))
+    first, runs = timed(fn, states, repeats=repeats)
+    h, w = env.image_size
+    return dict(
+        metric="frames_per_s", batch=batch, image=f"{h}x{w}", compile_s=first,
+        median=batch / statistics.median(runs), best=batch / min(runs),
+    )
+
+
+def g1_step_fn(env, warmup_moves: int):
+    """The env work of one G1 training step, done the JAX way, as one jitted function:
+    128 start states (reset + random warm-up moves), their 128 frames, and the rewards of
+    5 answers per state scored from the same state (parallel actions)."""
+    params = env.default_params
+
+    def step(key):
+        warm_key, answer_key, score_key = jax.random.split(key, 3)
+        states = envs.warmup_states(env, warm_key, G1_STATES, params, num_moves=warmup_moves)
+        frames = jax.vmap(lambda s: env.render(s, params))(states)
+        # stand-ins for the model's parsed answers: any action id, valid or not
+        answers = jax.random.randint(answer_key, (G1_STATES, G1_GROUP), 0, env.num_actions)
+        keys = jax.random.split(score_key, G1_STATES)
+        _, rewards, _, _ = jax.vmap(lambda k, s, a: envs.parallel_step(env, k, s, a, params))(keys, states, answers)
+        return frames, rewards
+
+    return jax.jit(step)
+
+
+def bench_g1_step(name: str, repeats: int) -> dict:
+    env = envs.make(name, image_size=G1_FRAME)
+    moves = G1_WARMUP_MOVES.get(name, 0)
+    fn = g1_step_fn(env, moves)
+    first, runs = timed(fn, jax.random.key(0), repeats=repeats)
+    frames, rewards = fn(jax.random.key(0))
+    assert frames.shape == (G1_STATES, *G1_FRAME, 3) and rewards.shape == (G1_STATES, G1_GROUP)
+    return dict(
+        metric="g1_step_s", game=name, warmup_moves=moves, image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
+        compile_s=first, median=statistics.median(runs), best=min(runs),
+    )
+
+
+# --- other libraries, for --compare ----------------------------------------------------------
+
+
+def compare_rollouts(batch: int):
+    """pgx and jumanji 2048 rollouts in the same style (actions uniform over the legal mask),
+    when those packages are installed: {label: jitted fn(key) -> finished episodes}."""
+    out = {}
+    steps = scan_length(batch)
+
+    def uniform_legal(key, mask):
+        logits = jnp.where(mask, 0.0, -jnp.inf)
+        return jax.random.categorical(key, logits)
+
+    try:
+        import pgx
+        import pgx.experimental
+
+        penv = pgx.make("2048")
+
+        def pgx_run(key, auto):
+            state = jax.vmap(penv.init)(jax.random.split(key, batch))
+
+            def body(state, k):
+                ka, ks = jnp.split(jax.random.split(k, 2 * batch), 2)
+                actions = jax.vmap(uniform_legal)(ka, state.legal_action_mask)
+                step = pgx.experimental.auto_reset(penv.step, penv.init) if auto else penv.step
+                state = jax.vmap(step)(state, actions, ks)
+                return state, state.terminated.sum()
+
+            _, fin = jax.lax.scan(body, state, jax.random.split(key, steps))
+            return fin.sum()
+
+        out["pgx 2048 (no reset)"] = jax.jit(lambda k: pgx_run(k, False))
+        out["pgx 2048 (auto_reset)"] = jax.jit(lambda k: pgx_run(k, True))
+    except ImportError:
+        pass
+    try:
+        import jumanji
+        from jumanji.wrappers import AutoResetWrapper
+
+        jenv = jumanji.make("Game2048-v1")
+
+        def jumanji_run(key, auto):
+            env = AutoResetWrapper(jenv) if auto else jenv
+            state, ts = jax.vmap(env.reset)(jax.random.split(key, batch))
+
+            def body(carry, k):
+                state, ts = carry
+                actions = jax.vmap(uniform_legal)(jax.random.split(k, batch), ts.observation.action_mask)
+                state, ts = jax.vmap(env.step)(state, actions)
+                return (state, ts), ts.last().sum()
+
+            _, fin = jax.lax.scan(body, (state, ts), jax.random.split(key, steps))
+            return fin.sum()
+
+        out["jumanji 2048 (no reset)"] = jax.jit(lambda k: jumanji_run(k, False))
+        out["jumanji 2048 (AutoResetWrapper)"] = jax.jit(lambda k: jumanji_run(k, True))
+    except ImportError:
+        pass
+    return out
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def fmt(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.3g}"
+
+
+def machine() -> dict:
+    dev = jax.devices()[0]
+    return dict(
+        platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count(),
+        jax=jax.__version__, backend=jax.default_backend(), device=str(dev.device_kind),
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--games", nargs="*", default=None, help=f"default: all ({', '.join(envs.list_games())})")
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 64, 1024, 4096])
+    parser.add_argument("--g1-batches", nargs="*", type=int, default=[1, 64, 1024], help="batches for frames at 840x644")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compare", action="store_true", help="also run pgx / jumanji 2048 if installed")
+    parser.add_argument("--g1-step", action="store_true", help="only the G1-step measure")
+    parser.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args(argv)
+    games = args.games or envs.list_games()
+    for g in games:
+        if g not in envs.list_games():
+            parser.error(f"unknown game {g!r}; available: {', '.join(envs.list_games())}")
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        label = row.get("game", "")
+        extra = f" image {row['image']}" if "image" in row else ""
+        if row["metric"] == "g1_step_s":
+            print(f"{label:<34} G1 step ({row['warmup_moves']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
+                  f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]", flush=True)
+        else:
+            print(f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<16} median {fmt(row['median']):>8}  "
+                  f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]", flush=True)
+
+    print(f"# {machine()}")
+    if not args.g1_step:
+        for name in games:
+            env = envs.make(name)
+            for b in args.batches:
+                emit(dict(game=name, **bench_logic(env, b, args.repeats)))
+            for b in args.batches:
+                emit(dict(game=name, **bench_render(env, b, args.repeats)))
+            big = envs.make(name, image_size=G1_FRAME)
+            for b in args.g1_batches:
+                emit(dict(game=name, **bench_render(big, b, args.repeats)))
+        if args.compare:
+            for b in args.batches:
+                ours = next(r for r in rows if r.get("game") == "2048" and r["metric"] == "steps_per_s" and r["batch"] == b) if "2048" in games else None
+                for label, fn in compare_rollouts(b).items():
+                    first, runs = timed(fn, jax.random.key(0), repeats=args.repeats)
+                    n = b * scan_length(b)
+                    row = dict(game=label, metric="steps_per_s", batch=b, compile_s=first, median=n / statistics.median(runs), best=n / min(runs))
+                    if ours:
+                        row["g1jax_ratio_best"] = ours["best"] / row["best"]
+                    emit(row)
+                    if ours:
+                        print(f"{'':<34} g1jax 2048 (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
+    for name in games:
+        emit(bench_g1_step(name, args.repeats))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=machine(), argv=sys.argv[1:], results=rows), f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
