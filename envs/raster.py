@@ -374,3 +374,30 @@ def stamp(image, alpha: np.ndarray, x: float, y: float, color, align: str = "cen
     mask[ys, xs] = alpha[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
     out = fill(image.astype(jnp.float32), jnp.asarray(mask), color)
     return to_uint8(out) if image.dtype == jnp.uint8 else out
+
+
+# ---------------------------------------------------------------------------------------
+# Tile palette of the G1 matching games
+# ---------------------------------------------------------------------------------------
+
+# The 16 named tile colours of G1's Shisen-Sho code (vlm-gym-spec.md §4), in its order: Swap
+# uses the first 4, Shisen-Sho the first 6; the rest are its commented-out difficulty
+# extension. The names are the ones the perception text uses.
+TILE_COLORS = (
+    ("Red", (255, 0, 0)),
+    ("Green", (0, 255, 0)),
+    ("Blue", (0, 0, 255)),
+    ("Yellow", (255, 255, 0)),
+    ("Magenta", (255, 0, 255)),
+    ("Cyan", (0, 255, 255)),
+    ("Maroon", (128, 0, 0)),
+    ("Dark green", (0, 128, 0)),
+    ("Navy", (0, 0, 128)),
+    ("Olive", (128, 128, 0)),
+    ("Purple", (128, 0, 128)),
+    ("Teal", (0, 128, 128)),
+    ("Orange", (255, 165, 0)),
+    ("Brown", (139, 69, 19)),
+    ("Steel blue", (70, 130, 180)),
+    ("Pink", (219, 112, 147)),
+)
