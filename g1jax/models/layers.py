@@ -1,8 +1,13 @@
 """Building blocks shared by the vision tower and the language model.
 
-Every parameter name mirrors the Hugging Face checkpoint: `nnx.Linear` keeps `kernel` [in, out]
-(the checkpoint's `weight` transposed) and `bias`; `RMSNorm` keeps `weight`; the embedding keeps
-`embedding` (the checkpoint's `weight`). `loading.py` relies on exactly these names.
+Every parameter name mirrors the Hugging Face checkpoint: `Linear` keeps `kernel` [in, out] (the
+checkpoint's `weight` transposed) and `bias`; `RMSNorm` keeps `weight`; `Embed` keeps `embedding`
+(the checkpoint's `weight`). `loading.py` relies on exactly these names.
+
+`rngs=None` builds an *abstract* module: every parameter is a `jax.ShapeDtypeStruct`, created
+without tracing. The loader uses it instead of `nnx.eval_shape`, whose traced RNG-counter updates
+make flax 0.12.8 probe `tracer.sharding` (an error path that rescans the whole trace), which is
+quadratic in the number of parameters: 14 s for the 3B tree versus well under a second here.
 """
 
 from __future__ import annotations
@@ -13,16 +18,58 @@ import numpy as np
 from flax import nnx
 
 
-def linear(in_features: int, out_features: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
-                      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+def make_param(rngs: nnx.Rngs | None, init, shape: tuple[int, ...], dtype) -> nnx.Param:
+    """A parameter drawn from `init(key, shape, dtype)`, or an abstract one when rngs is None."""
+    if rngs is None:
+        return nnx.Param(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)))
+    return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+_normal = nnx.initializers.normal(0.02)
+
+
+def _ones(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _zeros(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias), computed in `dtype` (parameters are stored in `param_dtype`)."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs | None):
+        self.kernel = make_param(rngs, _normal, (in_features, out_features), param_dtype)
+        self.bias = make_param(rngs, _zeros, (out_features,), param_dtype) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def linear(in_features: int, out_features: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs | None) -> Linear:
+    return Linear(in_features, out_features, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Embed(nnx.Module):
+    def __init__(self, num_embeddings: int, features: int, *, dtype, param_dtype, rngs: nnx.Rngs | None):
+        self.embedding = make_param(rngs, _normal, (num_embeddings, features), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):
     """transformers' Qwen2 RMSNorm: statistics in float32, cast back to the input dtype, then scale."""
 
-    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs | None = None):
-        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs | None):
+        self.weight = make_param(rngs, _ones, (dim,), param_dtype)
         self.eps = eps
         self.dtype = dtype
 

@@ -1,6 +1,6 @@
 """Hugging Face safetensors <-> Qwen25VL, without torch.
 
-Loading builds the model abstractly (`nnx.eval_shape`, nothing allocated), then reads one tensor at
+Loading builds the model abstractly (`rngs=None`: shapes only, nothing allocated), then reads one tensor at
 a time through the numpy backend of safetensors (bf16 via ml_dtypes, memory-mapped), casts and
 transposes it on the host and puts it straight onto its sharding, so no full host copy of the model
 ever exists. Both key layouts are accepted: the hub/legacy names (`visual.*`, `model.*`, `lm_head`)
@@ -45,7 +45,7 @@ class ParamSpec:
     def __init__(self, path: tuple, shape: tuple[int, ...], config: Qwen25VLConfig):
         self.path = path
         *prefix, leaf = path
-        self.transposed = leaf == "kernel"  # nnx.Linear keeps [in, out]; torch Linear/Conv weights are [out, in...]
+        self.transposed = leaf == "kernel"  # Linear keeps [in, out]; torch Linear/Conv weights are [out, in...]
         leaf = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
         self.key = ".".join(str(p) for p in (*prefix, leaf))
         self.shape = tuple(shape)
@@ -188,8 +188,8 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
             raise FileNotFoundError(f"no config.json in checkpoint directory {directory}")
         config = Qwen25VLConfig.from_json_file(config_path)
     param_dtype = dtype if param_dtype is None else param_dtype
-    abstract = nnx.eval_shape(lambda: Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                               freeze_vision=freeze_vision, rngs=nnx.Rngs(0)))
+    abstract = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, remat=remat, freeze_vision=freeze_vision,
+                        rngs=None)
     graphdef, state = nnx.split(abstract)
     specs = param_specs(state, config)
 

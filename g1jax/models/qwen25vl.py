@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from g1jax.models.config import Qwen25VLConfig
+from g1jax.models.layers import Linear
 from g1jax.models.positions import get_rope_index
 from g1jax.models.text import Qwen2Model
 from g1jax.models.vision import VisionTransformer, layout_for, normalize_grids
@@ -33,12 +34,14 @@ from g1jax.models.vision import VisionTransformer, layout_for, normalize_grids
 
 class Qwen25VL(nnx.Module):
     def __init__(self, config: Qwen25VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: bool = False, freeze_vision: bool = False, rngs: nnx.Rngs):
+                 remat: bool = False, freeze_vision: bool = False, rngs: nnx.Rngs | None):
         """dtype: activation/compute dtype; param_dtype: storage dtype of the parameters.
 
         remat: rematerialise each vision block and decoder layer in the backward pass.
         freeze_vision: stop gradients at the vision tower output (pair with `trainable_filter(True)`
         so the optimizer also leaves the tower alone).
+        rngs: random initialisation (normal(0.02) weights, unit norms, zero biases); None builds an
+        abstract model whose parameters are ShapeDtypeStructs (what the loader fills).
         """
         self.config = config
         self.dtype = dtype
@@ -48,8 +51,8 @@ class Qwen25VL(nnx.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Linear(config.text.hidden_size, config.text.vocab_size, use_bias=False, dtype=dtype,
-                                      param_dtype=param_dtype, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+            self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
 
     # ---------------------------------------------------------------- pieces
     def encode_images(self, pixel_values: jax.Array, image_grids) -> jax.Array:
@@ -65,14 +68,10 @@ class Qwen25VL(nnx.Module):
             return embeds
         if pixel_values is None:
             raise ValueError("image_grids given without pixel_values")
+        check_inputs(self.config, input_ids, None, None, pixel_values, grids)
         features = self.encode_images(pixel_values, grids).astype(embeds.dtype)
         num_features = features.shape[0]
         is_image = input_ids == self.config.image_token_id
-        if not isinstance(input_ids, jax.core.Tracer):
-            found = int(np.asarray(is_image).sum())
-            if found != num_features:
-                raise ValueError(f"input_ids hold {found} image tokens (id {self.config.image_token_id}) but the "
-                                 f"image grids {grids} produce {num_features} features")
         # Static-shape scatter: the k-th image token (row-major over the batch) takes feature k.
         order = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
         gathered = jnp.take(features, jnp.clip(order, 0, num_features - 1), axis=0)
@@ -207,21 +206,76 @@ def trainable_filter(freeze_vision: bool = False):
     return nnx.Param
 
 
+# -------------------------------------------------------------------- host-side input checks
+def check_inputs(config: Qwen25VLConfig, input_ids, positions=None, attention_mask=None, pixel_values=None,
+                 image_grids=()) -> tuple[tuple[int, int, int], ...]:
+    """Validate shapes and the image-token count on the host (a clear error instead of a trace failure).
+
+    Returns the normalised grids. Values that are already traced are only shape-checked.
+    """
+    grids = normalize_grids(image_grids)
+    if len(input_ids.shape) != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    batch, seq = input_ids.shape
+    if positions is not None and tuple(positions.shape) != (3, batch, seq):
+        raise ValueError(f"positions must be [3, {batch}, {seq}] (t, h, w axes), got {tuple(positions.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch, seq):
+        raise ValueError(f"attention_mask must be [{batch}, {seq}], got {tuple(attention_mask.shape)}")
+    if grids:
+        if pixel_values is None:
+            raise ValueError("image_grids given without pixel_values")
+        layouts = [layout_for(config.vision, g) for g in grids]
+        patches = sum(l.num_patches for l in layouts)
+        if tuple(pixel_values.shape) != (patches, config.vision.patch_features):
+            raise ValueError(f"pixel_values must be [{patches}, {config.vision.patch_features}] for image grids "
+                             f"{grids}, got {tuple(pixel_values.shape)}")
+        if not isinstance(input_ids, jax.core.Tracer):
+            found = int((np.asarray(input_ids) == config.image_token_id).sum())
+            expected = sum(l.num_tokens for l in layouts)
+            if found != expected:
+                raise ValueError(f"input_ids hold {found} image tokens (id {config.image_token_id}) but the image "
+                                 f"grids {grids} produce {expected} features")
+    elif pixel_values is not None:
+        raise ValueError("pixel_values given without image_grids")
+    return grids
+
+
 # -------------------------------------------------------------------- jitted entry points
-# Module-level so every caller shares one compilation per (model structure, shapes, grids).
+# Module-level jits, so every caller shares one compilation per (model structure, shapes, grids);
+# the public wrappers validate on the host first.
 @functools.partial(nnx.jit, static_argnames=("image_grids",))
-def forward_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids):
+def _forward(model, input_ids, positions, attention_mask, pixel_values, image_grids):
     return model(input_ids, positions, attention_mask, pixel_values, image_grids)
 
 
 @functools.partial(nnx.jit, static_argnames=("image_grids",))
-def hidden_states_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids):
+def _hidden_states(model, input_ids, positions, attention_mask, pixel_values, image_grids):
     return model.hidden_states(input_ids, positions, attention_mask, pixel_values, image_grids)
 
 
 @functools.partial(nnx.jit, static_argnames=("image_grids",))
-def encode_images_jit(model, pixel_values, image_grids):
+def _encode_images(model, pixel_values, image_grids):
     return model.encode_images(pixel_values, image_grids)
+
+
+def forward_jit(model: Qwen25VL, input_ids, positions, attention_mask, pixel_values=None, image_grids=()):
+    """Jitted `model(...)` -> float32 logits [B, T, V]."""
+    grids = check_inputs(model.config, input_ids, positions, attention_mask, pixel_values, image_grids)
+    return _forward(model, input_ids, positions, attention_mask, pixel_values, grids)
+
+
+def hidden_states_jit(model: Qwen25VL, input_ids, positions, attention_mask, pixel_values=None, image_grids=()):
+    """Jitted `model.hidden_states(...)` -> [B, T, D]."""
+    grids = check_inputs(model.config, input_ids, positions, attention_mask, pixel_values, image_grids)
+    return _hidden_states(model, input_ids, positions, attention_mask, pixel_values, grids)
+
+
+def encode_images_jit(model: Qwen25VL, pixel_values, image_grids):
+    """Jitted `model.encode_images(...)` -> [image tokens, D]."""
+    grids = normalize_grids(image_grids)
+    if not grids:
+        raise ValueError("encode_images needs at least one image grid")
+    return _encode_images(model, pixel_values, grids)
 
 
 # -------------------------------------------------------------------- greedy generation
@@ -255,7 +309,7 @@ def greedy_generate(model: Qwen25VL, input_ids, attention_mask=None, pixel_value
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if not attention_mask[:, -1].all():
         raise ValueError("greedy_generate needs left-padded prompts: the last column must be a real token in every row")
-    grids = normalize_grids(image_grids)
+    grids = check_inputs(model.config, input_ids, positions, attention_mask, pixel_values, image_grids)
     if positions is None:
         positions, _ = get_rope_index(input_ids, grids, attention_mask, image_token_id=model.config.image_token_id,
                                       spatial_merge_size=model.config.vision.spatial_merge_size)
@@ -264,13 +318,6 @@ def greedy_generate(model: Qwen25VL, input_ids, attention_mask=None, pixel_value
     cache_len = input_ids.shape[1] + max_new_tokens if cache_len is None else cache_len
     if cache_len < input_ids.shape[1] + max_new_tokens - 1:
         raise ValueError(f"cache_len {cache_len} cannot hold {input_ids.shape[1]} prompt + {max_new_tokens} new tokens")
-    if grids and pixel_values is None:
-        raise ValueError("image_grids given without pixel_values")
-    if grids:
-        expected = sum(layout_for(model.config.vision, g).num_tokens for g in grids)
-        found = int((input_ids == model.config.image_token_id).sum())
-        if found != expected:
-            raise ValueError(f"input_ids hold {found} image tokens but the image grids {grids} produce {expected}")
     return _greedy_jit(model, jnp.asarray(input_ids, jnp.int32), jnp.asarray(positions, jnp.int32),
                        jnp.asarray(attention_mask, jnp.int32), pixel_values, grids, max_new_tokens, cache_len,
                        jnp.dtype(cache_dtype or model.dtype))

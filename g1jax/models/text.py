@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.models.layers import RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
+from g1jax.models.layers import Embed, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -28,7 +28,7 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Arr
 
 
 class Qwen2Attention(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         d, hd = cfg.hidden_size, cfg.head_dim
         self.q_proj = linear(d, cfg.num_attention_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
@@ -65,13 +65,13 @@ class Qwen2Attention(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype,
-                                                param_dtype=param_dtype)
+        norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
 
     def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
         attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, write_index)
@@ -86,15 +86,15 @@ def _call_layer(layer, x, cos, sin, mask, kv, write_index):
 
 class Qwen2Model(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs | None):
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
-        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs)
 
     def __call__(self, embeds, positions, mask, kv_caches=None, write_index=None):
         """embeds [B, T, D], positions [3, B, T], mask bool [B, T, S] -> (normed hidden [B, T, D], new caches)."""

@@ -102,7 +102,7 @@ def layout_for(cfg: VisionConfig, grid) -> VisionLayout:
 class PatchEmbed(nnx.Module):
     """Conv3d with kernel = stride = (2, 14, 14) is a matmul over the 1176 features of each patch."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.proj = linear(cfg.patch_features, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype,
                            rngs=rngs)
 
@@ -111,7 +111,7 @@ class PatchEmbed(nnx.Module):
 
 
 class VisionAttention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.qkv = linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
         self.proj = linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
@@ -137,9 +137,10 @@ class VisionAttention(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.norm1 = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype)
-        self.norm2 = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
+        norm = dict(eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = RMSNorm(cfg.hidden_size, **norm)
+        self.norm2 = RMSNorm(cfg.hidden_size, **norm)
         self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
@@ -159,9 +160,10 @@ class ExactGELU(nnx.Module):
 class PatchMerger(nnx.Module):
     """RMSNorm per patch, concatenate each 2x2 merge unit, Linear -> exact GELU -> Linear (keys mlp.0 / mlp.2)."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         merged = cfg.hidden_size * cfg.spatial_merge_size**2
-        self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype)
+        self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs)
         self.mlp = nnx.List([
             linear(merged, merged, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
             ExactGELU(),
@@ -179,7 +181,7 @@ class PatchMerger(nnx.Module):
 
 class VisionTransformer(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs | None):
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
