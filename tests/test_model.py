@@ -157,6 +157,11 @@ def test_rope_index_errors(grids, ids, match):
 def test_vision_features_match_golden(model, golden):
     features = np.asarray(encode_images_jit(model, jnp.asarray(golden["pixel_values"]), golden["grids"]))
     np.testing.assert_allclose(features, golden["untied_vision_features"], atol=1e-4, rtol=0)
+    # images sharing a grid run as one batched group: twice image B gives image B's features twice
+    patches_b = golden["pixel_values"][24:]
+    twice = np.asarray(encode_images_jit(model, jnp.asarray(np.concatenate([patches_b, patches_b])),
+                                         (golden["grids"][1],) * 2))
+    np.testing.assert_allclose(twice, np.tile(golden["untied_vision_features"][6:], (2, 1)), atol=1e-4, rtol=0)
 
 
 def test_logits_match_golden(logits, golden):

@@ -66,8 +66,6 @@ class Qwen25VL(nnx.Module):
         grids = normalize_grids(image_grids)
         if not grids:
             return embeds
-        if pixel_values is None:
-            raise ValueError("image_grids given without pixel_values")
         check_inputs(self.config, input_ids, None, None, pixel_values, grids)
         features = self.encode_images(pixel_values, grids).astype(embeds.dtype)
         num_features = features.shape[0]

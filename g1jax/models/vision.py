@@ -223,8 +223,14 @@ class VisionTransformer(nnx.Module):
         per_image: list[jax.Array | None] = [None] * len(grids)
         for grid in dict.fromkeys(grids):  # distinct grids, first-seen order
             members = [k for k, g in enumerate(grids) if g == grid]
-            patches = jnp.stack([pixel_values[starts[k]:starts[k + 1]] for k in members])
+            n = layouts[members[0]].num_patches
+            if members == list(range(members[0], members[-1] + 1)):  # consecutive (always, for one grid): reshape
+                patches = pixel_values[starts[members[0]]:starts[members[-1] + 1]].reshape(len(members), n, -1)
+            else:
+                patches = jnp.stack([pixel_values[starts[k]:starts[k + 1]] for k in members])
             features = self.encode_group(patches, grid)
+            if len(members) == len(grids):
+                return features.reshape(-1, features.shape[-1])
             for row, k in enumerate(members):
                 per_image[k] = features[row]
         return jnp.concatenate(per_image, axis=0)

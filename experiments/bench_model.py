@@ -1,0 +1,273 @@
+"""Forward throughput and peak memory: g1jax's Flax Qwen2.5-VL vs transformers (PyTorch), same weights and inputs.
+
+    python experiments/bench_model.py                          # CPU: 'bench' config (~31M params), batch 8 x 512
+    python experiments/bench_model.py --json out/bench_model.json
+    python experiments/bench_model.py --config 3b --dtype bfloat16 --skip-torch   # on a GPU: adds MFU
+
+Each row of the batch is one image (224x224 px by default -> 64 image tokens) inside a 512-token
+prompt. Both models get identical random weights (the Flax model is exported with save_pretrained and
+loaded by transformers) and identical inputs; the max abs logit difference between them is printed as
+a sanity check. Timings are steady-state medians after warm-up (jit compile excluded, reported apart).
+
+Peak memory: JAX from the compiled executable's memory_analysis() (arguments + outputs + temporaries
+of one forward); PyTorch as the peak resident-set growth (RSS sampled every millisecond in a thread)
+during one forward, over the RSS before it. The two methods measure different things; both are
+labelled in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from g1jax.models import Qwen25VL, get_rope_index, preset, save_pretrained  # noqa: E402
+
+# Dense bf16 peak FLOP/s by device kind (vendor datasheets), for MFU on accelerators.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12,
+                   "TPU v4": 275e12, "TPU v5": 459e12, "TPU v6 lite": 918e12}
+
+
+def make_inputs(config, batch: int, seq: int, image_px: int, seed: int = 0):
+    merge, patch = config.vision.spatial_merge_size, config.vision.patch_size
+    if image_px % (merge * patch):
+        raise SystemExit(f"--image-px must be a multiple of {merge * patch}")
+    side = image_px // patch
+    grid = (1, side, side)
+    image_tokens = side * side // merge**2
+    text = seq - image_tokens - 2
+    if text < 2:
+        raise SystemExit(f"--seq {seq} is too short for {image_tokens} image tokens")
+    rng = np.random.RandomState(seed)
+    vocab = min(config.text.vocab_size, 151643)
+    ids = rng.randint(0, min(vocab, config.image_token_id), size=(batch, seq))
+    before = text // 2
+    ids[:, before] = config.vision_start_token_id
+    ids[:, before + 1:before + 1 + image_tokens] = config.image_token_id
+    ids[:, before + 1 + image_tokens] = config.vision_end_token_id
+    mask = np.ones_like(ids)
+    grids = [grid] * batch
+    positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id,
+                                  spatial_merge_size=merge)
+    pixel_values = rng.standard_normal((batch * side * side, config.vision.patch_features)).astype(np.float32)
+    return {"input_ids": ids, "attention_mask": mask, "positions": positions, "pixel_values": pixel_values,
+            "grids": tuple(grids), "image_tokens": image_tokens}
+
+
+class RssSampler:
+    """Peak RSS growth of this process while active (Linux /proc)."""
+
+    def __init__(self, interval: float = 1e-3):
+        self.interval, self.peak, self.base = interval, 0, 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+def time_runs(fn, warmup: int, runs: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def bench_jax(model, inputs, warmup, runs):
+    graphdef, state = nnx.split(model)
+    grids = inputs["grids"]
+
+    @jax.jit
+    def forward(state, ids, positions, mask, pixel_values):
+        return nnx.merge(graphdef, state)(ids, positions, mask, pixel_values, grids)
+
+    args = (state, jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
+            jnp.asarray(inputs["attention_mask"], jnp.int32), jnp.asarray(inputs["pixel_values"], model.dtype))
+    t0 = time.perf_counter()
+    compiled = forward.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    memory = {"method": "XLA memory_analysis (arguments + outputs + temporaries)",
+              "argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
+              "temp_bytes": int(mem.temp_size_in_bytes),
+              "peak_bytes": int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)}
+    out = {}
+
+    def run():
+        out["logits"] = compiled(*args)
+        out["logits"].block_until_ready()
+
+    first, times = time_runs(run, warmup, runs)
+    with RssSampler() as rss:
+        run()
+    memory["rss_growth_bytes_one_forward"] = rss.growth
+    return {"compile_s": compile_s, "first_call_s": first, "times_s": times, "memory": memory, "flops": flops,
+            "logits": np.asarray(out["logits"], np.float32)}
+
+
+def bench_torch(directory, inputs, warmup, runs, threads, attn):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation=attn).eval()
+    t = {k: torch.from_numpy(np.asarray(inputs[k], np.int64)) for k in ("input_ids", "attention_mask")}
+    t["pixel_values"] = torch.from_numpy(inputs["pixel_values"])
+    t["image_grid_thw"] = torch.tensor(inputs["grids"], dtype=torch.int64)
+    t["mm_token_type_ids"] = (t["input_ids"] == model.config.image_token_id).long()
+    out = {}
+
+    def run():
+        with torch.no_grad():
+            out["logits"] = model(**t).logits
+
+    first, times = time_runs(run, warmup, runs)
+    out.clear()
+    with RssSampler() as rss:
+        run()
+    memory = {"method": "peak RSS growth during one forward (sampled every 1 ms)",
+              "peak_bytes": rss.growth}
+    return {"first_call_s": first, "times_s": times, "memory": memory, "logits": out["logits"].float().numpy(),
+            "threads": threads, "attn_implementation": attn}
+
+
+def peak_flops(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for name, flops in PEAK_BF16_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="bench", help="preset name: bench (CPU default), tiny, 3b, 7b")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--image-px", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--skip-torch", action="store_true", help="Flax only (e.g. 3B on a GPU)")
+    parser.add_argument("--json", help="write results here")
+    args = parser.parse_args(argv)
+
+    config = preset(args.config)
+    dtype = jnp.dtype(args.dtype)
+    device = jax.devices()[0]
+    on_accelerator = device.platform != "cpu"
+    if not args.skip_torch and dtype != jnp.float32:
+        raise SystemExit("the PyTorch comparison runs in float32 on CPU; use --skip-torch with --dtype bfloat16")
+    inputs = make_inputs(config, args.batch, args.seq, args.image_px)
+    model = Qwen25VL(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    tokens = args.batch * args.seq
+
+    results = {"config": args.config, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+               "image_tokens_per_row": inputs["image_tokens"], "params": int(params),
+               "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
+               "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+               "versions": {"jax": jax.__version__}}
+    jax_res = bench_jax(model, inputs, args.warmup, args.runs)
+    jax_median = statistics.median(jax_res["times_s"])
+    results["flax"] = {k: v for k, v in jax_res.items() if k != "logits"}
+    results["flax"]["median_s"] = jax_median
+    results["flax"]["tokens_per_s"] = tokens / jax_median
+    if on_accelerator and jax_res["flops"]:
+        peak = peak_flops(device)
+        results["flax"]["model_tflops_per_s"] = jax_res["flops"] / jax_median / 1e12
+        results["flax"]["mfu"] = (jax_res["flops"] / jax_median / peak) if peak else None
+
+    if not args.skip_torch:
+        import torch
+        import transformers
+
+        results["versions"].update(torch=torch.__version__, transformers=transformers.__version__)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(model, tmp)
+            torch_res = bench_torch(tmp, inputs, args.warmup, args.runs, args.torch_threads, args.torch_attn)
+        torch_median = statistics.median(torch_res["times_s"])
+        results["torch"] = {k: v for k, v in torch_res.items() if k != "logits"}
+        results["torch"]["median_s"] = torch_median
+        results["torch"]["tokens_per_s"] = tokens / torch_median
+        results["flax_over_torch_speed"] = torch_median / jax_median
+        results["max_abs_logit_diff"] = float(np.abs(torch_res["logits"] - jax_res["logits"]).max())
+
+    gib = 1024**3
+    print(f"Qwen2.5-VL '{args.config}' ({params / 1e6:.1f}M params, {args.dtype}), batch {args.batch} x "
+          f"{args.seq} tokens ({inputs['image_tokens']} image tokens per row), device {results['device']}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'framework':<10} {'median s':>9} {'tokens/s':>10} {'first call s':>13} {'peak GiB':>9}  memory method")
+    f = results["flax"]
+    print(f"{'flax':<10} {f['median_s']:>9.3f} {f['tokens_per_s']:>10.0f} {f['first_call_s'] + f['compile_s']:>13.2f} "
+          f"{f['memory']['peak_bytes'] / gib:>9.3f}  {f['memory']['method']}")
+    if "torch" in results:
+        t = results["torch"]
+        print(f"{'pytorch':<10} {t['median_s']:>9.3f} {t['tokens_per_s']:>10.0f} {t['first_call_s']:>13.2f} "
+              f"{t['memory']['peak_bytes'] / gib:>9.3f}  {t['memory']['method']}")
+        print(f"flax RSS growth during one forward: {f['memory']['rss_growth_bytes_one_forward'] / gib:.3f} GiB "
+              f"(same method as the PyTorch row)")
+        print(f"Flax/PyTorch speed ratio: {results['flax_over_torch_speed']:.2f}x "
+              f"(torch threads {args.torch_threads}, attention {args.torch_attn}); "
+              f"max |logit diff| {results['max_abs_logit_diff']:.2e}")
+    if "mfu" in f:
+        mfu = f"{f['mfu'] * 100:.1f}%" if f["mfu"] is not None else "unknown peak for this device"
+        print(f"model FLOPs per forward {jax_res['flops'] / 1e12:.2f} TFLOP (XLA cost analysis), "
+              f"{f['model_tflops_per_s']:.1f} TFLOP/s, MFU {mfu}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
