@@ -8,10 +8,10 @@
 import importlib
 
 from envs.core import ConfigError, Env, UnknownGameError, list_games, make, register, unbatch
-from envs.wrappers import auto_reset_step, parallel_step, warmup_state, warmup_states
+from envs.wrappers import auto_reset_step, parallel_step, render_batch, render_into, warmup_state, warmup_states
 
 # Each game registers itself on import; one module per game.
-_GAME_MODULES = ("game2048",)
+_GAME_MODULES = ("game2048", "swap", "shisensho")
 for _module in _GAME_MODULES:
     importlib.import_module(f"envs.{_module}")
 
@@ -24,6 +24,8 @@ __all__ = [
     "make",
     "parallel_step",
     "register",
+    "render_batch",
+    "render_into",
     "unbatch",
     "warmup_state",
     "warmup_states",

@@ -52,7 +52,7 @@ BIG_TILE_COLOR = (60, 58, 50)  # 4096 and above
 DARK_TEXT, LIGHT_TEXT = (119, 110, 101), (249, 246, 242)
 LABEL_COLOR = (119, 110, 101)
 SCORE_DIGITS = 9
-LUT_MAX_SIZE = 4  # 18^4 rows = 105k entries; 18^5 would be 1.9M (too big to be worth it)
+LUT_MAX_SIZE = 4  # 18^4 rows = 105k entries; 27^5 would be 14M (too big to be worth it)
 
 
 @struct.dataclass
@@ -102,17 +102,21 @@ def _compact_left(rows):
     return jnp.take_along_axis(rows, order, axis=-1)
 
 
+CELL_BITS = 5  # a table entry packs the moved row as 5-bit exponents (unpacked with shifts)
+
+
 @functools.lru_cache(maxsize=None)
 def _row_table(n: int, base: int):
-    """Lookup table over every row of n exponents < base: (moved row as packed base-`base`
-    index, score). Built once per board size by running `slide_rows_left` on all rows."""
+    """Lookup tables over every row of n exponents < base (the row's table index is its
+    base-`base` number): the moved row packed as CELL_BITS-bit fields, and its merge score.
+    Built once per board size by running `slide_rows_left` on all rows."""
     codes = np.arange(base**n, dtype=np.int64)
     rows = np.stack([(codes // base**i) % base for i in range(n)], -1).astype(np.int32)
     with jax.ensure_compile_time_eval():  # may be first called while tracing a step
         moved, score = jax.jit(slide_rows_left)(jnp.asarray(rows))
     # two maximal tiles cannot both exist on a real board; clipping keeps those rows in range
-    moved = np.minimum(np.asarray(moved), base - 1)
-    packed = (moved * base ** np.arange(n)).sum(-1)
+    moved = np.minimum(np.asarray(moved), base - 1).astype(np.int64)
+    packed = (moved << (CELL_BITS * np.arange(n))).sum(-1)
     return np.asarray(packed, np.int32), np.asarray(score, np.int32)
 
 
@@ -192,7 +196,7 @@ class Game2048(Env):
             index = (rows * base ** jnp.arange(n)).sum(-1)
             packed, score = (jnp.asarray(t) for t in _row_table(n, base))  # numpy -> XLA constant
             packed, score = packed[index], score[index]
-            moved = (packed[:, None] // base ** jnp.arange(n)) % base
+            moved = (packed[:, None] >> (CELL_BITS * jnp.arange(n))) & ((1 << CELL_BITS) - 1)
         else:
             moved, score = slide_rows_left(rows)
         return _unview(moved.astype(board.dtype), action), score.sum()
@@ -205,8 +209,9 @@ class Game2048(Env):
         k = jnp.floor(u_cell * empty.sum()).astype(jnp.int32)  # k-th empty cell, row-major
         target = jnp.argmax(empty & (jnp.cumsum(empty) == k + 1))
         value = jnp.where(u_value < params.spawn_four_prob, 2, 1).astype(board.dtype)
-        flat = jnp.where(empty.any(), flat.at[target].set(value), flat)
-        return flat.reshape(board.shape)
+        # a select instead of a scatter: scatters are slow under vmap on CPU
+        place = empty.any() & (jnp.arange(flat.shape[0]) == target)
+        return jnp.where(place, value, flat).reshape(board.shape)
 
     def _game_over(self, board):
         horizontal = (board[:, 1:] == board[:, :-1]).any()
@@ -287,8 +292,17 @@ class Game2048(Env):
         return raster.to_uint8(img)
 
     @functools.cached_property
-    def _score_font(self):
-        return raster.glyph_atlas(max(6, int(round(40 * self._layout["scale"]))), 1)
+    def _score_text(self):
+        """The score strip: "Score: " is static (baked into the background), the digits are
+        fixed-width tiles after it, on the original's 40-px line centred in the 60-px strip."""
+        L = self._layout
+        px = max(6, int(round(40 * L["scale"])))
+        prefix = raster.text_alpha("Score: ", px, 1, crop=False)
+        digits = raster.digit_tiles(px, (0, 0, 0), BACKGROUND, 1)
+        x = int(round(L["ox"] + 20 * L["scale"]))
+        y = L["strip_y"] + (L["strip_h"] - prefix.shape[0]) // 2
+        num_digits = max(1, min(SCORE_DIGITS, (self.image_size[1] - x - prefix.shape[1]) // digits.width))
+        return dict(prefix=prefix, digits=digits, x=x, y=y, digits_x=x + prefix.shape[1], num_digits=num_digits)
 
     @functools.cached_property
     def _background(self) -> np.ndarray:
@@ -310,6 +324,8 @@ class Game2048(Env):
                 # in the 20-px margins above and left of the board
                 img = raster.stamp(img, label, bx + centre, by / 2, LABEL_COLOR)
                 img = raster.stamp(img, label, bx / 2, by + centre, LABEL_COLOR)
+        text = self._score_text
+        img = raster.stamp(img, text["prefix"], text["x"], text["y"], (0, 0, 0), align="left")
         return raster.to_uint8(img)
 
     def render(self, state, params=None):
@@ -318,11 +334,9 @@ class Game2048(Env):
         img = raster.paste(
             jnp.asarray(self._background), raster.grid_from_atlas(jnp.asarray(self._tile_atlas), board), L["board_y"] + L["gap"], L["board_x"] + L["gap"]
         )
-        font = self._score_font
-        codes = raster.concat_codes(font.codes("Score: "), raster.number_codes(state.score, SCORE_DIGITS))
-        x = int(round(L["ox"] + 20 * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-        return raster.draw_text(img, font, codes, x, y, (0, 0, 0), max_width=min(self.image_size[1] - x, codes.shape[0] * font.cell_w))
+        text = self._score_text
+        digits = text["digits"].row(state.score, text["num_digits"])
+        return raster.paste(img, digits, text["y"], text["digits_x"])
 
     # --- text ----------------------------------------------------------------------------
     def describe(self, state) -> str:

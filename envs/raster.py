@@ -337,16 +337,57 @@ def _shift2d(a, dy, dx):
     return jnp.where(ok, a[jnp.clip(ys, 0, h - 1), jnp.clip(xs, 0, w - 1)], 0.0)
 
 
-def text_alpha(text: str, px: int, stroke: int = 0) -> np.ndarray:
-    """Host: the anti-aliased alpha mask [h, w] of one line of static text, cropped to its ink
-    (so centring it centres the visible glyphs). For text fixed at construction: tile
-    numbers, labels. Dynamic text (scores) goes through the glyph atlas and `draw_text`."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class DigitTiles:
+    """Digits drawn like board tiles: uint8 [11, h, w, 3] cells for 0-9 and a blank (index
+    10), pre-blended in one colour on one background. A number is a row of fixed-width
+    cells, so stamping it is a gather + paste with no per-frame blending: the cheap way to
+    show a score that changes every step."""
+
+    tiles: np.ndarray
+    height: int
+    width: int
+
+    BLANK = 10
+
+    def row(self, value, num_digits: int):
+        """Jittable: uint8 [h, num_digits * w, 3], the number left-aligned (blank-padded)."""
+        codes = number_codes(value, num_digits)
+        digits = jnp.where(codes >= 0, codes - (ord("0") - FIRST_CHAR), self.BLANK)
+        return grid_from_atlas(jnp.asarray(self.tiles), digits[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def digit_tiles(px: int, color, background, stroke: int = 0) -> DigitTiles:
+    """Build (once per style) the `DigitTiles` of Pillow's bundled font at `px` pixels. Cells
+    are line boxes (see `text_alpha(..., crop=False)`), so digits share the baseline of any
+    static text drawn as a line box at the same height."""
+    lines = [text_alpha(str(d), px, stroke, crop=False) for d in range(10)]
+    width = max(a.shape[1] for a in lines)
+    cells = [np.pad(a, ((0, 0), ((width - a.shape[1]) // 2, width - a.shape[1] - (width - a.shape[1]) // 2))) for a in lines]
+    alpha = np.stack(cells + [np.zeros_like(cells[0])])[..., None]
+    color, background = np.asarray(color, np.float32), np.asarray(background, np.float32)
+    tiles = np.clip(np.round(background * (1 - alpha) + color * alpha), 0, 255).astype(np.uint8)
+    return DigitTiles(tiles=tiles, height=alpha.shape[1], width=width)
+
+
+def text_alpha(text: str, px: int, stroke: int = 0, crop: bool = True) -> np.ndarray:
+    """Host: the anti-aliased alpha mask of one line of static text, for text fixed at
+    construction (tile numbers, labels, prefixes); dynamic text goes through `DigitTiles`
+    or `draw_text`. crop=True: cropped to the ink, so centring it centres the visible glyphs.
+    crop=False: the whole line box (ascent + descent high, advance wide), so pieces drawn
+    side by side at the same top share a baseline."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=px)
-    left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
-    img = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
-    ImageDraw.Draw(img).text((-left, -top), text, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
+    if crop:
+        left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
+        origin, size = (-left, -top), (right - left, bottom - top)
+    else:
+        ascent, descent = font.getmetrics()
+        origin, size = (stroke, stroke), (int(round(font.getlength(text))) + 2 * stroke, ascent + descent + 2 * stroke)
+    img = Image.new("L", (max(1, size[0]), max(1, size[1])), 0)
+    ImageDraw.Draw(img).text(origin, text, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
     return np.asarray(img, np.float32) / 255.0
 
 

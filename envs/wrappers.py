@@ -75,3 +75,19 @@ def parallel_step(env: Env, key, state, actions, params=None):
     actions = jnp.asarray(actions, jnp.int32)
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(actions.shape[0]))
     return jax.vmap(lambda k, a: env.step(k, state, a, params))(keys, actions)
+
+
+def render_batch(env: Env, states, params=None):
+    """Frames uint8 [B, H, W, 3] of a batch of states."""
+    return jax.vmap(lambda s: env.render(s, params))(states)
+
+
+def render_into(env: Env, frames, states, params=None):
+    """`render_batch` written into an existing frames buffer. Jit it with `frames` donated
+    (`donate_argnums`) and XLA reuses the buffer: on CPU, writing a fresh output buffer costs
+    a page fault per 4 KiB, which for large frames costs about as much as drawing them."""
+    new = render_batch(env, states, params)
+    if new.shape != frames.shape or new.dtype != frames.dtype:
+        raise ValueError(f"frames buffer is {frames.dtype}{list(frames.shape)}, the batch renders {new.dtype}{list(new.shape)}")
+    # an update of the donated buffer (not a new array) is what lets XLA draw in place
+    return frames.at[...].set(new)

@@ -86,43 +86,60 @@ def bench_logic(env, batch: int, repeats: int) -> dict:
     )
 
 
-def bench_render(env, batch: int, repeats: int) -> dict:
+def bench_render(env, batch: int, repeats: int, donate: bool) -> dict:
+    """Frames/s of `render_batch`; with donate=True into a reused (donated) frames buffer."""
     states = warm_batch(env, batch)
-    fn = jax.jit(jax.vmap(lambda s: env.render(s, env.default_params)))
-    first, runs = timed(fn, states, repeats=repeats)
     h, w = env.image_size
+    if donate:
+        fn = jax.jit(lambda frames, s: envs.render_into(env, frames, s), donate_argnums=0)
+        frames = [jnp.zeros((batch, h, w, 3), jnp.uint8)]
+
+        def call(s):  # thread the buffer through the calls, as a training loop would
+            frames[0] = fn(frames[0], s)
+            return frames[0]
+
+        first, runs = timed(call, states, repeats=repeats)
+    else:
+        first, runs = timed(jax.jit(lambda s: envs.render_batch(env, s)), states, repeats=repeats)
     return dict(
-        metric="frames_per_s", batch=batch, image=f"{h}x{w}", compile_s=first,
+        metric="frames_per_s", batch=batch, image=f"{h}x{w}", donated=donate, compile_s=first,
         median=batch / statistics.median(runs), best=batch / min(runs),
     )
 
 
 def g1_step_fn(env, warmup_moves: int):
     """The env work of one G1 training step, done the JAX way, as one jitted function:
-    128 start states (reset + random warm-up moves), their 128 frames, and the rewards of
-    5 answers per state scored from the same state (parallel actions)."""
+    128 start states (reset + random warm-up moves), their 128 frames (written into the
+    donated frames buffer of the previous step), and the rewards of 5 answers per state
+    scored from the same state (parallel actions)."""
     params = env.default_params
 
-    def step(key):
+    def step(frames, key):
         warm_key, answer_key, score_key = jax.random.split(key, 3)
         states = envs.warmup_states(env, warm_key, G1_STATES, params, num_moves=warmup_moves)
-        frames = jax.vmap(lambda s: env.render(s, params))(states)
+        frames = envs.render_into(env, frames, states, params)
         # stand-ins for the model's parsed answers: any action id, valid or not
         answers = jax.random.randint(answer_key, (G1_STATES, G1_GROUP), 0, env.num_actions)
         keys = jax.random.split(score_key, G1_STATES)
         _, rewards, _, _ = jax.vmap(lambda k, s, a: envs.parallel_step(env, k, s, a, params))(keys, states, answers)
         return frames, rewards
 
-    return jax.jit(step)
+    return jax.jit(step, donate_argnums=0)
 
 
 def bench_g1_step(name: str, repeats: int) -> dict:
     env = envs.make(name, image_size=G1_FRAME)
     moves = G1_WARMUP_MOVES.get(name, 0)
     fn = g1_step_fn(env, moves)
-    first, runs = timed(fn, jax.random.key(0), repeats=repeats)
-    frames, rewards = fn(jax.random.key(0))
-    assert frames.shape == (G1_STATES, *G1_FRAME, 3) and rewards.shape == (G1_STATES, G1_GROUP)
+    frames = [jnp.zeros((G1_STATES, *G1_FRAME, 3), jnp.uint8)]
+    keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
+
+    def call():
+        frames[0], rewards = fn(frames[0], next(keys))
+        return frames[0], rewards
+
+    first, runs = timed(call, repeats=repeats)
+    assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
         metric="g1_step_s", game=name, warmup_moves=moves, image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
         compile_s=first, median=statistics.median(runs), best=min(runs),
@@ -226,11 +243,12 @@ def main(argv=None):
         rows.append(row)
         label = row.get("game", "")
         extra = f" image {row['image']}" if "image" in row else ""
+        extra += " donated" if row.get("donated") else ""
         if row["metric"] == "g1_step_s":
             print(f"{label:<34} G1 step ({row['warmup_moves']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
                   f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]", flush=True)
         else:
-            print(f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<16} median {fmt(row['median']):>8}  "
+            print(f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
                   f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]", flush=True)
 
     print(f"# {machine()}")
@@ -239,11 +257,12 @@ def main(argv=None):
             env = envs.make(name)
             for b in args.batches:
                 emit(dict(game=name, **bench_logic(env, b, args.repeats)))
-            for b in args.batches:
-                emit(dict(game=name, **bench_render(env, b, args.repeats)))
             big = envs.make(name, image_size=G1_FRAME)
-            for b in args.g1_batches:
-                emit(dict(game=name, **bench_render(big, b, args.repeats)))
+            for donate in (False, True):
+                for b in args.batches:
+                    emit(dict(game=name, **bench_render(env, b, args.repeats, donate)))
+                for b in args.g1_batches:
+                    emit(dict(game=name, **bench_render(big, b, args.repeats, donate)))
         if args.compare:
             for b in args.batches:
                 ours = next(r for r in rows if r.get("game") == "2048" and r["metric"] == "steps_per_s" and r["batch"] == b) if "2048" in games else None

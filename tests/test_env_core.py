@@ -206,3 +206,13 @@ def test_parallel_step_scores_every_answer_from_the_same_state():
     assert np.asarray(rewards).tolist() == [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]
     assert np.asarray(infos["raw_reward"]).tolist() == [0.0, 4.0, 0.0, 4.0, -1.0, 4.0]
     np.testing.assert_array_equal(state.board, ENV.from_board([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]).board)
+
+
+def test_render_into_reuses_the_buffer_and_checks_its_shape():
+    env = envs.make("2048", image_size=(224, 196))
+    states = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 3))
+    draw = jax.jit(lambda f, s: envs.render_into(env, f, s), donate_argnums=0)
+    frames = draw(jnp.zeros((3, 224, 196, 3), jnp.uint8), states)
+    np.testing.assert_array_equal(frames, envs.render_batch(env, states))
+    with pytest.raises(ValueError, match=r"frames buffer is uint8\[2, 224, 196, 3\]"):
+        envs.render_into(env, jnp.zeros((2, 224, 196, 3), jnp.uint8), states)
