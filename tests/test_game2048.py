@@ -68,7 +68,7 @@ def test_lookup_table_matches_direct_rule():
     base = ENV.max_exponent + 1
     packed, score = game2048._row_table(4, base)
     index = (rows * base ** np.arange(4)).sum(-1)
-    unpacked = (packed[index][:, None] // base ** np.arange(4)) % base
+    unpacked = (packed[index][:, None] >> (game2048.CELL_BITS * np.arange(4))) & 31
     np.testing.assert_array_equal(unpacked, np.asarray(direct))
     np.testing.assert_array_equal(score[index], np.asarray(direct_score))
 
