@@ -11,7 +11,7 @@ from envs.core import ConfigError, Env, UnknownGameError, list_games, make, regi
 from envs.wrappers import auto_reset_step, parallel_step, render_batch, render_into, warmup_state, warmup_states
 
 # Each game registers itself on import; one module per game.
-_GAME_MODULES = ("game2048", "swap", "shisensho")
+_GAME_MODULES = ("game2048", "swap", "shisensho", "shisensho_photo")
 for _module in _GAME_MODULES:
     importlib.import_module(f"envs.{_module}")
 

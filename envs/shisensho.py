@@ -1,0 +1,622 @@
+"""Shisen-Sho, faithful to G1's game (vlm-gym-spec.md §4), as pure JAX functions.
+
+Board: int32 tile types [G, G] (0 = empty). A type is a (colour, shape) pair; every type on a
+fresh board appears a multiple of 4 times. An action names two cells, (r1, c1) (r2, c2),
+encoded as base-G digits (`envs.grammar.encode_pair`); id G**4 is the invalid action. A pair
+matches when both cells hold the same type, are distinct, and a path of at most three straight
+segments (two turns) joins them through empty cells, where the path may leave the board by
+one cell (a ring of empty cells around it). A match removes both tiles: reward +1, score +1.
+Anything else: reward -1, nothing changes. The episode ends when no legal pair is left
+(including the cleared board). Training reward = raw reward (G1 trains on the raw +-1).
+
+Connectivity, branch-free and in fixed work (env-design-notes.md §12 asks for labelled
+empty runs; this is the same idea, kept as bitmasks). On the (G+2)^2 grid padded with the
+empty ring, every path with <= 2 turns is horizontal-vertical-horizontal or
+vertical-horizontal-vertical (segments may be empty). So per board we compute, as uint32
+bitmasks over the <= 14 padded positions: for each cell, the columns its row segment reaches
+and the rows its column segment reaches (cummax/cummin of tile positions), and for each pair
+of rows (columns), the columns (rows) with no tile strictly between them (prefix counts).
+Two cells connect iff (h_a & h_b & cols_clear[r_a, r_b]) | (v_a & v_b & rows_clear[c_a, c_b])
+is non-zero: one action costs O(1) after O(G^2 * 14) table work, all G^4 pairs (the
+`valid_actions` mask) cost G^4 bitwise ANDs. "Any legal pair left", run after every match,
+only tests the pairs that can match: tiles never move, so each cell's same-type partners are
+fixed when the board is dealt and kept in the state (G^2 * 3 tests on a dealt board).
+
+Boards: like the original, shuffle the colour x shape product, take the first G^2/4 types,
+place each 4 times, shuffle. With `solvable=True`, boards are built by reverse play instead
+(`_reverse_play_cells`), so at least one full clearing order exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from envs import raster
+from envs.core import ConfigError, Env, check_bool, check_choice, check_image_size, check_range, register
+from envs.grammar import parse_pair_action
+
+WHITE, BLACK, GRID_GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
+
+# The original's layout, in its pixels: 80-px cells, a 40-px text strip below the board,
+# shapes in the 60-px box 10 px inside the cell, 2-px black outlines, 1-px grey cell borders.
+CELL, STRIP, PAD, OUTLINE, BORDER = 80.0, 40.0, 10.0, 2.0, 1.0
+MIN_CELL_PX = 16  # smaller cells make the shapes and the score text illegible
+
+ANSWER_INSTRUCTIONS = (
+    "Please analyze the game board and identify two matching tiles that can be connected according to these "
+    "rules.\nReturn your answer as follows:\n1. First coordinate: (row1, col1)\n2. Second coordinate: (row2, col2)\n"
+    "Where row and col are 0-indexed numbers such as (0, 1), starting from the top-left of the board.\n"
+    "First describe the board in <perception></perception>. Then output your thinking process in <think></think> "
+    "and final action in <answer>(row1, col1) (row2, col2)</answer>."
+)
+
+# Compositional difficulty (G1 Figure 1's axes). The original game already uses all six
+# shapes, so "more shapes and colours" can only add colours: the ten darker/mixed colours of
+# the original's commented-out list (Maroon next to Red, Navy next to Blue...).
+PRESETS = {
+    # G1's Shisen-Sho: 6x6 board, 6 colours x 6 shapes (9 of the 36 types per game)
+    "base": dict(board_size=6, num_colors=6, num_shapes=6, image_size=(504, 448)),
+    # perception axis: 16 colours x 6 shapes (9 of 96 types per game, similar hues)
+    "more_shapes_colors": dict(board_size=6, num_colors=16, num_shapes=6, image_size=(504, 448)),
+    # board axis: 12x12 like the original's committed code (36 types, 144 tiles); ~56-px cells
+    "more_tiles": dict(board_size=12, num_colors=6, num_shapes=6, image_size=(728, 672)),
+    # both axes
+    "composition": dict(board_size=12, num_colors=16, num_shapes=6, image_size=(728, 672)),
+}
+
+
+@struct.dataclass
+class State:
+    board: jax.Array  # int32 [G, G] tile type per cell, 0 = empty (what matching compares)
+    faces: jax.Array  # int32 [G, G] atlas index drawn per cell, 0 = empty (shapes: the type)
+    partners: jax.Array  # int32 [G^2, K] per cell, the cells dealt the same type (self pads)
+    score: jax.Array  # int32 pairs removed this episode
+    remaining: jax.Array  # int32 tiles left on the board
+    steps: jax.Array  # int32 actions taken
+    done: jax.Array  # bool: no legal pair left
+
+
+@struct.dataclass
+class Params:
+    """Shisen-Sho has no dynamic knobs: everything that matters changes shapes (static)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Connectivity on the padded grid
+# ---------------------------------------------------------------------------------------
+
+
+def _bitmask(member):
+    """uint32 bitmask of a bool [..., P] membership along the last axis (P <= 32). A sum, so
+    XLA materialises it (a reduction ends a fusion) instead of recomputing it inside the G^4
+    pair loop that reads it."""
+    bits = jnp.left_shift(jnp.uint32(1), jnp.arange(member.shape[-1], dtype=jnp.uint32))
+    return jnp.sum(jnp.where(member, bits, jnp.uint32(0)), -1, dtype=jnp.uint32)
+
+
+def _step_along(x, axis: int, fill, forward: bool):
+    """x moved one cell along `axis` (forward: out[i] = x[i - 1]), the vacated end = fill."""
+    n = x.shape[axis]
+    edge = jnp.full_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis), fill)
+    if forward:
+        return jnp.concatenate([edge, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+    return jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), edge], axis)
+
+
+def _segments(filled, axis: int):
+    """uint32 [G, G]: for every interior cell, the bitmask of the padded positions along
+    `axis` (rows for axis 0, columns for axis 1) that a straight segment from the cell reaches:
+    the cell itself and the open cells next to it up to the first tile either way."""
+    p = filled.shape[axis]
+    pos = jnp.arange(p).reshape((p, 1) if axis == 0 else (1, p))
+    last_tile = jax.lax.cummax(jnp.where(filled, pos, -1), axis=axis)
+    next_tile = jax.lax.cummin(jnp.where(filled, pos, p), axis=axis, reverse=True)
+    lo = _step_along(last_tile, axis, -1, forward=True)[1:-1, 1:-1] + 1  # after the last tile before
+    hi = _step_along(next_tile, axis, p, forward=False)[1:-1, 1:-1] - 1  # before the first tile after
+    line = jnp.arange(p)
+    return _bitmask((line >= lo[..., None]) & (line <= hi[..., None]))
+
+
+def _clear_between(filled, axis: int):
+    """uint32 [G, G]: [i, k] = bitmask of the padded lines across `axis` whose cells strictly
+    between interior positions i and k are all open. axis 0: i, k are rows and the bits are
+    columns (a vertical segment between the two rows is free there); axis 1: swapped."""
+    lines = filled if axis == 0 else filled.T  # [position along the segment, line]
+    p = lines.shape[0]
+    count = jnp.concatenate([jnp.zeros((1, p), jnp.int32), jnp.cumsum(lines, 0, dtype=jnp.int32)])  # tiles before i
+    i = jnp.arange(1, p - 1)
+    lo, hi = jnp.minimum(i[:, None], i[None, :]), jnp.maximum(i[:, None], i[None, :])
+    return _bitmask(count[hi] - count[lo + 1] <= 0)  # the difference is -1 or 0 when i == k
+
+
+def connection_tables(board):
+    """Everything the <= 2-turn test needs, computed once per board on the (G+2)^2 padded
+    grid (tiles = board > 0, the ring empty), as uint32 bitmasks over padded positions
+    (G + 2 <= 14 bits), all [G, G]: per interior cell, the columns its row segment reaches
+    (h) and the rows its column segment reaches (v); per pair of interior rows, the columns
+    clear between them (cols_clear); per pair of interior columns, the rows clear between
+    them (rows_clear)."""
+    filled = jnp.pad(board > 0, 1)
+    return _segments(filled, 1), _segments(filled, 0), _clear_between(filled, 0), _clear_between(filled, 1)
+
+
+def _joined(h1, v1, h2, v2, cols_clear, rows_clear):
+    """The <= 2-turn test on bitmasks (broadcasting). Every such path is
+    horizontal-vertical-horizontal or vertical-horizontal-vertical, some segments possibly
+    empty: leave the first cell along its row to some column, cross to the second cell's row
+    in that column, reach the second cell along that row. So some column is reached by both
+    cells' row segments and clear between their rows (or the same with rows and columns
+    swapped)."""
+    return ((h1 & h2 & cols_clear) | (v1 & v2 & rows_clear)) != 0
+
+
+def connected(tables, a, b):
+    """Whether cells a and b (flat row-major indices, any matching shapes) are joined by a
+    path of at most two turns through empty cells; the cells' own contents are ignored."""
+    h, v, cols_clear, rows_clear = tables
+    g = h.shape[0]
+    (ra, ca), (rb, cb) = jnp.divmod(a, g), jnp.divmod(b, g)
+    return _joined(h[ra, ca], v[ra, ca], h[rb, cb], v[rb, cb], cols_clear[ra, rb], rows_clear[ca, cb])
+
+
+def joined_pairs(board):
+    """bool [G^2, G^2]: [a, b] = cells a and b (row-major) are joined by a <= 2-turn path
+    through empty cells, whatever they hold. G^4 bitwise ANDs of broadcast tables."""
+    g = board.shape[0]
+    h, v, cols_clear, rows_clear = connection_tables(board)
+    a, b = (slice(None), slice(None), None, None), (None, None, slice(None), slice(None))
+    joined = _joined(h[a], v[a], h[b], v[b], cols_clear[:, None, :, None], rows_clear[None, :, None, :])
+    return joined.reshape(g * g, g * g)
+
+
+def partner_pairs(board, partners):
+    """bool [G^2, K]: whether cell a and cell partners[a, k] form a legal match. `partners`
+    (int [G^2, K]) lists, for every cell, cells that may hold its type, the cell itself as
+    padding. `State.partners` lists every same-type cell (tiles never move, so the partners
+    dealt at the start stay the only candidates), which makes this the whole set of legal
+    pairs in G^2 * K tests (K = 3 on dealt boards) instead of G^4. Written as two gathers
+    (per-cell facts, then per-pair clear lines) because XLA:CPU gathers cost per op."""
+    g = board.shape[0]
+    h, v, cols_clear, rows_clear = connection_tables(board)
+    cell_facts = jnp.stack([h.reshape(-1), v.reshape(-1), board.reshape(-1).astype(jnp.uint32)], -1)  # [G^2, 3]
+    a, b = cell_facts[:, None, :], cell_facts[partners]  # [G^2, 1, 3], [G^2, K, 3]
+    (ra, ca), (rb, cb) = jnp.divmod(jnp.arange(g * g)[:, None], g), jnp.divmod(partners, g)
+    lines = jnp.concatenate([cols_clear.reshape(-1), rows_clear.reshape(-1)])
+    clear = lines[jnp.stack([ra * g + rb, g * g + ca * g + cb], -1)]  # [G^2, K, 2]
+    joined = _joined(a[..., 0], a[..., 1], b[..., 0], b[..., 1], clear[..., 0], clear[..., 1])
+    same = (partners != jnp.arange(g * g)[:, None]) & (a[..., 2] > 0) & (b[..., 2] == a[..., 2])
+    return same & joined
+
+
+def random_permutation(key, n: int):
+    """int32 [n]: a random permutation of range(n) from n distinct random keys (24 random bits
+    above the index; ties in the random bits, probability < n^2 / 2^25, are broken by index):
+    for small n their ranks (n^2 compares), for larger n their sorting order. On XLA:CPU the
+    compares are ~5x faster than a sort at n = 36 and ~4x slower at n = 144
+    (jax.random.permutation sorts three times)."""
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    keys = (bits << 8) | jnp.arange(n, dtype=jnp.uint32)
+    if n <= 64:
+        return jnp.sum(keys[None, :] < keys[:, None], axis=1, dtype=jnp.int32)
+    return jnp.argsort(keys).astype(jnp.int32)
+
+
+def full_board_has_pair(board):
+    """Whether a board with no empty cell has a legal pair, in O(G^2): paths can then only run
+    along the outer ring, so a pair is legal iff the two tiles are adjacent or lie on the same
+    side of the board (out, along the ring, back in: two turns)."""
+    sides = (board[0], board[-1], board[:, 0], board[:, -1])
+    same_side = [(side[:, None] == side[None, :]) & ~jnp.eye(side.shape[0], dtype=bool) for side in sides]
+    adjacent = (board[1:] == board[:-1]).any() | (board[:, 1:] == board[:, :-1]).any()
+    return adjacent | jnp.stack([m.any() for m in same_side]).any()
+
+
+# ---------------------------------------------------------------------------------------
+# The engine shared by the shape and photo games
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ShisenShoEngine(Env):
+    """Rules, generation, rendering and text shared by Shisen-Sho games. Subclasses say what
+    a tile is: `num_types`, `_faces` (what each dealt tile shows), `_face_atlas` (the
+    drawings), `type_names` (for the perception text), `prompt` and `from_board`."""
+
+    name = "shisensho-engine"
+    board_size: int = 6
+    image_size: tuple = (504, 448)
+    coordinate_labels: bool = False
+    solvable: bool = False
+
+    def __post_init__(self):
+        check_range(self.name, "board_size", self.board_size, 4, 12)
+        if self.board_size % 2:
+            raise ConfigError(f"{self.name}: board_size={self.board_size} must be even (tiles come in groups of 4)")
+        object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
+        check_bool(self.name, "coordinate_labels", self.coordinate_labels)
+        check_bool(self.name, "solvable", self.solvable)
+        if self._layout["cell"] < MIN_CELL_PX:
+            raise ConfigError(
+                f"{self.name}: image_size {self.image_size} leaves {self._layout['cell']}-px cells for a "
+                f"{self.board_size}x{self.board_size} board; cells need >= {MIN_CELL_PX} px to be legible"
+            )
+
+    # --- static facts ------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        return self.board_size * self.board_size
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_cells**2 + 1
+
+    @property
+    def invalid_action(self) -> int:
+        return self.num_cells**2
+
+    @property
+    def default_params(self) -> Params:
+        return Params()
+
+    @property
+    def num_types(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_copies(self) -> int:
+        """Most tiles of one type a dealt board holds: 4, or more when the board has more
+        slots (G^2/4) than there are types and types repeat."""
+        slots = self.num_cells // 4
+        return 4 * -(-slots // self.num_types)
+
+    # --- rules ---------------------------------------------------------------------------
+    def _state(self, board, faces, partners, score=0, steps=0):
+        board = jnp.asarray(board, jnp.int32)
+        partners = jnp.asarray(partners, jnp.int32)
+        return State(
+            board=board,
+            faces=jnp.asarray(faces, jnp.int32),
+            partners=partners,
+            score=jnp.asarray(score, jnp.int32),
+            remaining=jnp.sum(board > 0, dtype=jnp.int32),
+            steps=jnp.asarray(steps, jnp.int32),
+            done=~partner_pairs(board, partners).any(),
+        )
+
+    def reset(self, key, params=None):
+        type_key, face_key, place_key = jax.random.split(key, 3)
+        tile_types = jnp.repeat(self._slot_types(type_key), 4)  # tile i belongs to slot i // 4
+        tile_faces = self._faces(face_key, tile_types)
+        n = self.num_cells
+        if self.solvable:
+            # pair p = tiles (2p, 2p + 1), which share a slot; the k-th placed pair is pair_order[k]
+            pair_order = random_permutation(jax.random.fold_in(place_key, 1), n // 2)
+            tiles = (2 * pair_order[:, None] + jnp.arange(2)).reshape(-1)
+            cell_of_tile = jnp.zeros(n, jnp.int32).at[tiles].set(self._reverse_play_cells(place_key).reshape(-1))
+        else:
+            cell_of_tile = random_permutation(place_key, n)
+        tile_of_cell = jnp.zeros(n, jnp.int32).at[cell_of_tile].set(jnp.arange(n, dtype=jnp.int32))
+        g = self.board_size
+        board = tile_types[tile_of_cell].reshape(g, g)
+        return State(
+            board=board,
+            faces=tile_faces[tile_of_cell].reshape(g, g),
+            partners=cell_of_tile[jnp.asarray(self._tile_partners)[tile_of_cell]],
+            score=jnp.int32(0),
+            remaining=jnp.int32(n),
+            steps=jnp.int32(0),
+            done=~full_board_has_pair(board),
+        )
+
+    def step(self, key, state, action, params=None):
+        del key  # the rules are deterministic
+        n = self.num_cells
+        action = jnp.asarray(action, jnp.int32)
+        in_range = (action >= 0) & (action < n * n)
+        a, b = jnp.divmod(jnp.where(in_range, action, 0), n)
+        flat = state.board.reshape(-1)
+        joined = connected(connection_tables(state.board), a, b)
+        legal = in_range & (a != b) & (flat[a] > 0) & (flat[a] == flat[b]) & joined
+        remove = (legal & ((jnp.arange(n) == a) | (jnp.arange(n) == b))).reshape(state.board.shape)
+        board = jnp.where(remove, 0, state.board)
+        new_state = state.replace(
+            board=board,
+            faces=jnp.where(remove, 0, state.faces),
+            score=state.score + legal,
+            remaining=state.remaining - 2 * legal,
+            steps=state.steps + 1,
+            done=jnp.where(legal, ~partner_pairs(board, state.partners).any(), state.done),
+        )
+        reward = jnp.where(legal, 1.0, -1.0).astype(jnp.float32)
+        return new_state, reward, new_state.done, {"raw_reward": reward, "legal": legal}
+
+    def valid_actions(self, state, params=None):
+        n = self.num_cells
+        legal = partner_pairs(state.board, state.partners)
+        actions = jnp.arange(n)[:, None] * n + state.partners  # encode_pair of (cell, partner)
+        return jnp.zeros(self.num_actions, bool).at[actions].max(legal)
+
+    def random_valid_action(self, key, state, params=None):
+        """Uniform over `valid_actions` without building the G^4 mask: the k-th legal
+        (cell, partner) pair for a uniform k (each unordered pair is listed in both orders,
+        as in the mask); `invalid_action` when nothing is valid."""
+        legal = partner_pairs(state.board, state.partners).reshape(-1)
+        count = legal.sum()
+        k = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
+        pick = jnp.argmax(legal & (jnp.cumsum(legal) == k + 1))
+        n = self.num_cells
+        action = (pick // state.partners.shape[1]) * n + state.partners.reshape(-1)[pick]
+        return jnp.where(count > 0, action, self.invalid_action).astype(jnp.int32)
+
+    # --- generation ----------------------------------------------------------------------
+    def _slot_types(self, key):
+        """int32 [G^2/4]: the type (1-based) of each group of 4 tiles. Like the original,
+        the first G^2/4 types of a shuffled list; when there are fewer types than slots the
+        shuffled list repeats (the original repeats random drawn types instead: this keeps
+        every type at most `max_copies` times, which bounds the partner table)."""
+        slots = self.num_cells // 4
+        rank = random_permutation(key, self.num_types)  # the type ranked r goes into slots r, r + T, ...
+        by_rank = jnp.zeros(self.num_types, jnp.int32).at[rank].set(jnp.arange(self.num_types, dtype=jnp.int32))
+        return by_rank[jnp.arange(slots) % self.num_types] + 1
+
+    def _faces(self, key, tile_types):
+        """int32 [G^2]: the atlas face of each tile, given its type (tile i is in slot i // 4)."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _tile_partners(self) -> np.ndarray:
+        """int32 [G^2, max_copies - 1]: for tile i, the other tiles whose slot has the same
+        type on every deal (slots s and s' with s = s' mod num_types); padded with i."""
+        n, k = self.num_cells, self.max_copies - 1
+        group = (np.arange(n) // 4) % self.num_types
+        table = np.tile(np.arange(n)[:, None], (1, k))
+        for i in range(n):
+            others = np.flatnonzero((group == group[i]) & (np.arange(n) != i))
+            table[i, : len(others)] = others
+        return table.astype(np.int32)
+
+    def _board_partners(self, board: np.ndarray) -> np.ndarray:
+        """Host: the partner table of an arbitrary board (for `from_board`)."""
+        flat = board.reshape(-1)
+        n, k = flat.size, self.max_copies - 1
+        table = np.tile(np.arange(n)[:, None], (1, k))
+        for i in np.flatnonzero(flat):
+            others = np.flatnonzero((flat == flat[i]) & (np.arange(n) != i))
+            if len(others) > k:
+                raise ValueError(
+                    f"{self.name}: type {int(flat[i])} appears {len(others) + 1} times; this configuration deals "
+                    f"at most {self.max_copies} tiles of a type (board_size {self.board_size}, {self.num_types} types)"
+                )
+            table[i, : len(others)] = others
+        return table.astype(np.int32)
+
+    def _reverse_play_cells(self, key):
+        """int32 [G^2/2, 2]: cells for the pairs, chosen by playing the game backwards.
+
+        Pair k goes on two empty cells joined by a <= 2-turn path on the board holding pairs
+        0..k, so removing pairs in the order G^2/2-1, ..., 0 clears the board. Each step
+        picks the empty cell with the fewest possible partners (ties at random), which keeps
+        isolated holes from piling up, then a random partner. If the empty cells ever have no
+        joinable pair, the whole board falls back to side-by-side pairs (always solvable)."""
+        g, n = self.board_size, self.num_cells
+
+        def place(carry, key):
+            empty, ok = carry
+            flat = empty.reshape(-1)
+            options = joined_pairs(jnp.where(empty, 0, 1)) & flat[:, None] & flat[None, :] & ~jnp.eye(n, dtype=bool)
+            count = options.sum(1)
+            k_first, k_second = jax.random.split(key)
+            noise = jax.random.uniform(k_first, (n,))
+            first = jnp.argmin(jnp.where(count > 0, count + noise, jnp.inf))
+            second = jax.random.categorical(k_second, jnp.where(options[first], 0.0, -jnp.inf))
+            placed = (jnp.arange(n) == first) | (jnp.arange(n) == second)
+            return (empty & ~placed.reshape(g, g), ok & (count > 0).any()), jnp.stack([first, second])
+
+        start = (jnp.ones((g, g), bool), jnp.bool_(True))
+        (_, ok), cells = jax.lax.scan(place, start, jax.random.split(key, n // 2))
+        dominoes = jnp.arange(n, dtype=jnp.int32).reshape(-1, 2)  # (r, 2j), (r, 2j+1)
+        return jnp.where(ok, cells.astype(jnp.int32), dominoes)
+
+    # --- rendering -----------------------------------------------------------------------
+    @functools.cached_property
+    def _layout(self):
+        """Pixel layout: the original canvas (80-px cells, 40-px strip; with coordinate labels,
+        a 40-px band above and left of the board) uniformly scaled into image_size, centred.
+        Cells are whole pixels so the board is a gather of equal tiles."""
+        h, w = self.image_size
+        g = self.board_size
+        band = STRIP if self.coordinate_labels else 0.0
+        s = min(w / (band + CELL * g), h / (band + CELL * g + STRIP))
+        cell = int(CELL * s)
+        band_px, strip_px = int(round(band * s)), int(round(STRIP * s))
+        x0 = (w - band_px - g * cell) // 2 + band_px
+        y0 = (h - band_px - g * cell - strip_px) // 2 + band_px
+        return dict(scale=cell / CELL, cell=cell, board_x=x0, board_y=y0, band=band_px, strip_y=y0 + g * cell, strip_h=strip_px)
+
+    def _empty_tile(self):
+        """float [cell, cell, 3]: a white cell with the original's 1-px grey border."""
+        c, s = self._layout["cell"], self._layout["scale"]
+        ys, xs = raster.pixel_centres(c, c)
+        border = raster.inner_outline(raster.sdf_box(ys, xs, 0, 0, c, c), max(1.0, BORDER * s))
+        return raster.fill(raster.canvas(c, c, WHITE), border, GRID_GREY)
+
+    def _face_atlas(self) -> jax.Array:
+        """uint8 [num_faces, cell, cell, 3]; face 0 is the empty cell."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _atlas(self) -> np.ndarray:
+        return raster.bake(self._face_atlas)
+
+    @functools.cached_property
+    def _font(self):
+        # the original's 36-px pygame default font is ~26 px tall on an 80-px cell
+        return raster.glyph_atlas(max(8, int(round(26 * self._layout["scale"]))), 0)
+
+    @functools.cached_property
+    def _background(self) -> np.ndarray:
+        return raster.bake(self._draw_background)
+
+    def _draw_background(self):
+        h, w = self.image_size
+        L = self._layout
+        img = raster.canvas(h, w, WHITE)
+        if self.coordinate_labels:
+            font = raster.glyph_atlas(max(8, int(round(24 * L["scale"]))), 0)
+            for i in range(self.board_size):
+                centre = (i + 0.5) * L["cell"]
+                codes = font.codes(str(i))
+                img = raster.draw_text(img, font, codes, L["board_x"] + centre, L["board_y"] - L["band"] / 2, BLACK, align="center")
+                img = raster.draw_text(img, font, codes, L["board_x"] - L["band"] / 2, L["board_y"] + centre, BLACK, align="center")
+        return raster.to_uint8(img)
+
+    def render(self, state, params=None):
+        L = self._layout
+        faces = jnp.clip(state.faces, 0, self._atlas.shape[0] - 1)
+        board = raster.grid_from_atlas(jnp.asarray(self._atlas), faces)
+        img = raster.paste(jnp.asarray(self._background), board, L["board_y"], L["board_x"])
+        font, digits = self._font, len(str(self.num_cells))
+        codes = raster.concat_codes(
+            font.codes("Score: "), raster.number_codes(state.score, digits),
+            font.codes("   Remaining: "), raster.number_codes(state.remaining, digits),
+        )
+        x = L["board_x"] + int(round(PAD * L["scale"]))
+        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
+        width = min(self.image_size[1] - x, codes.shape[0] * font.cell_w)
+        return raster.draw_text(img, font, codes, x, y, BLACK, max_width=width)
+
+    # --- text ----------------------------------------------------------------------------
+    @property
+    def type_names(self) -> tuple[str, ...]:
+        """Perception-text name of every tile type; index 0 (empty) is unused."""
+        raise NotImplementedError
+
+    def describe(self, state) -> str:
+        board = np.asarray(state.board)
+        g = self.board_size
+        if board.shape != (g, g):
+            raise ValueError(f"{self.name}: describe expects one {g}x{g} board, got shape {board.shape}")
+        names = self.type_names
+        return "\n".join("|".join(f" {names[t]} " if t else " - " for t in row) for row in board)
+
+    def parse(self, text: str) -> int:
+        """G1's coordinate answer; malformed, out-of-range (no aliasing) or missing -> invalid."""
+        return parse_pair_action(text, self.board_size, self.invalid_action)
+
+    def board_from_text(self, text: str) -> np.ndarray:
+        """Inverse of `describe`: int [G, G] tile types from the perception text."""
+        g, lookup = self.board_size, {name: t for t, name in enumerate(self.type_names) if t}
+        rows = text.split("\n")
+        cells = [row.split("|") for row in rows]
+        if len(rows) != g or any(len(r) != g for r in cells):
+            raise ValueError(f"{self.name}: board text must have {g} rows of {g} '|'-separated cells")
+        board = np.zeros((g, g), np.int32)
+        for i, row in enumerate(cells):
+            for j, cell in enumerate(row):
+                name = cell.strip()
+                if name != "-" and name not in lookup:
+                    raise ValueError(f"{self.name}: unknown tile {name!r} at ({i}, {j}); known: {sorted(lookup)}")
+                board[i, j] = lookup.get(name, 0)
+        return board
+
+    def _check_board(self, board) -> np.ndarray:
+        if isinstance(board, str):
+            board = self.board_from_text(board)
+        arr = np.asarray(board)
+        g, num_types = self.board_size, len(self.type_names) - 1
+        if arr.shape != (g, g) or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{self.name}: board must be integer tile types of shape ({g}, {g}), got {arr.dtype} {arr.shape}")
+        if (arr < 0).any() or (arr > num_types).any():
+            raise ValueError(f"{self.name}: tile types must lie in [0, {num_types}] (0 = empty), got {arr.tolist()}")
+        return arr.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# The shape-tile game
+# ---------------------------------------------------------------------------------------
+
+
+@register("shisensho")
+@dataclasses.dataclass(frozen=True, repr=False)
+class ShisenSho(ShisenShoEngine):
+    """G1's Shisen-Sho with (colour, shape) tiles. Static config: `preset` (a key of PRESETS,
+    default "base"), then any of board_size (even, 4..12), num_colors (1..16, the first n of
+    raster.TILE_COLORS), num_shapes (1..6, the first n of raster.SHAPES), image_size (H, W)
+    multiples of 28; options left as None come from the preset. coordinate_labels draws row
+    and column indices (off like the original); solvable=True deals by reverse play."""
+
+    name = "shisensho"
+    preset: str = "base"
+    board_size: int | None = None
+    num_colors: int | None = None
+    num_shapes: int | None = None
+    image_size: tuple | None = None
+
+    def __post_init__(self):
+        check_choice(self.name, "preset", self.preset, PRESETS)
+        for option, value in PRESETS[self.preset].items():
+            if getattr(self, option) is None:
+                object.__setattr__(self, option, value)
+        check_range(self.name, "num_colors", self.num_colors, 1, len(raster.TILE_COLORS))
+        check_range(self.name, "num_shapes", self.num_shapes, 1, len(raster.SHAPES))
+        super().__post_init__()
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in raster.TILE_COLORS[: self.num_colors])
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return raster.SHAPES[: self.num_shapes]
+
+    @property
+    def num_types(self) -> int:
+        return self.num_colors * self.num_shapes
+
+    @functools.cached_property
+    def type_names(self) -> tuple[str, ...]:
+        # type t >= 1 is (colour (t-1) // num_shapes, shape (t-1) % num_shapes), the original's
+        # colour-major product order
+        return ("-",) + tuple(f"{c} {s}" for c in self.colors for s in self.shapes)
+
+    @property
+    def prompt(self) -> str:
+        return (
+            "You are playing a 'Shisen-sho' puzzle game.\nThe goal is to match pairs of identical tiles by connecting "
+            "them with a path that has at most 2 turns and doesn't cross any other tiles.\nThe tiles are distinguished "
+            f"by their color and shape:\n- {', '.join(self.colors)}, etc.\n- Shapes include: {', '.join(self.shapes)}, "
+            f"etc.\n{ANSWER_INSTRUCTIONS}"
+        )
+
+    def _faces(self, key, tile_types):
+        return tile_types  # one drawing per type
+
+    def _face_atlas(self):
+        return jnp.stack([raster.to_uint8(self._draw_tile(t)) for t in range(self.num_types + 1)])
+
+    def _draw_tile(self, t: int):
+        img = self._empty_tile()
+        if t == 0:
+            return img
+        L = self._layout
+        c, s = L["cell"], L["scale"]
+        _, rgb = raster.TILE_COLORS[(t - 1) // self.num_shapes]
+        shape = self.shapes[(t - 1) % self.num_shapes]
+        ys, xs = raster.pixel_centres(c, c)
+        sdf = raster.shape_sdf(shape, ys, xs, PAD * s, PAD * s, c - 2 * PAD * s)
+        img = raster.fill(img, raster.coverage(sdf), rgb)
+        if shape in raster.OUTLINED_SHAPES:
+            img = raster.fill(img, raster.inner_outline(sdf, OUTLINE * s), BLACK)
+        return img
+
+    def from_board(self, board, score: int = 0, steps: int = 0):
+        """State from int [G, G] tile types (0 empty, t = colour * num_shapes + shape + 1) or
+        from the perception text (`describe`'s format)."""
+        arr = self._check_board(board)
+        return self._state(arr, arr, self._board_partners(arr), score, steps)
