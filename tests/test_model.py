@@ -229,8 +229,9 @@ def test_causal_block_attention_equals_full():
     valid = np.ones((2, 23), bool)
     valid[1, :9] = False  # left padding
     mask = jnp.asarray(np.tril(np.ones((23, 23), bool))[None] & valid[:, None, :])
-    full = attention(q, k, v, mask, 8 ** -0.5)
-    blocked = attention(q, k, v, mask, 8 ** -0.5, causal_block=5)  # 5 blocks, the last one short
+    run = jax.jit(attention, static_argnums=(4, 5))
+    full = run(q, k, v, mask, 8 ** -0.5, None)
+    blocked = run(q, k, v, mask, 8 ** -0.5, 5)  # 5 blocks, the last one short
     # padding queries see no key at all; their (unused) uniform average differs by block, so compare real rows
     np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(full)[valid], atol=1e-6, rtol=0)
 
@@ -419,7 +420,26 @@ def test_bad_inputs_raise_clear_errors(model, golden):
 
 
 # ---------------------------------------------------------------------------- config
+# config.json of Qwen/Qwen2.5-VL-3B-Instruct as shipped on the hub (legacy flat layout).
+HUB_3B_CONFIG = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 128000,
+    "max_window_layers": 70, "model_type": "qwen2_5_vl", "num_attention_heads": 16, "num_hidden_layers": 36,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14,
+                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 151936,
+}
+
+
 def test_config_layouts_presets_and_validation(hf_config_dict):
+    assert Qwen25VLConfig.from_hf_dict(HUB_3B_CONFIG) == preset("3b")
     # v5 nested layout (the fixture, written by transformers 5.23.0)
     tiny = Qwen25VLConfig.from_hf_dict(hf_config_dict)
     want = preset("tiny")
