@@ -5,7 +5,8 @@
     python experiments/bench_model.py --config 3b --dtype bfloat16 --skip-torch   # on a GPU: adds MFU
 
 Each row of the batch is one image (224x224 px by default -> 64 image tokens) inside a 512-token
-prompt. "first call" is compile + first run for Flax, the first (lazy-init) run for PyTorch. Both models get identical random weights (the Flax model is exported with save_pretrained and
+prompt. "first call" is compile + first run for Flax, the first (lazy-init) run for PyTorch. Both
+models get identical random weights (the Flax model is exported with save_pretrained and
 loaded by transformers) and identical inputs; the max abs logit difference between them is printed as
 a sanity check. Timings are steady-state medians (and bests) after warm-up, with the two frameworks'
 timed runs interleaved so both see the same background load (jit compile excluded, reported apart).

@@ -314,6 +314,10 @@ def test_loader_places_params_on_given_sharding():
     placed = load_pretrained(FIXTURE, shardings=target)
     leaves = jax.tree.leaves(nnx.state(placed))
     assert all(leaf.sharding == target for leaf in leaves)
+    # an nnx.State of shardings mirroring the parameter tree
+    per_param = jax.tree.map(lambda _: target, nnx.state(Qwen25VL(preset("tiny"), rngs=None)))
+    assert all(leaf.sharding == target for leaf in jax.tree.leaves(nnx.state(load_pretrained(
+        FIXTURE, shardings=per_param))))
     if len(devices) >= 2:
         mesh = jax.sharding.Mesh(np.array(devices[:2]), ("tp",))
 

@@ -45,7 +45,8 @@ def get_rope_index(
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
         mask = mask.astype(bool)
-    grids = [] if image_grid_thw is None else [tuple(int(x) for x in g) for g in np.asarray(image_grid_thw).reshape(-1, 3)]
+    grids = [] if image_grid_thw is None else \
+        [tuple(int(x) for x in g) for g in np.asarray(image_grid_thw).reshape(-1, 3)]
     m = int(spatial_merge_size)
     for k, (t, h, w) in enumerate(grids):
         if t < 1 or h % m or w % m or h < m or w < m:

@@ -142,7 +142,7 @@ def parity_inputs(config: Qwen25VLConfig, seed: int = 0) -> dict[str, np.ndarray
 
 
 def hf_outputs(model, inputs: dict[str, np.ndarray], max_new_tokens: int = 16) -> dict[str, np.ndarray]:
-    """Positions, vision features, per-layer hidden states, logits and a greedy continuation from transformers."""
+    """Positions, vision features, logits and a greedy continuation (tokens and step logits) from transformers."""
     torch, _ = _torch()
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
     with torch.no_grad():
