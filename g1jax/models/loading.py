@@ -222,18 +222,18 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
         if shape != spec.hf_shape:
             raise CheckpointError(f"key {key!r} has shape {list(shape)} in {files[key]}, expected "
                                   f"{list(spec.hf_shape)}")
+    if tied_head:
+        _check_tied_head(files, by_canonical, directory)
     sharding_of = _sharding_lookup(shardings)
     file_to_canon = {v: k for k, v in by_canonical.items()}
     for key, tensor in _read_tensors(files, [by_canonical[c] for c in specs]):
         spec, variable = specs[file_to_canon[key]]
         array = spec.from_hf(tensor).astype(variable.get_value().dtype)
         variable.set_value(jax.device_put(array, sharding_of(spec)))
-    if tied_head:
-        _check_tied_head(files, by_canonical, specs, directory)
     return nnx.merge(graphdef, state)
 
 
-def _check_tied_head(files, by_canonical, specs, directory):
+def _check_tied_head(files, by_canonical, directory):
     """A tied config may still ship lm_head.weight; accept it only if it equals the embedding."""
     head_key, embed_key = by_canonical["lm_head.weight"], by_canonical["model.embed_tokens.weight"]
     tensors = dict(_read_tensors(files, [head_key, embed_key]))
