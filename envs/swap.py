@@ -266,14 +266,15 @@ def random_refill(key, size: int, num_types: int):
     return lambda wave: uniform_tiles(jax.random.fold_in(key, wave), (size, size), num_types)
 
 
-def settle(key, board, wanted, num_types: int, max_waves: int):
+def settle(key, board, wanted, num_types: int, max_waves: int, shuffle_tries: int = SHUFFLE_TRIES, deal_tries: int = DEAL_TRIES):
     """Reshuffle `board` if `wanted` and it is not playable (a line left at the cascade cap, or
-    no legal swap). First the original's shuffle, up to SHUFFLE_TRIES times: a random
-    permutation of the tiles whose lines are then cleared wave by wave (unscored); then fresh
-    deals with a planted legal swap; then the pattern board, which always works. Each stage
-    is a while_loop that a vmapped batch enters only if one of its boards still needs it.
-    Returns (board, whether it was reshuffled)."""
+    no legal swap). First the original's shuffle, up to `shuffle_tries` times: a random
+    permutation of the tiles whose lines are then cleared wave by wave (unscored); then up to
+    `deal_tries` fresh deals with a planted legal swap; then the pattern board, which always
+    works. Each stage is a while_loop that a vmapped batch enters only if one of its boards
+    still needs it. Returns (board, whether it was reshuffled)."""
     size = board.shape[0]
+    wanted = jnp.asarray(wanted, bool)
 
     def shuffle(k):
         perm_key, refill_key = jax.random.split(k)
@@ -296,9 +297,9 @@ def settle(key, board, wanted, num_types: int, max_waves: int):
         return board, found
 
     keep = ~wanted | playable(board)
-    new, found = search(board, keep, shuffle, SHUFFLE_TRIES, 0)
-    new, found = search(new, found, lambda k: planted_deal(k, size, num_types), DEAL_TRIES, SHUFFLE_TRIES)
-    last_resort = pattern_board(jax.random.fold_in(key, SHUFFLE_TRIES + DEAL_TRIES), size, num_types)
+    new, found = search(board, keep, shuffle, shuffle_tries, 0)
+    new, found = search(new, found, lambda k: planted_deal(k, size, num_types), deal_tries, shuffle_tries)
+    last_resort = pattern_board(jax.random.fold_in(key, shuffle_tries + deal_tries), size, num_types)
     return jnp.where(found, new, last_resort), ~keep
 
 
