@@ -76,6 +76,7 @@ class State:
     board: jax.Array  # int32 [G, G] tile type per cell, 0 = empty (what matching compares)
     faces: jax.Array  # int32 [G, G] atlas index drawn per cell, 0 = empty (shapes: the type)
     partners: jax.Array  # int32 [G^2, K] per cell, the cells dealt the same type (self pads)
+    legal: jax.Array  # bool [G^2, K] whether (cell, partners[cell, k]) is a legal match now
     score: jax.Array  # int32 pairs removed this episode
     remaining: jax.Array  # int32 tiles left on the board
     steps: jax.Array  # int32 actions taken
@@ -92,47 +93,37 @@ class Params:
 # ---------------------------------------------------------------------------------------
 
 
-def _bitmask(member):
-    """uint32 bitmask of a bool [..., P] membership along the last axis (P <= 32). A sum, so
-    XLA materialises it (a reduction ends a fusion) instead of recomputing it inside the G^4
-    pair loop that reads it."""
-    bits = jnp.left_shift(jnp.uint32(1), jnp.arange(member.shape[-1], dtype=jnp.uint32))
-    return jnp.sum(jnp.where(member, bits, jnp.uint32(0)), -1, dtype=jnp.uint32)
+def _pack(member):
+    """uint32 bitmask of a bool [..., P] along the last axis (P <= 24): a dot with powers of
+    two, exact in float32 and far cheaper on XLA:CPU than a reduction."""
+    powers = jnp.asarray(2.0 ** np.arange(member.shape[-1]), jnp.float32)
+    return jnp.dot(member.astype(jnp.float32), powers).astype(jnp.uint32)
 
 
-def _step_along(x, axis: int, fill, forward: bool):
-    """x moved one cell along `axis` (forward: out[i] = x[i - 1]), the vacated end = fill."""
-    n = x.shape[axis]
-    edge = jnp.full_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis), fill)
-    if forward:
-        return jnp.concatenate([edge, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
-    return jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), edge], axis)
+def _segments(lines, p: int):
+    """uint32 [G, G]: lines = uint32 [G] tile bitmasks of the interior lines (rows or columns)
+    over the p padded positions. [l, j] = the positions a straight segment from interior cell
+    j of line l reaches: the cell itself and the open cells next to it up to the first tile
+    either way (or the grid's edge)."""
+    one = jnp.uint32(1)
+    pos = jnp.arange(1, lines.shape[0] + 1, dtype=jnp.uint32)[None, :]  # padded position of cell j
+    line = lines[:, None]
+    before = line & ((one << pos) - one)
+    after = line & ~((one << (pos + one)) - one)
+    lo = 32 - jax.lax.clz(before).astype(jnp.int32)  # one past the last tile before (0: none)
+    lowest_after = after & (~after + one)
+    hi = jnp.where(after == 0, p, 31 - jax.lax.clz(lowest_after).astype(jnp.int32))  # first tile after
+    return ((one << hi.astype(jnp.uint32)) - one) & ~((one << lo.astype(jnp.uint32)) - one)
 
 
-def _segments(filled, axis: int):
-    """uint32 [G, G]: for every interior cell, the bitmask of the padded positions along
-    `axis` (rows for axis 0, columns for axis 1) that a straight segment from the cell reaches:
-    the cell itself and the open cells next to it up to the first tile either way."""
-    p = filled.shape[axis]
-    pos = jnp.arange(p).reshape((p, 1) if axis == 0 else (1, p))
-    last_tile = jax.lax.cummax(jnp.where(filled, pos, -1), axis=axis)
-    next_tile = jax.lax.cummin(jnp.where(filled, pos, p), axis=axis, reverse=True)
-    lo = _step_along(last_tile, axis, -1, forward=True)[1:-1, 1:-1] + 1  # after the last tile before
-    hi = _step_along(next_tile, axis, p, forward=False)[1:-1, 1:-1] - 1  # before the first tile after
-    line = jnp.arange(p)
-    return _bitmask((line >= lo[..., None]) & (line <= hi[..., None]))
-
-
-def _clear_between(filled, axis: int):
-    """uint32 [G, G]: [i, k] = bitmask of the padded lines across `axis` whose cells strictly
-    between interior positions i and k are all open. axis 0: i, k are rows and the bits are
-    columns (a vertical segment between the two rows is free there); axis 1: swapped."""
-    lines = filled if axis == 0 else filled.T  # [position along the segment, line]
-    p = lines.shape[0]
-    count = jnp.concatenate([jnp.zeros((1, p), jnp.int32), jnp.cumsum(lines, 0, dtype=jnp.int32)])  # tiles before i
-    i = jnp.arange(1, p - 1)
-    lo, hi = jnp.minimum(i[:, None], i[None, :]), jnp.maximum(i[:, None], i[None, :])
-    return _bitmask(count[hi] - count[lo + 1] <= 0)  # the difference is -1 or 0 when i == k
+def _clear_between(lines, p: int):
+    """uint32 [G, G]: [i, k] = bitmask of the positions across the lines where no tile lies
+    strictly between interior lines i and k (the OR of the lines in between, inverted)."""
+    i = np.arange(lines.shape[0])
+    lo, hi = np.minimum.outer(i, i)[..., None], np.maximum.outer(i, i)[..., None]
+    between = jnp.asarray((lo < i) & (i < hi))  # [i, k, line] static
+    tiles = jax.lax.reduce(jnp.where(between, lines, jnp.uint32(0)), jnp.uint32(0), jax.lax.bitwise_or, (2,))
+    return ~tiles & jnp.uint32((1 << p) - 1)
 
 
 def connection_tables(board):
@@ -141,9 +132,11 @@ def connection_tables(board):
     (G + 2 <= 14 bits), all [G, G]: per interior cell, the columns its row segment reaches
     (h) and the rows its column segment reaches (v); per pair of interior rows, the columns
     clear between them (cols_clear); per pair of interior columns, the rows clear between
-    them (rows_clear)."""
+    them (rows_clear). Bit arithmetic on one tile bitmask per row and per column."""
+    p = board.shape[0] + 2
     filled = jnp.pad(board > 0, 1)
-    return _segments(filled, 1), _segments(filled, 0), _clear_between(filled, 0), _clear_between(filled, 1)
+    rows, cols = _pack(filled)[1:-1], _pack(filled.T)[1:-1]  # tiles of each interior row / column
+    return _segments(rows, p), _segments(cols, p).T, _clear_between(rows, p), _clear_between(cols, p)
 
 
 def _joined(h1, v1, h2, v2, cols_clear, rows_clear):
@@ -207,14 +200,29 @@ def random_permutation(key, n: int):
     return jnp.argsort(keys).astype(jnp.int32)
 
 
-def full_board_has_pair(board):
-    """Whether a board with no empty cell has a legal pair, in O(G^2): paths can then only run
-    along the outer ring, so a pair is legal iff the two tiles are adjacent or lie on the same
-    side of the board (out, along the ring, back in: two turns)."""
-    sides = (board[0], board[-1], board[:, 0], board[:, -1])
-    same_side = [(side[:, None] == side[None, :]) & ~jnp.eye(side.shape[0], dtype=bool) for side in sides]
-    adjacent = (board[1:] == board[:-1]).any() | (board[:, 1:] == board[:, :-1]).any()
-    return adjacent | jnp.stack([m.any() for m in same_side]).any()
+def random_subset(key, population: int, draws: int, batch_shape=()):
+    """int32 [*batch_shape, draws]: `draws` distinct values from range(population), a uniformly
+    random subset (Floyd's algorithm: `draws` uniforms and a few compares each; the order is
+    not uniform, so use it where order does not matter)."""
+    picks = jnp.zeros((*batch_shape, draws), jnp.int32)
+    uniforms = jax.random.uniform(key, (draws, *batch_shape))
+    for j, top in enumerate(range(population - draws, population)):
+        t = jnp.floor(uniforms[j] * (top + 1)).astype(jnp.int32)  # uniform in [0, top]
+        taken = (picks[..., :j] == t[..., None]).any(-1)
+        picks = picks.at[..., j].set(jnp.where(taken, top, t))
+    return picks
+
+
+def full_board_pairs(partners):
+    """`partner_pairs` of a board with no empty cell, from positions alone: paths can then
+    only run along the outer ring, so two same-type tiles match iff they are adjacent or on
+    the same side of the board (out, along the ring, back in: two turns). Cheap enough for
+    `reset`, which auto-reset runs on every step."""
+    g = int(round(partners.shape[0] ** 0.5))
+    (ra, ca), (rb, cb) = jnp.divmod(jnp.arange(g * g)[:, None], g), jnp.divmod(partners, g)
+    adjacent = jnp.abs(ra - rb) + jnp.abs(ca - cb) == 1
+    same_side = ((ra == rb) & ((ra == 0) | (ra == g - 1))) | ((ca == cb) & ((ca == 0) | (ca == g - 1)))
+    return (adjacent | same_side) & (partners != jnp.arange(g * g)[:, None])
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,6 +254,7 @@ class ShisenShoEngine(Env):
                 f"{self.name}: image_size {self.image_size} leaves {self._layout['cell']}-px cells for a "
                 f"{self.board_size}x{self.board_size} board; cells need >= {MIN_CELL_PX} px to be legible"
             )
+        self._score_text  # the score line must fit: fail at construction, not at the first frame
 
     # --- static facts ------------------------------------------------------------------
     @property
@@ -279,14 +288,16 @@ class ShisenShoEngine(Env):
     def _state(self, board, faces, partners, score=0, steps=0):
         board = jnp.asarray(board, jnp.int32)
         partners = jnp.asarray(partners, jnp.int32)
+        legal = partner_pairs(board, partners)
         return State(
             board=board,
             faces=jnp.asarray(faces, jnp.int32),
             partners=partners,
+            legal=legal,
             score=jnp.asarray(score, jnp.int32),
             remaining=jnp.sum(board > 0, dtype=jnp.int32),
             steps=jnp.asarray(steps, jnp.int32),
-            done=~partner_pairs(board, partners).any(),
+            done=~legal.any(),
         )
 
     def reset(self, key, params=None):
@@ -303,15 +314,17 @@ class ShisenShoEngine(Env):
             cell_of_tile = random_permutation(place_key, n)
         tile_of_cell = jnp.zeros(n, jnp.int32).at[cell_of_tile].set(jnp.arange(n, dtype=jnp.int32))
         g = self.board_size
-        board = tile_types[tile_of_cell].reshape(g, g)
+        partners = cell_of_tile[jnp.asarray(self._tile_partners)[tile_of_cell]]
+        legal = full_board_pairs(partners)
         return State(
-            board=board,
+            board=tile_types[tile_of_cell].reshape(g, g),
             faces=tile_faces[tile_of_cell].reshape(g, g),
-            partners=cell_of_tile[jnp.asarray(self._tile_partners)[tile_of_cell]],
+            partners=partners,
+            legal=legal,
             score=jnp.int32(0),
             remaining=jnp.int32(n),
             steps=jnp.int32(0),
-            done=~full_board_has_pair(board),
+            done=~legal.any(),
         )
 
     def step(self, key, state, action, params=None):
@@ -320,50 +333,49 @@ class ShisenShoEngine(Env):
         action = jnp.asarray(action, jnp.int32)
         in_range = (action >= 0) & (action < n * n)
         a, b = jnp.divmod(jnp.where(in_range, action, 0), n)
-        flat = state.board.reshape(-1)
-        joined = connected(connection_tables(state.board), a, b)
-        legal = in_range & (a != b) & (flat[a] > 0) & (flat[a] == flat[b]) & joined
+        # every legal match is a listed (cell, partner) pair, and `state.legal` says which are
+        legal = in_range & (state.legal[a] & (state.partners[a] == b)).any()
         remove = (legal & ((jnp.arange(n) == a) | (jnp.arange(n) == b))).reshape(state.board.shape)
         board = jnp.where(remove, 0, state.board)
+        pairs = jnp.where(legal, partner_pairs(board, state.partners), state.legal)
         new_state = state.replace(
             board=board,
             faces=jnp.where(remove, 0, state.faces),
+            legal=pairs,
             score=state.score + legal,
             remaining=state.remaining - 2 * legal,
             steps=state.steps + 1,
-            done=jnp.where(legal, ~partner_pairs(board, state.partners).any(), state.done),
+            done=~pairs.any(),
         )
         reward = jnp.where(legal, 1.0, -1.0).astype(jnp.float32)
         return new_state, reward, new_state.done, {"raw_reward": reward, "legal": legal}
 
     def valid_actions(self, state, params=None):
-        n = self.num_cells
-        legal = partner_pairs(state.board, state.partners)
-        actions = jnp.arange(n)[:, None] * n + state.partners  # encode_pair of (cell, partner)
-        return jnp.zeros(self.num_actions, bool).at[actions].max(legal)
+        actions = jnp.arange(self.num_cells)[:, None] * self.num_cells + state.partners  # encode_pair(cell, partner)
+        return jnp.zeros(self.num_actions, bool).at[actions].max(state.legal)
 
     def random_valid_action(self, key, state, params=None):
         """Uniform over `valid_actions` without building the G^4 mask: the k-th legal
         (cell, partner) pair for a uniform k (each unordered pair is listed in both orders,
         as in the mask); `invalid_action` when nothing is valid."""
-        legal = partner_pairs(state.board, state.partners).reshape(-1)
+        legal = state.legal.reshape(-1)
         count = legal.sum()
         k = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
         pick = jnp.argmax(legal & (jnp.cumsum(legal) == k + 1))
-        n = self.num_cells
-        action = (pick // state.partners.shape[1]) * n + state.partners.reshape(-1)[pick]
-        return jnp.where(count > 0, action, self.invalid_action).astype(jnp.int32)
+        cell, partner = pick // state.partners.shape[1], state.partners.reshape(-1)[pick]
+        return jnp.where(count > 0, cell * self.num_cells + partner, self.invalid_action).astype(jnp.int32)
 
     # --- generation ----------------------------------------------------------------------
     def _slot_types(self, key):
-        """int32 [G^2/4]: the type (1-based) of each group of 4 tiles. Like the original,
-        the first G^2/4 types of a shuffled list; when there are fewer types than slots the
-        shuffled list repeats (the original repeats random drawn types instead: this keeps
-        every type at most `max_copies` times, which bounds the partner table)."""
-        slots = self.num_cells // 4
-        rank = random_permutation(key, self.num_types)  # the type ranked r goes into slots r, r + T, ...
-        by_rank = jnp.zeros(self.num_types, jnp.int32).at[rank].set(jnp.arange(self.num_types, dtype=jnp.int32))
-        return by_rank[jnp.arange(slots) % self.num_types] + 1
+        """int32 [G^2/4]: the type (1-based) of each group of 4 tiles: like the original, G^2/4
+        distinct random types (slot order is irrelevant: tiles are shuffled onto cells). With
+        fewer types than slots the types repeat in a shuffled cycle (the original repeats
+        random drawn types instead; the cycle keeps every type at most `max_copies` times,
+        which bounds the partner table)."""
+        slots, types = self.num_cells // 4, self.num_types
+        if types >= slots:
+            return random_subset(key, types, slots) + 1
+        return random_permutation(key, types)[jnp.arange(slots) % types] + 1
 
     def _faces(self, key, tile_types):
         """int32 [G^2]: the atlas face of each tile, given its type (tile i is in slot i // 4)."""
@@ -455,25 +467,45 @@ class ShisenShoEngine(Env):
         return raster.bake(self._face_atlas)
 
     @functools.cached_property
-    def _font(self):
-        # the original's 36-px pygame default font is ~26 px tall on an 80-px cell
-        return raster.glyph_atlas(max(8, int(round(26 * self._layout["scale"]))), 0)
+    def _score_text(self):
+        """The strip "Score: <s>   Remaining: <r>" (the original's text, 36-px font on 80-px
+        cells): the two labels are static (baked into the background), the numbers are rows
+        of fixed-width digit tiles, so "Remaining" sits after room for the widest score."""
+        L = self._layout
+        px = max(8, int(round(26 * L["scale"])))
+        labels = [raster.text_alpha(text, px, crop=False) for text in ("Score: ", "   Remaining: ")]
+        digits = raster.digit_tiles(px, BLACK, WHITE)
+        score_digits, remaining_digits = len(str(self.num_cells // 2)), len(str(self.num_cells))
+        x = L["board_x"] + int(round(PAD * L["scale"]))
+        y = L["strip_y"] + (L["strip_h"] - labels[0].shape[0]) // 2
+        score_x = x + labels[0].shape[1]
+        label_x = score_x + score_digits * digits.width
+        remaining_x = label_x + labels[1].shape[1]
+        if remaining_x + remaining_digits * digits.width > self.image_size[1]:
+            raise ConfigError(f"{self.name}: image_size {self.image_size} is too narrow for the score line")
+        return dict(
+            labels=labels, label_x=(x, label_x), y=y, digits=digits,
+            score=(score_x, score_digits), remaining=(remaining_x, remaining_digits),
+        )
 
     @functools.cached_property
     def _background(self) -> np.ndarray:
+        """The static part of the frame: white canvas, score labels, optional coordinates."""
         return raster.bake(self._draw_background)
 
     def _draw_background(self):
         h, w = self.image_size
         L = self._layout
         img = raster.canvas(h, w, WHITE)
+        text = self._score_text
+        for label, x in zip(text["labels"], text["label_x"]):
+            img = raster.stamp(img, label, x, text["y"], BLACK, align="left")
         if self.coordinate_labels:
-            font = raster.glyph_atlas(max(8, int(round(24 * L["scale"]))), 0)
+            px = max(8, int(round(24 * L["scale"])))
             for i in range(self.board_size):
-                centre = (i + 0.5) * L["cell"]
-                codes = font.codes(str(i))
-                img = raster.draw_text(img, font, codes, L["board_x"] + centre, L["board_y"] - L["band"] / 2, BLACK, align="center")
-                img = raster.draw_text(img, font, codes, L["board_x"] - L["band"] / 2, L["board_y"] + centre, BLACK, align="center")
+                centre, label = (i + 0.5) * L["cell"], raster.text_alpha(str(i), px)
+                img = raster.stamp(img, label, L["board_x"] + centre, L["board_y"] - L["band"] / 2, BLACK)
+                img = raster.stamp(img, label, L["board_x"] - L["band"] / 2, L["board_y"] + centre, BLACK)
         return raster.to_uint8(img)
 
     def render(self, state, params=None):
@@ -481,15 +513,10 @@ class ShisenShoEngine(Env):
         faces = jnp.clip(state.faces, 0, self._atlas.shape[0] - 1)
         board = raster.grid_from_atlas(jnp.asarray(self._atlas), faces)
         img = raster.paste(jnp.asarray(self._background), board, L["board_y"], L["board_x"])
-        font, digits = self._font, len(str(self.num_cells))
-        codes = raster.concat_codes(
-            font.codes("Score: "), raster.number_codes(state.score, digits),
-            font.codes("   Remaining: "), raster.number_codes(state.remaining, digits),
-        )
-        x = L["board_x"] + int(round(PAD * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-        width = min(self.image_size[1] - x, codes.shape[0] * font.cell_w)
-        return raster.draw_text(img, font, codes, x, y, BLACK, max_width=width)
+        text = self._score_text
+        for value, (x, num_digits) in ((state.score, text["score"]), (state.remaining, text["remaining"])):
+            img = raster.paste(img, text["digits"].row(value, num_digits), text["y"], x)
+        return img
 
     # --- text ----------------------------------------------------------------------------
     @property

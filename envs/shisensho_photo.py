@@ -25,7 +25,7 @@ import numpy as np
 
 from envs import cifar, raster
 from envs.core import ConfigError, check_range, register
-from envs.shisensho import ANSWER_INSTRUCTIONS, ShisenShoEngine
+from envs.shisensho import ANSWER_INSTRUCTIONS, ShisenShoEngine, random_subset
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -268,16 +268,11 @@ class ShisenShoPhoto(ShisenShoEngine):
         return (4 * ((tile // 4) // self.num_types) + tile % 4).astype(np.int32)
 
     def _faces(self, key, tile_types):
-        """Distinct pictures for the tiles of a class (while the bank has enough): a uniform
-        random subset per class (Floyd's algorithm, `max_copies` draws), in draw order."""
+        """Distinct pictures for the tiles of a class while the bank has enough: a random
+        subset of `max_copies` pictures per class, handed out in order."""
         n_img = self.bank_size
         draws = min(self.max_copies, n_img)
-        picks = jnp.zeros((self.num_types, draws), jnp.int32)
-        uniforms = jax.random.uniform(key, (draws, self.num_types))
-        for j, top in enumerate(range(n_img - draws, n_img)):
-            t = jnp.floor(uniforms[j] * (top + 1)).astype(jnp.int32)
-            taken = (picks[:, :j] == t[:, None]).any(1)
-            picks = picks.at[:, j].set(jnp.where(taken, top, t))
+        picks = random_subset(key, n_img, draws, (self.num_types,))
         classes = tile_types - 1
         images = picks[classes, jnp.asarray(self._copy_index) % draws]
         return 1 + classes * n_img + images
