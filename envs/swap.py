@@ -525,8 +525,7 @@ class Swap(Env):
         params = self.default_params if params is None else params
         L = self._layout
         ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        board = raster.grid_from_atlas(jnp.asarray(self._tile_atlas), ids)
-        img = raster.paste(jnp.asarray(self._background), board, L["board_y"], L["board_x"])
+        img = raster.paste_grid(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
         font = self._font
         codes = raster.concat_codes(
             font.codes("Score: "),
