@@ -413,7 +413,6 @@ class Swap(Env):
         legal = in_range & adjacent & lines.any() & ~state.done
 
         refill_key, settle_key = jax.random.split(key)
-
         refill = random_refill(refill_key, g, self.num_types)
         board, points, _ = cascade(jnp.where(legal, swapped, board), lines & legal, refill, self.max_cascades)
         board, shuffled = settle(settle_key, board, legal, self.num_types, self.max_cascades)
