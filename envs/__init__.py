@@ -15,9 +15,12 @@ _GAME_MODULES = ("game2048", "swap", "shisensho", "shisensho_photo")
 for _module in _GAME_MODULES:
     importlib.import_module(f"envs.{_module}")
 
+from envs.multigame import MultiGame  # noqa: E402  (needs the games registered)
+
 __all__ = [
     "ConfigError",
     "Env",
+    "MultiGame",
     "UnknownGameError",
     "auto_reset_step",
     "list_games",
