@@ -107,7 +107,7 @@ def bench_render(env, batch: int, repeats: int, donate: bool) -> dict:
     )
 
 
-def g1_step_fn(env, warmup_moves: int):
+def g1_step_fn(env, warmup_moves: int, policy: str):
     """The env work of one G1 training step, done the JAX way, as one jitted function:
     128 start states (reset + random warm-up moves), their 128 frames (written into the
     donated frames buffer of the previous step), and the rewards of 5 answers per state
@@ -116,7 +116,7 @@ def g1_step_fn(env, warmup_moves: int):
 
     def step(frames, key):
         warm_key, answer_key, score_key = jax.random.split(key, 3)
-        states = envs.warmup_states(env, warm_key, G1_STATES, params, num_moves=warmup_moves)
+        states = envs.warmup_states(env, warm_key, G1_STATES, params, num_moves=warmup_moves, policy=policy)
         frames = envs.render_into(env, frames, states, params)
         # stand-ins for the model's parsed answers: any action id, valid or not
         answers = jax.random.randint(answer_key, (G1_STATES, G1_GROUP), 0, env.num_actions)
@@ -127,10 +127,10 @@ def g1_step_fn(env, warmup_moves: int):
     return jax.jit(step, donate_argnums=0)
 
 
-def bench_g1_step(name: str, repeats: int) -> dict:
+def bench_g1_step(name: str, repeats: int, policy: str) -> dict:
     env = envs.make(name, image_size=G1_FRAME)
     moves = G1_WARMUP_MOVES.get(name, 0)
-    fn = g1_step_fn(env, moves)
+    fn = g1_step_fn(env, moves, policy)
     frames = [jnp.zeros((G1_STATES, *G1_FRAME, 3), jnp.uint8)]
     keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
 
@@ -141,7 +141,7 @@ def bench_g1_step(name: str, repeats: int) -> dict:
     first, runs = timed(call, repeats=repeats)
     assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
-        metric="g1_step_s", game=name, warmup_moves=moves, image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
+        metric="g1_step_s", game=name, warmup_moves=moves, warmup_policy=policy, image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
         compile_s=first, median=statistics.median(runs), best=min(runs),
     )
 
@@ -231,6 +231,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="also run pgx / jumanji 2048 if installed")
     parser.add_argument("--g1-step", action="store_true", help="only the G1-step measure")
+    parser.add_argument("--g1-warmup-policy", choices=envs.wrappers.WARMUP_POLICIES, default="uniform",
+                        help="warm-up moves of the G1 step: G1's uniform action ids (default) or valid moves")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     games = args.games or envs.list_games()
@@ -245,7 +247,7 @@ def main(argv=None):
         extra = f" image {row['image']}" if "image" in row else ""
         extra += " donated" if row.get("donated") else ""
         if row["metric"] == "g1_step_s":
-            print(f"{label:<34} G1 step ({row['warmup_moves']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
+            print(f"{label:<34} G1 step ({row['warmup_moves']} {row['warmup_policy']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
                   f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]", flush=True)
         else:
             print(f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
@@ -276,7 +278,7 @@ def main(argv=None):
                     if ours:
                         print(f"{'':<34} g1jax 2048 (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
     for name in games:
-        emit(bench_g1_step(name, args.repeats))
+        emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
