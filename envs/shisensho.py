@@ -187,27 +187,39 @@ def partner_pairs(board, partners):
     return same & joined
 
 
-def random_permutation(key, n: int):
-    """int32 [n]: a random permutation of range(n) from n distinct random keys (24 random bits
-    above the index; ties in the random bits, probability < n^2 / 2^25, are broken by index):
-    for small n their ranks (n^2 compares), for larger n their sorting order. On XLA:CPU the
-    compares are ~5x faster than a sort at n = 36 and ~4x slower at n = 144
-    (jax.random.permutation sorts three times)."""
-    bits = jax.random.bits(key, (n,), jnp.uint32)
-    keys = (bits << 8) | jnp.arange(n, dtype=jnp.uint32)
+def hashed_words(key, n: int):
+    """uint32 [n] pseudo-random words from one 64-bit jax.random draw, expanded by murmur3's
+    32-bit finaliser over a counter. On XLA:CPU threefry is a rolled 5-round loop costing
+    ~14 ns per word at batch 128; reset draws ~50 words on every auto-reset step. The
+    finaliser is a bijection, so the n words are distinct (no ties in `random_permutation`)."""
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    h = seed[0] + jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return (h ^ (h >> 16)) ^ seed[1]
+
+
+def random_permutation(words):
+    """int32 [n]: a random permutation of range(n) from n random uint32 words, via n distinct
+    keys (24 random bits above the index; ties in the random bits, probability < n^2 / 2^25,
+    are broken by index): for small n their ranks (n^2 compares), for larger n their sorting
+    order. On XLA:CPU the compares are ~5x faster than a sort at n = 36 and ~4x slower at
+    n = 144 (jax.random.permutation sorts three times)."""
+    n = words.shape[0]
+    keys = (words << 8) | jnp.arange(n, dtype=jnp.uint32)
     if n <= 64:
         return jnp.sum(keys[None, :] < keys[:, None], axis=1, dtype=jnp.int32)
     return jnp.argsort(keys).astype(jnp.int32)
 
 
-def random_subset(key, population: int, draws: int, batch_shape=()):
-    """int32 [*batch_shape, draws]: `draws` distinct values from range(population), a uniformly
-    random subset (Floyd's algorithm: `draws` uniforms and a few compares each; the order is
-    not uniform, so use it where order does not matter)."""
-    picks = jnp.zeros((*batch_shape, draws), jnp.int32)
-    uniforms = jax.random.uniform(key, (draws, *batch_shape))
+def random_subset(words, population: int):
+    """int32 [*batch, draws] from uint32 words [draws, *batch]: `draws` distinct values from
+    range(population), a uniformly random subset (Floyd's algorithm: one word and a few
+    compares per draw; the order is not uniform, so use it where order does not matter)."""
+    draws = words.shape[0]
+    picks = jnp.zeros((*words.shape[1:], draws), jnp.int32)
     for j, top in enumerate(range(population - draws, population)):
-        t = jnp.floor(uniforms[j] * (top + 1)).astype(jnp.int32)  # uniform in [0, top]
+        t = ((words[j] >> 8).astype(jnp.float32) * (top + 1) / 2.0**24).astype(jnp.int32)  # uniform in [0, top]
         taken = (picks[..., :j] == t[..., None]).any(-1)
         picks = picks.at[..., j].set(jnp.where(taken, top, t))
     return picks
@@ -300,18 +312,29 @@ class ShisenShoEngine(Env):
             done=~legal.any(),
         )
 
+    @property
+    def _type_words(self) -> int:
+        """Random words `_slot_types` needs: one per drawn type (Floyd) or per type (a shuffle)."""
+        return min(self.num_cells // 4, self.num_types)
+
+    @property
+    def _face_words(self) -> int:
+        """Random words `_faces` needs per deal."""
+        return 0
+
     def reset(self, key, params=None):
-        type_key, face_key, place_key = jax.random.split(key, 3)
-        tile_types = jnp.repeat(self._slot_types(type_key), 4)  # tile i belongs to slot i // 4
-        tile_faces = self._faces(face_key, tile_types)
-        n = self.num_cells
+        n, t = self.num_cells, self._type_words
+        words = hashed_words(key, n + t + self._face_words)
+        tile_types = jnp.repeat(self._slot_types(words[n : n + t]), 4)  # tile i belongs to slot i // 4
+        tile_faces = self._faces(words[n + t :], tile_types)
         if self.solvable:
             # pair p = tiles (2p, 2p + 1), which share a slot; the k-th placed pair is pair_order[k]
-            pair_order = random_permutation(jax.random.fold_in(place_key, 1), n // 2)
+            pair_order = random_permutation(words[: n // 2])
             tiles = (2 * pair_order[:, None] + jnp.arange(2)).reshape(-1)
-            cell_of_tile = jnp.zeros(n, jnp.int32).at[tiles].set(self._reverse_play_cells(place_key).reshape(-1))
+            cells = self._reverse_play_cells(jax.random.fold_in(key, 1)).reshape(-1)
+            cell_of_tile = jnp.zeros(n, jnp.int32).at[tiles].set(cells)
         else:
-            cell_of_tile = random_permutation(place_key, n)
+            cell_of_tile = random_permutation(words[:n])
         tile_of_cell = jnp.zeros(n, jnp.int32).at[cell_of_tile].set(jnp.arange(n, dtype=jnp.int32))
         g = self.board_size
         partners = cell_of_tile[jnp.asarray(self._tile_partners)[tile_of_cell]]
@@ -366,19 +389,20 @@ class ShisenShoEngine(Env):
         return jnp.where(count > 0, cell * self.num_cells + partner, self.invalid_action).astype(jnp.int32)
 
     # --- generation ----------------------------------------------------------------------
-    def _slot_types(self, key):
-        """int32 [G^2/4]: the type (1-based) of each group of 4 tiles: like the original, G^2/4
-        distinct random types (slot order is irrelevant: tiles are shuffled onto cells). With
-        fewer types than slots the types repeat in a shuffled cycle (the original repeats
-        random drawn types instead; the cycle keeps every type at most `max_copies` times,
-        which bounds the partner table)."""
+    def _slot_types(self, words):
+        """int32 [G^2/4] from `_type_words` random words: the type (1-based) of each group of 4
+        tiles. Like the original, G^2/4 distinct random types (slot order is irrelevant: tiles
+        are shuffled onto cells). With fewer types than slots the types repeat in a shuffled
+        cycle (the original repeats random drawn types instead; the cycle keeps every type at
+        most `max_copies` times, which bounds the partner table)."""
         slots, types = self.num_cells // 4, self.num_types
         if types >= slots:
-            return random_subset(key, types, slots) + 1
-        return random_permutation(key, types)[jnp.arange(slots) % types] + 1
+            return random_subset(words, types) + 1
+        return random_permutation(words)[jnp.arange(slots) % types] + 1
 
-    def _faces(self, key, tile_types):
-        """int32 [G^2]: the atlas face of each tile, given its type (tile i is in slot i // 4)."""
+    def _faces(self, words, tile_types):
+        """int32 [G^2]: the atlas face of each tile, given its type (tile i is in slot i // 4)
+        and `_face_words` random words."""
         raise NotImplementedError
 
     @functools.cached_property
@@ -621,7 +645,7 @@ class ShisenSho(ShisenShoEngine):
             f"etc.\n{ANSWER_INSTRUCTIONS}"
         )
 
-    def _faces(self, key, tile_types):
+    def _faces(self, words, tile_types):
         return tile_types  # one drawing per type
 
     def _face_atlas(self):

@@ -267,12 +267,16 @@ class ShisenShoPhoto(ShisenShoEngine):
         tile = np.arange(self.num_cells)
         return (4 * ((tile // 4) // self.num_types) + tile % 4).astype(np.int32)
 
-    def _faces(self, key, tile_types):
+    @property
+    def _face_words(self) -> int:
+        return min(self.max_copies, self.bank_size) * self.num_types
+
+    def _faces(self, words, tile_types):
         """Distinct pictures for the tiles of a class while the bank has enough: a random
         subset of `max_copies` pictures per class, handed out in order."""
         n_img = self.bank_size
         draws = min(self.max_copies, n_img)
-        picks = random_subset(key, n_img, draws, (self.num_types,))
+        picks = random_subset(words.reshape(draws, self.num_types), n_img)  # [class, draw]
         classes = tile_types - 1
         images = picks[classes, jnp.asarray(self._copy_index) % draws]
         return 1 + classes * n_img + images

@@ -14,7 +14,10 @@ WARMUP_POLICIES = ("valid", "uniform")
 G1_WARMUP_MOVES = {"2048": 100, "shisensho": 250, "shisensho_photo": 250, "swap": 0}
 
 
-def _select(pred, on_true, on_false):
+def _select(pred, on_true, on_false, batched: bool = False):
+    """Pick between two state pytrees; batched=True: `pred` is [B], leaves are [B, ...]."""
+    if batched:
+        return jax.tree.map(lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b), on_true, on_false)
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
@@ -60,9 +63,36 @@ def warmup_state(env: Env, key, params=None, num_moves: int = 100, policy: str =
 
 
 def warmup_states(env: Env, key, batch: int, params=None, num_moves: int = 100, policy: str = "valid"):
-    """`batch` independent warm-up start states (vmapped)."""
-    keys = jax.random.split(key, batch)
-    return jax.vmap(lambda k: warmup_state(env, k, params, num_moves, policy))(keys)
+    """`batch` independent warm-up start states, like `warmup_state` for each board, but with
+    the batch stepped together: games that end are reset under a batch-level `lax.cond`, so a
+    step where no board finished (most of them) computes no reset at all. (Inside `vmap` a
+    cond becomes a select, which would pay for a full reset of every board on every move.)"""
+    if policy not in WARMUP_POLICIES:
+        raise ValueError(f"warm-up policy must be one of {WARMUP_POLICIES}, got {policy!r}")
+    if num_moves < 0:
+        raise ValueError(f"num_moves must be >= 0, got {num_moves}")
+    reset_key, moves_key = jax.random.split(key)
+    reset = jax.vmap(lambda k: env.reset(k, params))
+    states = reset(jax.random.split(reset_key, batch))
+
+    def move(states, k):
+        act_key, step_key, reset_key = jax.random.split(k, 3)
+        act_keys, step_keys = jax.random.split(act_key, batch), jax.random.split(step_key, batch)
+        if policy == "valid":
+            actions = jax.vmap(lambda kk, s: env.random_valid_action(kk, s, params))(act_keys, states)
+        else:
+            actions = jax.random.randint(act_key, (batch,), 0, env.num_actions)
+        states, _, done, _ = jax.vmap(lambda kk, s, a: env.step(kk, s, a, params))(step_keys, states, actions)
+        states = jax.lax.cond(
+            done.any(),
+            lambda s: _select(done, reset(jax.random.split(reset_key, batch)), s, batched=True),
+            lambda s: s,
+            states,
+        )
+        return states, None
+
+    states, _ = jax.lax.scan(move, states, jax.random.split(moves_key, num_moves))
+    return states
 
 
 def parallel_step(env: Env, key, state, actions, params=None):
