@@ -146,6 +146,35 @@ def bench_g1_step(name: str, repeats: int, policy: str) -> dict:
     )
 
 
+def bench_shisensho_check(repeats: int, batch: int = 1024) -> list[dict]:
+    """Share of a Shisen-Sho step spent updating the legal-pair table (the "any pair left"
+    check), at 6x6 and 12x12: CPU time per board of vmapped `step` vs `partner_pairs` alone."""
+    from envs import shisensho
+
+    rows = []
+    for preset in ("base", "more_tiles"):
+        env = envs.make("shisensho", preset=preset)
+        states = warm_batch(env, batch, moves=10)
+        keys = jax.random.split(jax.random.key(2), batch)
+        actions = jax.vmap(env.random_valid_action)(keys, states)
+        cpu = {}
+        for label, fn, args in (
+            ("step", jax.jit(jax.vmap(env.step)), (keys, states, actions)),
+            ("legal_pairs", jax.jit(jax.vmap(shisensho.partner_pairs)), (states.board, states.partners)),
+        ):
+            jax.block_until_ready(fn(*args))
+            runs = []
+            for _ in range(repeats):
+                start = time.process_time()
+                jax.block_until_ready(fn(*args))
+                runs.append(time.process_time() - start)
+            cpu[label] = min(runs) / batch * 1e6
+        g = env.board_size
+        rows.append(dict(metric="legal_pair_share", game="shisensho", board=f"{g}x{g}", batch=batch,
+                         step_us=cpu["step"], legal_pairs_us=cpu["legal_pairs"], share=cpu["legal_pairs"] / cpu["step"]))
+    return rows
+
+
 # --- other libraries, for --compare ----------------------------------------------------------
 
 
@@ -233,6 +262,8 @@ def main(argv=None):
     parser.add_argument("--g1-step", action="store_true", help="only the G1-step measure")
     parser.add_argument("--g1-warmup-policy", choices=envs.wrappers.WARMUP_POLICIES, default="uniform",
                         help="warm-up moves of the G1 step: G1's uniform action ids (default) or valid moves")
+    parser.add_argument("--shisensho-check", action="store_true",
+                        help="only: share of a Shisen-Sho step spent on the legal-pair update at 6x6 and 12x12")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     games = args.games or envs.list_games()
@@ -254,7 +285,13 @@ def main(argv=None):
                   f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]", flush=True)
 
     print(f"# {machine()}")
-    if not args.g1_step:
+    if args.shisensho_check:
+        for row in bench_shisensho_check(args.repeats):
+            rows.append(row)
+            print(f"shisensho {row['board']:<6} step {row['step_us']:.2f} us/board (CPU, batch {row['batch']}), "
+                  f"legal-pair update {row['legal_pairs_us']:.2f} us = {row['share']:.0%} of the step", flush=True)
+        games = []
+    elif not args.g1_step:
         for name in games:
             env = envs.make(name)
             for b in args.batches:
