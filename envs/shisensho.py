@@ -13,18 +13,21 @@ Connectivity, branch-free and in fixed work (env-design-notes.md §12 asks for l
 empty runs; this is the same idea, kept as bitmasks). On the (G+2)^2 grid padded with the
 empty ring, every path with <= 2 turns is horizontal-vertical-horizontal or
 vertical-horizontal-vertical (segments may be empty). So per board we compute, as uint32
-bitmasks over the <= 14 padded positions: for each cell, the columns its row segment reaches
-and the rows its column segment reaches (cummax/cummin of tile positions), and for each pair
-of rows (columns), the columns (rows) with no tile strictly between them (prefix counts).
-Two cells connect iff (h_a & h_b & cols_clear[r_a, r_b]) | (v_a & v_b & rows_clear[c_a, c_b])
-is non-zero: one action costs O(1) after O(G^2 * 14) table work, all G^4 pairs (the
-`valid_actions` mask) cost G^4 bitwise ANDs. "Any legal pair left", run after every match,
-only tests the pairs that can match: tiles never move, so each cell's same-type partners are
-fixed when the board is dealt and kept in the state (G^2 * 3 tests on a dealt board).
+bitmasks over the <= 14 padded positions (bit arithmetic on one tile mask per row and
+column): for each cell, the columns its row segment reaches and the rows its column segment
+reaches, and for each pair of rows (columns), the columns (rows) with no tile strictly
+between them. Two cells connect iff
+(h_a & h_b & cols_clear[r_a, r_b]) | (v_a & v_b & rows_clear[c_a, c_b]) is non-zero.
+Tiles never move, so each cell's same-type partners are fixed when the board is dealt and
+kept in the state (`partners`, G^2 x 3 on a dealt board), with which of those pairs are legal
+now (`legal`). A step looks its action up in `legal` and, after a match, recomputes `legal`
+(tables + G^2 * 3 tests): that is the "any legal pair left" test, and `valid_actions` /
+`random_valid_action` read it too, never building G^4 pair tests.
 
 Boards: like the original, shuffle the colour x shape product, take the first G^2/4 types,
-place each 4 times, shuffle. With `solvable=True`, boards are built by reverse play instead
-(`_reverse_play_cells`), so at least one full clearing order exists.
+place each 4 times, shuffle (one random draw per deal). With `solvable=True`, the deal follows a
+clearing order played on positions first (`_clearing_order`), so the board can be cleared;
+that deal costs G^2/2 all-pairs connectivity passes instead of one shuffle.
 """
 
 from __future__ import annotations
@@ -315,10 +318,10 @@ class ShisenShoEngine(Env):
         tile_types = jnp.repeat(self._slot_types(words[n : n + t]), 4)  # tile i belongs to slot i // 4
         tile_faces = self._faces(words[n + t :], tile_types)
         if self.solvable:
-            # pair p = tiles (2p, 2p + 1), which share a slot; the k-th placed pair is pair_order[k]
+            # pair p = tiles (2p, 2p + 1), which share a slot; the k-th pair removed is pair_order[k]
             pair_order = random_permutation(words[: n // 2])
             tiles = (2 * pair_order[:, None] + jnp.arange(2)).reshape(-1)
-            cells = self._reverse_play_cells(jax.random.fold_in(key, 1)).reshape(-1)
+            cells = self._clearing_order(jax.random.fold_in(key, 1)).reshape(-1)
             cell_of_tile = jnp.zeros(n, jnp.int32).at[tiles].set(cells)
         else:
             cell_of_tile = random_permutation(words[:n])
@@ -421,30 +424,31 @@ class ShisenShoEngine(Env):
             table[i, : len(others)] = others
         return table.astype(np.int32)
 
-    def _reverse_play_cells(self, key):
-        """int32 [G^2/2, 2]: cells for the pairs, chosen by playing the game backwards.
+    def _clearing_order(self, key):
+        """int32 [G^2/2, 2]: cells for the pairs in an order that clears the board.
 
-        Pair k goes on two empty cells joined by a <= 2-turn path on the board holding pairs
-        0..k, so removing pairs in the order G^2/2-1, ..., 0 clears the board. Each step
-        picks the empty cell with the fewest possible partners (ties at random), which keeps
-        isolated holes from piling up, then a random partner. If the empty cells ever have no
-        joinable pair, the whole board falls back to side-by-side pairs (always solvable)."""
+        Plays positions forwards on a full board: pair k is two still-filled cells joined by
+        a <= 2-turn path once pairs 0..k-1 are gone (a random cell that has such a partner,
+        then a random partner). Any types dealt in pairs onto these cells make a board that
+        removing pairs 0, 1, ... clears. Playing forwards works because removing tiles only
+        opens paths: it never got stuck in 720 trial boards (4x4 to 12x12), whereas
+        placing pairs backwards onto an empty board got stuck on 95% of 6x6 boards. Should it
+        ever get stuck, the board falls back to side-by-side pairs (always solvable)."""
         g, n = self.board_size, self.num_cells
 
-        def place(carry, key):
-            empty, ok = carry
-            flat = empty.reshape(-1)
-            options = joined_pairs(jnp.where(empty, 0, 1)) & flat[:, None] & flat[None, :] & ~jnp.eye(n, dtype=bool)
-            count = options.sum(1)
+        def remove(carry, key):
+            filled, ok = carry
+            flat = filled.reshape(-1)
+            options = joined_pairs(filled.astype(jnp.int32)) & flat[:, None] & flat[None, :] & ~jnp.eye(n, dtype=bool)
+            has_partner = options.any(1)
             k_first, k_second = jax.random.split(key)
-            noise = jax.random.uniform(k_first, (n,))
-            first = jnp.argmin(jnp.where(count > 0, count + noise, jnp.inf))
+            first = jax.random.categorical(k_first, jnp.where(has_partner, 0.0, -jnp.inf))
             second = jax.random.categorical(k_second, jnp.where(options[first], 0.0, -jnp.inf))
-            placed = (jnp.arange(n) == first) | (jnp.arange(n) == second)
-            return (empty & ~placed.reshape(g, g), ok & (count > 0).any()), jnp.stack([first, second])
+            taken = (jnp.arange(n) == first) | (jnp.arange(n) == second)
+            return (filled & ~taken.reshape(g, g), ok & has_partner.any()), jnp.stack([first, second])
 
         start = (jnp.ones((g, g), bool), jnp.bool_(True))
-        (_, ok), cells = jax.lax.scan(place, start, jax.random.split(key, n // 2))
+        (_, ok), cells = jax.lax.scan(remove, start, jax.random.split(key, n // 2))
         dominoes = jnp.arange(n, dtype=jnp.int32).reshape(-1, 2)  # (r, 2j), (r, 2j+1)
         return jnp.where(ok, cells.astype(jnp.int32), dominoes)
 
@@ -589,7 +593,7 @@ class ShisenSho(ShisenShoEngine):
     default "base"), then any of board_size (even, 4..12), num_colors (1..16, the first n of
     raster.TILE_COLORS), num_shapes (1..6, the first n of raster.SHAPES), image_size (H, W)
     multiples of 28; options left as None come from the preset. coordinate_labels draws row
-    and column indices (off like the original); solvable=True deals by reverse play."""
+    and column indices (off like the original); solvable=True deals only boards that can be cleared."""
 
     name = "shisensho"
     preset: str = "base"

@@ -313,7 +313,21 @@ def test_solvable_boards_can_be_cleared():
         board = np.asarray(reset(jax.random.key(seed)).board)
         counts = np.bincount(board.reshape(-1))
         assert counts[0] == 0 and set(counts[1:][counts[1:] > 0].tolist()) == {4}
+        assert not (board[:, 0::2] == board[:, 1::2]).all()  # not the side-by-side fallback
         assert solve(board), board
+
+
+def test_clearing_order_clears_larger_boards():
+    """The positions' removal order behind solvable deals, replayed with the BFS."""
+    env = envs.make("shisensho", solvable=True)
+    orders = np.asarray(jax.jit(jax.vmap(env._clearing_order))(jax.random.split(jax.random.key(0), 4)))
+    for order in orders:
+        filled = np.ones((G, G), np.int32)
+        assert sorted(order.reshape(-1).tolist()) == list(range(G * G))
+        assert not (order == np.arange(G * G).reshape(-1, 2)).all()
+        for a, b in order:
+            assert min_turns(filled, divmod(a, G), divmod(b, G), limit=2) is not None
+            filled.reshape(-1)[[a, b]] = 0
 
 
 # --- jit / vmap ----------------------------------------------------------------------------
