@@ -42,11 +42,6 @@ def coverage(sdf):
     return jnp.clip(0.5 - sdf, 0.0, 1.0)
 
 
-def outline(sdf, width: float):
-    """Mask of a stroke of `width` pixels centred on the shape's boundary."""
-    return coverage(jnp.abs(sdf) - 0.5 * width)
-
-
 def inner_outline(sdf, width: float):
     """Stroke of `width` pixels lying just inside the boundary (pygame draws outlines this way)."""
     return coverage(jnp.abs(sdf + 0.5 * width) - 0.5 * width)

@@ -36,35 +36,19 @@ def auto_reset_step(env: Env, key, state, action, params=None):
 
 
 def warmup_state(env: Env, key, params=None, num_moves: int = 100, policy: str = "valid"):
-    """A start state drawn like G1's: reset, then `num_moves` random actions (auto-resetting
-    if a game ends on the way).
+    """A start state drawn like G1's: reset, then `num_moves` random actions (a fresh game
+    wherever one ends on the way).
 
     policy="valid": uniform over the currently valid actions (every move does something);
     policy="uniform": uniform over all action ids, G1's behaviour (in 2048 that includes
     "still", in the matching games almost every draw is an invalid no-op)."""
-    if policy not in WARMUP_POLICIES:
-        raise ValueError(f"warm-up policy must be one of {WARMUP_POLICIES}, got {policy!r}")
-    if num_moves < 0:
-        raise ValueError(f"num_moves must be >= 0, got {num_moves}")
-    reset_key, moves_key = jax.random.split(key)
-    state = env.reset(reset_key, params)
-
-    def move(state, k):
-        act_key, step_key = jax.random.split(k)
-        if policy == "valid":
-            action = env.random_valid_action(act_key, state, params)
-        else:
-            action = jax.random.randint(act_key, (), 0, env.num_actions)
-        state, _, _, _ = auto_reset_step(env, step_key, state, action, params)
-        return state, None
-
-    state, _ = jax.lax.scan(move, state, jax.random.split(moves_key, num_moves))
-    return state
+    states = warmup_states(env, key, 1, params, num_moves, policy)
+    return jax.tree.map(lambda x: x[0], states)
 
 
 def warmup_states(env: Env, key, batch: int, params=None, num_moves: int = 100, policy: str = "valid"):
-    """`batch` independent warm-up start states, like `warmup_state` for each board, but with
-    the batch stepped together: games that end are reset under a batch-level `lax.cond`, so a
+    """`batch` independent warm-up start states (see `warmup_state`), the batch stepped
+    together: games that end are reset under a batch-level `lax.cond`, so a
     step where no board finished (most of them) computes no reset at all. (Inside `vmap` a
     cond becomes a select, which would pay for a full reset of every board on every move.)"""
     if policy not in WARMUP_POLICIES:
