@@ -303,6 +303,18 @@ def settle(key, board, wanted, num_types: int, max_waves: int, shuffle_tries: in
     return jnp.where(found, new, last_resort), ~keep
 
 
+def paste_cells(image, atlas, ids, y: int, x: int):
+    """`raster.paste_grid` with one gather per cell: the same pixels, but each cell's tile is
+    gathered by its own op, which XLA fuses into the in-place update of the frame (paste_grid
+    gathers every tile of the board into one buffer first and then copies it into the frame).
+    On CPU, for 128 frames at 840x644 (8x8 cells of 80 px): 50 ms instead of 125-155 ms."""
+    th, tw = atlas.shape[1:3]
+    for i in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            image = jax.lax.dynamic_update_slice(image, atlas[ids[i, j]].astype(image.dtype), (y + i * th, x + j * tw, 0))
+    return image
+
+
 # ---------------------------------------------------------------------------------------
 # The game
 # ---------------------------------------------------------------------------------------
@@ -520,11 +532,35 @@ class Swap(Env):
                 img = raster.draw_text(img, font, label, L["board_x"] - L["label_px"] / 2, L["board_y"] + centre, LABEL_COLOR, align="center")
         return raster.to_uint8(img)
 
+    @functools.cached_property
+    def _counters_line(self) -> dict:
+        """The counters line under the board ("Score: ...   Moves: ...   Shuffles: ..."), laid
+        out like `raster.draw_text` at a static spot, but drawn from pre-blended pixels: every
+        glyph column of the font, black on the strip's white (uint8, one channel: black on white
+        has equal channels), plus a blank column. A frame then gathers one column index per
+        pixel column of the line instead of blending a float strip."""
+        h_img, w_img = self.image_size
+        L = self._layout
+        font = self._font
+        x = L["board_x"] + int(round(10 * L["scale"]))
+        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
+        width, h = w_img - x, min(font.cell_h, h_img)  # draw_text's window: up to the right edge
+        wy = min(max(y, 0), h_img - h)  # ... clamped into the image
+        n_chars = font.alpha.shape[0]
+        alpha = np.zeros((h, n_chars * font.cell_w + 1), np.float32)  # the last column is blank
+        columns = font.alpha[:, :h].transpose(1, 0, 2).reshape(h, -1)  # column code * cell_w + local x
+        dy = y - wy  # rows shifted into the window, as draw_text does where it clamps
+        alpha[max(dy, 0) : h + min(dy, 0), :-1] = columns[max(-dy, 0) : h - max(dy, 0)]
+        assert (self._background[wy : wy + h, x:] == 255).all(), "the counters line is drawn on white"
+        table = raster.bake(lambda: raster.to_uint8(raster.fill(raster.canvas(h, alpha.shape[1], WHITE), jnp.asarray(alpha), BLACK)))
+        assert (table == table[..., :1]).all()
+        return dict(x=x, y=wy, width=width, table=table[..., 0], blank=alpha.shape[1] - 1)
+
     def render(self, state, params=None):
         params = self.default_params if params is None else params
         L = self._layout
         ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        img = raster.paste_grid(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
+        img = paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
         font = self._font
         codes = raster.concat_codes(
             font.codes("Score: "),
@@ -534,9 +570,21 @@ class Swap(Env):
             font.codes("   Shuffles: "),
             raster.number_codes(state.shuffles, NUMBER_DIGITS),
         )
-        x = L["board_x"] + int(round(10 * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-        return raster.draw_text(img, font, codes, x, y, BLACK, max_width=self.image_size[1] - x)
+        line = self._counters_line
+        # raster.text_strip's layout: column x shows local column x - start of the last glyph
+        # starting at or before x, if within that glyph's advance and cell
+        advance = jnp.asarray(font.advance)
+        adv = jnp.where(codes >= 0, advance[jnp.maximum(codes, 0)], 0)
+        starts = jnp.cumsum(adv) - adv
+        xs = jnp.arange(line["width"])
+        which = jnp.clip(jnp.searchsorted(starts, xs, side="right") - 1, 0, codes.shape[0] - 1)
+        local_x = xs - starts[which]
+        code = codes[which]
+        valid = (code >= 0) & (local_x < adv[which]) & (local_x < font.cell_w)
+        column = jnp.where(valid, jnp.maximum(code, 0) * font.cell_w + jnp.clip(local_x, 0, font.cell_w - 1), line["blank"])
+        strip = jnp.asarray(line["table"])[:, column]
+        strip = jnp.broadcast_to(strip[..., None], (*strip.shape, 3))
+        return jax.lax.dynamic_update_slice(img, strip, (line["y"], line["x"], 0))
 
     # --- text ----------------------------------------------------------------------------
     def describe(self, state) -> str:
