@@ -12,17 +12,17 @@ Anything else: reward -1, nothing changes. The episode ends when no legal pair i
 Connectivity, branch-free and in fixed work (env-design-notes.md §12 asks for labelled
 empty runs; this is the same idea, kept as bitmasks). On the (G+2)^2 grid padded with the
 empty ring, every path with <= 2 turns is horizontal-vertical-horizontal or
-vertical-horizontal-vertical (segments may be empty). So per board we compute, as uint32
-bitmasks over the <= 14 padded positions (bit arithmetic on one tile mask per row and
-column): for each cell, the columns its row segment reaches and the rows its column segment
-reaches, and for each pair of rows (columns), the columns (rows) with no tile strictly
-between them. Two cells connect iff
-(h_a & h_b & cols_clear[r_a, r_b]) | (v_a & v_b & rows_clear[c_a, c_b]) is non-zero.
-Tiles never move, so each cell's same-type partners are fixed when the board is dealt and
-kept in the state (`partners`, G^2 x 3 on a dealt board), with which of those pairs are legal
-now (`legal`). A step looks its action up in `legal` and, after a match, recomputes `legal`
-(tables + G^2 * 3 tests): that is the "any legal pair left" test, and `valid_actions` /
-`random_valid_action` read it too, never building G^4 pair tests.
+vertical-horizontal-vertical (segments may be empty). So, as uint32 bitmasks over the <= 14
+padded positions (bit arithmetic on one tile mask per row and column): for a cell, the
+columns its row segment reaches (h) and the rows its column segment reaches (v); for two rows
+(columns), the columns (rows) with no tile strictly between them. Two cells connect iff
+(h_a & h_b & cols_clear(r_a, r_b)) | (v_a & v_b & rows_clear(c_a, c_b)) is non-zero.
+Tiles never move, so the pairs of cells dealt the same type are fixed when the board is
+dealt and kept in the state (`pairs`, as actions; 216 on a dealt 12x12 board), with which of
+them are legal now (`legal`). A step looks its action up there and, after a match,
+recomputes `legal` (`pair_legal`: elementwise bit operations per listed pair, no gathers):
+that is the "any legal pair left" test, and `valid_actions` / `random_valid_action` read it
+too, never building G^4 pair tests.
 
 Boards: like the original, shuffle the colour x shape product, take the first G^2/4 types,
 place each 4 times, shuffle (one random draw per deal). With `solvable=True`, the deal follows a
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -78,8 +79,8 @@ PRESETS = {
 class State:
     board: jax.Array  # int32 [G, G] tile type per cell, 0 = empty (what matching compares)
     faces: jax.Array  # int32 [G, G] atlas index drawn per cell, 0 = empty (shapes: the type)
-    partners: jax.Array  # int32 [G^2, K] per cell, the cells dealt the same type (self pads)
-    legal: jax.Array  # bool [G^2, K] whether (cell, partners[cell, k]) is a legal match now
+    pairs: jax.Array  # int32 [Q] actions a * G^2 + b (a < b) naming two cells dealt the same type; G^4 pads
+    legal: jax.Array  # bool [Q] whether each of those pairs is a legal match now
     score: jax.Array  # int32 pairs removed this episode
     remaining: jax.Array  # int32 tiles left on the board
     steps: jax.Array  # int32 actions taken
@@ -96,21 +97,34 @@ class Params:
 # ---------------------------------------------------------------------------------------
 
 
-def _pack(member):
-    """uint32 bitmask of a bool [..., P] along the last axis (P <= 24): a dot with powers of
-    two, exact in float32 and far cheaper on XLA:CPU than a reduction."""
-    powers = jnp.asarray(2.0 ** np.arange(member.shape[-1]), jnp.float32)
-    return jnp.dot(member.astype(jnp.float32), powers).astype(jnp.uint32)
+def _line_masks(board):
+    """uint32 [G] tile bitmasks of the interior rows and of the interior columns of the
+    (G+2)^2 grid padded with the empty ring (bit = padded position, so bit 0 and bit G+1,
+    the ring, are never set). The shifted bits are distinct, so a sum is their OR."""
+    filled = (board > 0).astype(jnp.uint32)
+    shifts = jnp.arange(1, board.shape[0] + 1, dtype=jnp.uint32)
+    rows = jnp.sum(filled << shifts, axis=1, dtype=jnp.uint32)
+    cols = jnp.sum(filled << shifts[:, None], axis=0, dtype=jnp.uint32)
+    return rows, cols
 
 
-def _segments(lines, p: int):
-    """uint32 [G, G]: lines = uint32 [G] tile bitmasks of the interior lines (rows or columns)
-    over the p padded positions. [l, j] = the positions a straight segment from interior cell
-    j of line l reaches: the cell itself and the open cells next to it up to the first tile
+def _select(lines, index):
+    """lines[index] (broadcasting) for uint32 lines [L], L <= 12, as a chain of selects: on
+    XLA:CPU that vectorises, where a gather costs several ns per element. An index outside
+    [0, L) gives 0 (an empty line)."""
+    out = jnp.zeros(jnp.shape(index), jnp.uint32)
+    for line in range(lines.shape[0]):
+        out = jnp.where(index == line, lines[line], out)
+    return out
+
+
+def _segment(line, pos, p: int):
+    """uint32 [...] (broadcasting): line = uint32 tile bitmask of a line over its p padded
+    positions, pos = padded position of a cell on it. The positions a straight segment from
+    that cell reaches: the cell itself and the open cells next to it up to the first tile
     either way (or the grid's edge)."""
     one = jnp.uint32(1)
-    pos = jnp.arange(1, lines.shape[0] + 1, dtype=jnp.uint32)[None, :]  # padded position of cell j
-    line = lines[:, None]
+    pos = jnp.asarray(pos).astype(jnp.uint32)
     before = line & ((one << pos) - one)
     after = line & ~((one << (pos + one)) - one)
     lo = 32 - jax.lax.clz(before).astype(jnp.int32)  # one past the last tile before (0: none)
@@ -119,27 +133,15 @@ def _segments(lines, p: int):
     return ((one << hi.astype(jnp.uint32)) - one) & ~((one << lo.astype(jnp.uint32)) - one)
 
 
-def _clear_between(lines, p: int):
-    """uint32 [G, G]: [i, k] = bitmask of the positions across the lines where no tile lies
-    strictly between interior lines i and k (the OR of the lines in between, inverted)."""
-    i = np.arange(lines.shape[0])
-    lo, hi = np.minimum.outer(i, i)[..., None], np.maximum.outer(i, i)[..., None]
-    between = jnp.asarray((lo < i) & (i < hi))  # [i, k, line] static
-    tiles = jax.lax.reduce(jnp.where(between, lines, jnp.uint32(0)), jnp.uint32(0), jax.lax.bitwise_or, (2,))
+def _clear_between(lines, i, k, p: int):
+    """uint32 [...] (broadcasting i, k): bitmask of the positions across the lines (uint32
+    [G] tile bitmasks of the interior lines) where no tile lies strictly between interior
+    lines i and k: the OR of the lines in between, inverted (an unrolled chain, see _select)."""
+    lo, hi = jnp.minimum(i, k), jnp.maximum(i, k)
+    tiles = jnp.zeros(jnp.shape(lo), jnp.uint32)
+    for line in range(1, lines.shape[0] - 1):  # the first and last lines are never strictly between
+        tiles = tiles | jnp.where((lo < line) & (line < hi), lines[line], jnp.uint32(0))
     return ~tiles & jnp.uint32((1 << p) - 1)
-
-
-def connection_tables(board):
-    """Everything the <= 2-turn test needs, computed once per board on the (G+2)^2 padded
-    grid (tiles = board > 0, the ring empty), as uint32 bitmasks over padded positions
-    (G + 2 <= 14 bits), all [G, G]: per interior cell, the columns its row segment reaches
-    (h) and the rows its column segment reaches (v); per pair of interior rows, the columns
-    clear between them (cols_clear); per pair of interior columns, the rows clear between
-    them (rows_clear). Bit arithmetic on one tile bitmask per row and per column."""
-    p = board.shape[0] + 2
-    filled = jnp.pad(board > 0, 1)
-    rows, cols = _pack(filled)[1:-1], _pack(filled.T)[1:-1]  # tiles of each interior row / column
-    return _segments(rows, p), _segments(cols, p).T, _clear_between(rows, p), _clear_between(cols, p)
 
 
 def _joined(h1, v1, h2, v2, cols_clear, rows_clear):
@@ -154,27 +156,54 @@ def _joined(h1, v1, h2, v2, cols_clear, rows_clear):
 
 def joined_pairs(board):
     """bool [G^2, G^2]: [a, b] = cells a and b (row-major) are joined by a <= 2-turn path
-    through empty cells, whatever they hold. G^4 bitwise ANDs of broadcast tables."""
+    through empty cells, whatever they hold: per-cell segments and per-line-pair clear
+    masks, then G^4 bitwise ANDs of broadcast tables (for `_clearing_order`, which needs
+    every pair; a step tests only the dealt pairs, `pair_legal`)."""
     g = board.shape[0]
-    h, v, cols_clear, rows_clear = connection_tables(board)
+    p = g + 2
+    rows, cols = _line_masks(board)
+    i = np.arange(g)
+    h, v = _segment(rows[:, None], i[None, :] + 1, p), _segment(cols[None, :], i[:, None] + 1, p)
+    cols_clear, rows_clear = _clear_between(rows, i[:, None], i[None, :], p), _clear_between(cols, i[:, None], i[None, :], p)
     a, b = (slice(None), slice(None), None, None), (None, None, slice(None), slice(None))
     joined = _joined(h[a], v[a], h[b], v[b], cols_clear[:, None, :, None], rows_clear[None, :, None, :])
     return joined.reshape(g * g, g * g)
 
 
-def partner_pairs(board, partners):
-    """bool [G^2, K]: whether cell a and cell partners[a, k] form a legal match. `partners`
-    (int [G^2, K]) lists, for every cell, cells that may hold its type, the cell itself as
-    padding. `State.partners` lists every same-type cell (tiles never move, so the partners
-    dealt at the start stay the only candidates), which makes this the whole set of legal
-    pairs. The connection test runs for all G^4 cell pairs as broadcast bit operations
-    (`joined_pairs`) and then the K partners are picked: on XLA:CPU that is 2-3x faster than
-    gathering per-pair facts (~1,300 per-element gathers per 12x12 board, each costly)."""
+def pair_legal(board, pairs):
+    """bool [Q]: whether each candidate pair is a legal match on `board`. `pairs` (int [Q])
+    are actions a * G^2 + b (a < b) naming two cells dealt the same type, G^4 for padding;
+    tiles never move, so these are the only candidates and the result is the whole set of
+    legal pairs.
+
+    Per pair, all elementwise: the tile masks of the two rows and two columns (selects
+    among G words), the four segments, and the lines clear between the rows and between the
+    columns. O(Q * G) bit operations and no gathers, against G^4 for all cell pairs
+    (Q = 216 at 12x12: ~30x less work than `joined_pairs`)."""
     g = board.shape[0]
-    flat = board.reshape(-1)
-    joined = jnp.take_along_axis(joined_pairs(board), partners, axis=1)
-    same = (partners != jnp.arange(g * g)[:, None]) & (flat[:, None] > 0) & (flat[partners] == flat[:, None])
-    return same & joined
+    n, p = g * g, g + 2
+    rows, cols = _line_masks(board)
+    first, second = jnp.divmod(pairs, n)
+    (r1, c1), (r2, c2) = jnp.divmod(first, g), jnp.divmod(second, g)
+    row1, row2, col1, col2 = _select(rows, r1), _select(rows, r2), _select(cols, c1), _select(cols, c2)
+    there = (row1 >> (c1 + 1).astype(jnp.uint32)) & (row2 >> (c2 + 1).astype(jnp.uint32)) & jnp.uint32(1)
+    h1, h2 = _segment(row1, c1 + 1, p), _segment(row2, c2 + 1, p)
+    v1, v2 = _segment(col1, r1 + 1, p), _segment(col2, r2 + 1, p)
+    joined = _joined(h1, v1, h2, v2, _clear_between(rows, r1, r2, p), _clear_between(cols, c1, c2, p))
+    return joined & (there != 0) & (pairs < n * n)
+
+
+def full_board_pairs(pairs, board_size: int):
+    """`pair_legal` on a board with no empty cell, from positions alone: paths can then only
+    run along the outer ring, so two same-type tiles match iff they are adjacent or on the
+    same side of the board (out, along the ring, back in: two turns). Cheap enough for
+    `reset`, which auto-reset runs on every step."""
+    g = board_size
+    first, second = jnp.divmod(pairs, g * g)
+    (ra, ca), (rb, cb) = jnp.divmod(first, g), jnp.divmod(second, g)
+    adjacent = jnp.abs(ra - rb) + jnp.abs(ca - cb) == 1
+    same_side = ((ra == rb) & ((ra == 0) | (ra == g - 1))) | ((ca == cb) & ((ca == 0) | (ca == g - 1)))
+    return (adjacent | same_side) & (pairs < g**4)
 
 
 def hashed_words(key, n: int):
@@ -213,18 +242,6 @@ def random_subset(words, population: int):
         taken = (picks[..., :j] == t[..., None]).any(-1)
         picks = picks.at[..., j].set(jnp.where(taken, top, t))
     return picks
-
-
-def full_board_pairs(partners):
-    """`partner_pairs` of a board with no empty cell, from positions alone: paths can then
-    only run along the outer ring, so two same-type tiles match iff they are adjacent or on
-    the same side of the board (out, along the ring, back in: two turns). Cheap enough for
-    `reset`, which auto-reset runs on every step."""
-    g = int(round(partners.shape[0] ** 0.5))
-    (ra, ca), (rb, cb) = jnp.divmod(jnp.arange(g * g)[:, None], g), jnp.divmod(partners, g)
-    adjacent = jnp.abs(ra - rb) + jnp.abs(ca - cb) == 1
-    same_side = ((ra == rb) & ((ra == 0) | (ra == g - 1))) | ((ca == cb) & ((ca == 0) | (ca == g - 1)))
-    return (adjacent | same_side) & (partners != jnp.arange(g * g)[:, None])
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,15 +303,21 @@ class ShisenShoEngine(Env):
         slots = self.num_cells // 4
         return 4 * -(-slots // self.num_types)
 
-    # --- rules ---------------------------------------------------------------------------
-    def _state(self, board, faces, partners, score=0, steps=0):
+    @property
+    def num_pairs(self) -> int:
+        """Length Q of `State.pairs`: the most same-type cell pairs a board of this config can
+        hold (types on at most `max_copies` cells each, so whole groups of `max_copies`)."""
+        n, m = self.num_cells, self.max_copies
+        return (n // m) * m * (m - 1) // 2 + (n % m) * (n % m - 1) // 2
+
+    def _state(self, board, faces, pairs, score=0, steps=0):
         board = jnp.asarray(board, jnp.int32)
-        partners = jnp.asarray(partners, jnp.int32)
-        legal = partner_pairs(board, partners)
+        pairs = jnp.asarray(pairs, jnp.int32)
+        legal = pair_legal(board, pairs)
         return State(
             board=board,
             faces=jnp.asarray(faces, jnp.int32),
-            partners=partners,
+            pairs=pairs,
             legal=legal,
             score=jnp.asarray(score, jnp.int32),
             remaining=jnp.sum(board > 0, dtype=jnp.int32),
@@ -327,12 +350,14 @@ class ShisenShoEngine(Env):
             cell_of_tile = random_permutation(words[:n])
         tile_of_cell = jnp.zeros(n, jnp.int32).at[cell_of_tile].set(jnp.arange(n, dtype=jnp.int32))
         g = self.board_size
-        partners = cell_of_tile[jnp.asarray(self._tile_partners)[tile_of_cell]]
-        legal = full_board_pairs(partners)
+        cells = jnp.append(cell_of_tile, n)[self._tile_pairs]  # [Q, 2]; the non-tile n maps to the non-cell n
+        first, second = jnp.min(cells, axis=1), jnp.max(cells, axis=1)
+        pairs = jnp.where(second < n, first * n + second, n * n)
+        legal = full_board_pairs(pairs, g)
         return State(
             board=tile_types[tile_of_cell].reshape(g, g),
             faces=tile_faces[tile_of_cell].reshape(g, g),
-            partners=partners,
+            pairs=pairs,
             legal=legal,
             score=jnp.int32(0),
             remaining=jnp.int32(n),
@@ -346,39 +371,42 @@ class ShisenShoEngine(Env):
         action = jnp.asarray(action, jnp.int32)
         in_range = (action >= 0) & (action < n * n)
         a, b = jnp.divmod(jnp.where(in_range, action, 0), n)
-        # every legal match is a listed (cell, partner) pair, and `state.legal` says which are
-        legal = in_range & (state.legal[a] & (state.partners[a] == b)).any()
+        # every legal match is a listed pair (either order), and `state.legal` says which are
+        legal = in_range & (state.legal & (state.pairs == jnp.minimum(a, b) * n + jnp.maximum(a, b))).any()
         remove = (legal & ((jnp.arange(n) == a) | (jnp.arange(n) == b))).reshape(state.board.shape)
         board = jnp.where(remove, 0, state.board)
-        pairs = jnp.where(legal, partner_pairs(board, state.partners), state.legal)
+        now_legal = jnp.where(legal, pair_legal(board, state.pairs), state.legal)
         new_state = state.replace(
             board=board,
             faces=jnp.where(remove, 0, state.faces),
-            legal=pairs,
+            legal=now_legal,
             score=state.score + legal,
             remaining=state.remaining - 2 * legal,
             steps=state.steps + 1,
-            done=~pairs.any(),
+            done=~now_legal.any(),
         )
         reward = jnp.where(legal, 1.0, -1.0).astype(jnp.float32)
         return new_state, reward, new_state.done, {"raw_reward": reward, "legal": legal}
 
     def valid_actions(self, state, params=None):
-        actions = jnp.arange(self.num_cells)[:, None] * self.num_cells + state.partners  # encode_pair(cell, partner)
-        return jnp.zeros(self.num_actions, bool).at[actions].max(state.legal)
+        n = self.num_cells
+        a, b = jnp.divmod(state.pairs, n)
+        ids = jnp.concatenate([state.pairs, b * n + a])  # both orders
+        legal = jnp.concatenate([state.legal, state.legal])
+        return jnp.zeros(self.num_actions, bool).at[jnp.where(legal, ids, self.num_actions)].set(True, mode="drop")
 
     def random_valid_action(self, key, state, params=None):
-        """Uniform over `valid_actions` without building the G^4 mask: the k-th legal
-        (cell, partner) pair for a uniform k (each unordered pair is listed in both orders,
-        as in the mask); `invalid_action` when nothing is valid."""
-        legal = state.legal.reshape(-1)
-        count = legal.sum()
-        k = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
+        """Uniform over `valid_actions` without building the G^4 mask: the k-th legal pair
+        for a uniform k, in a random order (each pair is two valid actions);
+        `invalid_action` when nothing is valid."""
+        count = state.legal.sum()
+        u = jax.random.uniform(key, (2,))
+        k = jnp.floor(u[0] * count).astype(jnp.int32)
         # a log-depth scan: XLA:CPU lowers cumsum to an O(n^2) reduce-window
-        running = jax.lax.associative_scan(jnp.add, legal.astype(jnp.int32))
-        pick = jnp.argmax(legal & (running == k + 1))
-        cell, partner = pick // state.partners.shape[1], state.partners.reshape(-1)[pick]
-        return jnp.where(count > 0, cell * self.num_cells + partner, self.invalid_action).astype(jnp.int32)
+        running = jax.lax.associative_scan(jnp.add, state.legal.astype(jnp.int32))
+        a, b = jnp.divmod(state.pairs[jnp.argmax(state.legal & (running == k + 1))], self.num_cells)
+        action = jnp.where(u[1] < 0.5, a * self.num_cells + b, b * self.num_cells + a)
+        return jnp.where(count > 0, action, self.invalid_action).astype(jnp.int32)
 
     # --- generation ----------------------------------------------------------------------
     def _slot_types(self, words):
@@ -386,7 +414,7 @@ class ShisenShoEngine(Env):
         tiles. Like the original, G^2/4 distinct random types (slot order is irrelevant: tiles
         are shuffled onto cells). With fewer types than slots the types repeat in a shuffled
         cycle (the original repeats random drawn types instead; the cycle keeps every type at
-        most `max_copies` times, which bounds the partner table)."""
+        most `max_copies` times, which bounds the group table)."""
         slots, types = self.num_cells // 4, self.num_types
         if types >= slots:
             return random_subset(words, types) + 1
@@ -397,32 +425,37 @@ class ShisenShoEngine(Env):
         and `_face_words` random words."""
         raise NotImplementedError
 
-    @functools.cached_property
-    def _tile_partners(self) -> np.ndarray:
-        """int32 [G^2, max_copies - 1]: for tile i, the other tiles whose slot has the same
-        type on every deal (slots s and s' with s = s' mod num_types); padded with i."""
-        n, k = self.num_cells, self.max_copies - 1
-        group = (np.arange(n) // 4) % self.num_types
-        table = np.tile(np.arange(n)[:, None], (1, k))
-        for i in range(n):
-            others = np.flatnonzero((group == group[i]) & (np.arange(n) != i))
-            table[i, : len(others)] = others
-        return table.astype(np.int32)
+    def _pair_table(self, groups, padding: int) -> np.ndarray:
+        """int32 [Q, 2]: every pair of members of each group (lists of indices), padded."""
+        table = np.full((self.num_pairs, 2), padding, np.int32)
+        listed = [pair for members in groups for pair in itertools.combinations(members, 2)]
+        if listed:
+            table[: len(listed)] = listed
+        return table
 
-    def _board_partners(self, board: np.ndarray) -> np.ndarray:
-        """Host: the partner table of an arbitrary board (for `from_board`)."""
+    @functools.cached_property
+    def _tile_pairs(self) -> np.ndarray:
+        """int32 [Q, 2]: the pairs of tiles of the same type on every deal (slots s and s'
+        with s = s' mod num_types share a type; tile i is in slot i // 4), padded with the
+        non-tile G^2."""
+        group = (np.arange(self.num_cells) // 4) % self.num_types
+        return self._pair_table([np.flatnonzero(group == t) for t in np.unique(group)], self.num_cells)
+
+    def _board_pairs(self, board: np.ndarray) -> np.ndarray:
+        """Host: `State.pairs` of an arbitrary board (for `from_board`)."""
         flat = board.reshape(-1)
-        n, k = flat.size, self.max_copies - 1
-        table = np.tile(np.arange(n)[:, None], (1, k))
-        for i in np.flatnonzero(flat):
-            others = np.flatnonzero((flat == flat[i]) & (np.arange(n) != i))
-            if len(others) > k:
+        n = flat.size
+        groups = []
+        for t in np.unique(flat[flat > 0]):
+            cells = np.flatnonzero(flat == t)
+            if len(cells) > self.max_copies:
                 raise ValueError(
-                    f"{self.name}: type {int(flat[i])} appears {len(others) + 1} times; this configuration deals "
+                    f"{self.name}: type {int(t)} appears {len(cells)} times; this configuration deals "
                     f"at most {self.max_copies} tiles of a type (board_size {self.board_size}, {self.num_types} types)"
                 )
-            table[i, : len(others)] = others
-        return table.astype(np.int32)
+            groups.append(cells)
+        cells = self._pair_table(groups, n)
+        return np.where(cells[:, 1] < n, cells[:, 0] * n + cells[:, 1], n * n).astype(np.int32)
 
     def _clearing_order(self, key):
         """int32 [G^2/2, 2]: cells for the pairs in an order that clears the board.
@@ -663,4 +696,4 @@ class ShisenSho(ShisenShoEngine):
         """State from int [G, G] tile types (0 empty, t = colour * num_shapes + shape + 1) or
         from the perception text (`describe`'s format)."""
         arr = self._check_board(board)
-        return self._state(arr, arr, self._board_partners(arr), score, steps)
+        return self._state(arr, arr, self._board_pairs(arr), score, steps)

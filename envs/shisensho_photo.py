@@ -301,4 +301,4 @@ class ShisenShoPhoto(ShisenShoEngine):
         if faces.shape != arr.shape or (faces < 0).any() or (faces >= self.bank_size).any():
             raise ValueError(f"{self.name}: faces must be picture indices in [0, {self.bank_size}) of shape {arr.shape}")
         atlas_index = np.where(arr > 0, 1 + (arr - 1) * self.bank_size + faces, 0)
-        return self._state(arr, atlas_index, self._board_partners(arr), score, steps)
+        return self._state(arr, atlas_index, self._board_pairs(arr), score, steps)

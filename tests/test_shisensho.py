@@ -225,7 +225,7 @@ def test_full_board_shortcut_matches_the_general_test():
     for _ in range(20):
         board = rng.permutation(np.repeat(np.arange(1, 10), 4)).reshape(G, G)
         state = env.from_board(board)
-        np.testing.assert_array_equal(shisensho.full_board_pairs(state.partners), state.legal)
+        np.testing.assert_array_equal(shisensho.full_board_pairs(state.pairs, G), state.legal)
 
 
 # --- invariants (hypothesis) --------------------------------------------------------------
@@ -277,8 +277,40 @@ def test_types_are_spread_over_the_product():
 def test_few_types_repeat_in_groups_of_four():
     env = envs.make("shisensho", board_size=8, num_colors=2, num_shapes=2, image_size=(504, 448))
     assert env.max_copies == 16
-    board = np.asarray(jax.jit(env.reset)(jax.random.key(0)).board)
+    state = jax.jit(env.reset)(jax.random.key(0))
+    board = np.asarray(state.board)
     assert sorted(np.bincount(board.reshape(-1))[1:].tolist()) == [16, 16, 16, 16]
+    assert state.pairs.shape == state.legal.shape == (4 * 120,)  # 4 types on 16 cells each
+    # mid-game, the legal pairs of these big groups are exactly the BFS's
+    step, pick, valid = jax.jit(env.step), jax.jit(env.random_valid_action), jax.jit(env.valid_actions)
+    for i in range(12):
+        state, reward, *_ = step(jax.random.key(i), state, pick(jax.random.key(i), state))
+        assert float(reward) == 1.0
+    board, g = np.asarray(state.board), env.board_size
+    mask = np.asarray(valid(state))[:-1].reshape(g * g, g * g)
+    flat = board.reshape(-1)
+    for a in np.flatnonzero(flat):
+        for b in np.flatnonzero(flat == flat[a]):
+            assert mask[a, b] == reference_legal(board, a, b)
+    assert mask.sum() == (mask & (flat[:, None] == flat[None, :])).sum()
+
+
+def test_from_board_lists_pairs_for_any_type_counts():
+    """Boards set up by hand may hold many types twice and some types once: every same-type
+    pair is listed (at most 9 groups of 4 = 54 pairs on 36 cells), a lone tile has none."""
+    env = envs.make("shisensho", num_colors=6, num_shapes=6)
+    assert env.num_pairs == 54
+    board = np.repeat(np.arange(1, 19), 2).reshape(G, G)  # 18 types, each twice, side by side
+    state = env.from_board(board)
+    assert state.pairs.shape == (54,) and int(np.asarray(state.legal).sum()) == 18
+    mask = np.asarray(VALID(state))[:-1].reshape(G * G, G * G)
+    assert mask.sum() == 36 and all(mask[2 * i, 2 * i + 1] and mask[2 * i + 1, 2 * i] for i in range(18))
+    lone = board.copy()
+    lone[0, 0] = 19  # type 1 is now a lone tile, type 19 too: neither has a pair
+    state = env.from_board(lone)
+    assert int(np.asarray(state.legal).sum()) == 17 and not np.asarray(VALID(state))[act(0, 0, 0, 1)]
+    with pytest.raises(ValueError, match="appears 5 times"):
+        env.from_board(np.where(np.arange(G * G).reshape(G, G) < 5, 1, 0))
 
 
 def solve(board):
