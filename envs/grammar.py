@@ -15,11 +15,10 @@ ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 TAGS = ("perception", "think", "answer")
 
-# G1's coordinate regex: `<answer>` immediately followed by "(r, c)" (one optional space after
-# the comma), optional whitespace, "(r, c)", immediately `</answer>`; first occurrence anywhere.
-_PAIR_RE = re.compile(r"<answer>\((\d+),\s?(\d+)\)\s*\((\d+),\s?(\d+)\)</answer>")
-# Swap's parser (G1 gamematch3.py) is looser after each comma: any run of whitespace, `,\s*`.
-PAIR_RE_ANY_SPACE = re.compile(r"<answer>\((\d+),\s*(\d+)\)\s*\((\d+),\s*(\d+)\)</answer>")
+# G1's coordinate regex (the same in its Shisen-Sho and Swap games): `<answer>` immediately
+# followed by "(r, c)" (any whitespace after the comma, none elsewhere inside), optional
+# whitespace, "(r, c)", immediately `</answer>`; first occurrence anywhere.
+_PAIR_RE = re.compile(r"<answer>\((\d+),\s*(\d+)\)\s*\((\d+),\s*(\d+)\)</answer>")
 _DIGITS_RE = re.compile(r"\d+")
 
 
@@ -41,13 +40,11 @@ def first_answer_integer(text: str) -> int | None:
     return int(run) if len(run) <= 18 else 10**18
 
 
-def coordinate_answer(text: str, pattern: re.Pattern = _PAIR_RE) -> tuple[int, int, int, int] | None:
-    """The first strict `<answer>(r1, c1) (r2, c2)</answer>`; None when there is none.
-    `pattern` picks the game's variant of the regex (default: at most one space after each
-    comma, as in G1's Shisen-Sho; `PAIR_RE_ANY_SPACE` for Swap)."""
+def coordinate_answer(text: str) -> tuple[int, int, int, int] | None:
+    """The first strict `<answer>(r1, c1) (r2, c2)</answer>`; None when there is none."""
     if not isinstance(text, str):
         raise TypeError(f"answer text must be str, got {type(text).__name__}")
-    match = pattern.search(text)
+    match = _PAIR_RE.search(text)
     if match is None:
         return None
     return tuple(int(g) if len(g) <= 9 else 10**9 for g in match.groups())  # type: ignore[return-value]
@@ -68,9 +65,9 @@ def decode_pair(action, size: int):
     return r1, c1, r2, c2
 
 
-def parse_pair_action(text: str, size: int, invalid_action: int, pattern: re.Pattern = _PAIR_RE) -> int:
+def parse_pair_action(text: str, size: int, invalid_action: int) -> int:
     """Coordinate answer -> action id; malformed or out-of-range answers -> `invalid_action`."""
-    pair = coordinate_answer(text, pattern)
+    pair = coordinate_answer(text)
     if pair is None or any(v >= size for v in pair):
         return invalid_action
     return int(encode_pair(*pair, size))

@@ -38,7 +38,7 @@ from flax import struct
 
 from envs import raster
 from envs.core import ConfigError, Env, check_bool, check_image_size, check_range, register
-from envs.grammar import PAIR_RE_ANY_SPACE, decode_pair, encode_pair, parse_pair_action
+from envs.grammar import decode_pair, encode_pair, parse_pair_action
 
 OFF_BOARD = -1  # the tile "read" outside the board: equal to no real tile
 PAD = 3  # neighbourhood read around a cell by the legal-swap test (a moved tile looks 3 ahead)
@@ -598,7 +598,7 @@ class Swap(Env):
         """G1's Swap parser: the first `<answer>(r1, c1) (r2, c2)</answer>` (any whitespace after
         the commas); malformed or out-of-range -> `invalid_action`. (The original's fallbacks
         all decode to a same-cell or corner pair, i.e. an invalid swap, so they map here too.)"""
-        return parse_pair_action(text, self.board_size, self.invalid_action, PAIR_RE_ANY_SPACE)
+        return parse_pair_action(text, self.board_size, self.invalid_action)
 
     def from_board(self, board, score: int = 0, moves: int = 0, shuffles: int = 0):
         """State from an int [G, G] board of tile types (colour * num_shapes + shape). The board

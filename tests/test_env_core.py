@@ -48,7 +48,7 @@ def test_env_is_hashable_static_config():
         ("blah <answer>(10, 11)\n(3, 4)</answer> tail", (10, 11, 3, 4)),
         ("<answer> (0, 1) (2, 3)</answer>", None),  # G1's regex allows no space after the tag
         ("<answer>(0 , 1) (2, 3)</answer>", None),
-        ("<answer>(0,  1) (2, 3)</answer>", None),  # at most one space after the comma
+        ("<answer>(0,  1) (2,\n3)</answer>", (0, 1, 2, 3)),  # any whitespace after the comma (G1's `,\s*`)
         ("<answer>(0, 1)</answer>", None),
         ("<answer>(-1, 1) (2, 3)</answer>", None),
         ("", None),

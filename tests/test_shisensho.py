@@ -423,6 +423,7 @@ def test_describe_format_and_round_trip():
     [
         ("<answer>(0, 1) (2, 3)</answer>", (0, 1, 2, 3)),
         ("thinking... <answer>(5,5)\n(0, 0)</answer>", (5, 5, 0, 0)),
+        ("<answer>(2,   3) (4,\t5)</answer>", (2, 3, 4, 5)),  # G1's `,\s*`: any whitespace after a comma
         ("答案 <answer>(1, 0) (1, 2)</answer> ✓", (1, 0, 1, 2)),
         ("<answer>(0, 6) (1, 1)</answer>", None),  # out of range: invalid, not (1, 0)
         ("<answer>(0, 1) (2, 99999999999999999999)</answer>", None),

@@ -633,7 +633,7 @@ def test_prompt():
     [
         ("<answer>(0, 1) (0, 2)</answer>", encode_pair(0, 1, 0, 2, G)),
         ("<think>..</think><answer>(7,6) (7,7)</answer>", encode_pair(7, 6, 7, 7, G)),
-        ("<answer>(0,   1)\n(1,\n1)</answer>", encode_pair(0, 1, 1, 1, G)),  # Swap's `,\s*`
+        ("<answer>(0,   1)\n(1,\n1)</answer>", encode_pair(0, 1, 1, 1, G)),  # G1's `,\s*`
         ("<answer>(0, 1) (0, 2)</answer> <answer>(3, 3) (3, 4)</answer>", encode_pair(0, 1, 0, 2, G)),  # first wins
         ("<answer>(0, 0) (5, 5)</answer>", encode_pair(0, 0, 5, 5, G)),  # parsed; step rejects it
         ("<answer>(0, 8) (0, 7)</answer>", G**4),  # out of range: invalid, not aliased to (1, 0)
