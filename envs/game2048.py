@@ -331,8 +331,8 @@ class Game2048(Env):
     def render(self, state, params=None):
         L = self._layout
         board = jnp.clip(state.board, 0, self.max_exponent)
-        img = raster.paste(
-            jnp.asarray(self._background), raster.grid_from_atlas(jnp.asarray(self._tile_atlas), board), L["board_y"] + L["gap"], L["board_x"] + L["gap"]
+        img = raster.paste_cells(
+            jnp.asarray(self._background), jnp.asarray(self._tile_atlas), board, L["board_y"] + L["gap"], L["board_x"] + L["gap"]
         )
         text = self._score_text
         digits = text["digits"].row(state.score, text["num_digits"])

@@ -9,8 +9,9 @@ score that changes every step costs a few thousand pixels, not a full frame.
 Renderers use these two ways:
   * at construction, to bake an atlas of every cell state (tile x value/colour/shape) as a
     uint8 array (drawn once, jitted);
-  * per frame, to assemble the board by gathering atlas tiles (`grid_from_atlas`), paste it
-    into a static background (`paste`), and stamp dynamic text (`draw_text`).
+  * per frame, to draw the board into a static background one atlas tile per cell
+    (`paste_cells`; `grid_from_atlas` + `paste` for small rows such as digits), and stamp
+    dynamic text (`draw_text`).
 All functions are pure jnp code: jittable, vmappable, no host round trip while drawing.
 """
 
@@ -166,6 +167,23 @@ def paste(image, patch, y: int, x: int):
     """Paste `patch` at a static (y, x) offset."""
     h, w = patch.shape[:2]
     return image.at[y : y + h, x : x + w].set(patch.astype(image.dtype))
+
+
+def paste_cells(image, atlas, ids, y: int, x: int):
+    """Draw a board of atlas tiles into `image` with its top-left at a static (y, x):
+    atlas [K, th, tw, C], ids int [R, Cols] -> the image with cell (i, j) showing
+    atlas[ids[i, j]]. Same pixels as `paste(image, grid_from_atlas(atlas, ids), y, x)`, but
+    each cell's tile is gathered by its own op and written with a static
+    dynamic_update_slice, which XLA fuses into the in-place update of the frame (no
+    board-sized intermediate to copy). On CPU, 128 frames at 840x644 into a donated buffer:
+    Swap 8x8 ~50 ms instead of 125-155 ms (vs paste_grid), Shisen-Sho ~70 instead of ~115 ms,
+    2048 ~55 instead of ~75 ms (vs grid_from_atlas + paste). One update per cell, so compile
+    time grows with R * Cols (a 12x12 board: ~3 s more)."""
+    th, tw = atlas.shape[1:3]
+    for i in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            image = jax.lax.dynamic_update_slice(image, atlas[ids[i, j]].astype(image.dtype), (y + i * th, x + j * tw, 0))
+    return image
 
 
 def grid_from_atlas(atlas, ids):
@@ -437,17 +455,3 @@ TILE_COLORS = (
     ("Steel blue", (70, 130, 180)),
     ("Pink", (219, 112, 147)),
 )
-
-
-def paste_grid(image, atlas, ids, y: int, x: int):
-    """Draw a board of atlas tiles into `image` with its top-left at a static (y, x):
-    atlas [K, th, tw, C], ids int [R, Cols]. Same pixels as `paste(image,
-    grid_from_atlas(atlas, ids), y, x)`, but gathers whole tiles (contiguous slices) and
-    writes each with a static dynamic_update_slice: on CPU ~1.4x faster for batches drawn
-    into donated frames and ~3x for single frames (8x8 boards of 70-80-px tiles)."""
-    tiles = atlas[ids]  # [R, Cols, th, tw, C]
-    rows, cols, th, tw, _ = tiles.shape
-    for i in range(rows):
-        for j in range(cols):
-            image = jax.lax.dynamic_update_slice(image, tiles[i, j].astype(image.dtype), (y + i * th, x + j * tw, 0))
-    return image

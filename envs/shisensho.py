@@ -561,8 +561,7 @@ class ShisenShoEngine(Env):
     def render(self, state, params=None):
         L = self._layout
         faces = jnp.clip(state.faces, 0, self._atlas.shape[0] - 1)
-        board = raster.grid_from_atlas(jnp.asarray(self._atlas), faces)
-        img = raster.paste(jnp.asarray(self._background), board, L["board_y"], L["board_x"])
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._atlas), faces, L["board_y"], L["board_x"])
         text = self._score_text
         for value, (x, num_digits) in ((state.score, text["score"]), (state.remaining, text["remaining"])):
             img = raster.paste(img, text["digits"].row(value, num_digits), text["y"], x)

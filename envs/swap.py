@@ -303,18 +303,6 @@ def settle(key, board, wanted, num_types: int, max_waves: int, shuffle_tries: in
     return jnp.where(found, new, last_resort), ~keep
 
 
-def paste_cells(image, atlas, ids, y: int, x: int):
-    """`raster.paste_grid` with one gather per cell: the same pixels, but each cell's tile is
-    gathered by its own op, which XLA fuses into the in-place update of the frame (paste_grid
-    gathers every tile of the board into one buffer first and then copies it into the frame).
-    On CPU, for 128 frames at 840x644 (8x8 cells of 80 px): 50 ms instead of 125-155 ms."""
-    th, tw = atlas.shape[1:3]
-    for i in range(ids.shape[0]):
-        for j in range(ids.shape[1]):
-            image = jax.lax.dynamic_update_slice(image, atlas[ids[i, j]].astype(image.dtype), (y + i * th, x + j * tw, 0))
-    return image
-
-
 # ---------------------------------------------------------------------------------------
 # The game
 # ---------------------------------------------------------------------------------------
@@ -560,7 +548,7 @@ class Swap(Env):
         params = self.default_params if params is None else params
         L = self._layout
         ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        img = paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
         font = self._font
         codes = raster.concat_codes(
             font.codes("Score: "),

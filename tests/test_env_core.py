@@ -156,6 +156,22 @@ def test_grid_from_atlas_and_resize():
     assert small.shape == (28, 14, 3) and small.dtype == jnp.uint8 and int(small.min()) == 200
 
 
+
+def test_paste_cells_equals_numpy_paste():
+    rng = np.random.default_rng(0)
+    atlas = rng.integers(0, 256, (5, 3, 4, 3), dtype=np.uint8)
+    ids = rng.integers(0, 5, (2, 3))
+    image = rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)
+    expected = image.copy()
+    for i in range(2):
+        for j in range(3):
+            expected[4 + 3 * i : 7 + 3 * i, 2 + 4 * j : 6 + 4 * j] = atlas[ids[i, j]]
+    out = jax.jit(lambda img, a, k: raster.paste_cells(img, a, k, 4, 2))(jnp.asarray(image), jnp.asarray(atlas), jnp.asarray(ids))
+    assert out.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(out), expected)
+    grid = raster.paste(jnp.asarray(image), raster.grid_from_atlas(jnp.asarray(atlas), jnp.asarray(ids)), 4, 2)
+    np.testing.assert_array_equal(np.asarray(grid), expected)
+
 # --- wrappers -----------------------------------------------------------------------------
 
 

@@ -759,14 +759,15 @@ def test_render_other_sizes_and_labels():
 
 
 def generic_render(env, state, params):
-    """The frame drawn with the generic raster helpers: `paste_grid` for the board and
+    """The frame drawn with the generic raster helpers: `grid_from_atlas` + `paste` for the board and
     `draw_text` blending the counters line in float. The renderer's faster path (a gather per
     cell fused into the frame update, pre-blended glyph columns) must give the same pixels."""
     from envs import raster
 
     L = env._layout
     ids = jnp.clip(state.board, 0, env.num_types - 1) * 2 + jnp.asarray(env._parity)
-    img = raster.paste_grid(jnp.asarray(env._background), jnp.asarray(env._tile_atlas), ids, L["board_y"], L["board_x"])
+    board = raster.grid_from_atlas(jnp.asarray(env._tile_atlas), ids)
+    img = raster.paste(jnp.asarray(env._background), board, L["board_y"], L["board_x"])
     font = env._font
     codes = raster.concat_codes(
         font.codes("Score: "),
