@@ -297,10 +297,11 @@ def concat_codes(*parts):
     return jnp.where(jnp.sort(~keep), -1, codes[order])
 
 
-def text_strip(atlas: GlyphAtlas, codes, width: int):
-    """Alpha [cell_h, width] of `codes` laid out left to right with the font's advances,
-    plus the text's pixel width. Blank (-1) codes take no space."""
-    glyphs, advance = jnp.asarray(atlas.alpha), jnp.asarray(atlas.advance)
+def text_columns(atlas: GlyphAtlas, codes, width: int):
+    """Layout of `codes` left to right with the font's advances, over `width` pixel columns:
+    int32 [width], per column the glyph column it shows (code * cell_w + x within the glyph;
+    -1 where no glyph is), plus the text's pixel width. Blank (-1) codes take no space."""
+    advance = jnp.asarray(atlas.advance)
     adv = jnp.where(codes >= 0, advance[jnp.maximum(codes, 0)], 0)
     starts = jnp.cumsum(adv) - adv  # x of each glyph
     xs = jnp.arange(width)
@@ -309,8 +310,22 @@ def text_strip(atlas: GlyphAtlas, codes, width: int):
     local_x = xs - starts[which]
     code = codes[which]
     valid = (code >= 0) & (local_x < adv[which]) & (local_x < atlas.cell_w)
-    cols = glyphs[jnp.maximum(code, 0), :, jnp.clip(local_x, 0, atlas.cell_w - 1)]  # [width, cell_h]
-    return jnp.where(valid[:, None], cols, 0.0).T, jnp.sum(adv)
+    column = jnp.maximum(code, 0) * atlas.cell_w + jnp.clip(local_x, 0, atlas.cell_w - 1)
+    return jnp.where(valid, column, -1), jnp.sum(adv)
+
+
+def glyph_columns(atlas: GlyphAtlas) -> np.ndarray:
+    """float32 [cell_h, n_glyphs * cell_w]: every glyph column of the font side by side, in
+    the order `text_columns` indexes them."""
+    alpha = np.asarray(atlas.alpha)
+    return alpha.transpose(1, 0, 2).reshape(alpha.shape[1], -1)
+
+
+def text_strip(atlas: GlyphAtlas, codes, width: int):
+    """Alpha [cell_h, width] of `codes` laid out by `text_columns`, plus the text's pixel width."""
+    columns, text_w = text_columns(atlas, codes, width)
+    alpha = jnp.asarray(glyph_columns(atlas))[:, jnp.maximum(columns, 0)]
+    return jnp.where(columns >= 0, alpha, 0.0), text_w
 
 
 def draw_text(image, atlas: GlyphAtlas, codes, x, y, color, align: str = "left", max_width: int | None = None):

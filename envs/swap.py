@@ -536,7 +536,7 @@ class Swap(Env):
         wy = min(max(y, 0), h_img - h)  # ... clamped into the image
         n_chars = font.alpha.shape[0]
         alpha = np.zeros((h, n_chars * font.cell_w + 1), np.float32)  # the last column is blank
-        columns = font.alpha[:, :h].transpose(1, 0, 2).reshape(h, -1)  # column code * cell_w + local x
+        columns = raster.glyph_columns(font)[:h]  # indexed like raster.text_columns
         dy = y - wy  # rows shifted into the window, as draw_text does where it clamps
         alpha[max(dy, 0) : h + min(dy, 0), :-1] = columns[max(-dy, 0) : h - max(dy, 0)]
         assert (self._background[wy : wy + h, x:] == 255).all(), "the counters line is drawn on white"
@@ -559,17 +559,8 @@ class Swap(Env):
             raster.number_codes(state.shuffles, NUMBER_DIGITS),
         )
         line = self._counters_line
-        # raster.text_strip's layout: column x shows local column x - start of the last glyph
-        # starting at or before x, if within that glyph's advance and cell
-        advance = jnp.asarray(font.advance)
-        adv = jnp.where(codes >= 0, advance[jnp.maximum(codes, 0)], 0)
-        starts = jnp.cumsum(adv) - adv
-        xs = jnp.arange(line["width"])
-        which = jnp.clip(jnp.searchsorted(starts, xs, side="right") - 1, 0, codes.shape[0] - 1)
-        local_x = xs - starts[which]
-        code = codes[which]
-        valid = (code >= 0) & (local_x < adv[which]) & (local_x < font.cell_w)
-        column = jnp.where(valid, jnp.maximum(code, 0) * font.cell_w + jnp.clip(local_x, 0, font.cell_w - 1), line["blank"])
+        columns, _ = raster.text_columns(font, codes, line["width"])
+        column = jnp.where(columns >= 0, columns, line["blank"])
         strip = jnp.asarray(line["table"])[:, column]
         strip = jnp.broadcast_to(strip[..., None], (*strip.shape, 3))
         return jax.lax.dynamic_update_slice(img, strip, (line["y"], line["x"], 0))
