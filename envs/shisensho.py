@@ -414,7 +414,7 @@ class ShisenShoEngine(Env):
         tiles. Like the original, G^2/4 distinct random types (slot order is irrelevant: tiles
         are shuffled onto cells). With fewer types than slots the types repeat in a shuffled
         cycle (the original repeats random drawn types instead; the cycle keeps every type at
-        most `max_copies` times, which bounds the group table)."""
+        most `max_copies` times, which bounds the pair table)."""
         slots, types = self.num_cells // 4, self.num_types
         if types >= slots:
             return random_subset(words, types) + 1

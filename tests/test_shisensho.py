@@ -140,7 +140,7 @@ def test_same_cell_empty_cells_and_invalid_ids_are_illegal():
     assert not bool(VALID(state)[ENV.invalid_action])
 
 
-def test_connection_tables_match_bfs_on_random_boards():
+def test_joined_pairs_match_bfs_on_random_boards():
     """All G^4 pairs of `joined_pairs` (whatever the cells hold) against the BFS."""
     rng = np.random.default_rng(0)
     joined = jax.jit(shisensho.joined_pairs)
