@@ -175,10 +175,8 @@ def paste_cells(image, atlas, ids, y: int, x: int):
     atlas[ids[i, j]]. Same pixels as `paste(image, grid_from_atlas(atlas, ids), y, x)`, but
     each cell's tile is gathered by its own op and written with a static
     dynamic_update_slice, which XLA fuses into the in-place update of the frame (no
-    board-sized intermediate to copy). On CPU, 128 frames at 840x644 into a donated buffer:
-    Swap 8x8 ~50 ms instead of 125-155 ms (vs paste_grid), Shisen-Sho ~70 instead of ~115 ms,
-    2048 ~55 instead of ~75 ms (vs grid_from_atlas + paste). One update per cell, so compile
-    time grows with R * Cols (a 12x12 board: ~3 s more)."""
+    board-sized intermediate to copy): faster frames on CPU, see BENCHMARKS.md. One
+    update per cell, so compile time grows with R * Cols (a 12x12 board: ~3 s more)."""
     th, tw = atlas.shape[1:3]
     for i in range(ids.shape[0]):
         for j in range(ids.shape[1]):

@@ -544,13 +544,10 @@ class Swap(Env):
         assert (table == table[..., :1]).all()
         return dict(x=x, y=wy, width=width, table=table[..., 0], blank=alpha.shape[1] - 1)
 
-    def render(self, state, params=None):
-        params = self.default_params if params is None else params
-        L = self._layout
-        ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
+    def counters_codes(self, state, params):
+        """Glyph codes of the counters line: "Score: <score>   Moves: <left>   Shuffles: <n>"."""
         font = self._font
-        codes = raster.concat_codes(
+        return raster.concat_codes(
             font.codes("Score: "),
             raster.number_codes(state.score, NUMBER_DIGITS),
             font.codes("   Moves: "),
@@ -558,8 +555,14 @@ class Swap(Env):
             font.codes("   Shuffles: "),
             raster.number_codes(state.shuffles, NUMBER_DIGITS),
         )
+
+    def render(self, state, params=None):
+        params = self.default_params if params is None else params
+        L = self._layout
+        ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
         line = self._counters_line
-        columns, _ = raster.text_columns(font, codes, line["width"])
+        columns, _ = raster.text_columns(self._font, self.counters_codes(state, params), line["width"])
         column = jnp.where(columns >= 0, columns, line["blank"])
         strip = jnp.asarray(line["table"])[:, column]
         strip = jnp.broadcast_to(strip[..., None], (*strip.shape, 3))

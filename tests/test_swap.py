@@ -769,17 +769,9 @@ def generic_render(env, state, params):
     board = raster.grid_from_atlas(jnp.asarray(env._tile_atlas), ids)
     img = raster.paste(jnp.asarray(env._background), board, L["board_y"], L["board_x"])
     font = env._font
-    codes = raster.concat_codes(
-        font.codes("Score: "),
-        raster.number_codes(state.score, swap.NUMBER_DIGITS),
-        font.codes("   Moves: "),
-        raster.number_codes(params.max_moves - state.moves, swap.NUMBER_DIGITS),
-        font.codes("   Shuffles: "),
-        raster.number_codes(state.shuffles, swap.NUMBER_DIGITS),
-    )
     x = L["board_x"] + int(round(10 * L["scale"]))
     y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-    return raster.draw_text(img, font, codes, x, y, swap.BLACK, max_width=env.image_size[1] - x)
+    return raster.draw_text(img, font, env.counters_codes(state, params), x, y, swap.BLACK, max_width=env.image_size[1] - x)
 
 
 @pytest.mark.parametrize(
