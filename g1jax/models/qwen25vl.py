@@ -60,14 +60,21 @@ class Qwen25VL(nnx.Module):
         features = self.visual(pixel_values, image_grids)
         return jax.lax.stop_gradient(features) if self.freeze_vision else features
 
-    def embed(self, input_ids: jax.Array, pixel_values=None, image_grids=()) -> jax.Array:
-        """Token embeddings with the image features written, in order, over the `<|image_pad|>` tokens."""
+    def embed(self, input_ids: jax.Array, pixel_values=None, image_grids=(), image_features=None) -> jax.Array:
+        """Token embeddings with the image features written, in order, over the `<|image_pad|>` tokens.
+
+        image_features: already encoded features [image tokens, D] (row-major over the batch) instead of
+        pixel_values; the learner encodes each prompt's image once and repeats the features G times.
+        """
         embeds = self.model.embed_tokens(input_ids)
-        grids = normalize_grids(image_grids)
-        if not grids:
-            return embeds
-        check_inputs(self.config, input_ids, None, None, pixel_values, grids)
-        features = self.encode_images(pixel_values, grids).astype(embeds.dtype)
+        if image_features is not None:
+            features = image_features.astype(embeds.dtype)
+        else:
+            grids = normalize_grids(image_grids)
+            if not grids:
+                return embeds
+            check_inputs(self.config, input_ids, None, None, pixel_values, grids)
+            features = self.encode_images(pixel_values, grids).astype(embeds.dtype)
         num_features = features.shape[0]
         is_image = input_ids == self.config.image_token_id
         # Static-shape scatter: the k-th image token (row-major over the batch) takes feature k.
@@ -87,9 +94,10 @@ class Qwen25VL(nnx.Module):
         return jnp.dot(hidden, weight, preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- full-sequence forward
-    def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, image_grids=()) -> jax.Array:
+    def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, image_grids=(),
+                      image_features=None) -> jax.Array:
         """Causal forward over whole sequences; returns the final-normed hidden states [B, T, D]."""
-        embeds = self.embed(input_ids, pixel_values, image_grids)
+        embeds = self.embed(input_ids, pixel_values, image_grids, image_features)
         t = input_ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         mask = causal[None] & attention_mask.astype(bool)[:, None, :]
