@@ -46,6 +46,8 @@ def test_equals_the_pil_processor_exactly(pil_processor, height, width):
     frame = _frame(height, width, seed=height + width)
     expected = pil_processor(images=[frame], return_tensors="np")
     ours = np.asarray(jax.jit(preprocess)(frame))
+    # Bit equality holds on every CPU: both sides are the same correctly rounded elementwise numpy float32
+    # operations (our device side only looks their results up in a table), with no reduction or fused kernel.
     assert ours.shape == expected["pixel_values"].shape == (height * width // 196, PATCH_DIM)
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, expected["pixel_values"])
@@ -56,7 +58,9 @@ def test_equals_the_pil_processor_exactly(pil_processor, height, width):
 def test_matches_the_default_processor(default_processor, height, width):
     frame = _frame(height, width, seed=7)
     expected = default_processor(images=[frame], return_tensors="np")
-    np.testing.assert_allclose(np.asarray(preprocess(frame)), expected["pixel_values"], rtol=0, atol=1e-6)
+    # With torchvision installed this backend fuses rescale and normalise in torch, whose CPU kernels round
+    # differently from numpy (and between CPUs) by a few float32 ulps of values up to ~2.2.
+    np.testing.assert_allclose(np.asarray(preprocess(frame)), expected["pixel_values"], rtol=0, atol=1e-5)
 
 
 def test_patch_layout_by_hand():
