@@ -166,7 +166,7 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
 @functools.partial(jax.jit, static_argnames=("graphdef", "image_grids", "group_size", "config"))
 def _sample_jit(graphdef, params, input_ids, positions, attention_mask, pixel_values, row_keys, *, image_grids,
                 group_size, config):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
     return sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row_keys,
                          image_grids=image_grids, group_size=group_size, config=config)
 
@@ -175,7 +175,8 @@ def sample(graphdef, params, input_ids, positions, attention_mask, pixel_values,
            group_size: int, config: SamplingConfig) -> Samples:
     """Sample `group_size` completions for each of P left-padded prompts (jitted, one compile per shape/config).
 
-    graphdef, params: `nnx.split(model)`. input_ids / attention_mask [P, T], positions [3, P, T]
+    graphdef, params: `nnx.split(model)` (params may be a tuple of states, e.g. trainable and frozen
+    parameters). input_ids / attention_mask [P, T], positions [3, P, T]
     (`get_rope_index`), pixel_values [patches of all P images, 1176] with static `image_grids`
     (or None / () for text-only prompts), row_keys: a key array [P * group_size].
     """

@@ -1,0 +1,71 @@
+"""G1's training reward, as data: per-row weights times reward parts, summed.
+
+    total = w_game * game + w_format * format + w_perception * perception
+
+* game: the env's training reward of the parsed action (an unparsable answer is the game's
+  defined invalid action, so it gets that action's reward, never an exception);
+* format: 1 when the answer has all of <perception>, <think>, <answer> (G1's lenient check: the six
+  tags occur somewhere) or, with `strict_format`, exactly one of each, in order;
+* perception: 1 when the ground-truth board text occurs verbatim in the answer (G1's check).
+
+G1's weights (docs/rl.md): perception weight 1 for 2048, Shisen-Sho-Cifar10 and Swap, 0 for
+Shisen-Sho; format and game weight 1 everywhere. The analysis metrics of the paper are computed
+here too: perception accuracy (the answer's <perception> block equals the truth) and reasoning
+accuracy (game reward > 0 among answers whose perception is exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from envs.grammar import format_ok, perception_ok
+
+G1_PERCEPTION_WEIGHTS = {"2048": 1.0, "shisensho": 0.0, "shisensho_photo": 1.0, "swap": 1.0}
+PARTS = ("game", "format", "perception")
+_PERCEPTION_BLOCK = re.compile(r"<perception>(.*?)</perception>", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardWeights:
+    game: float = 1.0
+    format: float = 1.0
+    perception: float = 1.0
+
+    def as_row(self) -> np.ndarray:
+        return np.asarray([getattr(self, part) for part in PARTS], np.float32)
+
+
+def g1_weights(game: str, overrides: Mapping[str, float] | None = None) -> RewardWeights:
+    """G1's weights for `game` (perception weight from its trainer; 1.0 for games G1 did not have)."""
+    values = {"perception": G1_PERCEPTION_WEIGHTS.get(game, 1.0), **(overrides or {})}
+    unknown = set(values) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown reward part(s) {sorted(unknown)}; the parts are {list(PARTS)}")
+    return RewardWeights(**values)
+
+
+def perception_block(text: str) -> str | None:
+    """The content of the first <perception>...</perception>, stripped of surrounding newlines."""
+    match = _PERCEPTION_BLOCK.search(text)
+    return None if match is None else match.group(1).strip("\n")
+
+
+def text_parts(texts: Sequence[str], truths: Sequence[str], strict_format: bool = False) -> dict[str, np.ndarray]:
+    """Host-side reward parts of each answer: format, perception (float32 [B]) and perception_exact (bool [B])."""
+    if len(texts) != len(truths):
+        raise ValueError(f"{len(texts)} answers but {len(truths)} ground-truth boards")
+    return {
+        "format": np.asarray([format_ok(t, strict_format) for t in texts], np.float32),
+        "perception": np.asarray([perception_ok(t, truth) for t, truth in zip(texts, truths)], np.float32),
+        "perception_exact": np.asarray([perception_block(t) == truth for t, truth in zip(texts, truths)], bool),
+    }
+
+
+def total_reward(parts: Mapping[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """weights float32 [B, 3] (rows of `RewardWeights.as_row`) -> total reward [B]."""
+    stacked = np.stack([np.asarray(parts[p], np.float32) for p in PARTS], axis=-1)
+    return (stacked * weights).sum(-1)

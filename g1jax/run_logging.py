@@ -1,0 +1,121 @@
+"""Run directory: resolved config, metrics JSONL, sample frames with answers, reward curve, progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+class _Progress:
+    def __init__(self, start: int, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="GRPO", unit="step", dynamic_ncols=True)
+
+    def update(self, metrics: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{metrics['reward']:+.3f}", game=f"{metrics['reward_game']:+.3f}",
+                                 len=f"{metrics['length_mean']:.0f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunLogger:
+    """Everything a run writes under its directory (see docs/rl.md for the files)."""
+
+    def __init__(self, run_dir: str, config: dict, *, tensorboard: bool = False):
+        self.run_dir = run_dir
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def note(self, text: str) -> None:
+        print(f"[g1jax] {text}", flush=True)
+
+    def progress(self, start: int, total: int, enabled: bool = True) -> _Progress:
+        return _Progress(start, total, enabled)
+
+    def metrics(self, metrics: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.writer is not None:
+            for name, value in clean.items():
+                if isinstance(value, (int, float)) and name != "step":
+                    self.writer.add_scalar(name, value, metrics["step"])
+
+    def read_metrics(self) -> list[dict]:
+        if not os.path.isfile(self.metrics_path):
+            return []
+        with open(self.metrics_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop logged steps after `step` (a resumed run logs them again)."""
+        kept = [m for m in self.read_metrics() if m.get("step", 0) <= step]
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in kept)
+        os.replace(tmp, self.metrics_path)
+
+    def samples(self, step: int, rollout, group_size: int, count: int = 4) -> None:
+        """A few start frames with the first answer of their group, as PNG + JSONL."""
+        from PIL import Image, ImageDraw
+
+        frames = np.asarray(rollout.frames[:count])
+        rows = []
+        for p, frame in enumerate(frames):
+            text = rollout.texts[p * group_size]
+            rows.append({"step": step, "prompt_index": p, "answer": text, "truth": rollout.truths[p],
+                         "reward": float(rollout.rewards[p * group_size])})
+            canvas = Image.new("RGB", (frame.shape[1], frame.shape[0] + 60), "white")
+            canvas.paste(Image.fromarray(frame), (0, 0))
+            ImageDraw.Draw(canvas).multiline_text((4, frame.shape[0] + 2), _wrap(text, frame.shape[1] // 7, 4),
+                                                  fill="black")
+            canvas.save(os.path.join(self.run_dir, "samples", f"step{step:06d}_{p}.png"))
+        with open(os.path.join(self.run_dir, "samples", "samples.jsonl"), "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def reward_curve(self) -> str | None:
+        """reward_curve.png: total and game reward per step."""
+        history = self.read_metrics()
+        if not history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [m["step"] for m in history]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, label in (("reward", "total reward"), ("reward_game", "game reward")):
+            ax.plot(steps, [m.get(key) for m in history], label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean reward")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = os.path.join(self.run_dir, "reward_curve.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _wrap(text: str, width: int, lines: int) -> str:
+    flat = " ".join(text.split())
+    chunks = [flat[i:i + width] for i in range(0, len(flat), width)][:lines]
+    return "\n".join(chunks)

@@ -1,0 +1,513 @@
+"""The GRPO learner: one typed config, validated before anything compiles, and `make_trainer(config)`.
+
+    trainer = make_trainer(TrainConfig(model="tiny", games=("2048",), steps=20, run_dir="runs/x"))
+    summary = trainer.run()
+
+One step, as data flows (every arrow on the device unless marked):
+
+    key_step = fold_in(seed, step)             the step's randomness is a function of the step alone,
+                                               so a resumed run continues exactly
+    rollout   start states -> frames -> prompts -> G samples -> (host) parse -> rewards   rl/rollout.py
+    update    advantages -> micro-batched (sum, count) GRPO loss -> one optax update       `_train_step`
+
+The parameters live as nnx States (trainable, frozen) next to the optax state in `TrainState`, a
+plain pytree: jit, sharding and orbax see arrays only. The train step is a pure function
+`(state, frozen, reference, batch) -> (state, metrics)` with the state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import envs
+from g1jax import mesh as mesh_lib
+from g1jax.checkpoint import Checkpointer, abstract_like
+from g1jax.models.config import PRESETS, ConfigError, Qwen25VLConfig, preset
+from g1jax.models.qwen25vl import Qwen25VL, token_logprobs, trainable_filter
+from g1jax.rl import grpo
+from g1jax.rl.rewards import PARTS, g1_weights
+from g1jax.rl.rollout import GameRollout, Rollout
+from g1jax.sampling import SamplingConfig
+from g1jax.tokenizer import Tokenizer, load_tokenizer, make_tiny_tokenizer
+
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a run needs. Every field is checked in `__post_init__` with a one-line ConfigError."""
+
+    # policy
+    model: str = "tiny"  # a preset name (random init), a local Hugging Face directory or a hub id
+    tokenizer: str | None = None  # a tokenizer.json / checkpoint dir; None: the model's own (see load_policy)
+    init_seed: int = 0  # random initialisation of preset models
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    freeze_vision: bool = False
+    remat: bool = False
+    # games
+    games: tuple[str, ...] = ("2048",)
+    game_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    image_size: tuple[int, int] | None = None  # None: each game's default (they must agree)
+    states_per_step: int = 8  # P: split evenly across the games
+    warmup_policy: str = "uniform"  # G1's: uniform random action ids
+    warmup_moves: Mapping[str, int] = dataclasses.field(default_factory=dict)  # default: G1's per game
+    reward_weights: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    strict_format: bool = False
+    # sampling
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # GRPO (rl/grpo.py); `grpo_preset` sets the defaults the fields below override
+    group_size: int = 4
+    advantage: str = "grpo"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_kind: str = "k3"
+    loss_agg: str = "token-mean"
+    tis_cap: float | None = None
+    # optimiser
+    learning_rate: float = 1e-6
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip: float = 1.0
+    micro_batch_states: int | None = None  # prompts per micro-batch (None: the whole batch at once)
+    # run
+    steps: int = 20
+    seed: int = 0
+    mesh: str = "1,1,1"  # data,fsdp,tp sizes ("-1" takes the remaining devices)
+    run_dir: str = "runs/default"
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    sample_every: int = 10  # write sample frames with the answers every N steps (0: never)
+    export_hf: bool = True  # write the final policy as Hugging Face safetensors into run_dir/hf
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "games", tuple(self.games) if not isinstance(self.games, str) else (self.games,))
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+        _check(bool(self.games), "games must name at least one game")
+        unknown = [g for g in self.games if g not in envs.list_games()]
+        _check(not unknown, f"unknown game(s) {unknown}; available: {', '.join(envs.list_games())}")
+        _check(len(set(self.games)) == len(self.games), f"games lists a game twice: {list(self.games)}")
+        for name in ("states_per_step", "max_new_tokens", "steps", "keep_checkpoints"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("checkpoint_every", "sample_every", "warmup_steps", "seed", "init_seed", "top_k"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("group_size", self.group_size, 2, "GRPO compares answers within a group: group_size must be >= 2")
+        _check(self.states_per_step % len(self.games) == 0,
+               f"states_per_step {self.states_per_step} must split evenly across the {len(self.games)} games")
+        if self.micro_batch_states is not None:
+            _check_int("micro_batch_states", self.micro_batch_states, 1)
+            _check(self.states_per_step % self.micro_batch_states == 0,
+                   f"micro_batch_states {self.micro_batch_states} must divide states_per_step {self.states_per_step}")
+        _check(_is_number(self.temperature) and self.temperature > 0,
+               f"temperature must be > 0 for training (the policy's log-probs are taken at it), got {self.temperature!r}")
+        _check(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _check(_is_number(self.learning_rate) and self.learning_rate > 0,
+               f"learning_rate must be > 0, got {self.learning_rate!r}")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(_is_number(self.grad_clip) and self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
+        _check(all(_is_number(b) and 0 <= b < 1 for b in (self.b1, self.b2)), f"b1, b2 must be in [0, 1), got {self.b1}, {self.b2}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.dtype in DTYPES and self.param_dtype in DTYPES,
+               f"dtype / param_dtype must be one of {DTYPES}, got {self.dtype!r} / {self.param_dtype!r}")
+        _check(self.warmup_policy in envs.wrappers.WARMUP_POLICIES,
+               f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}")
+        for name in list(self.game_options) + list(self.warmup_moves) + list(self.reward_weights):
+            _check(name in self.games, f"options given for {name!r}, which is not in games {list(self.games)}")
+        for name, moves in self.warmup_moves.items():
+            _check_int(f"warmup_moves[{name!r}]", moves, 0)
+        for name, weights in self.reward_weights.items():
+            try:
+                g1_weights(name, weights)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"reward_weights[{name!r}]: {error}") from None
+        try:
+            mesh_lib.parse_mesh_shape(self.mesh)
+            self.grpo
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
+
+    @property
+    def grpo(self) -> grpo.GRPOConfig:
+        return grpo.GRPOConfig(group_size=self.group_size, advantage=self.advantage, clip_low=self.clip_low,
+                               clip_high=self.clip_high, dual_clip=self.dual_clip, kl_coef=self.kl_coef,
+                               kl_kind=self.kl_kind, loss_agg=self.loss_agg, tis_cap=self.tis_cap)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a parsed JSON/YAML mapping; unknown keys are a ConfigError naming them."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"a config must be a mapping of field names to values, got {type(values).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(f"bad config: {error}") from None
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# G1's RL recipe (vlm-gym-spec §9; docs/rl.md): 128 states x 5 answers, lr 1e-6, clip 0.2, KL 0.01 (k3),
+# temperature 1, token-mean aggregation, one update per rollout. Meant for real checkpoints on accelerators.
+G1_RECIPE = dict(states_per_step=128, group_size=5, learning_rate=1e-6, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
+                 kl_kind="k3", temperature=1.0, loss_agg="token-mean", weight_decay=0.01, grad_clip=1.0,
+                 b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, max_new_tokens=2048)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value, low: int, message: str | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(message or f"{name} must be an integer >= {low}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ policy
+def load_policy(config: TrainConfig) -> tuple[Qwen25VL, Tokenizer]:
+    """The model and its tokenizer, from a preset (random init) or a checkpoint directory / hub id."""
+    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+    options = dict(dtype=dtype, param_dtype=param_dtype, remat=config.remat, freeze_vision=config.freeze_vision)
+    if config.model.lower() in PRESETS:
+        model_config = preset(config.model)
+        model = Qwen25VL(model_config, rngs=nnx.Rngs(config.init_seed), **options)
+        tokenizer = _preset_tokenizer(config, model_config)
+    else:
+        from g1jax.models.loading import load_pretrained, resolve_checkpoint_dir
+
+        directory = resolve_checkpoint_dir(config.model)
+        model = load_pretrained(directory, **options)
+        tokenizer = load_tokenizer(config.tokenizer or _tokenizer_source(directory))
+    return model, tokenizer
+
+
+def _preset_tokenizer(config: TrainConfig, model_config: Qwen25VLConfig) -> Tokenizer:
+    if config.tokenizer:
+        return load_tokenizer(config.tokenizer)
+    if model_config.text.vocab_size >= 151_665:  # a real-size vocabulary: the offline Qwen2.5 tokenizer
+        return load_tokenizer()
+    return make_tiny_tokenizer(vocab_size=model_config.text.vocab_size)
+
+
+def _tokenizer_source(directory: str) -> str | None:
+    has_own = any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+    return directory if has_own else None
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    if config.schedule == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+             optax.constant_schedule(config.learning_rate)], [config.warmup_steps]) \
+            if config.warmup_steps else optax.constant_schedule(config.learning_rate)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                      max(config.steps, config.warmup_steps + 1))
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                       optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay))
+
+
+# ------------------------------------------------------------------------------------------ the step
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any  # nnx.State of the trainable parameters
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class Batch:
+    """A rollout as the update sees it (P prompts, B = P * G completions)."""
+
+    prompt_ids: jax.Array  # int32 [P, T]
+    prompt_mask: jax.Array  # int32 [P, T]
+    prompt_positions: jax.Array  # int32 [3, P, T]
+    pixel_values: jax.Array  # [P * patches, 1176]
+    completion: jax.Array  # int32 [B, L]
+    completion_mask: jax.Array  # bool [B, L]
+    sampler_logprobs: jax.Array  # float32 [B, L]
+    rewards: jax.Array  # float32 [B]
+
+
+def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_size: int, temperature: float):
+    """Teacher-forced log-probs and entropies [B, L] of the completions, each prompt's image encoded once."""
+    prompts, prompt_len = batch.prompt_ids.shape
+    length = batch.completion.shape[1]
+    features = model.encode_images(batch.pixel_values, image_grids)
+    features = jnp.repeat(features.reshape(prompts, -1, features.shape[-1]), group_size, axis=0)
+    repeat = functools.partial(jnp.repeat, repeats=group_size, axis=0)
+    ids = jnp.concatenate([repeat(batch.prompt_ids), batch.completion], axis=1)
+    mask = jnp.concatenate([repeat(batch.prompt_mask), batch.completion_mask.astype(jnp.int32)], axis=1)
+    valid = batch.prompt_mask.astype(bool)[None]
+    start = jnp.max(jnp.where(valid, batch.prompt_positions, jnp.iinfo(jnp.int32).min), axis=(0, 2)) + 1
+    completion_positions = repeat(start)[:, None] + jnp.arange(length)[None, :]
+    positions = jnp.concatenate(
+        [jnp.repeat(batch.prompt_positions, group_size, axis=1),
+         jnp.broadcast_to(completion_positions[None], (3, *completion_positions.shape))], axis=2)
+    hidden = model.hidden_states(ids, positions, mask, image_features=features.reshape(-1, features.shape[-1]))
+    return token_logprobs(model, hidden[:, prompt_len - 1:prompt_len + length - 1], batch.completion,
+                          temperature=temperature, return_entropy=True)
+
+
+def _micro_batches(batch: Batch, count: int, group_size: int) -> Batch:
+    """Split a batch into `count` micro-batches of whole groups (stacked on a new leading axis)."""
+    def split(x, axis=0):
+        moved = jnp.moveaxis(x, axis, 0)
+        return jnp.moveaxis(moved.reshape(count, moved.shape[0] // count, *moved.shape[1:]), 1, axis + 1)
+
+    return Batch(prompt_ids=split(batch.prompt_ids), prompt_mask=split(batch.prompt_mask),
+                 prompt_positions=split(batch.prompt_positions, axis=1), pixel_values=split(batch.pixel_values),
+                 completion=split(batch.completion), completion_mask=split(batch.completion_mask),
+                 sampler_logprobs=split(batch.sampler_logprobs), rewards=split(batch.rewards))
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: TrainConfig, image_grids):
+    """The pure update `(state, frozen, reference, batch) -> (state, metrics)` (not yet jitted)."""
+    grpo_config = config.grpo
+    group_size = config.group_size
+    temperature = config.temperature
+    max_len = config.max_new_tokens
+    micro_count = config.states_per_step // (config.micro_batch_states or config.states_per_step)
+    micro_grids = tuple(image_grids[: len(image_grids) // micro_count])
+
+    def micro_loss(params, frozen, reference, micro: Batch, advantages):
+        model = nnx.merge(graphdef, params, frozen)
+        logp, entropy = completion_logprobs(model, micro, image_grids=micro_grids, group_size=group_size,
+                                            temperature=temperature)
+        ref_logp = None
+        if grpo_config.needs_reference:
+            ref_model = nnx.merge(graphdef, reference, frozen)
+            ref_logp = jax.lax.stop_gradient(completion_logprobs(
+                ref_model, micro, image_grids=micro_grids, group_size=group_size, temperature=temperature)[0])
+        loss_sum, loss_count, metrics = grpo.grpo_loss_terms(
+            logp, jax.lax.stop_gradient(logp), advantages, micro.completion_mask, grpo_config,
+            ref_logp=ref_logp, sampler_logp=micro.sampler_logprobs, max_len=max_len)
+        weights = micro.completion_mask.astype(jnp.float32)
+        metrics["entropy"] = (jnp.sum(jax.lax.stop_gradient(entropy) * weights), jnp.sum(weights))
+        return loss_sum, (loss_count, metrics)
+
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+
+    def train_step(state: TrainState, frozen, reference, batch: Batch):
+        advantages = grpo.group_advantages(batch.rewards, group_size, grpo_config.advantage,
+                                           grpo_config.advantage_eps)
+        micro = _micro_batches(batch, micro_count, group_size) if micro_count > 1 else None
+
+        def accumulate(carry, xs):
+            grads_sum, count_sum, metric_sums = carry
+            micro_batch, micro_adv = xs
+            grads, (count, metrics) = grad_fn(state.params, frozen, reference, micro_batch, micro_adv)
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            metric_sums = jax.tree.map(jnp.add, metric_sums, metrics)
+            return (grads_sum, count_sum + count, metric_sums), None
+
+        if micro is None:
+            grads, (count, metric_sums) = grad_fn(state.params, frozen, reference, batch, advantages)
+        else:
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda: grad_fn(state.params, frozen, reference, first,
+                                                    advantages[: advantages.shape[0] // micro_count]))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1][0], shapes[1][1]))
+            (grads, count, metric_sums), _ = jax.lax.scan(
+                accumulate, zeros, (micro, advantages.reshape(micro_count, -1)))
+        # sum of per-token gradients / total count = the gradient of the global (sum / count) loss
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()}
+        metrics["loss"] = metrics["policy_loss"] + (grpo_config.kl_coef * metrics["kl"] if "kl" in metrics else 0.0)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["param_norm"] = optax.global_norm(params)
+        zero_spread = grpo.zero_spread_groups(batch.rewards, group_size)
+        metrics["frac_zero_std"] = jnp.mean(zero_spread.astype(jnp.float32))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Holds a run: policy, rollout, jitted step, checkpoints, logs. `run()` trains to `config.steps`."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False):
+        from g1jax.run_logging import RunLogger
+
+        self.config = config
+        self.mesh = mesh_lib.make_mesh(config.mesh)
+        games = envs.MultiGame.make({g: config.states_per_step // len(config.games) for g in config.games},
+                                    image_size=config.image_size, configs=dict(config.game_options))
+        model, self.tokenizer = load_policy(config)
+        self.model_config = model.config
+        self.rollout = GameRollout(
+            games, self.tokenizer, model.config, group_size=config.group_size, sampling=config.sampling,
+            warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
+            reward_weights={n: g1_weights(n, w) for n, w in config.reward_weights.items()},
+            strict_format=config.strict_format)
+        self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze_vision), ...)
+        params, frozen = mesh_lib.shard_state(params, self.mesh), mesh_lib.shard_state(frozen, self.mesh)
+        self.optimizer = make_optimizer(config)
+        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=self.optimizer.init(params))
+        self.frozen = frozen
+        self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
+        step_fn = make_train_step(self.graphdef, self.optimizer, config, self.rollout.prompts.image_grids)
+        self._train_step = jax.jit(step_fn, donate_argnums=(0,))
+        self.base_key = jax.random.key(config.seed)
+        self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
+        self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
+        self.start_step = 0
+        if resume:
+            self._resume()
+
+    # -------------------------------------------------------------- checkpoints
+    def _items(self) -> dict[str, Any]:
+        items = {"params": self.state.params, "opt_state": self.state.opt_state}
+        if self.reference is not None:
+            items["reference"] = self.reference
+        return items
+
+    def save(self, step: int) -> None:
+        meta = {"step": step, "seed": self.config.seed, "data_cursor": step,
+                "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(), "config": self.config.to_dict()}
+        self.checkpoints.save(step, self._items(), meta)
+
+    def _resume(self) -> None:
+        found = self.checkpoints.restore_latest({name: abstract_like(tree) for name, tree in self._items().items()})
+        if found is None:
+            self.logger.note(f"no checkpoint in {self.checkpoints.directory}: starting from step 0")
+            return
+        step, items, meta = found
+        self.state = TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"],
+                                opt_state=items["opt_state"])
+        if self.reference is not None:
+            self.reference = items["reference"]
+        self.start_step = step
+        self.logger.truncate_after(step)
+        self.logger.note(f"resumed from step {step} ({self.checkpoints.directory})")
+
+    # -------------------------------------------------------------- one step
+    def step_key(self, step: int):
+        return jax.random.fold_in(self.base_key, step)
+
+    def collect(self, step: int) -> Rollout:
+        return self.rollout(self.graphdef, (self.state.params, self.frozen), self.step_key(step))
+
+    def batch_of(self, rollout: Rollout) -> Batch:
+        p = self.rollout.prompts
+        batch = Batch(prompt_ids=jnp.asarray(p.input_ids), prompt_mask=jnp.asarray(p.attention_mask),
+                      prompt_positions=jnp.asarray(p.positions), pixel_values=rollout.pixel_values,
+                      completion=rollout.samples.tokens, completion_mask=rollout.samples.mask,
+                      sampler_logprobs=rollout.samples.logprobs, rewards=jnp.asarray(rollout.rewards))
+        return mesh_lib.shard_batch(batch, self.mesh, group_size=self.config.group_size)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Roll out and update once (`step` is the 0-based index of this step); returns the step's metrics."""
+        started = time.perf_counter()
+        rollout = self.collect(step)
+        jax.block_until_ready(rollout.samples.tokens)
+        rollout_time = time.perf_counter() - started
+        update_started = time.perf_counter()
+        self.state, metrics = self._train_step(self.state, self.frozen, self.reference, self.batch_of(rollout))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        update_time = time.perf_counter() - update_started
+        metrics.update(rollout_metrics(rollout, self.rollout.games.game_names, self.config.group_size))
+        tokens = float(np.asarray(rollout.samples.lengths).sum())
+        metrics.update(step=step + 1, time_rollout=rollout_time, time_update=update_time,
+                       time_step=rollout_time + update_time, tokens_per_s=tokens / max(rollout_time, 1e-9))
+        if self.config.sample_every and (step + 1) % self.config.sample_every == 0:
+            self.logger.samples(step + 1, rollout, self.config.group_size)
+        return metrics
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        bar = self.logger.progress(self.start_step, config.steps, enabled=config.progress)
+        metrics = {}
+        for step in range(self.start_step, config.steps):
+            metrics = self.train_step(step)
+            self.logger.metrics(metrics)
+            bar.update(metrics)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                self.save(step + 1)
+        bar.close()
+        self.logger.reward_curve()
+        if config.export_hf:
+            self.export(os.path.join(config.run_dir, "hf"))
+        self.checkpoints.close()
+        return {"steps": config.steps, "final": metrics, "run_dir": config.run_dir}
+
+    def policy(self) -> Qwen25VL:
+        return nnx.merge(self.graphdef, self.state.params, self.frozen)
+
+    def export(self, directory: str) -> None:
+        from g1jax.models.loading import save_pretrained
+
+        save_pretrained(self.policy(), directory)
+        self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
+
+def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int) -> dict[str, float]:
+    """Reward parts (overall and per game), answer lengths, truncation, valid-action rate."""
+    out = {"reward": float(np.mean(rollout.rewards)), "reward_std": float(np.std(rollout.rewards))}
+    rows = np.repeat(np.asarray(game_names, dtype=object), group_size)
+    for part in (*PARTS, "legal", "perception_exact"):
+        values = np.asarray(rollout.parts[part], np.float32)
+        out[f"reward_{part}" if part in PARTS else part] = float(values.mean())
+    exact = np.asarray(rollout.parts["perception_exact"], bool)
+    good = np.asarray(rollout.parts["game"]) > 0
+    out["perception_accuracy"] = float(exact.mean())
+    out["reasoning_accuracy"] = float(good[exact].mean()) if exact.any() else float("nan")
+    for name in dict.fromkeys(game_names):
+        sel = rows == name
+        out[f"{name}/reward"] = float(np.mean(rollout.rewards[sel]))
+        out[f"{name}/reward_game"] = float(np.mean(rollout.parts["game"][sel]))
+    lengths = np.asarray(rollout.samples.lengths)
+    out.update(length_mean=float(lengths.mean()), length_max=float(lengths.max()),
+               truncated_frac=float(np.mean(np.asarray(rollout.samples.truncated))))
+    return out
+
+
+def make_trainer(config: TrainConfig, *, resume: bool = False) -> Trainer:
+    return Trainer(config, resume=resume)
