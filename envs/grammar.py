@@ -10,6 +10,7 @@ answers cannot stall a training step.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
@@ -35,9 +36,22 @@ def first_answer_integer(text: str) -> int | None:
     digits = _DIGITS_RE.search(text, start + len(ANSWER_OPEN))
     if digits is None or text.find(ANSWER_CLOSE, digits.end()) < 0:
         return None
-    # A pathological 10^6-digit run is still "an integer": only its size matters to callers.
-    run = digits.group()
-    return int(run) if len(run) <= 18 else 10**18
+    return _digit_run_value(digits.group(), 18)
+
+
+def _digit_run_value(run: str, max_digits: int) -> int:
+    """The integer a run of (any Unicode) decimal digits spells, as G1's `int(...)` reads it,
+    but capped: runs with more than `max_digits` significant digits give 10**max_digits (a
+    pathological 10^6-digit run is still "an integer"; only its size matters to callers, and
+    Python refuses to convert very long strings). Leading zeros are not significant, so they
+    are stripped before the length is checked: "0000000000001" is 1, as in G1."""
+    start = len(run) - len(run.lstrip("0"))
+    while start < len(run) and unicodedata.decimal(run[start]) == 0:  # other scripts' zeros
+        start += 1
+    significant = run[start:]
+    if len(significant) > max_digits:
+        return 10**max_digits
+    return int(significant) if significant else 0
 
 
 def coordinate_answer(text: str) -> tuple[int, int, int, int] | None:
@@ -47,7 +61,7 @@ def coordinate_answer(text: str) -> tuple[int, int, int, int] | None:
     match = _PAIR_RE.search(text)
     if match is None:
         return None
-    return tuple(int(g) if len(g) <= 9 else 10**9 for g in match.groups())  # type: ignore[return-value]
+    return tuple(_digit_run_value(g, 9) for g in match.groups())  # type: ignore[return-value]
 
 
 def encode_pair(r1, c1, r2, c2, size: int):

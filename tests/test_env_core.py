@@ -53,6 +53,10 @@ def test_env_is_hashable_static_config():
         ("<answer>(-1, 1) (2, 3)</answer>", None),
         ("", None),
         ("<answer>(a, b) (c, d)</answer><answer>(1, 1) (1, 2)</answer>", (1, 1, 1, 2)),
+        # leading zeros are not significant: G1's int() reads (1, 0) (0, 1)
+        ("<answer>(0000000000001, 0) (0, 1)</answer>", (1, 0, 0, 1)),
+        ("<answer>(00, 0" + "0" * 20 + "3) (٠٠١, 1)</answer>", (0, 3, 1, 1)),  # other scripts' zeros too
+        ("<answer>(1" + "0" * 9 + ", 0) (0, 1)</answer>", (10**9, 0, 0, 1)),  # 10 significant digits: clamped
     ],
 )
 def test_coordinate_answer(text, pair):

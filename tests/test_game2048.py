@@ -180,6 +180,8 @@ def test_game_over_and_terminal_mask():
         ("<answer>١</answer>", 1),  # unicode digits are digits to Python's regex, as in G1
         ("<answer>ゼロ</answer> <answer>1</answer>", 1),
         ("<answer>" + "9" * 5000 + "</answer>", STILL),
+        ("<answer>" + "0" * 5000 + "2</answer>", 2),  # leading zeros are not significant (G1's int())
+        ("<answer>000</answer>", 0),
         ("x" * 200_000 + "<answer>1</answer>", 1),
     ],
 )
