@@ -39,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from g1jax.constants import QWEN25_NUM_RANKED_TOKENS  # noqa: E402
 from g1jax.models import Qwen25VL, get_rope_index, preset, save_pretrained  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets), for MFU on accelerators.
@@ -57,7 +58,7 @@ def make_inputs(config, batch: int, seq: int, image_px: int, seed: int = 0):
     if text < 2:
         raise SystemExit(f"--seq {seq} is too short for {image_tokens} image tokens")
     rng = np.random.RandomState(seed)
-    vocab = min(config.text.vocab_size, 151643)
+    vocab = min(config.text.vocab_size, QWEN25_NUM_RANKED_TOKENS)
     ids = rng.randint(0, min(vocab, config.image_token_id), size=(batch, seq))
     before = text // 2
     ids[:, before] = config.vision_start_token_id

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from g1jax.constants import STOP_IDS
 from g1jax.image_processing import grid_thw, num_image_tokens
-from g1jax.tokenizer import STOP_IDS, Tokenizer
+from g1jax.tokenizer import Tokenizer
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -14,11 +14,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-PATCH_SIZE = 14
-MERGE_SIZE = 2
-TEMPORAL_PATCH_SIZE = 2
-FACTOR = PATCH_SIZE * MERGE_SIZE  # 28: one merged (LLM) token covers FACTOR x FACTOR pixels
-PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
+from g1jax.constants import CHANNELS, FACTOR, MERGE_SIZE, PATCH_DIM, PATCH_SIZE, TEMPORAL_PATCH_SIZE
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -64,21 +61,21 @@ def num_image_tokens(height: int, width: int) -> int:
 
 
 def preprocess(frame: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-    """uint8[H, W, 3] -> pixel_values [(H/14)·(W/14), 1176], jittable; `jax.vmap` it for a batch.
+    """uint8[H, W, 3] -> pixel_values [(H/14)·(W/14), PATCH_DIM = 1176], jittable; `jax.vmap` it for a batch.
 
     Row order: merge units (2x2 patches) row-major over the frame, patches row-major inside a
     unit. Feature order: channel (3), temporal copy (2), patch row (14), patch column (14).
     """
-    if frame.ndim != 3 or frame.shape[-1] != 3:
+    if frame.ndim != 3 or frame.shape[-1] != CHANNELS:
         raise ValueError(f"expected one RGB frame [H, W, 3], got shape {frame.shape}")
     if frame.dtype != jnp.uint8:
         raise TypeError(f"expected a uint8 frame, got {frame.dtype}")
     height, width, _ = frame.shape
     check_frame_size(height, width)
-    pixels = jnp.asarray(_NORMALISED)[frame.astype(jnp.int32), jnp.arange(3)]
+    pixels = jnp.asarray(_NORMALISED)[frame.astype(jnp.int32), jnp.arange(CHANNELS)]
     rows, cols = height // FACTOR, width // FACTOR
     # [rows, merge_y, patch_y, cols, merge_x, patch_x, channel]
-    patches = pixels.reshape(rows, MERGE_SIZE, PATCH_SIZE, cols, MERGE_SIZE, PATCH_SIZE, 3)
+    patches = pixels.reshape(rows, MERGE_SIZE, PATCH_SIZE, cols, MERGE_SIZE, PATCH_SIZE, CHANNELS)
     # -> [rows, cols, merge_y, merge_x, channel, patch_y, patch_x]
     patches = patches.transpose(0, 3, 1, 4, 6, 2, 5)
     # A still image fills both temporal slots with the same frame.

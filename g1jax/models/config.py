@@ -9,6 +9,8 @@ Two on-disk layouts exist and both are accepted:
   {"rope_type": "default", "rope_theta": ..., "mrope_section": [...]}`.
 
 The dataclasses are frozen (hashable) so a config can be a static argument of `jax.jit`.
+Defaults are Qwen2.5-VL-3B's; the special-token ids and the patch geometry come from
+`g1jax.constants`. Field meanings and both layouts: docs/model.md.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ import json
 import os
 from typing import Any
 
+from envs.core import ConfigError as ProjectConfigError
+from g1jax.constants import (CHANNELS, ENDOFTEXT, IM_END, IMAGE_PAD, MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE,
+                             VIDEO_PAD, VISION_END, VISION_START, special_token_ids)
+
 # Default M-RoPE split used by transformers when a config names none (fits head_dim 128 only).
 _HF_DEFAULT_MROPE_SECTION = (16, 24, 24)
 
 
-class ConfigError(ValueError):
-    """A config.json (or preset) that this implementation cannot represent faithfully."""
+class ConfigError(ProjectConfigError):
+    """A config.json (or preset) that this implementation cannot represent faithfully.
+
+    A subclass of the games' `envs.ConfigError`, so one `except envs.ConfigError` catches every
+    configuration the project refuses (games, model, training), while `envs` stays free of g1jax.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +42,10 @@ class VisionConfig:
     hidden_size: int = 1280
     intermediate_size: int = 3420
     num_heads: int = 16
-    in_channels: int = 3
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    spatial_merge_size: int = 2
+    in_channels: int = CHANNELS
+    patch_size: int = PATCH_SIZE
+    temporal_patch_size: int = TEMPORAL_PATCH_SIZE
+    spatial_merge_size: int = MERGE_SIZE
     window_size: int = 112  # pixels; window in merge units = window_size // spatial_merge_size // patch_size
     out_hidden_size: int = 2048
     fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
@@ -49,7 +59,7 @@ class VisionConfig:
 
     @property
     def patch_features(self) -> int:
-        """Length of one flattened patch in `pixel_values` (3 * 2 * 14 * 14 = 1176)."""
+        """Length of one flattened patch in `pixel_values` (`constants.PATCH_DIM` for Qwen2.5-VL's geometry)."""
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @property
@@ -71,8 +81,8 @@ class TextConfig:
     mrope_section: tuple[int, ...] = (16, 24, 24)
     max_position_embeddings: int = 128000
     hidden_act: str = "silu"
-    bos_token_id: int | None = 151643
-    eos_token_id: int | tuple[int, ...] | None = 151645
+    bos_token_id: int | None = ENDOFTEXT
+    eos_token_id: int | tuple[int, ...] | None = IM_END
     pad_token_id: int | None = None
 
     @property
@@ -85,10 +95,10 @@ class TextConfig:
 class Qwen25VLConfig:
     text: TextConfig = TextConfig()
     vision: VisionConfig = VisionConfig()
-    image_token_id: int = 151655
-    video_token_id: int = 151656
-    vision_start_token_id: int = 151652
-    vision_end_token_id: int = 151653
+    image_token_id: int = IMAGE_PAD
+    video_token_id: int = VIDEO_PAD
+    vision_start_token_id: int = VISION_START
+    vision_end_token_id: int = VISION_END
     tie_word_embeddings: bool = False
 
     def __post_init__(self):
@@ -128,7 +138,7 @@ class Qwen25VLConfig:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "mrope"):
             raise ConfigError(f"rope type {rope_type!r} is not supported (expected 'mrope' or 'default')")
-        rope_theta = rope.get("rope_theta", text_field("rope_theta", 1_000_000.0))
+        rope_theta = rope.get("rope_theta", text_field("rope_theta", _TEXT_DEFAULTS.rope_theta))
         mrope_section = tuple(int(s) for s in rope.get("mrope_section", _HF_DEFAULT_MROPE_SECTION))
 
         eos = text_field("eos_token_id", None)
@@ -139,17 +149,17 @@ class Qwen25VLConfig:
             num_hidden_layers=int(text_field("num_hidden_layers")),
             num_attention_heads=int(text_field("num_attention_heads")),
             num_key_value_heads=int(text_field("num_key_value_heads", None) or text_field("num_attention_heads")),
-            rms_norm_eps=float(text_field("rms_norm_eps", 1e-6)),
+            rms_norm_eps=float(text_field("rms_norm_eps", _TEXT_DEFAULTS.rms_norm_eps)),
             rope_theta=float(rope_theta),
             mrope_section=mrope_section,
-            max_position_embeddings=int(text_field("max_position_embeddings", 128000)),
+            max_position_embeddings=int(text_field("max_position_embeddings", _TEXT_DEFAULTS.max_position_embeddings)),
             hidden_act="silu",
             bos_token_id=text_field("bos_token_id", None),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=text_field("pad_token_id", None),
         )
 
-        v = hf.get("vision_config")
+        v, vd = hf.get("vision_config"), _VISION_DEFAULTS
         if not isinstance(v, dict):
             raise ConfigError("config.json has no vision_config object")
         if v.get("hidden_act", "silu") != "silu":
@@ -158,30 +168,30 @@ class Qwen25VLConfig:
         if "num_heads" not in v and "num_attention_heads" not in v:
             raise ConfigError("vision_config has no num_heads")
         vision = VisionConfig(
-            depth=int(v.get("depth", v.get("num_hidden_layers", 32))),
+            depth=int(v.get("depth", v.get("num_hidden_layers", vd.depth))),
             hidden_size=int(v["hidden_size"]) if "hidden_size" in v else _missing("vision_config.hidden_size"),
-            intermediate_size=int(v.get("intermediate_size", 3420)),
+            intermediate_size=int(v.get("intermediate_size", vd.intermediate_size)),
             num_heads=int(v.get("num_heads", v.get("num_attention_heads"))),
-            in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
-            patch_size=int(v.get("patch_size", v.get("spatial_patch_size", 14))),
-            temporal_patch_size=int(v.get("temporal_patch_size", 2)),
-            spatial_merge_size=int(v.get("spatial_merge_size", 2)),
-            window_size=int(v.get("window_size", 112)),
+            in_channels=int(v.get("in_channels", v.get("in_chans", vd.in_channels))),
+            patch_size=int(v.get("patch_size", v.get("spatial_patch_size", vd.patch_size))),
+            temporal_patch_size=int(v.get("temporal_patch_size", vd.temporal_patch_size)),
+            spatial_merge_size=int(v.get("spatial_merge_size", vd.spatial_merge_size)),
+            window_size=int(v.get("window_size", vd.window_size)),
             out_hidden_size=int(v.get("out_hidden_size", text.hidden_size)),
-            fullatt_block_indexes=tuple(int(i) for i in v.get("fullatt_block_indexes", (7, 15, 23, 31))),
-            tokens_per_second=int(v.get("tokens_per_second", 2)),
+            fullatt_block_indexes=tuple(int(i) for i in v.get("fullatt_block_indexes", vd.fullatt_block_indexes)),
+            tokens_per_second=int(v.get("tokens_per_second", vd.tokens_per_second)),
             hidden_act="silu",
-            rope_theta=float(v_rope.get("rope_theta", 10000.0)),
+            rope_theta=float(v_rope.get("rope_theta", vd.rope_theta)),
         )
         # pre-v5 saves may carry tie_word_embeddings inside text_config (transformers forwards it to the root).
         tie = bool(hf.get("tie_word_embeddings", False)) or bool(nested_text.get("tie_word_embeddings", False))
         return cls(
             text=text,
             vision=vision,
-            image_token_id=int(hf.get("image_token_id", 151655)),
-            video_token_id=int(hf.get("video_token_id", 151656)),
-            vision_start_token_id=int(hf.get("vision_start_token_id", 151652)),
-            vision_end_token_id=int(hf.get("vision_end_token_id", 151653)),
+            image_token_id=int(hf.get("image_token_id", IMAGE_PAD)),
+            video_token_id=int(hf.get("video_token_id", VIDEO_PAD)),
+            vision_start_token_id=int(hf.get("vision_start_token_id", VISION_START)),
+            vision_end_token_id=int(hf.get("vision_end_token_id", VISION_END)),
             tie_word_embeddings=tie,
         )
 
@@ -255,6 +265,9 @@ class Qwen25VLConfig:
         return dataclasses.replace(self, **changes)
 
 
+_TEXT_DEFAULTS, _VISION_DEFAULTS = TextConfig(), VisionConfig()  # what a config.json that omits a field means
+
+
 def _missing(name: str):
     raise ConfigError(f"config.json has no {name}")
 
@@ -316,30 +329,38 @@ def _preset_7b() -> Qwen25VLConfig:
     )
 
 
+def _small_vocab_ids(vocab_size: int) -> tuple[dict, dict]:
+    """(text, model) id fields of a small vocabulary: the special-token layout of `make_tiny_tokenizer(vocab_size)`."""
+    ids = special_token_ids(vocab_size)
+    text = dict(vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=None)
+    model = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return text, model
+
+
 def _preset_tiny() -> Qwen25VLConfig:
-    # qwen25vl-spec.md §11: small enough for CPU tests, yet with an image larger than one window
-    # (window_size 56 px -> 2x2 merge-unit windows) and full-attention blocks at small indexes.
+    # Small enough for CPU tests, yet with an image larger than one window (window_size 56 px -> 2x2
+    # merge-unit windows) and full-attention blocks at small indexes (docs/model.md, "Presets").
+    text_ids, model_ids = _small_vocab_ids(1024)
     return Qwen25VLConfig(
-        text=TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3),
-                        max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=None),
+        text=TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, mrope_section=(2, 3, 3), max_position_embeddings=4096, **text_ids),
         vision=VisionConfig(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                             window_size=56, fullatt_block_indexes=(1, 3)),
-        image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, **model_ids,
     )
 
 
 def _preset_bench() -> Qwen25VLConfig:
     # ~34M parameters: the CPU benchmark config (Flax vs PyTorch) of experiments/bench_model.py.
+    text_ids, model_ids = _small_vocab_ids(8192)
     return Qwen25VLConfig(
-        text=TextConfig(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-                        num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12),
-                        max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=None),
+        text=TextConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
+                        num_key_value_heads=2, mrope_section=(8, 12, 12), max_position_embeddings=4096, **text_ids),
         vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=512,
                             window_size=112, fullatt_block_indexes=(1, 3)),
-        image_token_id=8000, video_token_id=8001, vision_start_token_id=8002, vision_end_token_id=8003,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, **model_ids,
     )
 
 

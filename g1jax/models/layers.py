@@ -7,7 +7,7 @@ checkpoint's `weight` transposed) and `bias`; `RMSNorm` keeps `weight`; `Embed` 
 `rngs=None` builds an *abstract* module: every parameter is a `jax.ShapeDtypeStruct`, created
 without tracing. The loader uses it instead of `nnx.eval_shape`, whose traced RNG-counter updates
 make flax 0.12.8 probe `tracer.sharding` (an error path that rescans the whole trace), which is
-quadratic in the number of parameters: 14 s for the 3B tree versus well under a second here.
+quadratic in the number of parameters (timings: BENCHMARKS.md, "Model").
 """
 
 from __future__ import annotations
@@ -52,10 +52,6 @@ class Linear(nnx.Module):
         return y
 
 
-def linear(in_features: int, out_features: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs | None) -> Linear:
-    return Linear(in_features, out_features, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-
 class Embed(nnx.Module):
     def __init__(self, num_embeddings: int, features: int, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.embedding = make_param(rngs, _normal, (num_embeddings, features), param_dtype)
@@ -84,9 +80,9 @@ class SwiGLU(nnx.Module):
     """down(silu(gate(x)) * up(x)); the vision MLP has biases, the text MLP does not."""
 
     def __init__(self, dim: int, hidden: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
-        self.gate_proj = linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.up_proj = linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.down_proj = linear(hidden, dim, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.up_proj = Linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.down_proj = Linear(hidden, dim, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -119,7 +115,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: 
 
     causal_block: when the mask is causal (query i never sees key j > i, and T == S), process queries
     in blocks of this size against only the keys up to the block's end; skipping the masked upper
-    triangle saves ~40% of the attention work at T = 512 and changes no value.
+    triangle saves work (BENCHMARKS.md, "Model") and changes no value.
     """
     t_len, s_len = q.shape[1], k.shape[1]
     if causal_block is None or t_len != s_len or t_len <= causal_block:

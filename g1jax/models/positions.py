@@ -10,7 +10,7 @@ Per row, only tokens with attention_mask 1 are walked (left or any other padding
   gets position n + rope_delta on all three axes.
 
 Images are consumed from `image_grid_thw` in order across the whole batch (row 0 first), as in
-transformers.
+transformers. Worked examples: docs/model.md, "Positions".
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from g1jax.constants import MERGE_SIZE
 
 
 def get_rope_index(
@@ -27,7 +29,7 @@ def get_rope_index(
     *,
     image_token_id: int,
     vision_start_token_id: int | None = None,
-    spatial_merge_size: int = 2,
+    spatial_merge_size: int = MERGE_SIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (positions int32 [3, B, S], rope_deltas int32 [B]).
 
@@ -96,9 +98,3 @@ def get_rope_index(
         raise ValueError(f"image_grid_thw lists {len(grids)} image(s) but input_ids contain {next_image} image run(s)")
     return positions.astype(np.int32), deltas.astype(np.int32)
 
-
-def text_positions(attention_mask) -> np.ndarray:
-    """1-D positions for text-only batches, as int32 [3, B, S] (valid tokens counted from 0; padding gets 0)."""
-    mask = np.asarray(attention_mask).astype(bool)
-    pos = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)
-    return np.broadcast_to(pos[None], (3,) + mask.shape).astype(np.int32)

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.models.layers import Embed, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
+from g1jax.models.layers import Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies
 
 # Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
 # 64 tokens, each against the keys up to its end, skipping most of the masked upper triangle
-# (~14% faster forward at 8 x 512 tokens on CPU; 8 blocks keep the unrolled graph small).
+# (speed-up: BENCHMARKS.md, "Model"); at most 8 blocks keep the unrolled graph small.
 MAX_CAUSAL_BLOCKS = 8
 MIN_CAUSAL_BLOCK = 64
 
@@ -36,13 +36,13 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Arr
 class Qwen2Attention(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = linear(d, cfg.num_attention_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+        self.q_proj = Linear(d, cfg.num_attention_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
-        self.k_proj = linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
-        self.v_proj = linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
+        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
-        self.o_proj = linear(cfg.num_attention_heads * hd, d, bias=False, dtype=dtype, param_dtype=param_dtype,
+        self.o_proj = Linear(cfg.num_attention_heads * hd, d, bias=False, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
 

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from g1jax.models.config import VisionConfig
-from g1jax.models.layers import RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, linear
+from g1jax.models.layers import Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies
 
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers for every vision RMSNorm (not the text eps)
 
@@ -103,7 +103,7 @@ class PatchEmbed(nnx.Module):
     """Conv3d with kernel = stride = (2, 14, 14) is a matmul over the 1176 features of each patch."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.proj = linear(cfg.patch_features, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype,
+        self.proj = Linear(cfg.patch_features, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype,
                            rngs=rngs)
 
     def __call__(self, patches: jax.Array) -> jax.Array:
@@ -112,9 +112,9 @@ class PatchEmbed(nnx.Module):
 
 class VisionAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.qkv = linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
-        self.proj = linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
+        self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
                            rngs=rngs)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
@@ -165,9 +165,9 @@ class PatchMerger(nnx.Module):
         self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
                             rngs=rngs)
         self.mlp = nnx.List([
-            linear(merged, merged, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+            Linear(merged, merged, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
             ExactGELU(),
-            linear(merged, cfg.out_hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+            Linear(merged, cfg.out_hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
         ])
         self.merged = merged
 
