@@ -28,9 +28,11 @@ def make_mesh(spec):
     if -1 in sizes:
         rest = int(np.prod([s for s in sizes if s != -1]))
         sizes[sizes.index(-1)] = n // rest
-    if int(np.prod(sizes)) != n:
-        raise ValueError(f"mesh {tuple(sizes)} needs {int(np.prod(sizes))} devices but {n} are present")
-    return jax.make_mesh(tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    size = int(np.prod(sizes))
+    if size > n or n % size:
+        raise ValueError(f"mesh {tuple(sizes)} needs {size} devices, which does not divide the {n} present")
+    devices = np.asarray(jax.devices()[:size]).reshape(sizes)
+    return jax.sharding.Mesh(devices, AXES)
 
 
 def shard_state(state, mesh):

@@ -152,6 +152,7 @@ class TrainConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
+        _check_model_source(self.model)
 
     @property
     def grpo(self) -> grpo.GRPOConfig:
@@ -190,6 +191,20 @@ class TrainConfig:
 G1_RECIPE = dict(states_per_step=128, group_size=5, learning_rate=1e-6, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
                  kl_kind="k3", temperature=1.0, loss_agg="token-mean", weight_decay=0.01, grad_clip=1.0,
                  b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, max_new_tokens=2048)
+
+
+def _check_model_source(model) -> None:
+    """A preset name, a directory with a config.json, or a hub id ('org/name', fetched when the policy loads)."""
+    _check(isinstance(model, str) and model, f"model must be a preset name, a directory or a hub id, got {model!r}")
+    if model.lower() in PRESETS:
+        return
+    if os.path.exists(model):
+        _check(os.path.isdir(model), f"model {model} is a file; pass the checkpoint directory holding config.json")
+        _check(os.path.isfile(os.path.join(model, "config.json")), f"model directory {model} has no config.json")
+        return
+    hub_like = model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
+    _check(hub_like, f"model {model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing "
+                     f"directory nor a hub id like 'Qwen/Qwen2.5-VL-3B-Instruct'")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -359,8 +374,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: T
         params = optax.apply_updates(state.params, updates)
         metrics = {name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()}
         metrics["loss"] = metrics["policy_loss"] + (grpo_config.kl_coef * metrics["kl"] if "kl" in metrics else 0.0)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
         zero_spread = grpo.zero_spread_groups(batch.rewards, group_size)
         metrics["frac_zero_std"] = jnp.mean(zero_spread.astype(jnp.float32))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -372,19 +387,29 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: T
 class Trainer:
     """Holds a run: policy, rollout, jitted step, checkpoints, logs. `run()` trains to `config.steps`."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, games: envs.MultiGame | None = None,
+                 policy: tuple[Qwen25VL, Tokenizer] | None = None,
+                 reward_weights: Mapping[str, Mapping[str, float]] | None = None):
+        """games / policy / reward_weights: a custom task instead of `config.games` (a MultiGame of your own
+        `envs.Env` subclasses with `states_per_step` rows, and their reward weights by game name) and a
+        model + tokenizer instead of `config.model`."""
         from g1jax.run_logging import RunLogger
 
         self.config = config
         self.mesh = mesh_lib.make_mesh(config.mesh)
-        games = envs.MultiGame.make({g: config.states_per_step // len(config.games) for g in config.games},
-                                    image_size=config.image_size, configs=dict(config.game_options))
-        model, self.tokenizer = load_policy(config)
+        if games is None:
+            games = envs.MultiGame.make({g: config.states_per_step // len(config.games) for g in config.games},
+                                        image_size=config.image_size, configs=dict(config.game_options))
+            reward_weights = config.reward_weights
+        elif games.size != config.states_per_step:
+            raise ConfigError(f"the custom games have {games.size} rows but states_per_step is "
+                              f"{config.states_per_step}")
+        model, self.tokenizer = load_policy(config) if policy is None else policy
         self.model_config = model.config
         self.rollout = GameRollout(
             games, self.tokenizer, model.config, group_size=config.group_size, sampling=config.sampling,
             warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
-            reward_weights={n: g1_weights(n, w) for n, w in config.reward_weights.items()},
+            reward_weights={n: g1_weights(n, w) for n, w in (reward_weights or {}).items()},
             strict_format=config.strict_format)
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze_vision), ...)
         params, frozen = mesh_lib.shard_state(params, self.mesh), mesh_lib.shard_state(frozen, self.mesh)
