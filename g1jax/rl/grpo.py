@@ -62,7 +62,7 @@ def _token_array(name: str, value, shape=None) -> jax.Array:
     if shape is None and array.ndim != 2:
         raise ValueError(f"{name} must be [batch, length], got shape {array.shape}")
     if shape is not None and array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape} like logp, got {array.shape}")
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
     return array
 
 
