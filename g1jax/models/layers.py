@@ -4,6 +4,10 @@ Every parameter name mirrors the Hugging Face checkpoint: `Linear` keeps `kernel
 checkpoint's `weight` transposed) and `bias`; `RMSNorm` keeps `weight`; `Embed` keeps `embedding`
 (the checkpoint's `weight`). `loading.py` relies on exactly these names.
 
+Every parameter also carries the logical names of its axes (NNX metadata `out_sharding`, e.g.
+("embed", "mlp") for an MLP input kernel); `g1jax.sharding` maps them to mesh axes. Eager sharding
+is off for these variables, so building a model needs no mesh.
+
 `rngs=None` builds an *abstract* module: every parameter is a `jax.ShapeDtypeStruct`, created
 without tracing. The loader uses it instead of `nnx.eval_shape`, whose traced RNG-counter updates
 make flax 0.12.8 probe `tracer.sharding` (an error path that rescans the whole trace), which is
@@ -18,11 +22,15 @@ import numpy as np
 from flax import nnx
 
 
-def make_param(rngs: nnx.Rngs | None, init, shape: tuple[int, ...], dtype) -> nnx.Param:
-    """A parameter drawn from `init(key, shape, dtype)`, or an abstract one when rngs is None."""
-    if rngs is None:
-        return nnx.Param(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)))
-    return nnx.Param(init(rngs.params(), shape, dtype))
+def make_param(rngs: nnx.Rngs | None, init, shape: tuple[int, ...], dtype, axes: tuple[str, ...]) -> nnx.Param:
+    """A parameter drawn from `init(key, shape, dtype)`, or an abstract one when rngs is None.
+
+    axes: one logical axis name per dimension, kept as the variable's `out_sharding` metadata.
+    """
+    if len(axes) != len(shape):
+        raise ValueError(f"a parameter of shape {shape} needs {len(shape)} logical axis names, got {axes}")
+    value = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) if rngs is None else init(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
 _normal = nnx.initializers.normal(0.02)
@@ -37,12 +45,15 @@ def _zeros(key, shape, dtype):
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias), computed in `dtype` (parameters are stored in `param_dtype`)."""
+    """y = x @ kernel (+ bias), computed in `dtype` (parameters are stored in `param_dtype`).
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, param_dtype,
-                 rngs: nnx.Rngs | None):
-        self.kernel = make_param(rngs, _normal, (in_features, out_features), param_dtype)
-        self.bias = make_param(rngs, _zeros, (out_features,), param_dtype) if bias else None
+    axes: logical names of (input, output) features; the bias takes the output's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, axes: tuple[str, str], dtype,
+                 param_dtype, rngs: nnx.Rngs | None):
+        self.kernel = make_param(rngs, _normal, (in_features, out_features), param_dtype, axes)
+        self.bias = make_param(rngs, _zeros, (out_features,), param_dtype, axes[1:]) if bias else None
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -54,7 +65,7 @@ class Linear(nnx.Module):
 
 class Embed(nnx.Module):
     def __init__(self, num_embeddings: int, features: int, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.embedding = make_param(rngs, _normal, (num_embeddings, features), param_dtype)
+        self.embedding = make_param(rngs, _normal, (num_embeddings, features), param_dtype, ("vocab", "embed"))
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:
@@ -65,7 +76,7 @@ class RMSNorm(nnx.Module):
     """transformers' Qwen2 RMSNorm: statistics in float32, cast back to the input dtype, then scale."""
 
     def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.weight = make_param(rngs, _ones, (dim,), param_dtype)
+        self.weight = make_param(rngs, _ones, (dim,), param_dtype, ("norm",))
         self.eps = eps
         self.dtype = dtype
 
@@ -77,12 +88,17 @@ class RMSNorm(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-    """down(silu(gate(x)) * up(x)); the vision MLP has biases, the text MLP does not."""
+    """down(silu(gate(x)) * up(x)); the vision MLP has biases, the text MLP does not.
 
-    def __init__(self, dim: int, hidden: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
-        self.gate_proj = Linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.up_proj = Linear(dim, hidden, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.down_proj = Linear(hidden, dim, bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    axes: logical names of (model features, hidden features).
+    """
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool, axes: tuple[str, str], dtype, param_dtype,
+                 rngs: nnx.Rngs | None):
+        layer = dict(bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(dim, hidden, axes=axes, **layer)
+        self.up_proj = Linear(dim, hidden, axes=axes, **layer)
+        self.down_proj = Linear(hidden, dim, axes=axes[::-1], **layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 
 from g1jax.models.config import Qwen25VLConfig
 from g1jax.models.qwen25vl import Qwen25VL
+from g1jax.sharding import state_shardings
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -154,10 +155,13 @@ def _tensor_meta(files: dict[str, str]) -> dict[str, tuple[tuple[int, ...], str]
 
 
 # ------------------------------------------------------------------------ loading
-ShardingSpec = jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding.Sharding] | nnx.State | None
+ShardingSpec = (jax.sharding.Mesh | jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding.Sharding]
+                | nnx.State | None)
 
 
-def _sharding_lookup(shardings: ShardingSpec) -> Callable[[ParamSpec], jax.sharding.Sharding]:
+def _sharding_lookup(shardings: ShardingSpec, state: nnx.State) -> Callable[[ParamSpec], jax.sharding.Sharding]:
+    if isinstance(shardings, jax.sharding.Mesh):
+        shardings = state_shardings(state, shardings)
     if shardings is None:
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return lambda spec: default
@@ -169,8 +173,8 @@ def _sharding_lookup(shardings: ShardingSpec) -> Callable[[ParamSpec], jax.shard
         return lambda spec: table[spec.path]
     if callable(shardings):
         return lambda spec: shardings(spec.key, spec.shape)
-    raise TypeError(f"shardings must be None, a jax Sharding, a callable (key, shape) -> Sharding or an nnx.State "
-                    f"of shardings; got {type(shardings).__name__}")
+    raise TypeError(f"shardings must be None, a Mesh, a jax Sharding, a callable (key, shape) -> Sharding or an "
+                    f"nnx.State of shardings; got {type(shardings).__name__}")
 
 
 def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
@@ -179,7 +183,10 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
     """Load a Qwen2.5-VL checkpoint into a `Qwen25VL` module.
 
     dtype: compute dtype; param_dtype: storage dtype (defaults to dtype). config: overrides the
-    directory's config.json. shardings: where each parameter goes (default: the first device).
+    directory's config.json. shardings: where each parameter goes (default: the first device): a
+    `jax.sharding.Mesh` (each parameter by its logical axes, `g1jax.sharding.state_shardings`), an
+    nnx.State of shardings mirroring the parameters, one Sharding for all, or a callable
+    (checkpoint key, shape) -> Sharding.
     """
     directory = resolve_checkpoint_dir(path_or_hub_id)
     if config is None:
@@ -224,7 +231,7 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
                                   f"{list(spec.hf_shape)}")
     if tied_head:
         _check_tied_head(files, by_canonical, directory)
-    sharding_of = _sharding_lookup(shardings)
+    sharding_of = _sharding_lookup(shardings, state)
     file_to_canon = {v: k for k, v in by_canonical.items()}
     for key, tensor in _read_tensors(files, [by_canonical[c] for c in specs]):
         spec, variable = specs[file_to_canon[key]]

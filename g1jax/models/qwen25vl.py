@@ -51,8 +51,8 @@ class Qwen25VL(nnx.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False, dtype=dtype,
-                                  param_dtype=param_dtype, rngs=rngs)
+            self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False, axes=("embed", "vocab"),
+                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     # ---------------------------------------------------------------- pieces
     def encode_images(self, pixel_values: jax.Array, image_grids) -> jax.Array:

@@ -36,14 +36,11 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Arr
 class Qwen2Attention(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = Linear(d, cfg.num_attention_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-        self.o_proj = Linear(cfg.num_attention_heads * hd, d, bias=False, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
+        layer = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Linear(d, cfg.num_attention_heads * hd, bias=True, axes=("embed", "q_heads"), **layer)
+        self.k_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, axes=("embed", "kv_heads"), **layer)
+        self.v_proj = Linear(d, cfg.num_key_value_heads * hd, bias=True, axes=("embed", "kv_heads"), **layer)
+        self.o_proj = Linear(cfg.num_attention_heads * hd, d, bias=False, axes=("q_heads", "embed"), **layer)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
 
     def __call__(self, x, cos, sin, mask, kv=None, write_index=None):
@@ -76,8 +73,8 @@ class Qwen2Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, axes=("embed", "mlp"), dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
         norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)

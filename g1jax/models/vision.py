@@ -103,8 +103,8 @@ class PatchEmbed(nnx.Module):
     """Conv3d with kernel = stride = (2, 14, 14) is a matmul over the 1176 features of each patch."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.proj = Linear(cfg.patch_features, cfg.hidden_size, bias=False, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
+        self.proj = Linear(cfg.patch_features, cfg.hidden_size, bias=False, axes=("vision_patch", "vision_embed"),
+                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         return self.proj(patches)
@@ -112,10 +112,9 @@ class PatchEmbed(nnx.Module):
 
 class VisionAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs)
-        self.proj = Linear(cfg.hidden_size, cfg.hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
+        layer = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, axes=("vision_embed", "vision_heads"), **layer)
+        self.proj = Linear(cfg.hidden_size, cfg.hidden_size, axes=("vision_heads", "vision_embed"), **layer)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
 
@@ -142,8 +141,8 @@ class VisionBlock(nnx.Module):
         self.norm1 = RMSNorm(cfg.hidden_size, **norm)
         self.norm2 = RMSNorm(cfg.hidden_size, **norm)
         self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=True, axes=("vision_embed", "vision_mlp"),
+                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, key_filled, segment_slots: int):
         x = x + self.attn(self.norm1(x), cos, sin, key_filled, segment_slots)
@@ -164,10 +163,11 @@ class PatchMerger(nnx.Module):
         merged = cfg.hidden_size * cfg.spatial_merge_size**2
         self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
                             rngs=rngs)
+        layer = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp = nnx.List([
-            Linear(merged, merged, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+            Linear(merged, merged, axes=("vision_merged", "vision_mlp"), **layer),
             ExactGELU(),
-            Linear(merged, cfg.out_hidden_size, bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+            Linear(merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"), **layer),
         ])
         self.merged = merged
 

@@ -1,0 +1,171 @@
+"""g1jax.sharding on 8 fake CPU devices (tests/conftest.py): meshes, logical-axis rules, placement,
+and a sharded forward that equals the single-device one."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from g1jax import sharding as S
+from g1jax.models import Qwen25VL, get_rope_index, load_pretrained, preset, token_logprobs
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen25vl_tiny")
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eight_devices():
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, set in conftest.py)")
+
+
+# ---------------------------------------------------------------------------- meshes
+def test_make_mesh_shapes():
+    mesh = S.make_mesh("2,4,1")
+    assert mesh.axis_names == S.AXES and dict(mesh.shape) == {"data": 2, "fsdp": 4, "tp": 1}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    assert dict(S.make_mesh("2x2x2").shape) == {"data": 2, "fsdp": 2, "tp": 2}
+    assert dict(S.make_mesh((-1, 1, 2)).shape) == {"data": 4, "fsdp": 1, "tp": 2}
+    one = S.make_mesh((1, 1, 1))  # a mesh smaller than the host takes the first devices
+    assert one.devices.size == 1 and one.devices.flat[0] == jax.devices()[0]
+    assert S.make_mesh("2,2,1").devices.size == 4
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((3, 1, 1), "needs 3 devices, which does not divide the 8"),
+    ("2,4", "three positive sizes"),
+    ("a,b,c", "three sizes 'data,fsdp,tp'"),
+    ((0, 1, 1), "three positive sizes"),
+    ((-1, -1, 2), "three positive sizes"),
+    ((-1, 3, 1), "fixed sizes \\(3 devices\\) do not divide"),
+])
+def test_make_mesh_errors(shape, match):
+    with pytest.raises(ValueError, match=match):
+        S.make_mesh(shape)
+
+
+# ---------------------------------------------------------------------------- rules
+def test_logical_to_spec_rules_and_fallback():
+    mesh = S.make_mesh((2, 2, 2))
+    assert S.logical_to_spec(("vocab", "embed"), (1024, 64), mesh) == P("tp", "fsdp")
+    # a dimension the axis size does not divide is replicated, the others keep their axes
+    assert S.logical_to_spec(("embed", "q_heads"), (64, 5), mesh) == P("fsdp", None)
+    assert S.logical_to_spec(("embed", "q_heads"), (63, 6), mesh) == P(None, "tp")
+    assert S.logical_to_spec(("norm",), (64,), mesh) == P(None)
+    assert S.logical_to_spec(("embed", "mlp"), (64, 128), S.make_mesh((8, 1, 1))) == P(None, None)
+    # a mesh axis is used at most once per array; a tuple of axes must divide as a whole
+    assert S.logical_to_spec(("a", "b"), (8, 8), mesh, {"a": "tp", "b": "tp"}) == P("tp", None)
+    assert S.logical_to_spec(("a",), (8,), mesh, {"a": ("fsdp", "tp")}) == P(("fsdp", "tp"))
+    assert S.logical_to_spec(("a",), (6,), mesh, {"a": ("fsdp", "tp")}) == P(None)
+    with pytest.raises(ValueError, match="logical axis 'heads' has no sharding rule"):
+        S.logical_to_spec(("embed", "heads"), (64, 64), mesh)
+    with pytest.raises(ValueError, match="mesh axes \\['model'\\]"):
+        S.logical_to_spec(("a",), (8,), mesh, {"a": "model"})
+    with pytest.raises(ValueError, match="2 logical axis names"):
+        S.logical_to_spec(("embed", "mlp"), (64,), mesh)
+
+
+def test_abstract_3b_shardings_follow_the_rules():
+    """Specs of the real 3B from its abstract model (nothing allocated); tp 2 matches its 2 KV heads."""
+    mesh = S.make_mesh((2, 2, 2))
+    specs = {path: v.get_value().spec for path, v in nnx.to_flat_state(
+        S.state_shardings(Qwen25VL(preset("3b"), rngs=None), mesh))}
+    layer = ("model", "layers", 0)
+    assert specs[("model", "embed_tokens", "embedding")] == P("tp", "fsdp")  # tied: also the output head
+    assert specs[(*layer, "self_attn", "q_proj", "kernel")] == P("fsdp", "tp")
+    assert specs[(*layer, "self_attn", "k_proj", "kernel")] == P("fsdp", "tp")
+    assert specs[(*layer, "self_attn", "k_proj", "bias")] == P("tp")
+    assert specs[(*layer, "self_attn", "o_proj", "kernel")] == P("tp", "fsdp")
+    assert specs[(*layer, "mlp", "up_proj", "kernel")] == P("fsdp", "tp")
+    assert specs[(*layer, "mlp", "down_proj", "kernel")] == P("tp", "fsdp")
+    assert specs[(*layer, "input_layernorm", "weight")] == P(None)
+    assert specs[("visual", "patch_embed", "proj", "kernel")] == P(None, "fsdp")
+    assert specs[("visual", "blocks", 0, "attn", "qkv", "kernel")] == P("fsdp", "tp")
+    assert specs[("visual", "merger", "mlp", 2, "kernel")] == P("tp", "fsdp")
+    assert len(specs) == len(jax.tree.leaves(nnx.state(Qwen25VL(preset("3b"), rngs=None))))
+
+
+def test_optimizer_state_follows_its_parameters():
+    mesh = S.make_mesh((2, 2, 2))
+    model = load_pretrained(FIXTURE)
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    param_specs = {path: v.get_value().spec for path, v in nnx.to_flat_state(S.state_shardings(model, mesh))}
+    placed = S.shard_state(nnx.state(optimizer), mesh)
+    moments = 0
+    for path, variable in nnx.to_flat_state(placed):
+        spec = variable.get_value().sharding.spec
+        if path[-1] in ("count",) or path == ("step",):
+            assert spec == P()
+        elif path[0] == "opt_state" and path[2] in ("mu", "nu"):
+            assert spec == param_specs[path[3:]], path
+            moments += 1
+    assert moments == 2 * len(param_specs)
+
+
+# ---------------------------------------------------------------------------- sharded model
+def _inputs():
+    """The goldens' two rows (two images + text, text only) four times over: 8 rows, 8 images."""
+    with np.load(os.path.join(FIXTURE, "goldens.npz")) as g:
+        ids, mask = np.tile(g["input_ids"], (4, 1)), np.tile(g["attention_mask"], (4, 1))
+        pixel_values = np.tile(g["pixel_values"].astype(np.float32), (4, 1))
+        grids = tuple(tuple(int(x) for x in row) for row in g["image_grid_thw"]) * 4
+    config = preset("tiny")
+    positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id)
+    return ids, positions, mask, pixel_values, grids
+
+
+@nnx.jit(static_argnames="grids")
+def _logits_and_logprobs(model, ids, positions, mask, pixel_values, grids):
+    hidden = model.hidden_states(ids, positions, mask, pixel_values, grids)
+    return model.logits(hidden), token_logprobs(model, hidden[:, :-1], ids[:, 1:], chunk_size=16)
+
+
+@pytest.fixture(scope="module")
+def single_device():
+    ids, positions, mask, pixel_values, grids = _inputs()
+    model = load_pretrained(FIXTURE)
+    with jax.default_matmul_precision("highest"):
+        logits, logp = _logits_and_logprobs(model, ids, positions, mask, pixel_values, grids)
+    return np.asarray(logits), np.asarray(logp)
+
+
+def _shard_shape(variable):
+    array = variable[...]
+    return array.sharding.shard_shape(array.shape)
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+def test_sharded_forward_equals_single_device(shape, single_device):
+    mesh = S.make_mesh(shape)
+    model = load_pretrained(FIXTURE, shardings=mesh)  # straight onto the shards
+    attention = model.model.layers[0].self_attn
+    data, fsdp, tp = shape
+    # really sharded where the mesh axis divides the dimension (tiny: embed 64, heads 4 x 16, KV 2 x 16)
+    assert _shard_shape(attention.q_proj.kernel) == (64 // fsdp, 64 // tp)
+    assert _shard_shape(attention.k_proj.bias) == (32 // tp,)
+    assert _shard_shape(model.model.embed_tokens.embedding) == (1024 // tp, 64 // fsdp)
+    assert _shard_shape(model.model.norm.weight) == (64,)
+    assert {s.device for s in attention.q_proj.kernel[...].addressable_shards} == set(mesh.devices.flat)
+    # shard_model places a model built in memory the same way
+    built = S.shard_model(load_pretrained(FIXTURE), mesh)
+    assert built.model.layers[1].mlp.down_proj.kernel[...].sharding == \
+        model.model.layers[1].mlp.down_proj.kernel[...].sharding
+
+    ids, positions, mask, pixel_values, grids = _inputs()
+    rows = S.batch_sharding(mesh)
+    ids, mask = jax.device_put(ids, rows), jax.device_put(mask, rows)
+    positions = jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1))
+    assert ids.sharding.shard_shape(ids.shape)[0] == 8 // (data * fsdp)
+    with jax.default_matmul_precision("highest"):
+        logits, logp = _logits_and_logprobs(model, ids, positions, mask, pixel_values, grids)
+    want_logits, want_logp = single_device
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], want_logits[valid], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(logp)[valid[:, 1:]], want_logp[valid[:, 1:]], atol=1e-5, rtol=1e-5)
