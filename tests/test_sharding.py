@@ -101,7 +101,7 @@ def test_optimizer_state_follows_its_parameters():
     moments = 0
     for path, variable in nnx.to_flat_state(placed):
         spec = variable.get_value().sharding.spec
-        if path[-1] in ("count",) or path == ("step",):
+        if path[-1] == "count" or path == ("step",):
             assert spec == P()
         elif path[0] == "opt_state" and path[2] in ("mu", "nu"):
             assert spec == param_specs[path[3:]], path
