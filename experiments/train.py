@@ -18,12 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from g1jax.models.config import ConfigError  # noqa: E402
+from envs import ConfigError  # noqa: E402  (the base of every config error, games' and learner's)
 from g1jax.train import G1_RECIPE, TrainConfig, make_trainer  # noqa: E402
 
 # The run with no arguments: a tiny random-init model on 2048 at a small frame size, a few minutes on
 # 2 CPU cores. It shows the machinery (rollouts, updates, logs, checkpoints), not a trained player.
-DEFAULT_RUN = dict(model="tiny", games=("2048",), image_size=(112, 112), states_per_step=8, group_size=4,
+DEFAULT_RUN = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, group_size=4,
                    max_new_tokens=24, steps=10, learning_rate=1e-4, checkpoint_every=5, sample_every=5,
                    run_dir="runs/default")
 RECIPES = {"default": DEFAULT_RUN, "g1-rl": G1_RECIPE}
@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig field")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (run the same command on every host)")
     return parser.parse_args(argv)
 
 
@@ -108,6 +110,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # Cloud TPU: no arguments; GPU clusters: from SLURM / Open MPI variables
     try:
         config = resolve_config(args)
         trainer = make_trainer(config, resume=args.resume)

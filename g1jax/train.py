@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 
 import envs
-from g1jax import mesh as mesh_lib
+from g1jax import sharding as mesh_lib
 from g1jax.checkpoint import Checkpointer, abstract_like
 from g1jax.models.config import PRESETS, ConfigError, Qwen25VLConfig, preset
 from g1jax.models.qwen25vl import Qwen25VL, token_logprobs, trainable_filter
@@ -147,12 +147,20 @@ class TrainConfig:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"reward_weights[{name!r}]: {error}") from None
         try:
-            mesh_lib.parse_mesh_shape(self.mesh)
+            mesh_lib.make_mesh(self.mesh)  # the device count is known here: a mesh that does not fit fails now
             self.grpo
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
         _check_model_source(self.model)
+        try:  # the games' own checks (options, image sizes) before anything compiles
+            self.make_games()
+        except envs.ConfigError as error:
+            raise ConfigError(str(error)) from None
+
+    def make_games(self) -> envs.MultiGame:
+        return envs.MultiGame.make({g: self.states_per_step // len(self.games) for g in self.games},
+                                   image_size=self.image_size, configs={k: dict(v) for k, v in self.game_options.items()})
 
     @property
     def grpo(self) -> grpo.GRPOConfig:
@@ -398,8 +406,7 @@ class Trainer:
         self.config = config
         self.mesh = mesh_lib.make_mesh(config.mesh)
         if games is None:
-            games = envs.MultiGame.make({g: config.states_per_step // len(config.games) for g in config.games},
-                                        image_size=config.image_size, configs=dict(config.game_options))
+            games = config.make_games()
             reward_weights = config.reward_weights
         elif games.size != config.states_per_step:
             raise ConfigError(f"the custom games have {games.size} rows but states_per_step is "
@@ -414,18 +421,27 @@ class Trainer:
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze_vision), ...)
         params, frozen = mesh_lib.shard_state(params, self.mesh), mesh_lib.shard_state(frozen, self.mesh)
         self.optimizer = make_optimizer(config)
-        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                opt_state=self.optimizer.init(params))
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
+        # Pin every leaf's sharding (the optimizer moments follow their parameters, counters are
+        # replicated), in and out of the jitted step: a changed input sharding would recompile it.
+        self.state_shardings = jax.tree.map(self._sharding_of, state)
+        self.state = jax.device_put(state, self.state_shardings)
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
         step_fn = make_train_step(self.graphdef, self.optimizer, config, self.rollout.prompts.image_grids)
-        self._train_step = jax.jit(step_fn, donate_argnums=(0,))
+        self._train_step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(self.state_shardings, None))
         self.base_key = jax.random.key(config.seed)
         self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
         self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
         self.start_step = 0
         if resume:
             self._resume()
+
+    def _sharding_of(self, leaf):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == self.mesh:
+            return sharding
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
     # -------------------------------------------------------------- checkpoints
     def _items(self) -> dict[str, Any]:
@@ -445,8 +461,8 @@ class Trainer:
             self.logger.note(f"no checkpoint in {self.checkpoints.directory}: starting from step 0")
             return
         step, items, meta = found
-        self.state = TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"],
-                                opt_state=items["opt_state"])
+        self.state = jax.device_put(TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"],
+                                               opt_state=items["opt_state"]), self.state_shardings)
         if self.reference is not None:
             self.reference = items["reference"]
         self.start_step = step
@@ -466,7 +482,7 @@ class Trainer:
                       prompt_positions=jnp.asarray(p.positions), pixel_values=rollout.pixel_values,
                       completion=rollout.samples.tokens, completion_mask=rollout.samples.mask,
                       sampler_logprobs=rollout.samples.logprobs, rewards=jnp.asarray(rollout.rewards))
-        return mesh_lib.shard_batch(batch, self.mesh, group_size=self.config.group_size)
+        return shard_batch(batch, self.mesh)
 
     def train_step(self, step: int) -> dict[str, float]:
         """Roll out and update once (`step` is the 0-based index of this step); returns the step's metrics."""
@@ -511,6 +527,23 @@ class Trainer:
 
         save_pretrained(self.policy(), directory)
         self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
+
+def shard_batch(batch: Batch, mesh) -> Batch:
+    """Rows of the batch over the mesh's ("data", "fsdp") axes (replicated when they do not divide)."""
+    rows = mesh_lib.BATCH_AXES
+    ways = math.prod(mesh.shape[a] for a in rows)
+
+    def put(x, axis=0):
+        spec = [None] * x.ndim
+        if ways > 1 and x.shape[axis] % ways == 0:
+            spec[axis] = rows
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+    return Batch(prompt_ids=put(batch.prompt_ids), prompt_mask=put(batch.prompt_mask),
+                 prompt_positions=put(batch.prompt_positions, 1), pixel_values=put(batch.pixel_values),
+                 completion=put(batch.completion), completion_mask=put(batch.completion_mask),
+                 sampler_logprobs=put(batch.sampler_logprobs), rewards=put(batch.rewards))
 
 
 def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int) -> dict[str, float]:

@@ -1,0 +1,134 @@
+"""The learner end to end on a real game with the tiny preset: config errors, exact resume, checkpoint
+fall-back, micro-batch accumulation, the same update on several device meshes, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from g1jax.models.config import ConfigError
+from g1jax.train import Batch, TrainConfig, Trainer, shard_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, group_size=2,
+             max_new_tokens=4, learning_rate=1e-3, checkpoint_every=1, sample_every=2, progress=False,
+             export_hf=False)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(games=("chess",)), "unknown game"),
+    (dict(group_size=1), "group_size"),
+    (dict(mesh="3,1,1"), "does not divide|devices"),
+    (dict(mesh="a,b"), "mesh"),
+    (dict(model="/no/such/dir"), "neither a preset"),
+    (dict(states_per_step=6, micro_batch_states=4), "micro_batch_states"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(game_options={"swap": {}}), "not in games"),
+    (dict(loss_agg="mean"), "loss_agg"),
+    (dict(game_options={"2048": {"board_size": 99}}), "board_size"),
+])
+def test_bad_config_is_one_clear_error(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**{**SMALL, "run_dir": "unused", **changes})
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_path):
+    straight = Trainer(TrainConfig(**SMALL, steps=3, run_dir=str(tmp_path / "a")))
+    straight.run()
+    expected = straight.logger.read_metrics()
+
+    first = Trainer(TrainConfig(**SMALL, steps=2, run_dir=str(tmp_path / "b")))
+    first.run()
+    resumed = Trainer(TrainConfig(**SMALL, steps=3, run_dir=str(tmp_path / "b")), resume=True)
+    assert resumed.start_step == 2
+    resumed.run()
+    got = resumed.logger.read_metrics()
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for key in ("reward", "loss", "grad_norm", "entropy", "length_mean"):
+        assert got[-1][key] == expected[-1][key], key
+    for a, b in zip(leaves(straight.state.params), leaves(resumed.state.params)):
+        np.testing.assert_array_equal(a, b)
+    run_dir = tmp_path / "b"
+    for name in ("config.json", "metrics.jsonl", "reward_curve.png"):
+        assert (run_dir / name).is_file(), name
+    assert any(name.endswith(".png") for name in os.listdir(run_dir / "samples"))
+
+    # damage the newest checkpoint: resuming warns and takes the one before
+    latest = run_dir / "checkpoints" / "3"
+    for root, _, files in os.walk(latest / "params"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.warns(RuntimeWarning, match="step 3"):
+        fallback = Trainer(TrainConfig(**SMALL, steps=3, run_dir=str(run_dir)), resume=True)
+    assert fallback.start_step == 2
+
+
+@pytest.fixture(scope="module")
+def reference_step():
+    """One rollout on one device, and the update it gives."""
+    trainer = Trainer(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", mesh="1,1,1"))
+    rollout = trainer.collect(0)
+    batch = jax.device_get(trainer.batch_of(rollout))
+    state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
+                                         shard_batch(batch, trainer.mesh))
+    return batch, leaves(state.params), jax.device_get(metrics)
+
+
+def updated(config, batch):
+    trainer = Trainer(config)
+    state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
+                                         shard_batch(batch, trainer.mesh))
+    return leaves(state.params), jax.device_get(metrics), trainer
+
+
+def test_micro_batches_give_the_same_update(reference_step):
+    batch, params, metrics = reference_step
+    got_params, got_metrics, _ = updated(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused",
+                                                     micro_batch_states=2), batch)
+    np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], atol=1e-6)
+    np.testing.assert_allclose(got_metrics["grad_norm"], metrics["grad_norm"], rtol=1e-4)
+    for a, b in zip(params, got_params):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+@pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2"])
+def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
+    batch, params, metrics = reference_step
+    got_params, got_metrics, trainer = updated(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused",
+                                                           mesh=mesh), batch)
+    assert trainer.mesh.size == 8
+    np.testing.assert_allclose(got_metrics["loss"], metrics["loss"], atol=1e-6)
+    for a, b in zip(params, got_params):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+    if mesh != "8,1,1":  # some parameter really is split over devices
+        specs = [x.sharding.spec for x in jax.tree.leaves(trainer.state.params)]
+        assert any(any(axis is not None for axis in spec) for spec in specs)
+
+
+def test_cli_rejects_bad_values_before_compiling(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    for args, match in [(["--game", "chess"], "unknown game"), (["--group-size", "1"], "group_size"),
+                        (["--model", str(tmp_path / "missing")], "neither a preset"),
+                        (["--config", str(tmp_path / "none.yaml")], "does not exist"),
+                        (["--set", "stepz=3"], "unknown config field")]:
+        result = cli(*args, "--run-dir", str(tmp_path / "r"))
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and __import__("re").search(match, lines[0]), lines
