@@ -39,7 +39,10 @@ class RunLogger:
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self.writer = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ImportError("tensorboard=True needs the tensorboardX package: pip install tensorboardX") from None
 
             self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
