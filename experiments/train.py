@@ -2,7 +2,8 @@
 
     python experiments/train.py                                   # the default CPU run (tiny model, 2048)
     python experiments/train.py --config my.yaml --steps 200      # a config file, then flag overrides
-    python experiments/train.py --model Qwen/Qwen2.5-VL-3B-Instruct --game 2048 swap --mesh 1,8,1 --recipe g1-rl
+    python experiments/train.py --recipe g0                       # the same RL budget without the cold start
+    python experiments/train.py --model Qwen/Qwen2.5-VL-7B-Instruct --recipe g1-paper --game swap --mesh 1,8,1
     python experiments/train.py --run-dir runs/x --resume         # continue a run exactly where it stopped
 
 Every value is checked before anything compiles; a bad one is a one-line error (exit status 2).
@@ -21,12 +22,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import ConfigError  # noqa: E402  (the base of every config error, games' and learner's)
 from g1jax.train import G1_RECIPE, TrainConfig, make_trainer  # noqa: E402
 
-# The run with no arguments: a tiny random-init model on 2048 at a small frame size, a few minutes on
-# 2 CPU cores. It shows the machinery (rollouts, updates, logs, checkpoints), not a trained player.
-DEFAULT_RUN = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, group_size=4,
-                   max_new_tokens=24, steps=10, learning_rate=1e-4, checkpoint_every=5, sample_every=5,
-                   run_dir="runs/default")
-RECIPES = {"default": DEFAULT_RUN, "g1-rl": G1_RECIPE}
+# Small settings for a 2-CPU machine: a tiny random-init model on 2048 at a small frame size.
+CPU_SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=16, group_size=4,
+                 max_new_tokens=128, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256)
+# G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
+# start states before and after RL. G0: the same RL budget without the cold start.
+G1_SMALL = dict(CPU_SMALL, sft_steps=60, sft_learning_rate=3e-3, teacher="greedy", teacher_epsilon=0.5, steps=40,
+                run_dir="runs/default")
+G0_SMALL = dict(CPU_SMALL, sft_steps=0, steps=40, run_dir="runs/g0")
+# The paper's settings for real checkpoints (Qwen2.5-VL-3B/7B, accelerators); the cold start's length and
+# step size are not published (docs/rl.md), these are ours.
+G1_PAPER = dict(G1_RECIPE, sft_steps=200, sft_learning_rate=2e-5, teacher=None, teacher_epsilon=0.0, steps=400,
+                eval_states=128, run_dir="runs/g1")
+G0_PAPER = dict(G1_RECIPE, steps=400, eval_states=128, run_dir="runs/g0")
+RECIPES = {"default": G1_SMALL, "g1": G1_SMALL, "g0": G0_SMALL, "g1-paper": G1_PAPER, "g0-paper": G0_PAPER}
 
 FLAGS = {  # flag -> TrainConfig field
     "model": "model", "game": "games", "states": "states_per_step", "group_size": "group_size",
@@ -40,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", help="a JSON or YAML file of TrainConfig fields")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                        help="preset values the config file and flags override (default: the CPU default run)")
+                        help="preset values the config file and flags override (default: G1 in miniature on CPU; "
+                        "g0 / g1 small CPU settings, g0-paper / g1-paper the paper's for real checkpoints)")
     parser.add_argument("--model", help="a preset (tiny, bench, 3b, 7b), a local Hugging Face directory or a hub id")
     parser.add_argument("--game", nargs="+", help="one or several games (" + ", ".join(_games()) + ")")
     parser.add_argument("--states", type=int, help="start states per step (split across games)")
@@ -108,6 +118,19 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def gain_table(summary: dict) -> str:
+    """The held-out evaluation as a table: policy entering RL, after RL, random."""
+    rows = [("before RL", summary["before"]), ("after RL", summary["after"]), ("random", summary["random"])]
+    lines = [f"held-out start states: {summary['before']['n']}  (run: {summary['run_dir']}, summary.json)",
+             f"{'policy':<10} {'reward':>8} {'± SE':>7} {'game':>7} {'format':>7} {'percept.':>8}"]
+    for name, block in rows:
+        lines.append(f"{name:<10} {block['reward']:>+8.3f} {block['reward_se']:>7.3f} {block['reward_game']:>+7.3f} "
+                     f"{block['reward_format']:>7.3f} {block['reward_perception']:>8.3f}")
+    lines.append(f"gain after - before: {summary['gain']:+.3f} ± {summary['gain_se']:.3f} (SE of the paired "
+                 f"difference) = {summary['gain_over_se']:.1f} SE; learned: {summary['learned']}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.distributed:
@@ -121,9 +144,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = trainer.run()
-    final = summary["final"]
-    print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
-                      "final_reward": final.get("reward"), "final_game_reward": final.get("reward_game")}, indent=2))
+    if "before" in summary:
+        print(gain_table(summary))
+    else:
+        final = summary["final"]
+        print(f"{summary['steps']} steps in {summary['run_dir']}: last reward {final.get('reward', float('nan')):+.3f}")
     return 0
 
 

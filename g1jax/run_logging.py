@@ -19,8 +19,11 @@ class _Progress:
 
     def update(self, metrics: dict) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(reward=f"{metrics['reward']:+.3f}", game=f"{metrics['reward_game']:+.3f}",
-                                 len=f"{metrics['length_mean']:.0f}", refresh=False)
+            if metrics.get("phase") == "sft":
+                self.bar.set_postfix(phase="cold start", sft_loss=f"{metrics['sft_loss']:.3f}", refresh=False)
+            else:
+                self.bar.set_postfix(reward=f"{metrics['reward']:+.3f}", game=f"{metrics['reward_game']:+.3f}",
+                                     len=f"{metrics['length_mean']:.0f}", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
@@ -48,6 +51,17 @@ class RunLogger:
 
     def note(self, text: str) -> None:
         print(f"[g1jax] {text}", flush=True)
+
+    def write_json(self, name: str, value) -> None:
+        """A JSON file in the run directory, written atomically."""
+        path = os.path.join(self.run_dir, name)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def read_json(self, name: str):
+        with open(os.path.join(self.run_dir, name)) as f:
+            return json.load(f)
 
     def progress(self, start: int, total: int, enabled: bool = True) -> _Progress:
         return _Progress(start, total, enabled)
@@ -103,6 +117,9 @@ class RunLogger:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        history = [m for m in history if m.get("phase") != "sft"]
+        if not history:
+            return None
         steps = [m["step"] for m in history]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key, label in (("reward", "total reward"), ("reward_game", "game reward")):

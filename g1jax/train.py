@@ -42,6 +42,7 @@ from g1jax.rl import grpo
 from g1jax.rl.rewards import PARTS, g1_weights
 from g1jax.rl.rollout import GameRollout, Rollout
 from g1jax.sampling import SamplingConfig
+from g1jax.sft import TeacherData, sft_loss_terms
 from g1jax.tokenizer import Tokenizer, load_tokenizer, make_tiny_tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -93,6 +94,12 @@ class TrainConfig:
     b2: float = 0.999
     grad_clip: float = 1.0
     micro_batch_states: int | None = None  # prompts per micro-batch (None: the whole batch at once)
+    # G1's perception cold start (SFT on a programmatic teacher) and the held-out evaluation
+    sft_steps: int = 0  # teacher-answer SFT steps before RL (0: the G0 recipe, RL only)
+    sft_learning_rate: float = 1e-4
+    teacher: str | None = None  # teacher kind (g1jax.teachers.TEACHERS); None: each game's default
+    teacher_epsilon: float = 0.0  # chance of a random valid move instead of the teacher's: an imperfect teacher
+    eval_states: int = 0  # held-out start states scored before and after RL (0: no evaluation)
     # run
     steps: int = 20
     seed: int = 0
@@ -115,7 +122,8 @@ class TrainConfig:
         _check(len(set(self.games)) == len(self.games), f"games lists a game twice: {list(self.games)}")
         for name in ("states_per_step", "max_new_tokens", "steps", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("checkpoint_every", "sample_every", "warmup_steps", "seed", "init_seed", "top_k"):
+        for name in ("checkpoint_every", "sample_every", "warmup_steps", "seed", "init_seed", "top_k", "sft_steps",
+                     "eval_states"):
             _check_int(name, getattr(self, name), 0)
         _check_int("group_size", self.group_size, 2, "GRPO compares answers within a group: group_size must be >= 2")
         _check(self.states_per_step % len(self.games) == 0,
@@ -129,7 +137,14 @@ class TrainConfig:
         _check(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         _check(_is_number(self.learning_rate) and self.learning_rate > 0,
                f"learning_rate must be > 0, got {self.learning_rate!r}")
-        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(_is_number(self.sft_learning_rate) and self.sft_learning_rate > 0,
+               f"sft_learning_rate must be > 0, got {self.sft_learning_rate!r}")
+        _check(_is_number(self.teacher_epsilon) and 0 <= self.teacher_epsilon <= 1,
+               f"teacher_epsilon must be a probability in [0, 1], got {self.teacher_epsilon!r}")
+        _check(self.eval_states % len(self.games) == 0,
+               f"eval_states {self.eval_states} must split evenly across the {len(self.games)} games")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _check(_is_number(self.grad_clip) and self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
         _check(all(_is_number(b) and 0 <= b < 1 for b in (self.b1, self.b2)), f"b1, b2 must be in [0, 1), got {self.b1}, {self.b2}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -153,13 +168,22 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
         _check_model_source(self.model)
-        try:  # the games' own checks (options, image sizes) before anything compiles
-            self.make_games()
+        try:  # the games' own checks (options, image sizes) and the teachers' before anything compiles
+            games = self.make_games()
+            if self.sft_steps:
+                from g1jax.teachers import TeacherError, make_teacher
+
+                try:
+                    for game in games.games:
+                        make_teacher(game, self.teacher, epsilon=self.teacher_epsilon)
+                except TeacherError as error:
+                    raise ConfigError(str(error)) from None
         except envs.ConfigError as error:
             raise ConfigError(str(error)) from None
 
-    def make_games(self) -> envs.MultiGame:
-        return envs.MultiGame.make({g: self.states_per_step // len(self.games) for g in self.games},
+    def make_games(self, states: int | None = None) -> envs.MultiGame:
+        states = self.states_per_step if states is None else states
+        return envs.MultiGame.make({g: states // len(self.games) for g in self.games},
                                    image_size=self.image_size, configs={k: dict(v) for k, v in self.game_options.items()})
 
     @property
@@ -252,7 +276,21 @@ def _preset_tokenizer(config: TrainConfig, model_config: Qwen25VLConfig) -> Toke
         return load_tokenizer(config.tokenizer)
     if model_config.text.vocab_size >= 151_665:  # a real-size vocabulary: the offline Qwen2.5 tokenizer
         return load_tokenizer()
-    return make_tiny_tokenizer(vocab_size=model_config.text.vocab_size)
+    # A small BPE learned on the games' own text (prompts, board text, the teachers' phrases): the
+    # answers and prompts of a tiny run then take a third of the tokens they would otherwise.
+    return make_tiny_tokenizer(vocab_size=model_config.text.vocab_size, corpus=_game_corpus())
+
+
+def _game_corpus() -> list[str]:
+    from g1jax.tokenizer import _TINY_CORPUS as TINY_CORPUS
+
+    phrases = ["<perception>\n 2 | 4 | - | 8 \n 16 | 32 | 64 | 128 \n</perception>\n<think>\n",
+               "Looking 2 moves ahead (merge points, then room and merges left): Up merges 1 pair for 16 points, "
+               "value 58.0; Right cannot move; Down merges 2 pairs for 8 points; Left merges no pair. "
+               "So I play Down (2).\n</think>\n<answer>2</answer>",
+               "Red circle | Green square | Blue triangle | Yellow diamond | Magenta cross | Cyan star | Empty | - ",
+               "pair (0, 1) (2, 3) leaves 12 legal pairs; swap score points cascade tiles"]
+    return [*TINY_CORPUS, *(envs.make(name).prompt for name in envs.list_games()), *phrases]
 
 
 def _tokenizer_source(directory: str) -> str | None:
@@ -260,15 +298,18 @@ def _tokenizer_source(directory: str) -> str | None:
     return directory if has_own else None
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, learning_rate: float | None = None,
+                   steps: int | None = None) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with the configured schedule (the RL phase's by default)."""
+    lr = config.learning_rate if learning_rate is None else learning_rate
+    steps = config.steps if steps is None else steps
     if config.schedule == "constant":
         schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
-             optax.constant_schedule(config.learning_rate)], [config.warmup_steps]) \
-            if config.warmup_steps else optax.constant_schedule(config.learning_rate)
+            [optax.linear_schedule(0.0, lr, config.warmup_steps), optax.constant_schedule(lr)],
+            [config.warmup_steps]) if config.warmup_steps else optax.constant_schedule(lr)
     else:
-        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                                      max(config.steps, config.warmup_steps + 1))
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps,
+                                                      max(steps, config.warmup_steps + 1))
     return optax.chain(optax.clip_by_global_norm(config.grad_clip),
                        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay))
 
@@ -315,7 +356,7 @@ def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_siz
                           temperature=temperature, return_entropy=True)
 
 
-def _micro_batches(batch: Batch, count: int, group_size: int) -> Batch:
+def _micro_batches(batch: Batch, count: int) -> Batch:
     """Split a batch into `count` micro-batches of whole groups (stacked on a new leading axis)."""
     def split(x, axis=0):
         moved = jnp.moveaxis(x, axis, 0)
@@ -327,13 +368,44 @@ def _micro_batches(batch: Batch, count: int, group_size: int) -> Batch:
                  sampler_logprobs=split(batch.sampler_logprobs), rewards=split(batch.rewards))
 
 
+def _accumulated_gradients(grad_fn, params, batch: Batch, row_values, micro_count: int):
+    """Sum `grad_fn(params, micro_batch, micro_row_values)` -> (grads, (count, metric sums)) over
+    micro-batches of whole groups (a scan: one micro-batch's activations live at a time)."""
+    if micro_count == 1:
+        return grad_fn(params, batch, row_values)
+    micro = _micro_batches(batch, micro_count)
+    rows = row_values.reshape(micro_count, -1)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(lambda: grad_fn(params, first, rows[0]))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+    def accumulate(carry, xs):
+        return jax.tree.map(jnp.add, carry, grad_fn(params, *xs)), None
+
+    summed, _ = jax.lax.scan(accumulate, zeros, (micro, rows))
+    return summed
+
+
+def _apply(optimizer, state: TrainState, grads, count):
+    # the sum of per-token gradients / the total count = the gradient of the global (sum / count) loss
+    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), norms
+
+
+def _micro_count(config: TrainConfig) -> int:
+    return config.states_per_step // (config.micro_batch_states or config.states_per_step)
+
+
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: TrainConfig, image_grids):
-    """The pure update `(state, frozen, reference, batch) -> (state, metrics)` (not yet jitted)."""
+    """The pure GRPO update `(state, frozen, reference, batch) -> (state, metrics)` (not yet jitted)."""
     grpo_config = config.grpo
     group_size = config.group_size
     temperature = config.temperature
     max_len = config.max_new_tokens
-    micro_count = config.states_per_step // (config.micro_batch_states or config.states_per_step)
+    micro_count = _micro_count(config)
     micro_grids = tuple(image_grids[: len(image_grids) // micro_count])
 
     def micro_loss(params, frozen, reference, micro: Batch, advantages):
@@ -352,43 +424,41 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: T
         metrics["entropy"] = (jnp.sum(jax.lax.stop_gradient(entropy) * weights), jnp.sum(weights))
         return loss_sum, (loss_count, metrics)
 
-    grad_fn = jax.grad(micro_loss, has_aux=True)
-
     def train_step(state: TrainState, frozen, reference, batch: Batch):
         advantages = grpo.group_advantages(batch.rewards, group_size, grpo_config.advantage,
                                            grpo_config.advantage_eps)
-        micro = _micro_batches(batch, micro_count, group_size) if micro_count > 1 else None
-
-        def accumulate(carry, xs):
-            grads_sum, count_sum, metric_sums = carry
-            micro_batch, micro_adv = xs
-            grads, (count, metrics) = grad_fn(state.params, frozen, reference, micro_batch, micro_adv)
-            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            metric_sums = jax.tree.map(jnp.add, metric_sums, metrics)
-            return (grads_sum, count_sum + count, metric_sums), None
-
-        if micro is None:
-            grads, (count, metric_sums) = grad_fn(state.params, frozen, reference, batch, advantages)
-        else:
-            first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(lambda: grad_fn(state.params, frozen, reference, first,
-                                                    advantages[: advantages.shape[0] // micro_count]))
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0], shapes[1][0], shapes[1][1]))
-            (grads, count, metric_sums), _ = jax.lax.scan(
-                accumulate, zeros, (micro, advantages.reshape(micro_count, -1)))
-        # sum of per-token gradients / total count = the gradient of the global (sum / count) loss
-        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()}
+        grad_fn = jax.grad(lambda p, b, a: micro_loss(p, frozen, reference, b, a), has_aux=True)
+        grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, batch, advantages, micro_count)
+        state, metrics = _apply(optimizer, state, grads, count)
+        metrics.update({name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()})
         metrics["loss"] = metrics["policy_loss"] + (grpo_config.kl_coef * metrics["kl"] if "kl" in metrics else 0.0)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["param_norm"] = optax.tree.norm(params)
-        zero_spread = grpo.zero_spread_groups(batch.rewards, group_size)
-        metrics["frac_zero_std"] = jnp.mean(zero_spread.astype(jnp.float32))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        metrics["frac_zero_std"] = jnp.mean(grpo.zero_spread_groups(batch.rewards, group_size).astype(jnp.float32))
+        return state, metrics
 
     return train_step
+
+
+def make_sft_step(graphdef, optimizer: optax.GradientTransformation, config: TrainConfig, image_grids):
+    """The pure cold-start update `(state, frozen, batch) -> (state, metrics)`: masked cross-entropy on the
+    teacher's answer tokens (one answer per prompt)."""
+    micro_count = _micro_count(config)
+    micro_grids = tuple(image_grids[: len(image_grids) // micro_count])
+
+    def micro_loss(params, frozen, micro: Batch, unused):
+        model = nnx.merge(graphdef, params, frozen)
+        logp, _ = completion_logprobs(model, micro, image_grids=micro_grids, group_size=1, temperature=1.0)
+        loss_sum, count = sft_loss_terms(logp, micro.completion_mask)
+        return loss_sum, (count, {"sft_loss": (loss_sum, count)})
+
+    def sft_step(state: TrainState, frozen, batch: Batch):
+        grad_fn = jax.grad(lambda p, b, u: micro_loss(p, frozen, b, u), has_aux=True)
+        grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, batch, batch.rewards,
+                                                             micro_count)
+        state, metrics = _apply(optimizer, state, grads, count)
+        metrics.update({name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()})
+        return state, metrics
+
+    return sft_step
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -428,8 +498,23 @@ class Trainer:
         self.state = jax.device_put(state, self.state_shardings)
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
-        step_fn = make_train_step(self.graphdef, self.optimizer, config, self.rollout.prompts.image_grids)
+        grids = self.rollout.prompts.image_grids
+        step_fn = make_train_step(self.graphdef, self.optimizer, config, grids)
         self._train_step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(self.state_shardings, None))
+        self.teacher_data = None
+        if config.sft_steps:
+            self.sft_optimizer = make_optimizer(config, config.sft_learning_rate, config.sft_steps)
+            self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher,
+                                            epsilon=config.teacher_epsilon)
+            sft_fn = make_sft_step(self.graphdef, self.sft_optimizer, config, grids)
+            self._sft_step = jax.jit(sft_fn, donate_argnums=(0,), out_shardings=(self.state_shardings, None))
+        self.eval_rollout = None
+        if config.eval_states:
+            eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))
+            self.eval_rollout = GameRollout(
+                eval_games, self.tokenizer, model.config, group_size=1, sampling=config.sampling,
+                warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
+                reward_weights=self.rollout.weights, strict_format=config.strict_format)
         self.base_key = jax.random.key(config.seed)
         self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
         self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
@@ -496,28 +581,85 @@ class Trainer:
         update_time = time.perf_counter() - update_started
         metrics.update(rollout_metrics(rollout, self.rollout.games.game_names, self.config.group_size))
         tokens = float(np.asarray(rollout.samples.lengths).sum())
-        metrics.update(step=step + 1, time_rollout=rollout_time, time_update=update_time,
+        metrics.update(step=step + 1, phase="rl", time_rollout=rollout_time, time_update=update_time,
                        time_step=rollout_time + update_time, tokens_per_s=tokens / max(rollout_time, 1e-9))
         if self.config.sample_every and (step + 1) % self.config.sample_every == 0:
             self.logger.samples(step + 1, rollout, self.config.group_size)
         return metrics
 
+    def sft_step(self, step: int) -> dict[str, float]:
+        """One cold-start update on fresh teacher answers (`step` < config.sft_steps)."""
+        started = time.perf_counter()
+        start_key, teacher_key = jax.random.split(self.step_key(step))
+        states, _, pixel_values = self.rollout.start(start_key)
+        texts, _ = self.teacher_data.answers(teacher_key, states)
+        completion, mask = self.teacher_data.tokens(texts)
+        p = self.rollout.prompts
+        zeros = jnp.zeros(completion.shape, jnp.float32)
+        batch = shard_batch(Batch(prompt_ids=jnp.asarray(p.input_ids), prompt_mask=jnp.asarray(p.attention_mask),
+                                  prompt_positions=jnp.asarray(p.positions), pixel_values=pixel_values,
+                                  completion=jnp.asarray(completion), completion_mask=jnp.asarray(mask),
+                                  sampler_logprobs=zeros, rewards=zeros[:, 0]), self.mesh)
+        self.state, metrics = self._sft_step(self.state, self.frozen, batch)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return dict(metrics, step=step + 1, phase="sft", answer_tokens=float(mask.sum(1).mean()),
+                    time_step=time.perf_counter() - started)
+
+    def begin_rl(self) -> None:
+        """Entering RL: a fresh optimizer state, the reference = the policy entering RL, the 'before' evaluation."""
+        self.state = jax.device_put(TrainState(step=self.state.step, params=self.state.params,
+                                               opt_state=self.optimizer.init(self.state.params)), self.state_shardings)
+        if self.reference is not None:
+            self.reference = jax.tree.map(jnp.copy, self.state.params)
+        if self.eval_rollout is not None:
+            self.logger.write_json("eval_before.json", self.evaluate())
+
+    def evaluate(self) -> dict[str, Any]:
+        """The current policy and the random policy on the held-out start states (one answer each)."""
+        rollout = self.eval_rollout
+        key = jax.random.fold_in(self.base_key, HELD_OUT_STREAM)  # never a training step's key
+        result = rollout(self.graphdef, (self.state.params, self.frozen), key)
+        random_key, score_key = jax.random.split(jax.random.fold_in(key, 1))
+        random_texts = random_answers(rollout.games, random_key)
+        _, random_parts, random_rewards = rollout.score_texts(score_key, result.states, random_texts)
+        return {"policy": reward_summary(result.rewards, result.parts, rollout.games.game_names),
+                "random": reward_summary(random_rewards, random_parts, rollout.games.game_names),
+                "rewards": result.rewards.tolist()}
+
     def run(self) -> dict[str, Any]:
         config = self.config
-        bar = self.logger.progress(self.start_step, config.steps, enabled=config.progress)
+        total = config.sft_steps + config.steps
+        bar = self.logger.progress(self.start_step, total, enabled=config.progress)
         metrics = {}
-        for step in range(self.start_step, config.steps):
-            metrics = self.train_step(step)
+        for step in range(self.start_step, total):
+            if step == config.sft_steps:
+                self.begin_rl()
+            metrics = self.sft_step(step) if step < config.sft_steps else self.train_step(step)
             self.logger.metrics(metrics)
             bar.update(metrics)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 in (
+                    total, config.sft_steps):
                 self.save(step + 1)
         bar.close()
         self.logger.reward_curve()
+        summary = {"steps": total, "final": metrics, "run_dir": config.run_dir}
+        if self.eval_rollout is not None:
+            summary.update(self.gain_summary(self.logger.read_json("eval_before.json"), self.evaluate()))
+            self.logger.write_json("summary.json", {k: v for k, v in summary.items() if k != "final"})
         if config.export_hf:
             self.export(os.path.join(config.run_dir, "hf"))
         self.checkpoints.close()
-        return {"steps": config.steps, "final": metrics, "run_dir": config.run_dir}
+        return summary
+
+    @staticmethod
+    def gain_summary(before: dict, after: dict) -> dict[str, Any]:
+        """before / after / random blocks and the paired gain on the same held-out states."""
+        diff = np.asarray(after["rewards"]) - np.asarray(before["rewards"])
+        se = float(np.std(diff, ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+        gain = float(diff.mean())
+        return {"before": before["policy"], "after": after["policy"], "random": after["random"],
+                "gain": gain, "gain_se": se, "gain_over_se": gain / se if se > 0 else float("nan"),
+                "learned": bool(gain > 2 * se and after["policy"]["reward"] > after["random"]["reward"])}
 
     def policy(self) -> Qwen25VL:
         return nnx.merge(self.graphdef, self.state.params, self.frozen)
@@ -527,6 +669,38 @@ class Trainer:
 
         save_pretrained(self.policy(), directory)
         self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
+
+HELD_OUT_STREAM = 2**31 - 1  # fold_in index of the evaluation states (training steps use 0, 1, 2, ...)
+
+
+def random_answers(games: envs.MultiGame, key) -> list[str]:
+    """G1's random baseline as answers: a uniform action id (the invalid one excluded) per row, as bare
+    `<answer>` text (no perception, no reasoning)."""
+    texts = []
+    for i, (game, count) in enumerate(zip(games.games, games.counts)):
+        draws = np.asarray(jax.random.randint(jax.random.fold_in(key, i), (count,), 0, game.num_actions - 1))
+        actions = np.where(draws >= game.invalid_action, draws + 1, draws)
+        texts.extend(game.answer_text(int(a)) for a in actions)
+    return texts
+
+
+def reward_summary(rewards, parts, game_names) -> dict[str, Any]:
+    """Mean total reward with its standard error, the mean of each part, per game."""
+    rewards = np.asarray(rewards, np.float64)
+
+    def block(sel):
+        r = rewards[sel]
+        out = {"reward": float(r.mean()), "reward_se": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 0.0,
+               "n": int(r.size)}
+        out.update({f"reward_{p}": float(np.asarray(parts[p], np.float64)[sel].mean()) for p in PARTS})
+        out["perception_accuracy"] = float(np.asarray(parts["perception_exact"])[sel].mean())
+        return out
+
+    names = np.asarray(game_names, dtype=object)
+    summary = block(np.ones(rewards.size, bool))
+    summary["games"] = {name: block(names == name) for name in dict.fromkeys(game_names)}
+    return summary
 
 
 def shard_batch(batch: Batch, mesh) -> Batch:

@@ -141,9 +141,16 @@ class GameRollout:
 
     def score(self, key, states, frames, pixel_values, samples: Samples) -> Rollout:
         """Host text checks + device game rewards for sampled completions."""
-        g = self.group_size
-        tokens = np.asarray(jax.device_get(samples.tokens))
-        texts = decode_completions(self.tokenizer, tokens)
+        texts = decode_completions(self.tokenizer, np.asarray(jax.device_get(samples.tokens)))
+        actions, parts, rewards, truths = self.score_texts(key, states, texts, return_truths=True)
+        return Rollout(states=states, frames=frames, pixel_values=pixel_values, samples=samples, texts=texts,
+                       truths=truths, actions=actions, parts=parts, rewards=rewards)
+
+    def score_texts(self, key, states, texts, return_truths: bool = False):
+        """(actions [P, G], reward parts [B], total rewards [B]) of B = P * G answer texts from `states`."""
+        g = len(texts) // self.num_prompts
+        if g * self.num_prompts != len(texts):
+            raise ValueError(f"{len(texts)} answers for {self.num_prompts} states: not a whole number per state")
         # each answer parsed by its row's game (MultiGame.parse takes one answer per board, not G)
         game_of_row = np.repeat(self.games.game_index, g)
         actions = np.asarray([self.games.games[i].parse(t) for i, t in zip(game_of_row, texts)], np.int32)
@@ -154,5 +161,4 @@ class GameRollout:
         parts["game"] = np.asarray(game_reward, np.float32).reshape(-1)
         parts["legal"] = np.asarray(legal, bool).reshape(-1)
         rewards = total_reward(parts, np.repeat(self.row_weights, g, axis=0))
-        return Rollout(states=states, frames=frames, pixel_values=pixel_values, samples=samples, texts=texts,
-                       truths=truths, actions=actions, parts=parts, rewards=rewards)
+        return (actions, parts, rewards, truths) if return_truths else (actions, parts, rewards)

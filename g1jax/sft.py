@@ -1,0 +1,77 @@
+"""G1's perception cold start: supervised fine-tuning on a programmatic teacher's answers.
+
+Data are made on the fly from the games: the same warm-up start states as RL, the teacher's action
+(`g1jax/teachers.py`, jitted over the batch), and its full G1 answer (`<perception>` with the true
+board, a short `<think>`, `<answer>`), tokenised and closed with `<|im_end|>`. The loss is the masked
+cross-entropy of the answer tokens only (the prompt is context), as a (sum, count) pair so
+micro-batch accumulation equals one big batch, on the same teacher-forced pass as GRPO
+(`train.completion_logprobs` with one answer per prompt).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs import MultiGame
+from g1jax.teachers import Teacher, make_teacher
+from g1jax.tokenizer import Tokenizer
+
+
+class TeacherData:
+    """Teacher answers for the start states of a MultiGame batch, as completion tokens [P, L]."""
+
+    def __init__(self, games: MultiGame, tokenizer: Tokenizer, max_tokens: int, *, kind: str | None = None,
+                 epsilon: float = 0.0):
+        self.games = games
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.teachers: tuple[Teacher, ...] = tuple(make_teacher(g, kind if kind else None, epsilon=epsilon)
+                                                   for g in games.games)
+        self._warned = False
+
+    @functools.cached_property
+    def _act(self):
+        teachers = self.teachers
+
+        @jax.jit
+        def act(key, states):
+            return tuple(jax.vmap(t.act)(jax.random.split(jax.random.fold_in(key, i), n), s)
+                         for i, (t, n, s) in enumerate(zip(teachers, self.games.counts, states)))
+
+        return act
+
+    def answers(self, key, states) -> tuple[list[str], np.ndarray]:
+        """The teachers' answer texts (one per start state, batch order) and their actions [P]."""
+        actions = jax.device_get(self._act(key, states))
+        texts = []
+        for teacher, state, action in zip(self.teachers, states, actions):
+            texts.extend(teacher.answers(state, action))
+        return texts, np.concatenate([np.asarray(a).reshape(-1) for a in actions]).astype(np.int32)
+
+    def tokens(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        """(completion int32 [P, L] padded with the pad id, mask bool [P, L]); the stop token closes each answer."""
+        rows = [self.tokenizer.encode(t) + [self.tokenizer.im_end_id] for t in texts]
+        longest = max(map(len, rows))
+        if longest > self.max_tokens and not self._warned:
+            warnings.warn(f"teacher answers reach {longest} tokens but max_new_tokens is {self.max_tokens}: the "
+                          f"cold start trains on truncated answers (raise max_new_tokens)", RuntimeWarning,
+                          stacklevel=2)
+            self._warned = True
+        completion = np.full((len(rows), self.max_tokens), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros((len(rows), self.max_tokens), bool)
+        for i, row in enumerate(rows):
+            row = row[: self.max_tokens]
+            completion[i, : len(row)] = row
+            mask[i, : len(row)] = True
+        return completion, mask
+
+
+def sft_loss_terms(logp: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Masked cross-entropy of the answer tokens as (sum of -log p, number of answer tokens)."""
+    weights = mask.astype(jnp.float32)
+    return -jnp.sum(logp * weights), jnp.sum(weights)

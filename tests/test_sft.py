@@ -1,0 +1,77 @@
+"""The cold start: teacher answers as training tokens, the SFT loss, and a cold start -> RL run with its
+held-out before / after evaluation (tiny preset, 2048)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from g1jax.models.config import ConfigError
+from g1jax.sft import TeacherData, sft_loss_terms
+from g1jax.tokenizer import make_tiny_tokenizer
+from g1jax.train import TrainConfig, Trainer
+
+SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=4, group_size=2,
+             max_new_tokens=128, progress=False, export_hf=False, checkpoint_every=0, sample_every=0,
+             teacher="greedy", teacher_epsilon=0.25)
+
+
+def test_teacher_answers_become_masked_tokens_closed_by_the_stop_token():
+    games = envs.MultiGame.make({"2048": 4}, image_size=(140, 112))
+    tokenizer = make_tiny_tokenizer()
+    data = TeacherData(games, tokenizer, max_tokens=400, kind="greedy")
+    states = games.warmup(jax.random.key(0))
+    texts, actions = data.answers(jax.random.key(1), states)
+    assert [games.games[0].parse(t) for t in texts] == actions.tolist()
+    completion, mask = data.tokens(texts)
+    for row, text in enumerate(texts):
+        n = int(mask[row].sum())
+        assert mask[row, :n].all() and not mask[row, n:].any()
+        assert completion[row, n - 1] == tokenizer.im_end_id
+        assert tokenizer.decode(completion[row, :n]) == text
+        assert (completion[row, n:] == tokenizer.pad_id).all()
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        short, short_mask = TeacherData(games, tokenizer, max_tokens=8, kind="greedy").tokens(texts)
+    assert short_mask.all() and short.shape == (4, 8)
+
+
+def test_sft_loss_is_the_masked_token_mean_of_minus_log_p():
+    logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.9], [0.125, 0.3, 0.3]]))
+    mask = jnp.asarray([[True, True, False], [True, False, False]])
+    total, count = sft_loss_terms(logp, mask)
+    assert float(count) == 3
+    np.testing.assert_allclose(float(total), -(np.log(0.5) + np.log(0.25) + np.log(0.125)), rtol=1e-6)
+
+
+def test_bad_cold_start_settings_are_one_clear_error():
+    for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"), (dict(teacher_epsilon=1.5), "epsilon"),
+                           (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states")]:
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
+
+
+def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path):
+    config = TrainConfig(**SMALL, sft_steps=3, sft_learning_rate=3e-3, steps=2, learning_rate=1e-4, eval_states=8,
+                         run_dir=str(tmp_path / "run"))
+    trainer = Trainer(config)
+    summary = trainer.run()
+    history = trainer.logger.read_metrics()
+    assert [m["phase"] for m in history] == ["sft"] * 3 + ["rl"] * 2
+    assert [m["step"] for m in history] == [1, 2, 3, 4, 5]
+    losses = [m["sft_loss"] for m in history[:3]]
+    assert losses[-1] < losses[0], losses  # a large step size on 100-token answers: the loss drops at once
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for block in ("before", "after", "random"):
+        assert saved[block]["n"] == 8 and np.isfinite(saved[block]["reward"]) and saved[block]["reward_se"] >= 0
+        assert set(saved[block]["games"]) == {"2048"}
+    assert np.isfinite(saved["gain"]) and saved["gain_se"] > 0
+    before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
+    assert saved["before"] == before["policy"]
+    assert summary["gain"] == pytest.approx(np.mean(np.subtract(trainer.evaluate()["rewards"], before["rewards"])))
+    # the random baseline answers bare actions: no format or perception reward
+    assert saved["random"]["reward_format"] == 0 and saved["random"]["reward_perception"] == 0
