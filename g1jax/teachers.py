@@ -1,0 +1,676 @@
+"""Programmatic teachers: one program per game that picks an action and writes the answer a
+G1 cold start learns from (docs/teachers.md).
+
+    teacher = make_teacher("2048", "expectimax", epsilon=0.1, depth=2)
+    action = jax.jit(teacher.act)(key, state)          # int32, vmappable over keys and states
+    text = teacher.answer(state, int(action))            # <perception>...</perception><think>...
+    texts = teacher.answers(states, actions)             # a batch of states -> list[str]
+
+Every answer is G1's full format (docs/teachers.md#answer-format): the exact ground-truth board
+text (`env.describe`) in `<perception>`, a short templated reasoning in `<think>` that names
+what the teacher compared, and the action in the game's syntax in `<answer>`, so it parses
+back to the action (`env.parse`), passes `envs.grammar.format_ok(text, strict=True)` and earns
+the perception reward.
+
+The action choice (`Teacher.evaluate`, used by `act`) is a pure JAX function of the state;
+with `epsilon > 0`, `act` plays a uniformly random valid action with that probability, so an
+imperfect teacher leaves RL something to learn.
+
+External teacher answers (from any model) are read with `load_teacher_jsonl`, and
+`strength` measures a teacher against random valid play in closed loop (also the command
+`python -m g1jax.teachers --game 2048`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pathlib
+import warnings
+from typing import Any, Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from envs.core import Env
+from envs.grammar import decode_pair, encode_pair
+from envs.swap import line_mask
+from envs.wrappers import G1_WARMUP_MOVES
+
+DIRECTIONS = ("Up", "Right", "Down", "Left")  # 2048 actions 0..3
+GAME_OVER_PENALTY = 1000.0  # expectimax value of a board with no move left, in points
+LISTED_CANDIDATES = 3  # pair games: the best few candidates named in the reasoning
+
+
+class TeacherError(ValueError):
+    """A teacher was asked for, or given input, that it cannot handle."""
+
+
+class TeacherDataError(ValueError):
+    """A teacher-data file holds a malformed line (the message names the file and line)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Canonical answer text (local until envs has a public `answer_text`)
+# ---------------------------------------------------------------------------------------
+
+
+def answer_text(env: Env, action: int) -> str:
+    """The canonical text inside `<answer>` for an action id: 2048's action number, or the
+    pair games' "(r1, c1) (r2, c2)"; the invalid action of a pair game is "none" (which parses
+    back to it)."""
+    action = int(action)
+    if not 0 <= action < env.num_actions:
+        raise TeacherError(f"{env.name}: action {action} is outside [0, {env.num_actions})")
+    if env.name == "2048":
+        return str(action)
+    if action == env.invalid_action:
+        return "none"
+    r1, c1, r2, c2 = (int(v) for v in decode_pair(action, env.board_size))
+    return f"({r1}, {c1}) ({r2}, {c2})"
+
+
+def _action_name(env: Env, action: int) -> str:
+    """How the reasoning names an action: 2048's "Up (0)", the pair games' coordinates."""
+    if env.name == "2048":
+        return f"{DIRECTIONS[action]} ({action})" if action < len(DIRECTIONS) else f"still ({action})"
+    return answer_text(env, action)
+
+
+def full_answer(perception: str, think: str, answer: str) -> str:
+    return f"<perception>\n{perception}\n</perception>\n<think>\n{think}\n</think>\n<answer>{answer}</answer>"
+
+
+# ---------------------------------------------------------------------------------------
+# The teacher contract
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A teacher for one game. Subclasses define `games`, `kind`, `evaluate` (pure JAX: the
+    facts the choice rests on, with the chosen action under "best") and `reasoning` (host:
+    those facts as a sentence or two). Frozen and hashable, so `jax.jit(teacher.act)` and
+    static arguments work."""
+
+    env: Env
+    epsilon: float = 0.0
+
+    games: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self):
+        if not isinstance(self.env, Env):
+            raise TeacherError(f"a teacher needs a game built with envs.make, got {self.env!r}")
+        if self.env.name not in self.games:
+            raise TeacherError(f"teacher {self.kind!r} is for {', '.join(self.games)}, not {self.env.name!r}")
+        eps = self.epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
+            raise TeacherError(f"epsilon must be a probability in [0, 1], got {eps!r}")
+
+    # --- device ------------------------------------------------------------------------
+    def evaluate(self, state, params) -> dict[str, jax.Array]:
+        raise NotImplementedError
+
+    def act(self, key, state, params=None) -> jax.Array:
+        """int32 action: the teacher's choice, or with probability `epsilon` a uniformly
+        random valid action (`env.random_valid_action`)."""
+        if self.epsilon == 0.0:
+            self._check_state(state)
+            params = self.env.default_params if params is None else params
+            return self.evaluate(state, params)["best"].astype(jnp.int32)
+        return self.act_with_epsilon(key, state, self.epsilon, params)
+
+    def act_with_epsilon(self, key, state, epsilon, params=None) -> jax.Array:
+        """`act` with the exploration probability as an argument (it may be traced, so one
+        compiled function serves every epsilon: 0 is the teacher, 1 random valid play)."""
+        self._check_state(state)
+        params = self.env.default_params if params is None else params
+        best = self.evaluate(state, params)["best"].astype(jnp.int32)
+        explore_key, random_key = jax.random.split(key)
+        explore = jax.random.uniform(explore_key) < epsilon
+        return jnp.where(explore, self.env.random_valid_action(random_key, state, params), best).astype(jnp.int32)
+
+    # --- host ----------------------------------------------------------------------------
+    def reasoning(self, state, facts: dict[str, np.ndarray], action: int) -> str:
+        raise NotImplementedError
+
+    def answer(self, state, action: int, params=None) -> str:
+        """The full G1 answer for one state and the action taken there."""
+        self._check_state(state)
+        batched = jax.tree.map(lambda x: jnp.asarray(x)[None], state)
+        return self.answers(batched, [action], params)[0]
+
+    def answers(self, states, actions, params=None) -> list[str]:
+        """Full G1 answers for a batch of states (leading axis B) and their B actions; the
+        teacher's facts are computed for the whole batch in one jitted call."""
+        self._check_state(states)
+        actions = [self._check_action(a) for a in np.asarray(actions).reshape(-1)]
+        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
+        if sizes != {len(actions)}:
+            raise TeacherError(f"answers needs states batched along axis 0 with one action each; got batch sizes {sorted(map(str, sizes))} and {len(actions)} actions")
+        params = self.env.default_params if params is None else params
+        facts, host_states = jax.device_get((self._evaluate_batch(states, params), states))
+        texts = []
+        for i, action in enumerate(actions):
+            state = jax.tree.map(lambda x: x[i], host_states)
+            row = {name: value[i] for name, value in facts.items()}
+            think = self.reasoning(state, row, action)
+            texts.append(full_answer(self.env.describe(state), think, answer_text(self.env, action)))
+        return texts
+
+    @functools.cached_property
+    def _evaluate_batch(self) -> Callable:
+        return jax.jit(jax.vmap(self.evaluate, in_axes=(0, None)))
+
+    @functools.cached_property
+    def _state_type(self) -> type:
+        return type(jax.eval_shape(self.env.reset, jax.random.key(0)))
+
+    def _check_state(self, state) -> None:
+        if type(state) is not self._state_type:
+            raise TeacherError(f"the {self.env.name} teacher needs a {self.env.name} state, got {type(state).__module__}.{type(state).__name__}")
+
+    def _check_action(self, action) -> int:
+        if not np.issubdtype(np.asarray(action).dtype, np.integer):
+            raise TeacherError(f"actions must be integers, got {action!r}")
+        action = int(action)
+        if not 0 <= action < self.env.num_actions:
+            raise TeacherError(f"{self.env.name}: action {action} is outside [0, {self.env.num_actions})")
+        return action
+
+    def _conclusion(self, best: int, action: int) -> str:
+        name = functools.partial(_action_name, self.env)
+        n = self.env.num_cells if hasattr(self.env, "num_cells") else self.env.board_size**2
+        same = action == best if self.env.name == "2048" else _unordered(action, n) == _unordered(best, n)
+        if same:  # a pair in either order is the same move
+            return f"So I play {name(action)}."
+        return f"{name(best)} is best by this count, but I play {name(action)}."
+
+
+def _check_number(option: str, value, lo: float, hi: float, integer: bool = False) -> None:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
+        what = "an integer" if integer else "a number"
+        raise TeacherError(f"{option}={value!r} must be {what} in [{lo}, {hi}]")
+
+
+# ---------------------------------------------------------------------------------------
+# 2048
+# ---------------------------------------------------------------------------------------
+
+
+def _moves_2048(env, board):
+    """Every direction's afterstate (slid, before the spawn) [4, n, n], merge points [4],
+    whether it changes the board [4]. (Game2048._slide is the game's own slide; a public
+    afterstate function in envs would replace this use of a private method.)"""
+    after, points = jax.vmap(lambda a: env._slide(board, a))(jnp.arange(4))
+    legal = (after != board).any((1, 2))
+    return after, points.astype(jnp.float32), legal
+
+
+def _equal_neighbours(board):
+    """Adjacent equal non-empty tiles: merges available on the next move."""
+    horizontal = (board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)
+    vertical = (board[1:, :] == board[:-1, :]) & (board[1:, :] > 0)
+    return horizontal.sum() + vertical.sum()
+
+
+def _facts_2048(board, after, points, legal):
+    merges = jnp.sum(board > 0) - jnp.sum(after > 0, axis=(1, 2))
+    return dict(points=points, legal=legal, merges=merges, empty=jnp.sum(after == 0, axis=(1, 2)))
+
+
+def _merge_phrase(merges: int, points: float) -> str:
+    if merges == 0:
+        return "merges nothing"
+    return f"merges {merges} pair{'s' if merges > 1 else ''} for {points:g} points"
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy2048(Teacher):
+    """The legal move with the largest immediate merge score; ties go to the move that keeps
+    the board most movable (most empty cells plus adjacent equal tiles after it), then to the
+    lowest action number. Plays "still" (the invalid action) only when no move is left."""
+
+    games: ClassVar = ("2048",)
+    kind: ClassVar = "greedy"
+
+    def evaluate(self, state, params):
+        after, points, legal = _moves_2048(self.env, state.board)
+        facts = _facts_2048(state.board, after, points, legal)
+        mobility = facts["empty"] + jax.vmap(_equal_neighbours)(after)
+        top = legal & (points == jnp.max(jnp.where(legal, points, -1.0)))
+        choice = jnp.argmax(jnp.where(top, mobility, -1))
+        return dict(facts, best=jnp.where(legal.any(), choice, self.env.invalid_action))
+
+    def reasoning(self, state, facts, action):
+        return _reasoning_2048(facts, action, self, lambda a: f"{DIRECTIONS[a]} {_merge_phrase(facts['merges'][a], facts['points'][a])}")
+
+
+def _reasoning_2048(facts, action, teacher, describe_move, lead: str = "") -> str:
+    """Each direction described (or "cannot move"), then the choice."""
+    if not facts["legal"].any():
+        return f"No move changes the board: the game is over. I answer {action}."
+    parts = [describe_move(a) if facts["legal"][a] else f"{DIRECTIONS[a]} cannot move" for a in range(4)]
+    return lead + "; ".join(parts) + ". " + teacher._conclusion(int(facts["best"]), action)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expectimax2048(Teacher):
+    """Expectimax over `depth` moves (1..3): each legal move is worth its merge points plus
+    the expected value of the spawns that follow (a 2 with probability 1 - spawn_four_prob,
+    else a 4, on each empty cell), alternating with the best next move; below the last move,
+    a board is worth `empty_weight` points per empty cell and `merge_weight` per pair of
+    adjacent equal tiles, minus a large penalty where no move is left. Vectorised over the 4
+    moves and all spawn cells: depth d evaluates (4 * 2 n^2)^(d-1) * 4 afterstates
+    (4 / 516 / 66k at n = 4)."""
+
+    depth: int = 2
+    empty_weight: float = 16.0
+    merge_weight: float = 8.0
+
+    games: ClassVar = ("2048",)
+    kind: ClassVar = "expectimax"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_number("depth", self.depth, 1, 3, integer=True)
+        _check_number("empty_weight", self.empty_weight, 0.0, 1e6)
+        _check_number("merge_weight", self.merge_weight, 0.0, 1e6)
+
+    def _leaf(self, board):
+        return self.empty_weight * jnp.sum(board == 0) + self.merge_weight * _equal_neighbours(board)
+
+    def _move_values(self, board, depth: int, four_prob):
+        """(values [4], afterstates, points, legal): merge points plus the value after."""
+        after, points, legal = _moves_2048(self.env, board)
+        if depth == 1:
+            future = jax.vmap(self._leaf)(after)
+        else:
+            future = jax.vmap(lambda b: self._spawn_value(b, depth - 1, four_prob))(after)
+        return points + future, after, points, legal
+
+    def _spawn_value(self, after, depth: int, four_prob):
+        """Expected value over the spawn on `after` of the best of the next `depth` moves."""
+        n = self.env.board_size
+        flat = after.reshape(-1)
+        empty = flat == 0
+        on_cell = jnp.eye(n * n, dtype=bool)
+        boards = jnp.stack([jnp.where(on_cell, e, flat[None]) for e in (1, 2)], 1).reshape(n * n, 2, n, n)
+        probs = empty[:, None] * jnp.stack([1.0 - four_prob, four_prob]) / jnp.maximum(empty.sum(), 1)
+        values = jax.vmap(jax.vmap(lambda b: self._best_value(b, depth, four_prob)))(boards)
+        return jnp.sum(probs * values)
+
+    def _best_value(self, board, depth: int, four_prob):
+        values, _, _, legal = self._move_values(board, depth, four_prob)
+        return jnp.where(legal.any(), jnp.max(jnp.where(legal, values, -jnp.inf)), self._leaf(board) - GAME_OVER_PENALTY)
+
+    def evaluate(self, state, params):
+        values, after, points, legal = self._move_values(state.board, self.depth, params.spawn_four_prob)
+        choice = jnp.argmax(jnp.where(legal, values, -jnp.inf))
+        facts = _facts_2048(state.board, after, points, legal)
+        return dict(facts, value=values, best=jnp.where(legal.any(), choice, self.env.invalid_action))
+
+    def reasoning(self, state, facts, action):
+        lead = f"Looking {_count(self.depth, 'move')} ahead (merge points, then room and merges left): "
+        return _reasoning_2048(
+            facts, action, self, lambda a: f"{DIRECTIONS[a]} {_merge_phrase(facts['merges'][a], facts['points'][a])}, value {facts['value'][a]:.1f}", lead
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Shisen-Sho (shape and photo tiles)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LookaheadShisenSho(Teacher):
+    """A legal pair, chosen by a one-step lookahead: the pair after whose removal the most
+    pairs are still connectable (clearing the board counts above everything); ties go to the
+    first pair in the state's pair table. Each candidate is scored by the game's own step
+    (vmapped over the legal pairs of `state.pairs`)."""
+
+    games: ClassVar = ("shisensho", "shisensho_photo")
+    kind: ClassVar = "lookahead"
+
+    def evaluate(self, state, params):
+        env = self.env
+        candidates = state.pairs  # actions first * G^2 + second, first < second; padding = invalid
+        after = jax.vmap(lambda a: env.step(jax.random.key(0), state, a, params)[0])(candidates)
+        follow_ups = jnp.sum(after.legal, axis=1)
+        score = jnp.where(after.remaining == 0, candidates.shape[0] + 1, follow_ups)
+        score = jnp.where(state.legal, score, -1)
+        choice = candidates[jnp.argmax(score)]
+        return dict(pairs=candidates, legal=state.legal, follow_ups=follow_ups, cleared=after.remaining == 0,
+                    best=jnp.where(state.legal.any(), choice, env.invalid_action))
+
+    def reasoning(self, state, facts, action):
+        env = self.env
+        legal = np.flatnonzero(facts["legal"])
+        if legal.size == 0:
+            return "No two matching tiles can be connected with at most two turns: no move is left."
+        rank = facts["cleared"].astype(np.int64) * 10**6 + facts["follow_ups"]
+        shown, more = _listing(legal, rank, facts["pairs"], action, env.num_cells)
+        board = state.board.reshape(-1)
+
+        def outcome(i):
+            pair = int(facts["pairs"][i])
+            tile = env.type_names[int(board[pair // env.num_cells])]
+            rest = "clears the board" if facts["cleared"][i] else f"leaves {int(facts['follow_ups'][i])} connectable pairs"
+            return f"{tile} {answer_text(env, pair)} {rest}"
+
+        head = f"{_count(len(legal), 'pair')} of matching tiles can be connected. Removing "
+        return head + "; ".join(map(outcome, shown)) + more + ". " + self._conclusion(int(facts["best"]), action)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _unordered(action: int, num_cells: int) -> int:
+    """A pair action with its two cells in row-major order (how the teachers list pairs);
+    -1 for ids that name no pair."""
+    if not 0 <= action < num_cells * num_cells:
+        return -1
+    first, second = divmod(action, num_cells)
+    return min(first, second) * num_cells + max(first, second)
+
+
+def _listing(legal: np.ndarray, rank: np.ndarray, actions: np.ndarray, action: int, num_cells: int):
+    """Which candidates a pair game's reasoning names: the LISTED_CANDIDATES best by `rank`
+    (stable), plus the played one if it is not among them; and a note on how many are left out."""
+    shown = sorted(legal, key=lambda i: -rank[i])[:LISTED_CANDIDATES]
+    played = [i for i in legal if int(actions[i]) == _unordered(action, num_cells)]
+    if played and played[0] not in shown:
+        shown.append(played[0])
+    more = f" ({len(legal) - len(shown)} more not listed)" if len(legal) > len(shown) else ""
+    return shown, more
+
+
+# ---------------------------------------------------------------------------------------
+# Swap
+# ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _adjacent_swaps(size: int) -> np.ndarray:
+    """int32 [S, 4]: every orthogonally adjacent cell pair (r1, c1, r2, c2), the first cell
+    above or left of the second, row-major by the first cell, right neighbour first."""
+    swaps = [(r, c, r + dr, c + dc) for r in range(size) for c in range(size) for dr, dc in ((0, 1), (1, 0))
+             if r + dr < size and c + dc < size]
+    return np.asarray(swaps, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BestSwap(Teacher):
+    """The valid swap with the best immediate score: the points of the line(s) it completes
+    (L cleared cells score L * (L - 1), the game's rule); the cascades that may follow depend
+    on random refills, which no player can see. Ties go to the swap lowest on the board
+    (clearing low moves more tiles, so cascades are likelier), then to the first in row-major
+    order."""
+
+    games: ClassVar = ("swap",)
+    kind: ClassVar = "best_score"
+
+    def evaluate(self, state, params):
+        g = self.env.board_size
+        swaps = jnp.asarray(_adjacent_swaps(g))
+        r1, c1, r2, c2 = swaps.T
+        board = state.board
+
+        def cleared(r1, c1, r2, c2):
+            swapped = board.at[r1, c1].set(board[r2, c2]).at[r2, c2].set(board[r1, c1])
+            return jnp.sum(line_mask(swapped))
+
+        cells = jax.vmap(cleared)(r1, c1, r2, c2)
+        legal = (cells > 0) & ~state.done
+        points = cells * (cells - 1)
+        top = legal & (points == jnp.max(jnp.where(legal, points, -1)))
+        choice = jnp.argmax(jnp.where(top, r2, -1))  # first of the lowest top-scoring swaps
+        actions = encode_pair(r1, c1, r2, c2, g)
+        return dict(actions=actions, legal=legal, cells=cells, points=points, lower_row=r2,
+                    best=jnp.where(legal.any(), actions[choice], self.env.invalid_action))
+
+    def reasoning(self, state, facts, action):
+        env = self.env
+        legal = np.flatnonzero(facts["legal"])
+        if legal.size == 0:
+            return "No swap of adjacent tiles completes a line of three."
+        rank = facts["points"] * env.board_size + facts["lower_row"]  # the teacher's order: points, then depth
+        shown, more = _listing(legal, rank, facts["actions"], action, env.board_size**2)
+        parts = [f"{answer_text(env, int(facts['actions'][i]))} clears {int(facts['cells'][i])} tiles for {int(facts['points'][i])} points" for i in shown]
+        head = f"{_count(len(legal), 'swap')} complete a line. Swapping "
+        return head + "; ".join(parts) + more + ". " + self._conclusion(int(facts["best"]), action)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+
+TEACHERS: dict[tuple[str, str], type[Teacher]] = {
+    (game, cls.kind): cls for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap) for game in cls.games
+}
+DEFAULT_KIND = {"2048": "expectimax", "shisensho": "lookahead", "shisensho_photo": "lookahead", "swap": "best_score"}
+
+
+def make_teacher(env_or_name, kind: str | None = None, *, epsilon: float = 0.0, **options) -> Teacher:
+    """A teacher for a game (an env, or a game name built with its defaults). `kind` picks
+    among the game's teachers (None: its default, DEFAULT_KIND); `options` are the kind's
+    settings (e.g. depth=2 for expectimax)."""
+    games = sorted({g for g, _ in TEACHERS})
+    name = env_or_name if isinstance(env_or_name, str) else getattr(env_or_name, "name", None)
+    if not isinstance(env_or_name, (str, Env)):
+        raise TeacherError(f"make_teacher needs a game name or an env built with envs.make, got {env_or_name!r}")
+    if name not in games:
+        raise TeacherError(f"no teacher for game {name!r}; games with teachers: {', '.join(games)}")
+    env = envs.make(name) if isinstance(env_or_name, str) else env_or_name
+    kinds = sorted(k for g, k in TEACHERS if g == env.name)
+    kind = DEFAULT_KIND[env.name] if kind is None else kind
+    if kind not in kinds:
+        raise TeacherError(f"unknown teacher kind {kind!r} for game {env.name!r}; choices: {', '.join(kinds)}")
+    cls = TEACHERS[(env.name, kind)]
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("env", "epsilon")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TeacherError(f"teacher {kind!r} has no option {', '.join(unknown)}; options: {', '.join(allowed) or 'none'}")
+    return cls(env, epsilon, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# External teacher data (JSONL)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TeacherExample:
+    """One imported answer: the position (a state from "board", and/or the image read from
+    "image" as uint8 [H, W, 3]), the answer text, the action it parses to, and its line."""
+
+    answer: str
+    action: int
+    state: Any = None
+    image: np.ndarray | None = None
+    line: int = 0
+
+
+def _read_image(path: pathlib.Path) -> np.ndarray:
+    from PIL import Image  # only the JSONL import needs it
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def _example(record, env: Env, folder: pathlib.Path, line: int) -> TeacherExample:
+    """One parsed JSONL record -> example; a problem raises ValueError with a short reason."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - {"board", "board_options", "image", "answer"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; fields: board, board_options, image, answer")
+    if "board" not in record and "image" not in record:
+        raise ValueError('missing field "board" or "image" (give at least one)')
+    answer = record.get("answer")
+    if not isinstance(answer, str):
+        raise ValueError('missing field "answer" (a string)' if answer is None else f'"answer" must be a string, got {type(answer).__name__}')
+    state = image = None
+    if "board" in record:
+        options = record.get("board_options", {})
+        if not isinstance(options, dict):
+            raise ValueError('"board_options" must be an object of from_board keyword arguments')
+        board = record["board"] if isinstance(record["board"], str) else np.asarray(record["board"])
+        try:
+            state = env.from_board(board, **options)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"board rejected by {env.name}.from_board: {err}") from None
+    if "image" in record:
+        if not isinstance(record["image"], str):
+            raise ValueError('"image" must be a path string')
+        path = folder / record["image"]
+        try:
+            image = _read_image(path)
+        except Exception as err:  # PIL raises many types for unreadable files
+            raise ValueError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from None
+    action = env.parse(answer)
+    if action == env.invalid_action:
+        raise ValueError(f"answer does not parse to a {env.name} action: {answer[:80]!r}")
+    return TeacherExample(answer=answer, action=int(action), state=state, image=image, line=line)
+
+
+def load_teacher_jsonl(path, env: Env, *, skip_bad: bool = False) -> list[TeacherExample]:
+    """Teacher answers from a JSONL file, one object per line:
+    {"board": <what env.from_board takes>, "board_options": {...optional kwargs...},
+     "image": "relative/or/absolute.png", "answer": "<perception>...</answer>"}
+    (a board, an image or both; image paths are relative to the file's folder). Blank lines
+    are ignored. A malformed line raises TeacherDataError naming the file and line; with
+    skip_bad=True it is skipped and the skipped lines are reported in one warning."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise TeacherDataError(f"{path}: cannot read teacher data: {err}") from None
+    examples, bad = [], []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"bad JSON: {err.msg} at column {err.colno}") from None
+            examples.append(_example(record, env, path.parent, number))
+        except ValueError as err:
+            if not skip_bad:
+                raise TeacherDataError(f"{path}:{number}: {err}") from None
+            bad.append((number, str(err)))
+    if bad:
+        lines = ", ".join(str(n) for n, _ in bad)
+        warnings.warn(f"{path}: skipped {len(bad)} malformed line(s): {lines} (line {bad[0][0]}: {bad[0][1]})", stacklevel=2)
+    return examples
+
+
+# ---------------------------------------------------------------------------------------
+# Strength: closed-loop play against random valid moves
+# ---------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def play(teacher: Teacher, board_keys, states, epsilon, num_moves: int, params=None):
+    """Closed-loop play of a batch of B boards for `num_moves` moves: board i plays
+    `teacher.act_with_epsilon(..., epsilon[i])` (so epsilon 0 is the teacher, 1 random valid
+    moves) with its randomness drawn from board_keys[i] (equal keys: equal spawns and refills
+    for equal moves). A board whose game is over stops scoring. Returns per board the summed
+    raw reward (f32 [B]) and the number of legal moves (int32 [B])."""
+    env = teacher.env
+    params = env.default_params if params is None else params
+
+    def move(carry, t):
+        states, points, legal = carry
+        keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t)))(board_keys)
+        actions = jax.vmap(lambda k, s, e: teacher.act_with_epsilon(k, s, e, params))(keys[:, 0], states, epsilon)
+        new, _, _, info = jax.vmap(lambda k, s, a: env.step(k, s, a, params))(keys[:, 1], states, actions)
+        live = ~states.done
+        points = points + jnp.where(live, info["raw_reward"], 0.0)
+        legal = legal + (live & info["legal"])
+        states = jax.tree.map(lambda a, b: jnp.where(live.reshape(live.shape + (1,) * (a.ndim - 1)), a, b), new, states)
+        return (states, points, legal), None
+
+    batch = board_keys.shape[0]
+    start = (states, jnp.zeros(batch, jnp.float32), jnp.zeros(batch, jnp.int32))
+    (_, points, legal), _ = jax.lax.scan(move, start, jnp.arange(num_moves))
+    return points, legal
+
+
+def default_moves(env: Env) -> tuple[int, int]:
+    """(warm-up moves, closed-loop moves) for `strength`: G1's warm-up and 50 moves; Shisen-Sho
+    starts from a fresh deal and plays it out (a random warm-up of 250 valid moves would
+    clear many boards)."""
+    if env.name in ("shisensho", "shisensho_photo"):
+        return 0, env.num_cells // 2
+    return G1_WARMUP_MOVES.get(env.name, 0), 50
+
+
+_warmup_states = jax.jit(envs.warmup_states, static_argnums=(0, 2, 4))
+
+
+def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None, params=None) -> dict:
+    """The teacher against random valid play, in closed loop from the same start states (G1
+    warm-up states, `default_moves`) with the same randomness per board, in one compiled run.
+    Returns {"teacher": ..., "random": ...} with per-board summed raw reward "points", "legal"
+    moves, "mean" and "se" of the points, and "difference": the paired mean and standard error
+    of teacher - random and the boards the teacher "wins" and "loses"."""
+    env = teacher.env
+    default_warmup, default_play = default_moves(env)
+    moves = default_play if moves is None else moves
+    warmup_moves = default_warmup if warmup_moves is None else warmup_moves
+    start_key, play_key = jax.random.split(key)
+    states = _warmup_states(env, start_key, boards, params, warmup_moves)
+    both = jax.tree.map(lambda x: jnp.concatenate([x, x]), states)
+    board_keys = jnp.tile(jax.random.split(play_key, boards), 2)
+    epsilon = jnp.repeat(jnp.asarray([0.0, 1.0], jnp.float32), boards)
+    points, legal = jax.device_get(play(teacher, board_keys, both, epsilon, moves, params))
+    out = {}
+    for name, rows in (("teacher", slice(0, boards)), ("random", slice(boards, None))):
+        p = points[rows]
+        out[name] = dict(points=p, legal=legal[rows], mean=float(p.mean()), se=float(p.std(ddof=1) / np.sqrt(boards)))
+    diff = out["teacher"]["points"] - out["random"]["points"]
+    out["difference"] = dict(mean=float(diff.mean()), se=float(diff.std(ddof=1) / np.sqrt(boards)),
+                             wins=int((diff > 0).sum()), losses=int((diff < 0).sum()))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Closed-loop strength of a teacher against random valid moves.")
+    parser.add_argument("--game", default="2048", choices=sorted({g for g, _ in TEACHERS}))
+    parser.add_argument("--kind", default=None, help="teacher kind (default: the game's default)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="teacher option, e.g. depth=2")
+    parser.add_argument("--epsilon", type=float, default=0.0)
+    parser.add_argument("--boards", type=int, default=32)
+    parser.add_argument("--moves", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    options = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option {item!r}: write NAME=VALUE")
+        options[name] = json.loads(value)
+    teacher = make_teacher(args.game, args.kind, epsilon=args.epsilon, **options)
+    result = strength(teacher, jax.random.key(args.seed), boards=args.boards, moves=args.moves)
+    _, moves = default_moves(teacher.env)
+    moves = args.moves or moves
+    print(f"{args.game} / {teacher.kind} {options or ''} epsilon={args.epsilon}: {args.boards} boards x {moves} moves, seed {args.seed}")
+    print(f"{'policy':<10} {'points/board':>14} {'se':>8} {'legal moves':>12}")
+    for name in ("teacher", "random"):
+        row = result[name]
+        print(f"{name:<10} {row['mean']:>14.2f} {row['se']:>8.2f} {row['legal'].mean():>12.2f}")
+    d = result["difference"]
+    print(f"teacher - random: {d['mean']:.2f} +- {d['se']:.2f} (paired se); teacher ahead on {d['wins']} boards, behind on {d['losses']}")
+
+
+if __name__ == "__main__":
+    main()
