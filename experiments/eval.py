@@ -19,12 +19,15 @@ ffmpeg) with each answer under its frame, and every answer as answers.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from g1jax import eval as ev  # noqa: E402
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "g1jax", "jax")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,9 +44,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=2.0, help="video frames per second (default 2)")
     parser.add_argument("--cifar-path", help="Shisen-Sho-Cifar10: a local CIFAR-10 python archive (default: "
                                              "the procedural picture bank)")
-    parser.add_argument("--model", help="policy model: a run directory with checkpoints or a Hugging Face directory")
-    parser.add_argument("--temperature", type=float, default=0.0, help="model sampling temperature (0 = greedy)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest model answer in tokens")
+    parser.add_argument("--model", help="policy model: a run directory with checkpoints, a Hugging Face directory, "
+                                        "or a preset name (random init, for smoke tests)")
+    parser.add_argument("--temperature", type=float, default=0.5,
+                        help="model sampling temperature (default 0.5, G1's validation setting; 0 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest model answer in tokens (default 1024)")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="draw every game at H x W instead of the protocol's frame size (multiples of 28)")
+    parser.add_argument("--warmup-moves", type=int, help="random moves before the scored decisions, for every game "
+                                                        "(default: the protocol's, 2048 100, others 0)")
+    parser.add_argument("--compile-cache", default=os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_CACHE),
+                        help="JAX's persistent compilation cache: a second evaluation skips compiling (default "
+                             "%(default)s; '' turns it off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -58,8 +70,13 @@ def resolve_games(names) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_args(args: argparse.Namespace) -> list[str]:
-    """Validate everything that can be checked without compiling; returns the games."""
+def image_size(protocol: ev.GameProtocol, args: argparse.Namespace) -> tuple[int, int]:
+    return tuple(args.image_size) if args.image_size else dict(protocol.env_config)["image_size"]
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[str], ev.ModelSource | None]:
+    """Validate everything that can be checked without compiling or loading weights; returns the
+    games and the model source (None without a model policy)."""
     games = resolve_games(args.game)
     for spec in args.policy:
         ev.check_policy_spec(spec, games)
@@ -77,32 +94,64 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ev.EvalError("policy 'model' needs --model DIR")
     if args.model and "model" not in args.policy:
         raise ev.EvalError("--model is given but no 'model' policy is requested (add --policy model)")
-    return games
+    if not args.temperature >= 0:
+        raise ev.EvalError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.warmup_moves is not None and args.warmup_moves < 0:
+        raise ev.EvalError(f"--warmup-moves must be >= 0, got {args.warmup_moves}")
+    if args.max_new_tokens < 1:
+        raise ev.EvalError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    source = ev.resolve_model(args.model) if args.model else None
+    if source is not None:
+        for game in games:
+            ev.check_model_fits(source, image_size(ev.PROTOCOLS[game], args), args.max_new_tokens, game)
+    return games, source
+
+
+def protocol_of(game: str, args: argparse.Namespace) -> ev.GameProtocol:
+    protocol = ev.PROTOCOLS[game]
+    if args.warmup_moves is not None:
+        protocol = dataclasses.replace(protocol, warmup_moves=args.warmup_moves)
+    return protocol
 
 
 def make_env(protocol: ev.GameProtocol, args: argparse.Namespace):
-    overrides = {"cifar_path": args.cifar_path} if protocol.game == "shisensho_photo" and args.cifar_path else {}
+    overrides = {"image_size": image_size(protocol, args)}
+    if protocol.game == "shisensho_photo" and args.cifar_path:
+        overrides["cifar_path"] = args.cifar_path
     return protocol.make_env(**overrides)
+
+
+def make_policies(args, protocol, env, runs, model):
+    policy_model = None
+    if model is not None:
+        policy_model = ev.ModelPolicy(*model, env, runs, temperature=args.temperature,
+                                      max_new_tokens=args.max_new_tokens, detail=args.model)
+    return [ev.make_policy(spec, env, protocol, model=policy_model) for spec in args.policy]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        games = check_args(args)
-        game_envs = {game: make_env(ev.PROTOCOLS[game], args) for game in games}
-    except (ev.EvalError, ValueError) as error:
+        games, source = check_args(args)
+        protocols = {game: protocol_of(game, args) for game in games}
+        game_envs = {game: make_env(protocols[game], args) for game in games}
+        model = ev.load_model(source) if source is not None else None
+        runs = {game: args.runs or protocols[game].runs for game in games}
+        policies = {g: make_policies(args, protocols[g], game_envs[g], runs[g], model) for g in games}
+    except (ev.EvalError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
     import jax
 
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     key = jax.random.key(args.seed)
     keep_texts = args.out is not None
     rollouts = []
     for game in games:
-        protocol, env = ev.PROTOCOLS[game], game_envs[game]
-        policies = [ev.make_policy(spec, env, protocol) for spec in args.policy]
-        rows = ev.evaluate(protocol, env, policies, runs=args.runs or protocol.runs, steps=args.steps,
+        protocol, env = protocols[game], game_envs[game]
+        rows = ev.evaluate(protocol, env, policies[game], runs=runs[game], steps=args.steps,
                            key=jax.random.fold_in(key, ev.GAMES.index(game)), progress=not args.no_progress,
                            keep_texts=keep_texts)
         rollouts += rows

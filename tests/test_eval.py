@@ -195,7 +195,7 @@ def test_rollout_statistics(shisensho):
     (["--runs", "0"], "--runs must be >= 1"),
 ])
 def test_command_rejects_bad_input_in_one_line(capsys, argv, message):
-    assert cli.main(argv) == 2
+    assert cli.main(argv + ["--compile-cache", ""]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
 
@@ -204,7 +204,7 @@ def test_command_writes_table_plots_videos_and_answers(shisensho, tmp_path):
     _, env, _, _ = shisensho
     out, table_json = tmp_path / "out", tmp_path / "table.json"
     argv = ["--game", "shisensho", "--policy", *ROW_SPECS, "--runs", str(RUNS), "--steps", str(STEPS),
-            "--out", str(out), "--json", str(table_json), "--videos", "1", "--no-progress"]
+            "--out", str(out), "--json", str(table_json), "--videos", "1", "--no-progress", "--compile-cache", ""]
     assert cli.main(argv) == 0
     table = json.loads(table_json.read_text())
     assert [r["policy"] for r in table["rows"]] == list(ROW_SPECS)
@@ -220,3 +220,59 @@ def test_command_writes_table_plots_videos_and_answers(shisensho, tmp_path):
     assert all(env.parse(r["answer"]) == r["action"] for r in random_records)
     teacher = [r for r in records if r["policy"] == "teacher"]
     assert all(envs.grammar.format_ok(r["answer"], strict=True) for r in teacher[:20])
+
+
+# --- a model as the policy ---------------------------------------------------------------------
+
+
+def write_json(path, values):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+
+
+@pytest.fixture
+def model_dirs(tmp_path):
+    run_config = {"model": "tiny", "games": ["2048"], "image_size": [140, 112]}
+    write_json(tmp_path / "fresh_run" / "config.json", run_config)
+    write_json(tmp_path / "run" / "config.json", run_config)
+    (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)
+    fixture = json.loads(open(os.path.join(os.path.dirname(__file__), "fixtures", "qwen25vl_tiny", "config.json")).read())
+    fixture["vision_config"]["patch_size"] = 16
+    write_json(tmp_path / "patch16" / "config.json", fixture)
+    (tmp_path / "patch16" / "model.safetensors").write_bytes(b"")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "{tmp}/missing"], "no such directory"),
+    (["--model", "{tmp}/fresh_run"], "a run directory without checkpoints"),
+    (["--model", "{tmp}/run"], "was trained on 140x112 frames but 2048 is evaluated on 840x644"),
+    (["--model", "{tmp}/patch16"], "make a 32-px grid"),
+    (["--model", "tiny", "--max-new-tokens", "5000"], "exceeds its context of 4096"),
+])
+def test_command_rejects_models_that_do_not_fit(capsys, model_dirs, argv, message):
+    argv = ["--game", "2048", "--policy", "model", "--compile-cache", ""] + [a.format(tmp=model_dirs) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def test_model_policy_batches_every_decision_into_one_sampling_call(shisensho, monkeypatch, tmp_path):
+    import g1jax.sampling
+
+    calls = []
+    original = g1jax.sampling.sample
+
+    def counting(*args, **kwargs):
+        calls.append(args[2].shape[0])  # prompts in this call
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(g1jax.sampling, "sample", counting)
+    table_json = tmp_path / "table.json"
+    # the same game and runs as the rows above: the host loop's start, step and render are compiled already
+    argv = ["--game", "shisensho", "--policy", "model", "--model", "tiny", "--runs", str(RUNS), "--steps", "2",
+            "--max-new-tokens", "3", "--json", str(table_json), "--no-progress", "--compile-cache", ""]
+    assert cli.main(argv) == 0
+    assert calls == [RUNS, RUNS]  # one call per decision, all runs in it
+    row, = json.loads(table_json.read_text())["rows"]
+    assert row["policy"] == "model" and row["scores"]["shisensho"]["runs"] == RUNS
