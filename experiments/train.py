@@ -99,6 +99,9 @@ def read_config_file(path: str) -> dict:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     values = dict(RECIPES[args.recipe])
+    saved = os.path.join(args.run_dir or values["run_dir"], "config.json")
+    if args.resume and not args.config and os.path.isfile(saved):
+        values = read_config_file(saved)  # a resumed run keeps its own settings unless flags change them
     if args.config:
         values.update(read_config_file(args.config))
     for flag, field in FLAGS.items():
