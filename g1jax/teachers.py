@@ -23,6 +23,7 @@ External teacher answers (from any model) are read with `load_teacher_jsonl`, an
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import functools
@@ -34,6 +35,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 import envs
 from envs.core import Env
@@ -91,7 +93,7 @@ def full_answer(perception: str, think: str, answer: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Teacher:
+class Teacher(abc.ABC):
     """A teacher for one game. Subclasses define `games`, `kind`, `evaluate` (pure JAX: the
     facts the choice rests on, with the chosen action under "best") and `reasoning` (host:
     those facts as a sentence or two). Frozen and hashable, so `jax.jit(teacher.act)` and
@@ -113,8 +115,9 @@ class Teacher:
             raise TeacherError(f"epsilon must be a probability in [0, 1], got {eps!r}")
 
     # --- device ------------------------------------------------------------------------
+    @abc.abstractmethod
     def evaluate(self, state, params) -> dict[str, jax.Array]:
-        raise NotImplementedError
+        """Per-candidate facts (arrays) of one state, and "best": the teacher's action."""
 
     def act(self, key, state, params=None) -> jax.Array:
         """int32 action: the teacher's choice, or with probability `epsilon` a uniformly
@@ -136,8 +139,9 @@ class Teacher:
         return jnp.where(explore, self.env.random_valid_action(random_key, state, params), best).astype(jnp.int32)
 
     # --- host ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def reasoning(self, state, facts: dict[str, np.ndarray], action: int) -> str:
-        raise NotImplementedError
+        """The `<think>` text: what was compared for this (host) state, and the action played."""
 
     def answer(self, state, action: int, params=None) -> str:
         """The full G1 answer for one state and the action taken there."""
@@ -185,7 +189,7 @@ class Teacher:
 
     def _conclusion(self, best: int, action: int) -> str:
         name = functools.partial(_action_name, self.env)
-        n = self.env.num_cells if hasattr(self.env, "num_cells") else self.env.board_size**2
+        n = self.env.board_size**2
         same = action == best if self.env.name == "2048" else _unordered(action, n) == _unordered(best, n)
         if same:  # a pair in either order is the same move
             return f"So I play {name(action)}."
@@ -499,8 +503,6 @@ class TeacherExample:
 
 
 def _read_image(path: pathlib.Path) -> np.ndarray:
-    from PIL import Image  # only the JSONL import needs it
-
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"), np.uint8)
 
@@ -533,7 +535,7 @@ def _example(record, env: Env, folder: pathlib.Path, line: int) -> TeacherExampl
         path = folder / record["image"]
         try:
             image = _read_image(path)
-        except Exception as err:  # PIL raises many types for unreadable files
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, not an image, truncated, too big
             raise ValueError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from None
     action = env.parse(answer)
     if action == env.invalid_action:
@@ -618,8 +620,9 @@ _warmup_states = jax.jit(envs.warmup_states, static_argnums=(0, 2, 4))
 
 
 def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None, params=None) -> dict:
-    """The teacher against random valid play, in closed loop from the same start states (G1
-    warm-up states, `default_moves`) with the same randomness per board, in one compiled run.
+    """The teacher (with its epsilon) against random valid play, in closed loop from the same
+    start states (G1 warm-up states, `default_moves`) with the same randomness per board, in
+    one compiled run.
     Returns {"teacher": ..., "random": ...} with per-board summed raw reward "points", "legal"
     moves, "mean" and "se" of the points, and "difference": the paired mean and standard error
     of teacher - random and the boards the teacher "wins" and "loses"."""
@@ -631,7 +634,7 @@ def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = Non
     states = _warmup_states(env, start_key, boards, params, warmup_moves)
     both = jax.tree.map(lambda x: jnp.concatenate([x, x]), states)
     board_keys = jnp.tile(jax.random.split(play_key, boards), 2)
-    epsilon = jnp.repeat(jnp.asarray([0.0, 1.0], jnp.float32), boards)
+    epsilon = jnp.repeat(jnp.asarray([teacher.epsilon, 1.0], jnp.float32), boards)  # the teacher as configured, then random
     points, legal = jax.device_get(play(teacher, board_keys, both, epsilon, moves, params))
     out = {}
     for name, rows in (("teacher", slice(0, boards)), ("random", slice(boards, None))):
@@ -643,27 +646,37 @@ def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = Non
     return out
 
 
+def _name_values(items: list[str], flag: str, parser) -> dict:
+    """NAME=VALUE pairs; values are read as JSON where they parse (2, 0.5, true, [448, 392])."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"{flag} {item!r}: write NAME=VALUE")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Closed-loop strength of a teacher against random valid moves.")
+    parser = argparse.ArgumentParser(description="Closed-loop strength of a teacher against random valid moves (docs/teachers.md).")
     parser.add_argument("--game", default="2048", choices=sorted({g for g, _ in TEACHERS}))
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=VALUE", help="game option, e.g. preset=more_tiles")
     parser.add_argument("--kind", default=None, help="teacher kind (default: the game's default)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="teacher option, e.g. depth=2")
     parser.add_argument("--epsilon", type=float, default=0.0)
     parser.add_argument("--boards", type=int, default=32)
-    parser.add_argument("--moves", type=int, default=None)
+    parser.add_argument("--moves", type=int, default=None, help="moves per board (default: 50; Shisen-Sho: a whole game)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    options = {}
-    for item in args.option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--option {item!r}: write NAME=VALUE")
-        options[name] = json.loads(value)
-    teacher = make_teacher(args.game, args.kind, epsilon=args.epsilon, **options)
-    result = strength(teacher, jax.random.key(args.seed), boards=args.boards, moves=args.moves)
-    _, moves = default_moves(teacher.env)
-    moves = args.moves or moves
-    print(f"{args.game} / {teacher.kind} {options or ''} epsilon={args.epsilon}: {args.boards} boards x {moves} moves, seed {args.seed}")
+    config, options = _name_values(args.config, "--config", parser), _name_values(args.option, "--option", parser)
+    teacher = make_teacher(envs.make(args.game, **config), args.kind, epsilon=args.epsilon, **options)
+    moves = default_moves(teacher.env)[1] if args.moves is None else args.moves
+    result = strength(teacher, jax.random.key(args.seed), boards=args.boards, moves=moves)
+    settings = ", ".join(f"{k}={v}" for k, v in {**config, **options, "epsilon": args.epsilon}.items())
+    print(f"{args.game} / {teacher.kind} ({settings}): {args.boards} boards x {moves} moves, seed {args.seed}")
     print(f"{'policy':<10} {'points/board':>14} {'se':>8} {'legal moves':>12}")
     for name in ("teacher", "random"):
         row = result[name]
