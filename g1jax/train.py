@@ -473,6 +473,7 @@ class Trainer:
         model + tokenizer instead of `config.model`."""
         from g1jax.run_logging import RunLogger
 
+        self._created = time.perf_counter()
         self.config = config
         self.mesh = mesh_lib.make_mesh(config.mesh)
         if games is None:
@@ -645,6 +646,8 @@ class Trainer:
         summary = {"steps": total, "final": metrics, "run_dir": config.run_dir}
         if self.eval_rollout is not None:
             summary.update(self.gain_summary(self.logger.read_json("eval_before.json"), self.evaluate()))
+            # wall time of this process (set-up, compiles, training, both evaluations; a resumed run counts its part)
+            summary["wall_s"] = time.perf_counter() - self._created
             self.logger.write_json("summary.json", {k: v for k, v in summary.items() if k != "final"})
         if config.export_hf:
             self.export(os.path.join(config.run_dir, "hf"))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import envs
 from g1jax.models.config import ConfigError
@@ -57,8 +58,8 @@ def test_bad_cold_start_settings_are_one_clear_error():
 
 @pytest.mark.filterwarnings("ignore:teacher answers reach")  # short answers keep the test fast
 def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path):
-    config = TrainConfig(**SMALL, sft_steps=3, sft_learning_rate=3e-3, steps=2, learning_rate=1e-4, eval_states=8,
-                         run_dir=str(tmp_path / "run"))
+    config = TrainConfig(**{**SMALL, "export_hf": True}, sft_steps=3, sft_learning_rate=3e-3, steps=2,
+                         learning_rate=1e-4, eval_states=8, run_dir=str(tmp_path / "run"))
     trainer = Trainer(config)
     summary = trainer.run()
     history = trainer.logger.read_metrics()
@@ -76,3 +77,11 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     assert summary["gain"] == pytest.approx(np.mean(np.subtract(trainer.evaluate()["rewards"], before["rewards"])))
     # the random baseline answers bare actions: no format or perception reward
     assert saved["random"]["reward_format"] == 0 and saved["random"]["reward_perception"] == 0
+    # the final policy is exported as a Hugging Face checkpoint that loads back to the same weights
+    from g1jax.models import load_pretrained
+
+    exported = load_pretrained(str(tmp_path / "run" / "hf"))
+    assert (tmp_path / "run" / "hf" / "tokenizer.json").is_file()
+    mine = jax.tree.leaves(jax.device_get(trainer.state.params))
+    theirs = jax.tree.leaves(jax.device_get(nnx.state(exported, nnx.Param)))
+    assert len(mine) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(mine, theirs))
