@@ -152,13 +152,11 @@ class Teacher(abc.ABC):
     def answers(self, states, actions, params=None) -> list[str]:
         """Full G1 answers for a batch of states (leading axis B) and their B actions; the
         teacher's facts are computed for the whole batch in one jitted call."""
-        self._check_state(states)
         actions = [self._check_action(a) for a in np.asarray(actions).reshape(-1)]
-        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
-        if sizes != {len(actions)}:
-            raise TeacherError(f"answers needs states batched along axis 0 with one action each; got batch sizes {sorted(map(str, sizes))} and {len(actions)} actions")
-        params = self.env.default_params if params is None else params
-        facts, host_states = jax.device_get((self._evaluate_batch(states, params), states))
+        facts = self.facts(states, params)
+        if len(actions) != len(facts["best"]):
+            raise TeacherError(f"answers needs one action per state: {len(facts['best'])} states, {len(actions)} actions")
+        host_states = jax.device_get(states)
         texts = []
         for i, action in enumerate(actions):
             state = jax.tree.map(lambda x: x[i], host_states)
@@ -167,9 +165,16 @@ class Teacher(abc.ABC):
             texts.append(full_answer(self.env.describe(state), think, answer_text(self.env, action)))
         return texts
 
-    @functools.cached_property
-    def _evaluate_batch(self) -> Callable:
-        return jax.jit(jax.vmap(self.evaluate, in_axes=(0, None)))
+    def facts(self, states, params=None) -> dict[str, np.ndarray]:
+        """`evaluate` over a batch of states (leading axis B), as host arrays [B, ...]; "best"
+        holds the teacher's choices (without exploration). One compiled function per teacher
+        configuration and batch size, shared by every equal teacher whatever its epsilon."""
+        self._check_state(states)
+        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
+        if len(sizes) != 1 or None in sizes:
+            raise TeacherError(f"expected a batch of states (one leading axis on every field), got leading sizes {sorted(map(str, sizes))}")
+        params = self.env.default_params if params is None else params
+        return jax.device_get(_evaluate_batch(dataclasses.replace(self, epsilon=0.0), states, params))
 
     @functools.cached_property
     def _state_type(self) -> type:
@@ -194,6 +199,11 @@ class Teacher(abc.ABC):
         if same:  # a pair in either order is the same move
             return f"So I play {name(action)}."
         return f"{name(best)} is best by this count, but I play {name(action)}."
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate_batch(teacher: Teacher, states, params):
+    return jax.vmap(teacher.evaluate, in_axes=(0, None))(states, params)
 
 
 def _check_number(option: str, value, lo: float, hi: float, integer: bool = False) -> None:
@@ -619,6 +629,12 @@ def default_moves(env: Env) -> tuple[int, int]:
 _warmup_states = jax.jit(envs.warmup_states, static_argnums=(0, 2, 4))
 
 
+def start_states(env: Env, key, boards: int, params=None, warmup_moves: int | None = None):
+    """The start states `strength` plays from: `boards` G1 warm-up states (`default_moves`),
+    drawn by one compiled function per (game, boards, moves)."""
+    return _warmup_states(env, key, boards, params, default_moves(env)[0] if warmup_moves is None else warmup_moves)
+
+
 def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None, params=None) -> dict:
     """The teacher (with its epsilon) against random valid play, in closed loop from the same
     start states (G1 warm-up states, `default_moves`) with the same randomness per board, in
@@ -627,15 +643,14 @@ def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = Non
     moves, "mean" and "se" of the points, and "difference": the paired mean and standard error
     of teacher - random and the boards the teacher "wins" and "loses"."""
     env = teacher.env
-    default_warmup, default_play = default_moves(env)
-    moves = default_play if moves is None else moves
-    warmup_moves = default_warmup if warmup_moves is None else warmup_moves
+    moves = default_moves(env)[1] if moves is None else moves
     start_key, play_key = jax.random.split(key)
-    states = _warmup_states(env, start_key, boards, params, warmup_moves)
+    states = start_states(env, start_key, boards, params, warmup_moves)
     both = jax.tree.map(lambda x: jnp.concatenate([x, x]), states)
     board_keys = jnp.tile(jax.random.split(play_key, boards), 2)
     epsilon = jnp.repeat(jnp.asarray([teacher.epsilon, 1.0], jnp.float32), boards)  # the teacher as configured, then random
-    points, legal = jax.device_get(play(teacher, board_keys, both, epsilon, moves, params))
+    # play reads epsilon from its argument: equal teachers share one compile whatever their epsilon
+    points, legal = jax.device_get(play(dataclasses.replace(teacher, epsilon=0.0), board_keys, both, epsilon, moves, params))
     out = {}
     for name, rows in (("teacher", slice(0, boards)), ("random", slice(boards, None))):
         p = points[rows]

@@ -24,16 +24,16 @@ ENVS = {
     "shisensho_photo": envs.make("shisensho_photo", bank_size=4),
     "swap": envs.make("swap"),
 }
-BATCH = 24
-# Mid-game start states: random valid moves from a fresh game (Swap and the photo game start
-# from fresh deals, as G1's Swap does; that also spares compiling their steps here).
-WARMUP_MOVES = {"2048": 60, "shisensho": 6}
+BATCH = 32
+# Start states: 2048's G1 warm-up (teachers.start_states, compiled once for this file and the
+# strength run), Shisen-Sho mid-game (6 random valid moves), Swap and the photo game fresh
+# deals (G1's Swap has no warm-up; that also spares compiling their steps here).
+SHISENSHO_MOVES = 6
 TEACHER = {game: make_teacher(env) for game, env in ENVS.items()}  # each game's default kind
-WARMUP = jax.jit(envs.warmup_states, static_argnums=(0, 2, 4))
 RESET = jax.jit(lambda env, keys: jax.vmap(env.reset)(keys), static_argnums=0)
 RANDOM_ACTIONS = jax.jit(lambda env, keys, states: jax.vmap(env.random_valid_action)(keys, states), static_argnums=0)
 VALID = jax.jit(lambda env, states: jax.vmap(env.valid_actions)(states), static_argnums=0)
-BEST = jax.jit(lambda teacher, keys, states: jax.vmap(teacher.act)(keys, states), static_argnums=0)
+GREEDY = make_teacher(ENVS["2048"], "greedy")
 
 
 def keys(seed, n=BATCH):
@@ -43,11 +43,10 @@ def keys(seed, n=BATCH):
 @pytest.fixture(scope="module")
 def warm_states():
     out = {}
-    for game, env in ENVS.items():
-        if game in WARMUP_MOVES:
-            out[game] = WARMUP(env, jax.random.key(7), BATCH, None, WARMUP_MOVES[game])
-        else:
-            out[game] = RESET(env, keys(7))
+    out["2048"] = teachers.start_states(ENVS["2048"], jax.random.key(7), BATCH)
+    out["shisensho"] = teachers.start_states(ENVS["shisensho"], jax.random.key(7), BATCH, warmup_moves=SHISENSHO_MOVES)
+    for game in ("shisensho_photo", "swap"):
+        out[game] = RESET(ENVS[game], keys(7))
     return out
 
 
@@ -84,7 +83,7 @@ def test_answers_parse_back_to_the_action_in_the_full_format(game, warm_states):
     """Every other row plays a random valid action instead of the teacher's (the epsilon
     path: the reasoning then says the teacher would have played another)."""
     env, teacher, states = ENVS[game], TEACHER[game], warm_states[game]
-    best = np.asarray(BEST(teacher, keys(1), states))
+    best = teacher.facts(states)["best"]
     random = np.asarray(RANDOM_ACTIONS(env, keys(2), states))
     actions = np.where(np.arange(BATCH) % 2 == 0, best, random)
     texts = teacher.answers(states, actions)
@@ -96,32 +95,29 @@ def test_answers_parse_back_to_the_action_in_the_full_format(game, warm_states):
 
 def test_greedy_answers_for_other_kinds_parse_back(warm_states):
     env, states = ENVS["2048"], warm_states["2048"]
-    greedy = make_teacher(env, "greedy")
-    actions = np.asarray(BEST(greedy, keys(1), states))
-    check_answers(env, states, actions, greedy.answers(states, actions))
+    actions = GREEDY.facts(states)["best"]
+    check_answers(env, states, actions, GREEDY.answers(states, actions))
 
 
 def test_one_state_answer_equals_the_batch_answer(warm_states):
-    env, states = ENVS["2048"], warm_states["2048"]
-    greedy = make_teacher(env, "greedy")
-    actions = np.asarray(BEST(greedy, keys(1), states))
-    assert greedy.answer(envs.unbatch(states, 3), int(actions[3])) == greedy.answers(states, actions)[3]
+    states = warm_states["2048"]
+    actions = GREEDY.facts(states)["best"]
+    assert GREEDY.answer(envs.unbatch(states, 3), int(actions[3])) == GREEDY.answers(states, actions)[3]
 
 
 def test_answers_name_what_was_compared(warm_states):
     env = ENVS["2048"]
-    greedy = make_teacher(env, "greedy")
     # Left and Right merge the two 2s for 4 points; Up and Down merge nothing; Right and Left
     # tie on mobility too, so the greedy teacher plays Right (the lower action number)
     state = env.from_board(np.array([[1, 1, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3]]))
     states = with_row(warm_states["2048"], state)
     actions = np.zeros(BATCH, np.int64)
     actions[0] = 3
-    text = greedy.answers(states, actions)[0]
+    text = GREEDY.answers(states, actions)[0]
     assert "Right merges 1 pair for 4 points" in text and "Left merges 1 pair for 4 points" in text and "Up merges nothing" in text
     assert "Right (1) is best by this count, but I play Left (3)." in text and text.endswith("<answer>3</answer>")
     swap, states = TEACHER["swap"], warm_states["swap"]
-    text = swap.answers(states, np.asarray(BEST(swap, keys(0), states)))[0]
+    text = swap.answers(states, swap.facts(states)["best"])[0]
     assert "complete a line. Swapping" in text and "points" in text and "So I play" in text
 
 
@@ -134,7 +130,7 @@ def test_no_move_left_answers_the_invalid_action(warm_states):
     assert not bool(blocked.legal.any())
     for env, state in ((env2048, stuck), (shisen, blocked)):
         teacher, states = TEACHER[env.name], with_row(warm_states[env.name], state)
-        actions = np.asarray(BEST(teacher, keys(0), states))
+        actions = teacher.facts(states)["best"]
         assert actions[0] == env.invalid_action
         texts = teacher.answers(states, actions)
         assert "game is over" in texts[0] or "no move is left" in texts[0]
@@ -206,15 +202,14 @@ def expectimax_reference(board, depth, four_prob, w_empty, w_merge):
 
 @pytest.fixture(scope="module")
 def boards_2048(warm_states):
-    """72 mid-game boards: three warm-up batches (one compiled warm-up)."""
-    batches = [warm_states["2048"]] + [WARMUP(ENVS["2048"], jax.random.key(seed), BATCH, None, WARMUP_MOVES["2048"]) for seed in (8, 9)]
+    """96 mid-game boards: three warm-up batches (one compiled warm-up)."""
+    batches = [warm_states["2048"]] + [teachers.start_states(ENVS["2048"], jax.random.key(seed), BATCH) for seed in (8, 9)]
     return batches, np.concatenate([np.asarray(b.board) for b in batches])
 
 
 def test_greedy_2048_merges_whenever_a_merge_exists(boards_2048):
     batches, boards = boards_2048
-    greedy = make_teacher(ENVS["2048"], "greedy")
-    actions = np.concatenate([np.asarray(BEST(greedy, keys(0), b)) for b in batches])
+    actions = np.concatenate([GREEDY.facts(b)["best"] for b in batches])
     merging = 0
     for board, action in zip(boards, actions):
         results = [move_board(board, a) for a in range(4)]
@@ -232,24 +227,23 @@ def test_greedy_2048_ties_go_to_the_more_movable_board(warm_states):
     # Down leave them apart; of the tied Right and Left, the lower action number
     board = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
     states = with_row(warm_states["2048"], env.from_board(board))
-    assert int(BEST(make_teacher(env, "greedy"), keys(0), states)[0]) == 1
+    assert int(GREEDY.facts(states)["best"][0]) == 1
 
 
 @pytest.mark.parametrize("depth", [1, 2])
-def test_expectimax_values_equal_a_brute_force_reference(depth, boards_2048):
-    _, boards = boards_2048
-    teacher = make_teacher(ENVS["2048"], "expectimax", depth=depth)
-    evaluate = jax.jit(teacher.evaluate)
-    params = ENVS["2048"].default_params
-    for board in boards[:3]:
-        facts = jax.device_get(evaluate(ENVS["2048"].from_board(board), params))
-        want = expectimax_reference(board, depth, params.spawn_four_prob, teacher.empty_weight, teacher.merge_weight)
+def test_expectimax_values_equal_a_brute_force_reference(depth, warm_states):
+    states = warm_states["2048"]
+    teacher = make_teacher(ENVS["2048"], "expectimax", depth=depth)  # depth 2 is TEACHER["2048"]'s compile
+    facts = teacher.facts(states)
+    four_prob = ENVS["2048"].default_params.spawn_four_prob
+    for i, board in enumerate(np.asarray(states.board)[:3]):
+        want = expectimax_reference(board, depth, four_prob, teacher.empty_weight, teacher.merge_weight)
         for a in range(4):
-            assert bool(facts["legal"][a]) == (want[a] is not None)
+            assert bool(facts["legal"][i, a]) == (want[a] is not None)
             if want[a] is not None:
-                np.testing.assert_allclose(facts["value"][a], want[a], rtol=1e-5, atol=1e-4)
+                np.testing.assert_allclose(facts["value"][i, a], want[a], rtol=1e-5, atol=1e-4)
         best_value = max(v for v in want if v is not None)
-        np.testing.assert_allclose(want[int(facts["best"])], best_value, rtol=1e-5)
+        np.testing.assert_allclose(want[int(facts["best"][i])], best_value, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +272,7 @@ def test_strength_command_prints_the_table(strength_2048, capsys):
 @pytest.mark.parametrize("game", ["shisensho", "shisensho_photo"])
 def test_shisensho_teacher_picks_a_legal_pair_with_the_most_follow_ups(game, warm_states):
     env, teacher, states = ENVS[game], TEACHER[game], warm_states[game]
-    actions = np.asarray(BEST(teacher, keys(0), states))
+    actions = teacher.facts(states)["best"]
     valid = np.asarray(VALID(env, states))
     step_all = jax.jit(lambda s, acts: envs.parallel_step(env, jax.random.key(0), s, acts)[0])
     count_valid = jax.jit(lambda s: VALID(env, s).sum(axis=1) // 2)  # both orders of a pair are valid
@@ -322,7 +316,7 @@ def line_cells(board):
 
 def test_swap_teacher_scores_at_least_every_other_valid_swap(warm_states):
     env, teacher, states = ENVS["swap"], TEACHER["swap"], warm_states["swap"]
-    actions = np.asarray(BEST(teacher, keys(0), states))
+    actions = teacher.facts(states)["best"]
     valid = np.asarray(VALID(env, states))
     boards = np.asarray(states.board)
 
@@ -345,10 +339,19 @@ def test_swap_teacher_scores_at_least_every_other_valid_swap(warm_states):
 # ---------------------------------------------------------------------------------------
 
 
+def test_act_is_the_teachers_choice_or_with_epsilon_a_random_one(warm_states):
+    env, teacher, states = ENVS["swap"], TEACHER["swap"], warm_states["swap"]
+    np.testing.assert_array_equal(jax.jit(jax.vmap(teacher.act))(keys(0), states), teacher.facts(states)["best"])
+    exploring = make_teacher(env, epsilon=0.5)
+    got = jax.jit(jax.vmap(exploring.act))(keys(1), states)
+    want = jax.jit(jax.vmap(teacher.act_with_epsilon, in_axes=(0, 0, None)))(keys(1), states, 0.5)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_epsilon_plays_random_valid_actions_at_the_given_rate(warm_states):
     env, teacher = ENVS["swap"], TEACHER["swap"]
     state = envs.unbatch(warm_states["swap"], 0)
-    best = int(BEST(teacher, keys(0), warm_states["swap"])[0])
+    best = int(teacher.facts(warm_states["swap"])["best"][0])
     act = jax.jit(jax.vmap(teacher.act_with_epsilon, in_axes=(0, None, None)))  # one compile for every epsilon
     valid = np.flatnonzero(np.asarray(env.valid_actions(state)))
     epsilon, draws = 0.3, 4000
@@ -397,8 +400,10 @@ def test_bad_inputs_give_one_clear_line(warm_states):
     teacher = TEACHER["2048"]
     with pytest.raises(TeacherError, match="needs a 2048 state"):
         teacher.act(jax.random.key(0), envs.unbatch(warm_states["swap"], 0))
-    with pytest.raises(TeacherError, match="one action each"):
+    with pytest.raises(TeacherError, match="one action per state: 32 states, 2 actions"):
         teacher.answers(warm_states["2048"], [0, 1])
+    with pytest.raises(TeacherError, match="expected a batch of states"):
+        teacher.facts(envs.unbatch(warm_states["2048"], 0))
     with pytest.raises(TeacherError, match=r"outside \[0, 5\)"):
         teacher.answer(envs.unbatch(warm_states["2048"], 0), 7)
 
