@@ -169,7 +169,7 @@ class Teacher(abc.ABC):
         """`evaluate` over a batch of states (leading axis B), as host arrays [B, ...]; "best"
         holds the teacher's choices (without exploration). One compiled function per teacher
         configuration and batch size, shared by every equal teacher whatever its epsilon."""
-        self._check_state(states)
+        self._check_state(states, batched=True)
         sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
         if len(sizes) != 1 or None in sizes:
             raise TeacherError(f"expected a batch of states (one leading axis on every field), got leading sizes {sorted(map(str, sizes))}")
@@ -180,9 +180,12 @@ class Teacher(abc.ABC):
     def _state_type(self) -> type:
         return type(jax.eval_shape(self.env.reset, jax.random.key(0)))
 
-    def _check_state(self, state) -> None:
+    def _check_state(self, state, batched: bool = False) -> None:
         if type(state) is not self._state_type:
             raise TeacherError(f"the {self.env.name} teacher needs a {self.env.name} state, got {type(state).__module__}.{type(state).__name__}")
+        if jnp.ndim(state.board) != 2 + batched:
+            want = "a batch of states (leading axis B)" if batched else "one state (jax.vmap act for a batch)"
+            raise TeacherError(f"the {self.env.name} teacher expected {want}, got a board of shape {jnp.shape(state.board)}")
 
     def _check_action(self, action) -> int:
         if not np.issubdtype(np.asarray(action).dtype, np.integer):

@@ -291,6 +291,8 @@ def test_shisensho_teacher_clears_more_than_random_pairs():
     env = envs.make("shisensho", preset="more_tiles")  # 12x12 random deals: random play gets stuck
     result = teachers.strength(make_teacher(env), jax.random.key(0), boards=128)
     diff = result["difference"]
+    teacher = result["teacher"]
+    np.testing.assert_array_equal(teacher["legal"], teacher["points"])  # +1 per legal pair, -1 per other: none illegal
     # most boards tie (both clear the same); a sign test over the others
     assert diff["mean"] > 0 and diff["wins"] - diff["losses"] > 4 * np.sqrt(diff["wins"] + diff["losses"]), diff
 
@@ -404,6 +406,8 @@ def test_bad_inputs_give_one_clear_line(warm_states):
         teacher.answers(warm_states["2048"], [0, 1])
     with pytest.raises(TeacherError, match="expected a batch of states"):
         teacher.facts(envs.unbatch(warm_states["2048"], 0))
+    with pytest.raises(TeacherError, match=r"expected one state \(jax.vmap act for a batch\)"):
+        teacher.act(jax.random.key(0), warm_states["2048"])
     with pytest.raises(TeacherError, match=r"outside \[0, 5\)"):
         teacher.answer(envs.unbatch(warm_states["2048"], 0), 7)
 
