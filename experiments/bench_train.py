@@ -1,7 +1,7 @@
 """Learner speed: the sampler vs transformers `generate`, one GRPO step vs TRL's GRPOTrainer, G1 memory per device.
 
-    python experiments/bench_train.py                        # all three parts (CPU: about 10-15 minutes)
-    python experiments/bench_train.py --quick                # tiny decode + tiny GRPO step + memory (< 2 minutes)
+    python experiments/bench_train.py                        # all three parts (2 CPU cores: 10-25 minutes)
+    python experiments/bench_train.py --quick                # tiny decode + tiny GRPO step + memory (~80 s CPU)
     python experiments/bench_train.py --parts memory         # the memory table alone (instant, no compile)
     PYTHONPATH=/tmp/trl/site-packages python experiments/bench_train.py --parts grpo   # TRL outside the venv
 
@@ -51,7 +51,7 @@ from flax import nnx  # noqa: E402
 from bench_model import make_inputs  # noqa: E402  (experiments/bench_model.py: the prompts with one image)
 from g1jax.chat import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from g1jax.image_processing import grid_thw  # noqa: E402
-from g1jax.models import Qwen25VL, preset, save_pretrained  # noqa: E402
+from g1jax.models import ConfigError, Qwen25VL, preset, save_pretrained  # noqa: E402
 from g1jax.models.vision import layout_for  # noqa: E402
 from g1jax.sampling import SamplingConfig, Samples, sample  # noqa: E402
 from g1jax.train import G1_RECIPE, TrainConfig, Trainer  # noqa: E402
@@ -180,7 +180,8 @@ def print_decode(results: list[dict]) -> None:
         if "speedup" in r:
             decode = r["decode_only_speedup"]
             print(f"{'':<7} ours / transformers ({r['torch_best']}, its faster setting in this run): "
-                  f"{r['speedup']:.1f}x whole call, {_cell(decode, 0, 1)}x decode loop only; "
+                  f"{r['speedup']:.1f}x whole call, "
+                  f"{f'{decode:.1f}x decode loop only' if decode else 'decode loop not measured apart'}; "
                   f"greedy token mismatches {r['greedy_token_mismatches']} of {r['batch'] * r['new_tokens']}")
 
 
@@ -267,6 +268,7 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
     import transformers
     from datasets import Dataset
     from PIL import Image
+    import trl
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(threads)
@@ -354,7 +356,6 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
                 return out
             setattr(grpo, method, timed)
         grpo.train()
-    import trl
 
     rows = [{"rollout": g, "sampling": s, "scoring": r, "update": t - g, "total": t}
             for g, s, r, t in zip(marks["generate_and_score"], marks["sampling"], marks["scoring"], marks["step"])]
@@ -532,7 +533,7 @@ def print_memory(rows: list[dict], device_gib: float = 80 * 1e9 / GIB) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 def machine() -> dict:
-    def run(command):
+    def shell(command):
         try:
             return subprocess.run(command, capture_output=True, text=True, shell=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -544,17 +545,18 @@ def machine() -> dict:
             versions[module] = __import__(module).__version__
         except ImportError:
             pass
-    return {"cpu": run("lscpu | grep 'Model name' | sed 's/.*: *//'"), "cpu_count": os.cpu_count(),
+    return {"cpu": shell("lscpu | grep 'Model name' | sed 's/.*: *//'"), "cpu_count": os.cpu_count(),
             "load_average": list(os.getloadavg()), "device": str(jax.devices()[0].device_kind),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": run("git -C " + os.path.dirname(EXPERIMENTS) + " rev-parse --short HEAD"), "versions": versions}
+            "commit": shell("git -C " + os.path.dirname(EXPERIMENTS) + " rev-parse --short HEAD"), "versions": versions}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--quick", action="store_true",
-                        help="tiny decode without 1-token calls, small frames, 1 timed GRPO step, no TRL")
+                        help="tiny decode (torch at 1 thread, no 1-token calls), small frames, 1 timed GRPO step, "
+                             "no TRL")
     parser.add_argument("--presets", nargs="+", help="decode presets (default: bench tiny; --quick: tiny)")
     parser.add_argument("--batch", type=int, default=8, help="decode prompts (G = 1)")
     parser.add_argument("--prompt-len", type=int, default=256, help="decode prompt tokens, image included")
@@ -567,18 +569,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--length", type=int, default=32, help="new tokens per answer in the GRPO step")
     parser.add_argument("--steps", type=int, help="timed GRPO steps after the first (default 3; --quick: 1)")
-    parser.add_argument("--torch-threads", type=int, nargs="+", default=[1, 2],
-                        help="decode: transformers runs at each of these thread counts; the faster one is compared")
+    parser.add_argument("--torch-threads", type=int, nargs="+",
+                        help="decode: transformers runs at each of these thread counts and the faster one is "
+                             "compared (default 1 2; --quick: 1)")
     parser.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL run")
     parser.add_argument("--skip-torch", action="store_true", help="decode: ours only")
     parser.add_argument("--skip-trl", action="store_true", help="GRPO: ours only")
     parser.add_argument("--json", default="out/bench_train.json", help="where the results go")
     args = parser.parse_args(argv)
-    args.presets = args.presets or (["tiny"] if args.quick else ["bench", "tiny"])
-    args.new_tokens = args.new_tokens or (32 if args.quick else 128)
-    args.steps = args.steps or (1 if args.quick else 3)
-    if args.image_size is None and args.quick:
-        args.image_size = (140, 112)
+    defaults = dict(presets=["tiny"], new_tokens=32, steps=1, torch_threads=[1], image_size=(140, 112)) if args.quick \
+        else dict(presets=["bench", "tiny"], new_tokens=128, steps=3, torch_threads=[1, 2], image_size=None)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("batch", "prompt_len", "runs", "states", "group", "length", "steps", "trl_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -591,6 +594,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as error:  # e.g. a frame size the game refuses: one line, not a traceback
+        print(f"bench_train.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                "quick": args.quick}
