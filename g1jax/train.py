@@ -223,7 +223,10 @@ class TrainConfig:
 # temperature 1, token-mean aggregation, one update per rollout. Meant for real checkpoints on accelerators.
 G1_RECIPE = dict(states_per_step=128, group_size=5, learning_rate=1e-6, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
                  kl_kind="k3", temperature=1.0, loss_agg="token-mean", weight_decay=0.01, grad_clip=1.0,
-                 b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, max_new_tokens=2048)
+                 b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, max_new_tokens=2048,
+                 # 16 micro-batches of 8 states: one state per device per micro-batch on 8 chips, which is
+                 # what fits 80 GB at 3B and 7B (BENCHMARKS.md, learner memory)
+                 micro_batch_states=8)
 
 
 def _check_model_source(model) -> None:
