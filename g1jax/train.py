@@ -258,8 +258,11 @@ def _check_int(name: str, value, low: int, message: str | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def load_policy(config: TrainConfig) -> tuple[Qwen25VL, Tokenizer]:
-    """The model and its tokenizer, from a preset (random init) or a checkpoint directory / hub id."""
+def load_policy(config: TrainConfig, mesh=None) -> tuple[Qwen25VL, Tokenizer]:
+    """The model and its tokenizer, from a preset (random init) or a checkpoint directory / hub id.
+
+    mesh: a checkpoint's tensors are read straight onto their shards of it (a 7B model never sits on one
+    device first)."""
     dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
     options = dict(dtype=dtype, param_dtype=param_dtype, remat=config.remat, freeze_vision=config.freeze_vision)
     if config.model.lower() in PRESETS:
@@ -270,7 +273,7 @@ def load_policy(config: TrainConfig) -> tuple[Qwen25VL, Tokenizer]:
         from g1jax.models.loading import load_pretrained, resolve_checkpoint_dir
 
         directory = resolve_checkpoint_dir(config.model)
-        model = load_pretrained(directory, **options)
+        model = load_pretrained(directory, shardings=mesh, **options)
         tokenizer = load_tokenizer(config.tokenizer or _tokenizer_source(directory))
     return model, tokenizer
 
@@ -486,7 +489,7 @@ class Trainer:
         elif games.size != config.states_per_step:
             raise ConfigError(f"the custom games have {games.size} rows but states_per_step is "
                               f"{config.states_per_step}")
-        model, self.tokenizer = load_policy(config) if policy is None else policy
+        model, self.tokenizer = load_policy(config, self.mesh) if policy is None else policy
         self.model_config = model.config
         self.rollout = GameRollout(
             games, self.tokenizer, model.config, group_size=config.group_size, sampling=config.sampling,
