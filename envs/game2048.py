@@ -1,4 +1,4 @@
-"""2048, faithful to G1's game (vlm-gym-spec.md §3), as pure JAX functions.
+"""2048, faithful to G1's game (docs/envs.md, "2048"), as pure JAX functions.
 
 Board: int32 exponents [n, n] (0 empty, k -> tile 2^k). Actions: 0 up, 1 right, 2 down,
 3 left, 4 "still" (the action an unparsable answer maps to). A move compacts toward its
@@ -9,7 +9,8 @@ merged something, else -1. The game is over when no move changes the board.
 
 Speed: every direction is turned into "slide rows left" by a fixed cell permutation, and a
 row slide is one gather from a lookup table of all rows (n <= 4; 18^4 rows) or an unrolled
-branch-free pass (larger boards). Spawning uses one uniform draw per decision.
+branch-free pass (larger boards). Spawning uses one uniform draw per decision. Timings:
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import ConfigError, Env, check_bool, check_image_size, check_range, register
-from envs.grammar import first_answer_integer
+from envs.core import Env, check_bool, check_cell_size, check_image_size, check_range, kth_true, register
+from envs.grammar import board_text, first_answer_integer
 
 UP, RIGHT, DOWN, LEFT, STILL = 0, 1, 2, 3, 4
 
@@ -53,6 +54,54 @@ DARK_TEXT, LIGHT_TEXT = (119, 110, 101), (249, 246, 242)
 LABEL_COLOR = (119, 110, 101)
 SCORE_DIGITS = 9
 LUT_MAX_SIZE = 4  # 18^4 rows = 105k entries; 27^5 would be 14M (too big to be worth it)
+MIN_TILE_PX = 20  # smaller tiles cannot show their numbers legibly (10-px digits at 20 px)
+CANVAS_W, CANVAS_H = 400, 460  # the original canvas: a 400 x 400 board area and a 60-px score strip
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Pixel layout of a frame: the original 400 x 460 canvas uniformly scaled by `scale` into
+    the image and centred (its top-left at (ox, oy)); the board square at (board_x, board_y)
+    of side board_px; cells every `pitch` pixels, each a `tile`-pixel tile after a `gap`; the
+    score strip's rows [strip_y, strip_y + strip_h)."""
+
+    scale: float
+    ox: float
+    oy: float
+    pitch: int
+    gap: int
+    tile: int
+    board_x: int
+    board_y: int
+    board_px: int
+    strip_y: int
+    strip_h: int
+
+    @classmethod
+    def fit(cls, image_size: tuple[int, int], board_size: int) -> "Layout":
+        h, w = image_size
+        s = min(w / CANVAS_W, h / CANVAS_H)
+        ox, oy = (w - CANVAS_W * s) / 2, (h - CANVAS_H * s) / 2
+        pitch = max(2, int(round((360 - 10) // board_size * s)))
+        gap = max(1, int(round(10 * s)))
+        return cls(
+            scale=s, ox=ox, oy=oy, pitch=pitch, gap=gap, tile=pitch - gap,
+            board_x=int(round(ox + 20 * s)), board_y=int(round(oy + 20 * s)), board_px=int(round(360 * s)),
+            strip_y=int(round(oy + 400 * s)), strip_h=int(round(60 * s)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreLine:
+    """The score strip: "Score: " (`prefix`, an alpha mask baked into the background at (x, y))
+    and the score as `num_digits` fixed-width digit tiles from `digits_x`."""
+
+    prefix: np.ndarray
+    digits: raster.DigitTiles
+    x: int
+    y: int
+    digits_x: int
+    num_digits: int
 
 
 @struct.dataclass
@@ -149,8 +198,9 @@ def _can_slide_left(rows):
 @register("2048")
 @dataclasses.dataclass(frozen=True, repr=False)
 class Game2048(Env):
-    """G1's 2048. Static config: board_size (3..8), image_size (H, W) multiples of 28,
-    coordinate_labels (draw row/column indices; off like the original)."""
+    """G1's 2048. Static config: board_size (3..8), image_size (H, W) multiples of 28 with
+    tiles of at least MIN_TILE_PX pixels, coordinate_labels (draw row/column indices; off like
+    the original)."""
 
     name = "2048"
     board_size: int = 4
@@ -161,8 +211,8 @@ class Game2048(Env):
         check_range(self.name, "board_size", self.board_size, 3, 8)
         object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
         check_bool(self.name, "coordinate_labels", self.coordinate_labels)
-        if min(self.image_size) < 112:
-            raise ConfigError(f"2048: image_size {self.image_size} is too small to draw legible numbers; use >= 112")
+        n = self.board_size
+        check_cell_size(self.name, self.image_size, n, lambda size: Layout.fit(size, n).tile, MIN_TILE_PX, "tiles", (CANVAS_H, CANVAS_W))
 
     # --- static facts ------------------------------------------------------------------
     @property
@@ -205,12 +255,10 @@ class Game2048(Env):
         """Put a 2 (exponent 1) or, with spawn_four_prob, a 4 on a uniformly chosen empty cell;
         `u_cell`, `u_value` are uniforms in [0, 1) (drawn in bulk by the caller)."""
         flat = board.reshape(-1)
-        empty = flat == 0
-        k = jnp.floor(u_cell * empty.sum()).astype(jnp.int32)  # k-th empty cell, row-major
-        target = jnp.argmax(empty & (jnp.cumsum(empty) == k + 1))
+        target, any_empty = kth_true(flat == 0, u_cell)  # the k-th empty cell, row-major
         value = jnp.where(u_value < params.spawn_four_prob, 2, 1).astype(board.dtype)
         # a select instead of a scatter: scatters are slow under vmap on CPU
-        place = empty.any() & (jnp.arange(flat.shape[0]) == target)
+        place = any_empty & (jnp.arange(flat.shape[0]) == target)
         return jnp.where(place, value, flat).reshape(board.shape)
 
     def _game_over(self, board):
@@ -228,7 +276,7 @@ class Game2048(Env):
 
     def step(self, key, state, action, params=None):
         params = self.default_params if params is None else params
-        action = jnp.asarray(action, jnp.int32)
+        action = self.checked_action(state, action)
         is_move = (action >= 0) & (action < 4)
         moved, score = self._slide(state.board, jnp.clip(action, 0, 3))
         changed = is_move & (moved != state.board).any()
@@ -247,27 +295,15 @@ class Game2048(Env):
         return new_state, reward, new_state.done, {"raw_reward": raw, "legal": changed}
 
     def valid_actions(self, state, params=None):
+        self.check_state(state, "valid_actions")
         b = state.board
         can = jnp.stack([_can_slide_left(_rows_sliding_left(b, a)) for a in range(4)])
         return jnp.concatenate([can, jnp.zeros(1, bool)])
 
     # --- rendering -----------------------------------------------------------------------
     @functools.cached_property
-    def _layout(self):
-        """Pixel layout of the original 400 x 460 canvas, uniformly scaled into image_size and
-        centred. All numbers are static Python ints."""
-        h, w = self.image_size
-        n = self.board_size
-        s = min(w / 400.0, h / 460.0)
-        ox, oy = (w - 400 * s) / 2, (h - 460 * s) / 2
-        pitch = max(2, int(round((360 - 10) // n * s)))
-        gap = max(1, int(round(10 * s)))
-        board_x, board_y = int(round(ox + 20 * s)), int(round(oy + 20 * s))
-        return dict(
-            scale=s, ox=ox, oy=oy, pitch=pitch, gap=gap, tile=pitch - gap,
-            board_x=board_x, board_y=board_y, board_px=int(round(360 * s)),
-            strip_y=int(round(oy + 400 * s)), strip_h=int(round(60 * s)),
-        )
+    def layout(self) -> Layout:
+        return Layout.fit(self.image_size, self.board_size)
 
     @functools.cached_property
     def _tile_atlas(self) -> np.ndarray:
@@ -276,12 +312,12 @@ class Game2048(Env):
         return raster.bake(lambda: jnp.stack([self._draw_tile(e) for e in range(self.max_exponent + 1)]))
 
     def _draw_tile(self, exponent: int):
-        L = self._layout
-        p, t = L["pitch"], L["tile"]
+        L = self.layout
+        p, t = L.pitch, L.tile
         ys, xs = raster.pixel_centres(p, p)
         value = 2**exponent
         color = EMPTY_COLOR if exponent == 0 else TILE_COLORS.get(value, BIG_TILE_COLOR)
-        img = raster.fill(raster.canvas(p, p, BOARD_COLOR), raster.coverage(raster.sdf_box(ys, xs, 0, 0, t, t, 4 * L["scale"])), color)
+        img = raster.fill(raster.canvas(p, p, BOARD_COLOR), raster.coverage(raster.sdf_box(ys, xs, 0, 0, t, t, 4 * L.scale)), color)
         if exponent > 0:
             # the original draws 40-px text on 77-px tiles; long numbers shrink to fit the tile
             text, px = str(value), max(6, int(round(40 * t / 77)))
@@ -292,17 +328,17 @@ class Game2048(Env):
         return raster.to_uint8(img)
 
     @functools.cached_property
-    def _score_text(self):
-        """The score strip: "Score: " is static (baked into the background), the digits are
-        fixed-width tiles after it, on the original's 40-px line centred in the 60-px strip."""
-        L = self._layout
-        px = max(6, int(round(40 * L["scale"])))
+    def _score_line(self) -> ScoreLine:
+        """"Score: " is static (baked into the background), the digits are fixed-width tiles
+        after it, on the original's 40-px line centred in the 60-px strip."""
+        L = self.layout
+        px = max(6, int(round(40 * L.scale)))
         prefix = raster.text_alpha("Score: ", px, 1, crop=False)
         digits = raster.digit_tiles(px, (0, 0, 0), BACKGROUND, 1)
-        x = int(round(L["ox"] + 20 * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - prefix.shape[0]) // 2
+        x = int(round(L.ox + 20 * L.scale))
         num_digits = max(1, min(SCORE_DIGITS, (self.image_size[1] - x - prefix.shape[1]) // digits.width))
-        return dict(prefix=prefix, digits=digits, x=x, y=y, digits_x=x + prefix.shape[1], num_digits=num_digits)
+        y = L.strip_y + (L.strip_h - prefix.shape[0]) // 2
+        return ScoreLine(prefix=prefix, digits=digits, x=x, y=y, digits_x=x + prefix.shape[1], num_digits=num_digits)
 
     @functools.cached_property
     def _background(self) -> np.ndarray:
@@ -311,44 +347,39 @@ class Game2048(Env):
 
     def _draw_background(self):
         h, w = self.image_size
-        L = self._layout
+        L = self.layout
         ys, xs = raster.pixel_centres(h, w)
-        bx, by, size = L["board_x"], L["board_y"], L["board_px"]
+        bx, by, size = L.board_x, L.board_y, L.board_px
         img = raster.canvas(h, w, BACKGROUND)
-        img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L["scale"])), BOARD_COLOR)
-        if self.coordinate_labels:
-            px = max(6, int(round(14 * L["scale"])))
-            for i in range(self.board_size):
-                centre = L["gap"] + i * L["pitch"] + L["tile"] / 2
-                label = raster.text_alpha(str(i), px)
-                # in the 20-px margins above and left of the board
-                img = raster.stamp(img, label, bx + centre, by / 2, LABEL_COLOR)
-                img = raster.stamp(img, label, bx / 2, by + centre, LABEL_COLOR)
-        text = self._score_text
-        img = raster.stamp(img, text["prefix"], text["x"], text["y"], (0, 0, 0), align="left")
+        img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L.scale)), BOARD_COLOR)
+        if self.coordinate_labels:  # in the 20-px margins above and left of the board
+            first = L.gap + L.tile / 2
+            px = max(6, int(round(14 * L.scale)))
+            img = raster.coordinate_labels(img, self.board_size, bx + first, by + first, L.pitch, by / 2, bx / 2, px, LABEL_COLOR)
+        line = self._score_line
+        img = raster.stamp(img, line.prefix, line.x, line.y, (0, 0, 0), align="left")
         return raster.to_uint8(img)
 
     def render(self, state, params=None):
-        L = self._layout
+        self.check_state(state, "render")
+        L = self.layout
         board = jnp.clip(state.board, 0, self.max_exponent)
-        img = raster.paste_cells(
-            jnp.asarray(self._background), jnp.asarray(self._tile_atlas), board, L["board_y"] + L["gap"], L["board_x"] + L["gap"]
-        )
-        text = self._score_text
-        digits = text["digits"].row(state.score, text["num_digits"])
-        return raster.paste(img, digits, text["y"], text["digits_x"])
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), board, L.board_y + L.gap, L.board_x + L.gap)
+        line = self._score_line
+        return raster.paste(img, line.digits.row(state.score, line.num_digits), line.y, line.digits_x)
 
     # --- text ----------------------------------------------------------------------------
     def describe(self, state) -> str:
-        board = np.asarray(state.board)
-        if board.shape != (self.board_size, self.board_size):
-            raise ValueError(f"describe expects one {self.board_size}x{self.board_size} board, got shape {board.shape}")
-        return "\n".join("|".join(f" {2 ** int(e)} " if e else " - " for e in row) for row in board)
+        """G1's perception text: rows joined by newlines, cells " <value> " or " - " joined by "|"."""
+        return board_text(self.name, state.board, self.board_size, lambda e: f" {2**e} " if e else " - ", "|")
 
     def parse(self, text: str) -> int:
         """G1's training parser: the first integer in the first answer block; >= 4 or none -> 4."""
         value = first_answer_integer(text)
         return STILL if value is None or value >= STILL else value
+
+    def answer_text(self, action: int) -> str:
+        return f"<answer>{self.answerable_action(action)}</answer>"
 
     def from_board(self, board, score: int = 0, values: bool = False):
         """State from an [n, n] board of exponents (or of tile values with values=True; 0 = empty)."""

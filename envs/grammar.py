@@ -1,9 +1,9 @@
 """The answer grammar shared by the games: turning a model's text into an action, and the
 G1 format / perception checks on that text. Everything here runs on the host, on strings.
 
-The original G1 parsers (vlm-gym-spec.md §3-§6) are reproduced exactly, with one deliberate
+The original G1 parsers (docs/envs.md, "Answers") are reproduced exactly, with one deliberate
 fix: coordinates outside the board are invalid instead of aliasing onto other cells
-(spec §12 #4). All functions are linear in the length of the text, so adversarially long
+(docs/envs.md, "The original's bugs"). All functions are linear in the length of the text, so adversarially long
 answers cannot stall a training step.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+import numpy as np
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
@@ -21,6 +23,8 @@ TAGS = ("perception", "think", "answer")
 # whitespace, "(r, c)", immediately `</answer>`; first occurrence anywhere.
 _PAIR_RE = re.compile(r"<answer>\((\d+),\s*(\d+)\)\s*\((\d+),\s*(\d+)\)</answer>")
 _DIGITS_RE = re.compile(r"\d+")
+# Lazy blocks in sequence: linear because `format_ok` first checks that each tag occurs once.
+_STRICT_FORMAT_RE = re.compile(r"\s*<perception>.*?</perception>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
 
 
 def first_answer_integer(text: str) -> int | None:
@@ -87,6 +91,21 @@ def parse_pair_action(text: str, size: int, invalid_action: int) -> int:
     return int(encode_pair(*pair, size))
 
 
+def pair_answer_text(action: int, size: int) -> str:
+    """The canonical coordinate answer of a pair action: `<answer>(r1, c1) (r2, c2)</answer>`."""
+    r1, c1, r2, c2 = decode_pair(int(action), size)
+    return f"<answer>({r1}, {c1}) ({r2}, {c2})</answer>"
+
+
+def board_text(game: str, board, size: int, cell_text, separator: str) -> str:
+    """A board's perception text as G1 writes it: rows joined by newlines, each row's
+    `cell_text(value)` joined by `separator`. `board` must be one size x size board."""
+    board = np.asarray(board)
+    if board.shape != (size, size):
+        raise ValueError(f"{game}: describe expects one {size}x{size} board (unbatch a batched state first), got shape {board.shape}")
+    return "\n".join(separator.join(cell_text(int(v)) for v in row) for row in board)
+
+
 def format_ok(text: str, strict: bool = False) -> bool:
     """G1's format reward condition. Lenient (the original): all six tags occur somewhere, in any
     order and number. Strict: exactly one `<perception>...</perception>`, then one
@@ -97,8 +116,7 @@ def format_ok(text: str, strict: bool = False) -> bool:
     for tag in TAGS:
         if text.count(f"<{tag}>") != 1 or text.count(f"</{tag}>") != 1:
             return False
-    pattern = r"\s*<perception>.*?</perception>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
-    return re.fullmatch(pattern, text, re.DOTALL) is not None
+    return _STRICT_FORMAT_RE.fullmatch(text) is not None
 
 
 def perception_ok(text: str, truth: str) -> bool:

@@ -28,6 +28,20 @@ from envs.core import ConfigError, Env, make, unbatch
 from envs.wrappers import G1_WARMUP_MOVES, auto_reset_step, parallel_step, warmup_states
 
 
+def _shared_info(infos: list[dict], exclude=()) -> dict:
+    """The info keys every game's step returns, each game's rows joined in batch order (keys
+    only some games have cannot fill every row, so they are left out)."""
+    shared = [k for k in infos[0] if all(k in info for info in infos) and k not in exclude]
+    out = {}
+    for k in shared:
+        pieces = [info[k] for info in infos]
+        if len({(p.shape[1:], p.dtype) for p in pieces}) > 1:
+            listing = ", ".join(f"{p.dtype}{list(p.shape[1:])}" for p in pieces)
+            raise ValueError(f"multigame: info[{k!r}] differs in shape or dtype between the games ({listing}); it cannot be one batch")
+        out[k] = jnp.concatenate(pieces)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class MultiGame:
     """Static description of a mixed batch: `games[i]` gets `counts[i]` rows."""
@@ -126,8 +140,8 @@ class MultiGame:
         )
 
     def step(self, key, states, actions, params=None, auto_reset: bool = False):
-        """One action per row (int32 [B]) -> (states, rewards f32 [B], dones bool [B], info with
-        raw_reward [B] and legal [B]). auto_reset=True replaces finished games by fresh ones
+        """One action per row (int32 [B]) -> (states, rewards f32 [B], dones bool [B], info: every
+        key the games' infos share, e.g. raw_reward [B] and legal [B]). auto_reset=True replaces finished games by fresh ones
         (`envs.auto_reset_step`; the finished states are in info["final_state"], per game)."""
         params = self._params(params)
         outs = []
@@ -136,25 +150,24 @@ class MultiGame:
                 fn = lambda k, s, a, g=g, p=p: auto_reset_step(g, k, s, a, p)  # noqa: E731
             else:
                 fn = lambda k, s, a, g=g, p=p: g.step(k, s, a, p)  # noqa: E731
-            outs.append(jax.vmap(fn)(self._keys(key, i), s, a.astype(jnp.int32)))
+            outs.append(jax.vmap(fn)(self._keys(key, i), s, a))
         new_states = tuple(o[0] for o in outs)
         rewards, dones = (jnp.concatenate([o[j] for o in outs]) for j in (1, 2))
-        info = {name: jnp.concatenate([o[3][name] for o in outs]) for name in ("raw_reward", "legal")}
+        info = _shared_info([o[3] for o in outs], exclude=("final_state",))
         if auto_reset:
             info["final_state"] = tuple(o[3]["final_state"] for o in outs)
         return new_states, rewards, dones, info
 
     def parallel_step(self, key, states, actions, params=None):
         """G answers per row (int32 [B, G]) scored from the same state each (no auto-reset):
-        -> (states per game [count, G], rewards [B, G], dones [B, G], info [B, G])."""
+        -> (states per game [count, G], rewards [B, G], dones [B, G], shared info keys [B, G])."""
         params = self._params(params)
         outs = [
             jax.vmap(lambda k, s, a, g=g, p=p: parallel_step(g, k, s, a, p))(self._keys(key, i), s, a)
             for i, (g, p, s, a) in enumerate(zip(self.games, params, states, self._split(actions, "actions")))
         ]
         rewards, dones = (jnp.concatenate([o[j] for o in outs]) for j in (1, 2))
-        info = {name: jnp.concatenate([o[3][name] for o in outs]) for name in ("raw_reward", "legal")}
-        return tuple(o[0] for o in outs), rewards, dones, info
+        return tuple(o[0] for o in outs), rewards, dones, _shared_info([o[3] for o in outs])
 
     def random_valid_actions(self, key, states, params=None):
         """int32 [B]: per row, uniform over that game's valid actions."""

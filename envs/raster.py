@@ -1,17 +1,18 @@
 """Raster primitives on the device, shared by every game's renderer.
 
 Shapes are signed distance fields (SDF, in pixels, negative inside) evaluated at pixel
-centres; `coverage(sdf)` turns one into an anti-aliased mask in [0, 1]. Text comes from a
-glyph atlas built once on the host from the font that ships with Pillow, then kept as a
-device constant; placing text is a gather into a small strip plus a dynamic slice, so a
-score that changes every step costs a few thousand pixels, not a full frame.
+centres; `coverage(sdf)` turns one into an anti-aliased mask in [0, 1]. Text comes from the
+font that ships with Pillow: static text is drawn once on the host (`text_alpha`), dynamic
+text (scores, counters) from glyphs or digit tiles drawn once and kept as device constants,
+placed by a gather into a small strip, so a score that changes every step costs a few
+thousand pixels, not a full frame.
 
 Renderers use these two ways:
   * at construction, to bake an atlas of every cell state (tile x value/colour/shape) as a
     uint8 array (drawn once, jitted);
   * per frame, to draw the board into a static background one atlas tile per cell
-    (`paste_cells`; `grid_from_atlas` + `paste` for small rows such as digits), and stamp
-    dynamic text (`draw_text`).
+    (`paste_cells`; `grid_from_atlas` + `paste` for small rows such as digits), and place
+    dynamic text (`DigitTiles`, or glyph columns laid out by `text_columns`).
 All functions are pure jnp code: jittable, vmappable, no host round trip while drawing.
 """
 
@@ -107,7 +108,7 @@ OUTLINED_SHAPES = frozenset({"circle", "square", "triangle", "diamond"})
 
 def shape_sdf(shape: str, ys, xs, x, y, size, bar=None):
     """SDF of one of `SHAPES` in the box [x, x+size] x [y, y+size], with G1's geometry
-    (vlm-gym-spec.md §4): cross = two bars of width `bar` (8/60 of the box by default),
+    (docs/envs.md, "Shisen-Sho"): cross = two bars of width `bar` (8/60 of the box by default),
     "star" = an X of two `bar`-wide diagonals."""
     bar = size * 8.0 / 60.0 if bar is None else bar
     x1, y1, cx, cy = x + size, y + size, x + 0.5 * size, y + 0.5 * size
@@ -144,7 +145,7 @@ def bake(draw) -> np.ndarray:
     while a jitted function is being traced, and a cached tracer would leak into later
     traces. Evaluating at compile time and storing numpy avoids that."""
     with jax.ensure_compile_time_eval():
-        # one compiled program: op-by-op eager drawing is ~10x slower for text-heavy atlases
+        # one compiled program: op-by-op eager drawing is much slower for text-heavy atlases
         return np.asarray(jax.jit(draw)())
 
 
@@ -169,6 +170,30 @@ def paste(image, patch, y: int, x: int):
     return image.at[y : y + h, x : x + w].set(patch.astype(image.dtype))
 
 
+@dataclasses.dataclass(frozen=True)
+class BoardLayout:
+    """Pixel layout of a board of square cells: `cell`-pixel cells (`scale` = cell over the
+    original game's cell), the board's top-left at (board_x, board_y), a `band`-pixel band for
+    coordinate labels above and left of it, a text strip on rows [strip_y, strip_y + strip_h)
+    below it."""
+
+    cell: int
+    scale: float
+    band: int
+    board_x: int
+    board_y: int
+    strip_y: int
+    strip_h: int
+
+    @classmethod
+    def centred(cls, image_size: tuple[int, int], board_size: int, cell: int, scale: float, band: int, strip_h: int) -> "BoardLayout":
+        """The board, its band and its strip centred in the image together."""
+        h, w = image_size
+        board = board_size * cell
+        x, y = (w - band - board) // 2 + band, (h - band - board - strip_h) // 2 + band
+        return cls(cell=cell, scale=scale, band=band, board_x=x, board_y=y, strip_y=y + board, strip_h=strip_h)
+
+
 def paste_cells(image, atlas, ids, y: int, x: int):
     """Draw a board of atlas tiles into `image` with its top-left at a static (y, x):
     atlas [K, th, tw, C], ids int [R, Cols] -> the image with cell (i, j) showing
@@ -176,7 +201,7 @@ def paste_cells(image, atlas, ids, y: int, x: int):
     each cell's tile is gathered by its own op and written with a static
     dynamic_update_slice, which XLA fuses into the in-place update of the frame (no
     board-sized intermediate to copy): faster frames on CPU, see BENCHMARKS.md. One
-    update per cell, so compile time grows with R * Cols (a 12x12 board: ~3 s more)."""
+    update per cell, so compile time grows with R * Cols."""
     th, tw = atlas.shape[1:3]
     for i in range(ids.shape[0]):
         for j in range(ids.shape[1]):
@@ -319,50 +344,6 @@ def glyph_columns(atlas: GlyphAtlas) -> np.ndarray:
     return alpha.transpose(1, 0, 2).reshape(alpha.shape[1], -1)
 
 
-def text_strip(atlas: GlyphAtlas, codes, width: int):
-    """Alpha [cell_h, width] of `codes` laid out by `text_columns`, plus the text's pixel width."""
-    columns, text_w = text_columns(atlas, codes, width)
-    alpha = jnp.asarray(glyph_columns(atlas))[:, jnp.maximum(columns, 0)]
-    return jnp.where(columns >= 0, alpha, 0.0), text_w
-
-
-def draw_text(image, atlas: GlyphAtlas, codes, x, y, color, align: str = "left", max_width: int | None = None):
-    """Stamp text onto a [H, W, 3] image (float 0..255 or uint8; the dtype is kept). (x, y) is the top-left of the text box for
-    align="left" and its centre for align="center"; both may be traced values. Only a
-    [cell_h, max_width] window of the image is touched."""
-    codes = jnp.asarray(codes, jnp.int32)
-    max_width = int(max_width or codes.shape[0] * atlas.cell_w)
-    max_width = min(max_width, image.shape[1])
-    h = min(atlas.cell_h, image.shape[0])
-    alpha, text_w = text_strip(atlas, codes, max_width)
-    alpha = alpha[:h]
-    if align == "center":
-        x0 = jnp.round(x - 0.5 * text_w).astype(jnp.int32)
-        y0 = jnp.round(y - 0.5 * atlas.cell_h).astype(jnp.int32)
-    elif align == "left":
-        x0, y0 = jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)
-    else:
-        raise ValueError(f"align must be 'left' or 'center', got {align!r}")
-    # dynamic_slice clamps the window into the image; shift the strip by what was clamped
-    wy = jnp.clip(y0, 0, image.shape[0] - h)
-    wx = jnp.clip(x0, 0, image.shape[1] - max_width)
-    alpha = _shift2d(alpha, y0 - wy, x0 - wx)
-    window = jax.lax.dynamic_slice(image, (wy, wx, 0), (h, max_width, 3))
-    window = fill(window.astype(jnp.float32), alpha, color)
-    if image.dtype == jnp.uint8:
-        window = to_uint8(window)
-    return jax.lax.dynamic_update_slice(image, window.astype(image.dtype), (wy, wx, 0))
-
-
-def _shift2d(a, dy, dx):
-    """Shift a 2-D array by (dy, dx) pixels, filling with zeros (static shape)."""
-    h, w = a.shape
-    ys = jnp.arange(h)[:, None] - dy
-    xs = jnp.arange(w)[None, :] - dx
-    ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    return jnp.where(ok, a[jnp.clip(ys, 0, h - 1), jnp.clip(xs, 0, w - 1)], 0.0)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DigitTiles:
     """Digits drawn like board tiles: uint8 [11, h, w, 3] cells for 0-9 and a blank (index
@@ -400,7 +381,7 @@ def digit_tiles(px: int, color, background, stroke: int = 0) -> DigitTiles:
 def text_alpha(text: str, px: int, stroke: int = 0, crop: bool = True) -> np.ndarray:
     """Host: the anti-aliased alpha mask of one line of static text, for text fixed at
     construction (tile numbers, labels, prefixes); dynamic text goes through `DigitTiles`
-    or `draw_text`. crop=True: cropped to the ink, so centring it centres the visible glyphs.
+    or `text_columns`. crop=True: cropped to the ink, so centring it centres the visible glyphs.
     crop=False: the whole line box (ascent + descent high, advance wide), so pieces drawn
     side by side at the same top share a baseline."""
     from PIL import Image, ImageDraw, ImageFont
@@ -415,6 +396,43 @@ def text_alpha(text: str, px: int, stroke: int = 0, crop: bool = True) -> np.nda
     img = Image.new("L", (max(1, size[0]), max(1, size[1])), 0)
     ImageDraw.Draw(img).text(origin, text, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
     return np.asarray(img, np.float32) / 255.0
+
+
+def coordinate_labels(image, count: int, first_x: float, first_y: float, pitch: float, top_y: float, left_x: float, px: int, color):
+    """Row and column indices 0..count-1 as static text: column j's label centred at
+    (first_x + j * pitch, top_y), row i's at (left_x, first_y + i * pitch)."""
+    for i in range(count):
+        label = text_alpha(str(i), px)
+        image = stamp(image, label, first_x + i * pitch, top_y, color)
+        image = stamp(image, label, left_x, first_y + i * pitch, color)
+    return image
+
+
+@functools.lru_cache(maxsize=None)
+def _font_metrics(px: int) -> tuple[dict[str, int], int]:
+    """(advance of every printable ASCII character, line height) of Pillow's bundled font at
+    `px` pixels, as `glyph_atlas(px)` lays text out, without drawing the glyphs."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=px)
+    ascent, descent = font.getmetrics()
+    return {chr(c): int(round(font.getlength(chr(c)))) for c in range(FIRST_CHAR, LAST_CHAR + 1)}, ascent + descent
+
+
+def text_advance(text: str, px: int) -> int:
+    """Host: pixel width of `text` laid out like `glyph_atlas(px).text_width` (sum of advances)."""
+    advances = _font_metrics(px)[0]
+    return sum(advances.get(ch, advances["?"]) for ch in text)
+
+
+def digit_advance(px: int) -> int:
+    """Host: the widest digit's advance at `px` (room for any number of that many digits)."""
+    return max(text_advance(d, px) for d in "0123456789")
+
+
+def line_height(px: int) -> int:
+    """Host: the height of a line of text at `px` (`glyph_atlas(px).cell_h`)."""
+    return _font_metrics(px)[1]
 
 
 def text_width(text: str, px: int, stroke: int = 0) -> int:
@@ -447,7 +465,7 @@ def stamp(image, alpha: np.ndarray, x: float, y: float, color, align: str = "cen
 # Tile palette of the G1 matching games
 # ---------------------------------------------------------------------------------------
 
-# The 16 named tile colours of G1's Shisen-Sho code (vlm-gym-spec.md §4), in its order: Swap
+# The 16 named tile colours of G1's Shisen-Sho code (docs/envs.md, "Shisen-Sho"), in its order: Swap
 # uses the first 4, Shisen-Sho the first 6; the rest are its commented-out difficulty
 # extension. The names are the ones the perception text uses.
 TILE_COLORS = (

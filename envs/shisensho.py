@@ -1,4 +1,4 @@
-"""Shisen-Sho, faithful to G1's game (vlm-gym-spec.md §4), as pure JAX functions.
+"""Shisen-Sho, faithful to G1's game (docs/envs.md, "Shisen-Sho"), as pure JAX functions.
 
 Board: int32 tile types [G, G] (0 = empty). A type is a (colour, shape) pair; every type on a
 fresh board appears a multiple of 4 times. An action names two cells, (r1, c1) (r2, c2),
@@ -9,20 +9,13 @@ one cell (a ring of empty cells around it). A match removes both tiles: reward +
 Anything else: reward -1, nothing changes. The episode ends when no legal pair is left
 (including the cleared board). Training reward = raw reward (G1 trains on the raw +-1).
 
-Connectivity, branch-free and in fixed work (env-design-notes.md §12 asks for labelled
-empty runs; this is the same idea, kept as bitmasks). On the (G+2)^2 grid padded with the
-empty ring, every path with <= 2 turns is horizontal-vertical-horizontal or
-vertical-horizontal-vertical (segments may be empty). So, as uint32 bitmasks over the <= 14
-padded positions (bit arithmetic on one tile mask per row and column): for a cell, the
-columns its row segment reaches (h) and the rows its column segment reaches (v); for two rows
-(columns), the columns (rows) with no tile strictly between them. Two cells connect iff
-(h_a & h_b & cols_clear(r_a, r_b)) | (v_a & v_b & rows_clear(c_a, c_b)) is non-zero.
-Tiles never move, so the pairs of cells dealt the same type are fixed when the board is
-dealt and kept in the state (`pairs`, as actions; 216 on a dealt 12x12 board), with which of
-them are legal now (`legal`). A step looks its action up there and, after a match,
-recomputes `legal` (`pair_legal`: elementwise bit operations per listed pair, no gathers):
-that is the "any legal pair left" test, and `valid_actions` / `random_valid_action` read it
-too, never building G^4 pair tests.
+Connectivity (which pairs a <= 2-turn path joins) is `envs.shisensho_paths`. Tiles never
+move, so the pairs of cells dealt the same type are fixed when the board is dealt and kept
+in the state (`pairs`, as actions; 216 on a dealt 12x12 board), with which of them are legal
+now (`legal`). A step looks its action up there and, after a match, recomputes `legal`
+(`pair_legal`: elementwise bit operations per listed pair, no gathers): that is the "any
+legal pair left" test, and `valid_actions` / `random_valid_action` read it too, never
+building G^4 pair tests.
 
 Boards: like the original, shuffle the colour x shape product, take the first G^2/4 types,
 place each 4 times, shuffle (one random draw per deal). With `solvable=True`, the deal follows a
@@ -32,6 +25,7 @@ that deal costs G^2/2 all-pairs connectivity passes instead of one shuffle.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import itertools
@@ -42,8 +36,10 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import ConfigError, Env, check_bool, check_choice, check_image_size, check_range, register
-from envs.grammar import parse_pair_action
+from envs.core import ConfigError, Env, check_bool, check_cell_size, check_choice, check_image_size, check_range, kth_true, register
+from envs.core import random_permutation
+from envs.grammar import board_text, pair_answer_text, parse_pair_action
+from envs.shisensho_paths import full_board_pairs, joined_pairs, pair_legal
 
 WHITE, BLACK, GRID_GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
 
@@ -92,143 +88,40 @@ class Params:
     """Shisen-Sho has no dynamic knobs: everything that matters changes shapes (static)."""
 
 
-# ---------------------------------------------------------------------------------------
-# Connectivity on the padded grid
-# ---------------------------------------------------------------------------------------
+def board_layout(image_size: tuple[int, int], board_size: int, labels: bool) -> raster.BoardLayout:
+    """The original canvas (80-px cells, a 40-px strip; with coordinate labels, a 40-px band
+    above and left of the board) scaled into the image, centred. Cells are whole pixels, so
+    the board is a paste of equal tiles."""
+    h, w = image_size
+    band = STRIP if labels else 0.0
+    s = min(w / (band + CELL * board_size), h / (band + CELL * board_size + STRIP))
+    cell = int(CELL * s)
+    return raster.BoardLayout.centred(image_size, board_size, cell, cell / CELL, int(round(band * s)), int(round(STRIP * s)))
 
 
-def _line_masks(board):
-    """uint32 [G] tile bitmasks of the interior rows and of the interior columns of the
-    (G+2)^2 grid padded with the empty ring (bit = padded position, so bit 0 and bit G+1,
-    the ring, are never set). The shifted bits are distinct, so a sum is their OR."""
-    filled = (board > 0).astype(jnp.uint32)
-    shifts = jnp.arange(1, board.shape[0] + 1, dtype=jnp.uint32)
-    rows = jnp.sum(filled << shifts, axis=1, dtype=jnp.uint32)
-    cols = jnp.sum(filled << shifts[:, None], axis=0, dtype=jnp.uint32)
-    return rows, cols
+@dataclasses.dataclass(frozen=True)
+class ScoreLine:
+    """The strip "Score: <s>   Remaining: <r>": the two labels (alpha masks, baked into the
+    background at x = label_x, row y) and each number's (x, digit count) of `digits` tiles."""
 
-
-def _select(lines, index):
-    """lines[index] (broadcasting) for uint32 lines [L], L <= 12, as a chain of selects: on
-    XLA:CPU that vectorises, where a gather costs several ns per element. An index outside
-    [0, L) gives 0 (an empty line)."""
-    out = jnp.zeros(jnp.shape(index), jnp.uint32)
-    for line in range(lines.shape[0]):
-        out = jnp.where(index == line, lines[line], out)
-    return out
-
-
-def _segment(line, pos, p: int):
-    """uint32 [...] (broadcasting): line = uint32 tile bitmask of a line over its p padded
-    positions, pos = padded position of a cell on it. The positions a straight segment from
-    that cell reaches: the cell itself and the open cells next to it up to the first tile
-    either way (or the grid's edge)."""
-    one = jnp.uint32(1)
-    pos = jnp.asarray(pos).astype(jnp.uint32)
-    before = line & ((one << pos) - one)
-    after = line & ~((one << (pos + one)) - one)
-    lo = 32 - jax.lax.clz(before).astype(jnp.int32)  # one past the last tile before (0: none)
-    lowest_after = after & (~after + one)
-    hi = jnp.where(after == 0, p, 31 - jax.lax.clz(lowest_after).astype(jnp.int32))  # first tile after
-    return ((one << hi.astype(jnp.uint32)) - one) & ~((one << lo.astype(jnp.uint32)) - one)
-
-
-def _clear_between(lines, i, k, p: int):
-    """uint32 [...] (broadcasting i, k): bitmask of the positions across the lines (uint32
-    [G] tile bitmasks of the interior lines) where no tile lies strictly between interior
-    lines i and k: the OR of the lines in between, inverted (an unrolled chain, see _select)."""
-    lo, hi = jnp.minimum(i, k), jnp.maximum(i, k)
-    tiles = jnp.zeros(jnp.shape(lo), jnp.uint32)
-    for line in range(1, lines.shape[0] - 1):  # the first and last lines are never strictly between
-        tiles = tiles | jnp.where((lo < line) & (line < hi), lines[line], jnp.uint32(0))
-    return ~tiles & jnp.uint32((1 << p) - 1)
-
-
-def _joined(h1, v1, h2, v2, cols_clear, rows_clear):
-    """The <= 2-turn test on bitmasks (broadcasting). Every such path is
-    horizontal-vertical-horizontal or vertical-horizontal-vertical, some segments possibly
-    empty: leave the first cell along its row to some column, cross to the second cell's row
-    in that column, reach the second cell along that row. So some column is reached by both
-    cells' row segments and clear between their rows (or the same with rows and columns
-    swapped)."""
-    return ((h1 & h2 & cols_clear) | (v1 & v2 & rows_clear)) != 0
-
-
-def joined_pairs(board):
-    """bool [G^2, G^2]: [a, b] = cells a and b (row-major) are joined by a <= 2-turn path
-    through empty cells, whatever they hold: per-cell segments and per-line-pair clear
-    masks, then G^4 bitwise ANDs of broadcast tables (for `_clearing_order`, which needs
-    every pair; a step tests only the dealt pairs, `pair_legal`)."""
-    g = board.shape[0]
-    p = g + 2
-    rows, cols = _line_masks(board)
-    i = np.arange(g)
-    h, v = _segment(rows[:, None], i[None, :] + 1, p), _segment(cols[None, :], i[:, None] + 1, p)
-    cols_clear, rows_clear = _clear_between(rows, i[:, None], i[None, :], p), _clear_between(cols, i[:, None], i[None, :], p)
-    a, b = (slice(None), slice(None), None, None), (None, None, slice(None), slice(None))
-    joined = _joined(h[a], v[a], h[b], v[b], cols_clear[:, None, :, None], rows_clear[None, :, None, :])
-    return joined.reshape(g * g, g * g)
-
-
-def pair_legal(board, pairs):
-    """bool [Q]: whether each candidate pair is a legal match on `board`. `pairs` (int [Q])
-    are actions a * G^2 + b (a < b) naming two cells dealt the same type, G^4 for padding;
-    tiles never move, so these are the only candidates and the result is the whole set of
-    legal pairs.
-
-    Per pair, all elementwise: the tile masks of the two rows and two columns (selects
-    among G words), the four segments, and the lines clear between the rows and between the
-    columns. O(Q * G) bit operations and no gathers, against G^4 for all cell pairs
-    (Q = 216 at 12x12: ~30x less work than `joined_pairs`)."""
-    g = board.shape[0]
-    n, p = g * g, g + 2
-    rows, cols = _line_masks(board)
-    first, second = jnp.divmod(pairs, n)
-    (r1, c1), (r2, c2) = jnp.divmod(first, g), jnp.divmod(second, g)
-    row1, row2, col1, col2 = _select(rows, r1), _select(rows, r2), _select(cols, c1), _select(cols, c2)
-    there = (row1 >> (c1 + 1).astype(jnp.uint32)) & (row2 >> (c2 + 1).astype(jnp.uint32)) & jnp.uint32(1)
-    h1, h2 = _segment(row1, c1 + 1, p), _segment(row2, c2 + 1, p)
-    v1, v2 = _segment(col1, r1 + 1, p), _segment(col2, r2 + 1, p)
-    joined = _joined(h1, v1, h2, v2, _clear_between(rows, r1, r2, p), _clear_between(cols, c1, c2, p))
-    return joined & (there != 0) & (pairs < n * n)
-
-
-def full_board_pairs(pairs, board_size: int):
-    """`pair_legal` on a board with no empty cell, from positions alone: paths can then only
-    run along the outer ring, so two same-type tiles match iff they are adjacent or on the
-    same side of the board (out, along the ring, back in: two turns). Cheap enough for
-    `reset`, which auto-reset runs on every step."""
-    g = board_size
-    first, second = jnp.divmod(pairs, g * g)
-    (ra, ca), (rb, cb) = jnp.divmod(first, g), jnp.divmod(second, g)
-    adjacent = jnp.abs(ra - rb) + jnp.abs(ca - cb) == 1
-    same_side = ((ra == rb) & ((ra == 0) | (ra == g - 1))) | ((ca == cb) & ((ca == 0) | (ca == g - 1)))
-    return (adjacent | same_side) & (pairs < g**4)
+    labels: tuple[np.ndarray, np.ndarray]
+    label_x: tuple[int, int]
+    y: int
+    digits: raster.DigitTiles
+    score: tuple[int, int]
+    remaining: tuple[int, int]
 
 
 def hashed_words(key, n: int):
     """uint32 [n] pseudo-random words from one 64-bit jax.random draw, expanded by murmur3's
-    32-bit finaliser over a counter. On XLA:CPU threefry is a rolled 5-round loop costing
-    ~14 ns per word at batch 128; reset draws ~50 words on every auto-reset step. The
-    finaliser is a bijection, so the n words are distinct (no ties in `random_permutation`)."""
+    32-bit finaliser over a counter: on XLA:CPU threefry is a rolled loop, costly per word,
+    and reset draws ~50 words on every auto-reset step (BENCHMARKS.md). The finaliser is a
+    bijection, so the n words are distinct."""
     seed = jax.random.bits(key, (2,), jnp.uint32)
     h = seed[0] + jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
     h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
     h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
     return (h ^ (h >> 16)) ^ seed[1]
-
-
-def random_permutation(words):
-    """int32 [n]: a random permutation of range(n) from n random uint32 words, via n distinct
-    keys (24 random bits above the index; ties in the random bits, probability < n^2 / 2^25,
-    are broken by index): for small n their ranks (n^2 compares), for larger n their sorting
-    order. On XLA:CPU the compares are ~5x faster than a sort at n = 36 and ~4x slower at
-    n = 144 (jax.random.permutation sorts three times)."""
-    n = words.shape[0]
-    keys = (words << 8) | jnp.arange(n, dtype=jnp.uint32)
-    if n <= 64:
-        return jnp.sum(keys[None, :] < keys[:, None], axis=1, dtype=jnp.int32)
-    return jnp.argsort(keys).astype(jnp.int32)
 
 
 def random_subset(words, population: int):
@@ -268,12 +161,9 @@ class ShisenShoEngine(Env):
         object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
         check_bool(self.name, "coordinate_labels", self.coordinate_labels)
         check_bool(self.name, "solvable", self.solvable)
-        if self._layout["cell"] < MIN_CELL_PX:
-            raise ConfigError(
-                f"{self.name}: image_size {self.image_size} leaves {self._layout['cell']}-px cells for a "
-                f"{self.board_size}x{self.board_size} board; cells need >= {MIN_CELL_PX} px to be legible"
-            )
-        self._score_text  # the score line must fit: fail at construction, not at the first frame
+        g, labels = self.board_size, self.coordinate_labels
+        check_cell_size(self.name, self.image_size, g, lambda size: board_layout(size, g, labels).cell, MIN_CELL_PX, "cells", (9, 8))
+        self._score_line  # the score line must fit: fail at construction, not at the first frame
 
     # --- static facts ------------------------------------------------------------------
     @property
@@ -293,8 +183,9 @@ class ShisenShoEngine(Env):
         return Params()
 
     @property
+    @abc.abstractmethod
     def num_types(self) -> int:
-        raise NotImplementedError
+        """Tile types a matching compares (shape x colour products, photo classes)."""
 
     @property
     def max_copies(self) -> int:
@@ -368,7 +259,7 @@ class ShisenShoEngine(Env):
     def step(self, key, state, action, params=None):
         del key  # the rules are deterministic
         n = self.num_cells
-        action = jnp.asarray(action, jnp.int32)
+        action = self.checked_action(state, action)
         in_range = (action >= 0) & (action < n * n)
         a, b = jnp.divmod(jnp.where(in_range, action, 0), n)
         # every legal match is a listed pair (either order), and `state.legal` says which are
@@ -389,6 +280,7 @@ class ShisenShoEngine(Env):
         return new_state, reward, new_state.done, {"raw_reward": reward, "legal": legal}
 
     def valid_actions(self, state, params=None):
+        self.check_state(state, "valid_actions")
         n = self.num_cells
         a, b = jnp.divmod(state.pairs, n)
         ids = jnp.concatenate([state.pairs, b * n + a])  # both orders
@@ -399,14 +291,12 @@ class ShisenShoEngine(Env):
         """Uniform over `valid_actions` without building the G^4 mask: the k-th legal pair
         for a uniform k, in a random order (each pair is two valid actions);
         `invalid_action` when nothing is valid."""
-        count = state.legal.sum()
+        self.check_state(state, "random_valid_action")
         u = jax.random.uniform(key, (2,))
-        k = jnp.floor(u[0] * count).astype(jnp.int32)
-        # a log-depth scan: XLA:CPU lowers cumsum to an O(n^2) reduce-window
-        running = jax.lax.associative_scan(jnp.add, state.legal.astype(jnp.int32))
-        a, b = jnp.divmod(state.pairs[jnp.argmax(state.legal & (running == k + 1))], self.num_cells)
+        pick, any_valid = kth_true(state.legal, u[0])
+        a, b = jnp.divmod(state.pairs[pick], self.num_cells)
         action = jnp.where(u[1] < 0.5, a * self.num_cells + b, b * self.num_cells + a)
-        return jnp.where(count > 0, action, self.invalid_action).astype(jnp.int32)
+        return jnp.where(any_valid, action, self.invalid_action).astype(jnp.int32)
 
     # --- generation ----------------------------------------------------------------------
     def _slot_types(self, words):
@@ -420,10 +310,10 @@ class ShisenShoEngine(Env):
             return random_subset(words, types) + 1
         return random_permutation(words)[jnp.arange(slots) % types] + 1
 
+    @abc.abstractmethod
     def _faces(self, words, tile_types):
         """int32 [G^2]: the atlas face of each tile, given its type (tile i is in slot i // 4)
         and `_face_words` random words."""
-        raise NotImplementedError
 
     def _pair_table(self, groups, padding: int) -> np.ndarray:
         """int32 [Q, 2]: every pair of members of each group (lists of indices), padded."""
@@ -487,54 +377,43 @@ class ShisenShoEngine(Env):
 
     # --- rendering -----------------------------------------------------------------------
     @functools.cached_property
-    def _layout(self):
-        """Pixel layout: the original canvas (80-px cells, 40-px strip; with coordinate labels,
-        a 40-px band above and left of the board) uniformly scaled into image_size, centred.
-        Cells are whole pixels so the board is a gather of equal tiles."""
-        h, w = self.image_size
-        g = self.board_size
-        band = STRIP if self.coordinate_labels else 0.0
-        s = min(w / (band + CELL * g), h / (band + CELL * g + STRIP))
-        cell = int(CELL * s)
-        band_px, strip_px = int(round(band * s)), int(round(STRIP * s))
-        x0 = (w - band_px - g * cell) // 2 + band_px
-        y0 = (h - band_px - g * cell - strip_px) // 2 + band_px
-        return dict(scale=cell / CELL, cell=cell, board_x=x0, board_y=y0, band=band_px, strip_y=y0 + g * cell, strip_h=strip_px)
+    def layout(self) -> raster.BoardLayout:
+        return board_layout(self.image_size, self.board_size, self.coordinate_labels)
 
     def _empty_tile(self):
         """float [cell, cell, 3]: a white cell with the original's 1-px grey border."""
-        c, s = self._layout["cell"], self._layout["scale"]
+        c, s = self.layout.cell, self.layout.scale
         ys, xs = raster.pixel_centres(c, c)
         border = raster.inner_outline(raster.sdf_box(ys, xs, 0, 0, c, c), max(1.0, BORDER * s))
         return raster.fill(raster.canvas(c, c, WHITE), border, GRID_GREY)
 
+    @abc.abstractmethod
     def _face_atlas(self) -> jax.Array:
         """uint8 [num_faces, cell, cell, 3]; face 0 is the empty cell."""
-        raise NotImplementedError
 
     @functools.cached_property
     def _atlas(self) -> np.ndarray:
         return raster.bake(self._face_atlas)
 
     @functools.cached_property
-    def _score_text(self):
-        """The strip "Score: <s>   Remaining: <r>" (the original's text, 36-px font on 80-px
-        cells): the two labels are static (baked into the background), the numbers are rows
-        of fixed-width digit tiles, so "Remaining" sits after room for the widest score."""
-        L = self._layout
-        px = max(8, int(round(26 * L["scale"])))
+    def _score_line(self) -> ScoreLine:
+        """The original's text (36-px font on 80-px cells): the two labels are static (baked
+        into the background), the numbers are rows of fixed-width digit tiles, so "Remaining"
+        sits after room for the widest score."""
+        L = self.layout
+        px = max(8, int(round(26 * L.scale)))
         labels = [raster.text_alpha(text, px, crop=False) for text in ("Score: ", "   Remaining: ")]
         digits = raster.digit_tiles(px, BLACK, WHITE)
         score_digits, remaining_digits = len(str(self.num_cells // 2)), len(str(self.num_cells))
-        x = L["board_x"] + int(round(PAD * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - labels[0].shape[0]) // 2
+        x = L.board_x + int(round(PAD * L.scale))
+        y = L.strip_y + (L.strip_h - labels[0].shape[0]) // 2
         score_x = x + labels[0].shape[1]
         label_x = score_x + score_digits * digits.width
         remaining_x = label_x + labels[1].shape[1]
         if remaining_x + remaining_digits * digits.width > self.image_size[1]:
             raise ConfigError(f"{self.name}: image_size {self.image_size} is too narrow for the score line")
-        return dict(
-            labels=labels, label_x=(x, label_x), y=y, digits=digits,
+        return ScoreLine(
+            labels=tuple(labels), label_x=(x, label_x), y=y, digits=digits,
             score=(score_x, score_digits), remaining=(remaining_x, remaining_digits),
         )
 
@@ -545,45 +424,44 @@ class ShisenShoEngine(Env):
 
     def _draw_background(self):
         h, w = self.image_size
-        L = self._layout
+        L = self.layout
         img = raster.canvas(h, w, WHITE)
-        text = self._score_text
-        for label, x in zip(text["labels"], text["label_x"]):
-            img = raster.stamp(img, label, x, text["y"], BLACK, align="left")
+        line = self._score_line
+        for label, x in zip(line.labels, line.label_x):
+            img = raster.stamp(img, label, x, line.y, BLACK, align="left")
         if self.coordinate_labels:
-            px = max(8, int(round(24 * L["scale"])))
-            for i in range(self.board_size):
-                centre, label = (i + 0.5) * L["cell"], raster.text_alpha(str(i), px)
-                img = raster.stamp(img, label, L["board_x"] + centre, L["board_y"] - L["band"] / 2, BLACK)
-                img = raster.stamp(img, label, L["board_x"] - L["band"] / 2, L["board_y"] + centre, BLACK)
+            px = max(8, int(round(24 * L.scale)))
+            first_x, first_y = L.board_x + L.cell / 2, L.board_y + L.cell / 2
+            img = raster.coordinate_labels(img, self.board_size, first_x, first_y, L.cell, L.board_y - L.band / 2, L.board_x - L.band / 2, px, BLACK)
         return raster.to_uint8(img)
 
     def render(self, state, params=None):
-        L = self._layout
+        self.check_state(state, "render")
+        L = self.layout
         faces = jnp.clip(state.faces, 0, self._atlas.shape[0] - 1)
-        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._atlas), faces, L["board_y"], L["board_x"])
-        text = self._score_text
-        for value, (x, num_digits) in ((state.score, text["score"]), (state.remaining, text["remaining"])):
-            img = raster.paste(img, text["digits"].row(value, num_digits), text["y"], x)
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._atlas), faces, L.board_y, L.board_x)
+        line = self._score_line
+        for value, (x, num_digits) in ((state.score, line.score), (state.remaining, line.remaining)):
+            img = raster.paste(img, line.digits.row(value, num_digits), line.y, x)
         return img
 
     # --- text ----------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def type_names(self) -> tuple[str, ...]:
         """Perception-text name of every tile type; index 0 (empty) is unused."""
-        raise NotImplementedError
 
     def describe(self, state) -> str:
-        board = np.asarray(state.board)
-        g = self.board_size
-        if board.shape != (g, g):
-            raise ValueError(f"{self.name}: describe expects one {g}x{g} board, got shape {board.shape}")
+        """G1's perception text: rows joined by newlines, cells " <name> " or " - " joined by "|"."""
         names = self.type_names
-        return "\n".join("|".join(f" {names[t]} " if t else " - " for t in row) for row in board)
+        return board_text(self.name, state.board, self.board_size, lambda t: f" {names[t]} " if t else " - ", "|")
 
     def parse(self, text: str) -> int:
         """G1's coordinate answer; malformed, out-of-range (no aliasing) or missing -> invalid."""
         return parse_pair_action(text, self.board_size, self.invalid_action)
+
+    def answer_text(self, action: int) -> str:
+        return pair_answer_text(self.answerable_action(action), self.board_size)
 
     def board_from_text(self, text: str) -> np.ndarray:
         """Inverse of `describe`: int [G, G] tile types from the perception text."""
@@ -628,6 +506,7 @@ class ShisenSho(ShisenShoEngine):
     and column indices (off like the original); solvable=True deals only boards that can be cleared."""
 
     name = "shisensho"
+    presets = tuple(PRESETS)
     preset: str = "base"
     board_size: int | None = None
     num_colors: int | None = None
@@ -680,8 +559,7 @@ class ShisenSho(ShisenShoEngine):
         img = self._empty_tile()
         if t == 0:
             return img
-        L = self._layout
-        c, s = L["cell"], L["scale"]
+        c, s = self.layout.cell, self.layout.scale
         _, rgb = raster.TILE_COLORS[(t - 1) // self.num_shapes]
         shape = self.shapes[(t - 1) % self.num_shapes]
         ys, xs = raster.pixel_centres(c, c)

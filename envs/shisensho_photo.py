@@ -1,4 +1,4 @@
-"""Shisen-Sho with photo tiles: G1's "Shisen-Sho-Cifar10" (vlm-gym-spec.md §5).
+"""Shisen-Sho with photo tiles: G1's "Shisen-Sho-Cifar10" (docs/envs.md, "Shisen-Sho-Cifar10").
 
 Same engine as `envs.shisensho` (rules, actions, rewards, layout); a tile is a picture from a
 bank of classes and two tiles match when their CLASS is the same, whatever the pictures.
@@ -282,7 +282,7 @@ class ShisenShoPhoto(ShisenShoEngine):
         return 1 + classes * n_img + images
 
     def _face_atlas(self):
-        c = self._layout["cell"]
+        c = self.layout.cell
         pictures = jnp.asarray(self.bank.images[: self.num_classes]).reshape(-1, *self.bank.images.shape[2:])
         resized = jax.vmap(lambda img: raster.resize(img, c, c))(pictures)
         return jnp.concatenate([raster.to_uint8(self._empty_tile())[None], resized])

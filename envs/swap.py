@@ -1,4 +1,4 @@
-"""Swap (match-3), faithful to G1's game (vlm-gym-spec.md §6), as pure JAX functions.
+"""Swap (match-3), faithful to G1's game (docs/envs.md, "Swap"), as pure JAX functions.
 
 Board: int32 tile types [G, G], type = colour * num_shapes + shape (colours and shapes in
 the order of `raster.TILE_COLORS` and `raster.SHAPES`); no cell is ever empty between
@@ -6,7 +6,8 @@ steps. An action swaps two orthogonally adjacent cells (id = `encode_pair(r1, c1
 either order); it is legal only if afterwards a line of >= 3 identical tiles exists. Then,
 wave by wave, the union of all runs >= 3 is cleared (score += L * (L - 1) for the L cleared
 cells), the tiles above fall, new uniform random tiles drop in from the top, until no line
-is left. If no legal swap remains, the board is reshuffled.
+is left. If no legal swap remains, the board is reshuffled. A game allows `max_moves` legal
+swaps (`State.moves_left` counts them down; the frame shows it as "Moves: ...").
 
 Invariants after reset and after every step: no line of 3, at least one legal swap, tile
 types in range. Every loop has a static bound:
@@ -18,12 +19,12 @@ types in range. Every loop has a static bound:
 The loops are `lax.while_loop`s, so a vmapped batch pays only for the iterations that some
 board in it needs (cascades are short, reshuffles rare).
 
-Deliberate differences from the original: the score, moves-left and shuffle counters on the
-image are the real ones (the original draws a constant text, spec §12 #8); a game starts at
-score 0 and reshuffles never score (the original scored lines that its set-up and shuffles
-cleared); coordinates outside the board are invalid instead of aliasing (spec §12 #4); the
-prompt's indentation (a triple-quoted string indented by 8 spaces) is dropped unless
-`original_prompt_layout=True`.
+Deliberate differences from the original (docs/envs.md, "The original's bugs"): the score,
+moves-left and shuffle counters on the image are the real ones (the original draws a constant
+text); a game starts at score 0 and reshuffles never score (the original scored lines that
+its set-up and shuffles cleared); coordinates outside the board are invalid instead of
+aliasing; the prompt's indentation (a triple-quoted string indented by 8 spaces) is dropped
+unless `original_prompt_layout=True`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import ConfigError, Env, check_bool, check_image_size, check_range, register
-from envs.grammar import decode_pair, encode_pair, parse_pair_action
+from envs.core import ConfigError, Env, check_bool, check_cell_size, check_image_size, check_range, kth_true, register, smallest_image_size
+from envs.core import random_permutation, uniform_index
+from envs.grammar import board_text, decode_pair, encode_pair, pair_answer_text, parse_pair_action
 
 OFF_BOARD = -1  # the tile "read" outside the board: equal to no real tile
 PAD = 3  # neighbourhood read around a cell by the legal-swap test (a moved tile looks 3 ahead)
@@ -58,6 +60,7 @@ FACE, FACE_BORDER = (245, 245, 245), (180, 180, 180)
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 LABEL_COLOR = (90, 90, 90)
 NUMBER_DIGITS = 10  # int32 counters have at most 10 digits
+MIN_TEXT_PX = 8  # the counters line shrinks to fit the frame, but not below this
 
 PROMPT_LINES = (
     "You are playing a Match-3 Game where you need to swap adjacent tiles to create matches of 3 or more identical tiles.",
@@ -85,14 +88,39 @@ PROMPT_LINES = (
 class State:
     board: jax.Array  # int32 [G, G] tile types
     score: jax.Array  # int32 points of the game so far
-    moves: jax.Array  # int32 legal swaps made
+    moves_left: jax.Array  # int32 legal swaps still allowed (starts at the game's max_moves)
     shuffles: jax.Array  # int32 reshuffles (no legal swap left, or the cascade cap reached)
-    done: jax.Array  # bool: moves >= max_moves
+    done: jax.Array  # bool: no moves left
 
 
 @struct.dataclass
 class Params:
-    max_moves: int = 1_000_000  # legal swaps per game
+    """Swap has no dynamic knobs: the move limit is static config (`max_moves`), counted down
+    in the state."""
+
+
+def board_layout(image_size: tuple[int, int], board_size: int, labels: bool) -> raster.BoardLayout:
+    """Square cells as large as fit the board, the label band (LABEL_CELLS) and the text strip
+    (STRIP_CELLS), all centred; `scale` is the cell over the original's 70 px."""
+    h, w = image_size
+    band = LABEL_CELLS if labels else 0.0
+    cell = int(min(w / (board_size + band), h / (board_size + band + STRIP_CELLS)))
+    return raster.BoardLayout.centred(image_size, board_size, cell, cell / CELL_UNITS, int(round(band * cell)), int(round(STRIP_CELLS * cell)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CountersLine:
+    """Where and how the counters are drawn: one or two lines of `font` text from column x,
+    line i on rows [ys[i], ys[i] + table.shape[0]), `width` pixel columns each; `table` holds
+    every glyph column pre-blended black on white (uint8, one channel), `blank` is its
+    all-white column."""
+
+    font: raster.GlyphAtlas
+    x: int
+    ys: tuple[int, ...]
+    width: int
+    table: np.ndarray
+    blank: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,24 +197,15 @@ def fall_and_refill(board, cleared, refill):
 
 
 def shuffle_tiles(key, board):
-    """A random permutation of the board's tiles: each tile moves to its rank among random
-    keys, counted by all-pairs comparison (on small boards ~5x faster than a sort on CPU).
-    The low 8 bits of each key hold its index (G * G <= 144), so keys are distinct and the
-    ranks are a permutation; ties in the 24 random bits (p ~ 1e-4) fall back to index order."""
+    """A uniformly random permutation of the board's tiles (`envs.core.random_permutation` of
+    24 random bits per tile)."""
     flat = board.reshape(-1)
-    n = flat.shape[0]
-    keys = (jax.random.bits(key, (n,)) & jnp.uint32(0xFFFFFF00)) | jnp.arange(n, dtype=jnp.uint32)
-    rank = (keys[None, :] < keys[:, None]).sum(1)
-    return jnp.zeros_like(flat).at[rank].set(flat).reshape(board.shape)
-
-
-def _scaled_index(u, n):
-    """A uniform integer in [0, n) from a uniform float in [0, 1) (cheaper than randint)."""
-    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+    destination = random_permutation(jax.random.bits(key, flat.shape) >> 8)
+    return jnp.zeros_like(flat).at[destination].set(flat).reshape(board.shape)
 
 
 def uniform_tiles(key, shape, num_types: int):
-    return _scaled_index(jax.random.uniform(key, shape), num_types)
+    return uniform_index(jax.random.uniform(key, shape), num_types)
 
 
 def cascade(board, lines, refill_fn, max_waves: int):
@@ -232,7 +251,7 @@ def deal(key, size: int, num_types: int):
         f1 = jnp.where((left == left2) & (left >= 0), left, none)
         f2 = jnp.where((up == up2) & (up >= 0) & (up != f1), up, none)
         allowed = num_types - (f1 < none).astype(jnp.int32) - (f2 < none).astype(jnp.int32)
-        return jnp.where(diagonal == d, _kth_allowed(_scaled_index(u, allowed), f1, f2), board)
+        return jnp.where(diagonal == d, _kth_allowed(uniform_index(u, allowed), f1, f2), board)
 
     return jax.lax.fori_loop(0, 2 * size - 1, fill_diagonal, jnp.full((size, size), OFF_BOARD, jnp.int32))
 
@@ -255,9 +274,9 @@ def pattern_board(key, size: int, num_types: int):
     row 1), relabelled with 3 random distinct types. The last resort of `settle`."""
     rows, cols = np.indices((size, size))
     u = jax.random.uniform(key, (3,))
-    first = _scaled_index(u[0], num_types)
-    second = _kth_allowed(_scaled_index(u[1], num_types - 1), first, num_types)
-    third = _kth_allowed(_scaled_index(u[2], num_types - 2), first, second)
+    first = uniform_index(u[0], num_types)
+    second = _kth_allowed(uniform_index(u[1], num_types - 1), first, num_types)
+    third = _kth_allowed(uniform_index(u[2], num_types - 2), first, second)
     return jnp.stack([first, second, third])[jnp.asarray((cols // 2 + rows) % 3)]
 
 
@@ -314,9 +333,8 @@ class Swap(Env):
     """G1's Swap (match-3). Static config: board_size (4..12), num_colors (1..16, the first
     colours of raster.TILE_COLORS), num_shapes (1..6, the first of raster.SHAPES), with at
     least 3 tile types; image_size (H, W) multiples of 28; coordinate_labels (off like the
-    original); max_moves (legal swaps per game, the default of Params.max_moves);
-    max_cascades (cap on resolution waves per step); original_prompt_layout (keep the
-    original prompt's indentation)."""
+    original); max_moves (legal swaps per game); max_cascades (cap on resolution waves per
+    step); original_prompt_layout (keep the original prompt's indentation)."""
 
     name = "swap"
     board_size: int = 8
@@ -343,10 +361,15 @@ class Swap(Env):
         check_bool(self.name, "original_prompt_layout", self.original_prompt_layout)
         check_range(self.name, "max_moves", self.max_moves, 1, 2**31 - 1)
         check_range(self.name, "max_cascades", self.max_cascades, 1, 64)
-        if self._layout["cell"] < MIN_CELL_PX:
+        g, labels = self.board_size, self.coordinate_labels
+        cell = lambda size: board_layout(size, g, labels).cell  # noqa: E731
+        fits = lambda size: cell(size) >= MIN_CELL_PX and self._counters_fit(size) is not None  # noqa: E731
+        check_cell_size(self.name, self.image_size, g, cell, MIN_CELL_PX, "cells", (11, 10), fits)
+        if self._counters_fit(self.image_size) is None:
+            smallest = smallest_image_size(fits, (11, 10))
             raise ConfigError(
-                f"swap: image_size {self.image_size} gives {self._layout['cell']}-px cells on a "
-                f"{self.board_size}x{self.board_size} board; need >= {MIN_CELL_PX} px for legible shapes"
+                f"swap: image_size {self.image_size} is too small for the counters (score, moves left up to "
+                f"max_moves={self.max_moves}, shuffles) at >= {MIN_TEXT_PX}-px text, e.g. image_size={smallest}"
             )
 
     # --- static facts ------------------------------------------------------------------
@@ -364,7 +387,7 @@ class Swap(Env):
 
     @property
     def default_params(self) -> Params:
-        return Params(max_moves=self.max_moves)
+        return Params()
 
     @functools.cached_property
     def tile_names(self) -> tuple[str, ...]:
@@ -398,16 +421,15 @@ class Swap(Env):
         board = deal(deal_key, self.board_size, self.num_types)
         board, _ = settle(settle_key, board, jnp.bool_(True), self.num_types, self.max_cascades)  # rare: no legal swap
         zero = jnp.int32(0)
-        return State(board=board, score=zero, moves=zero, shuffles=zero, done=jnp.bool_(False))
+        return State(board=board, score=zero, moves_left=jnp.int32(self.max_moves), shuffles=zero, done=jnp.bool_(False))
 
     def step(self, key, state, action, params=None):
-        params = self.default_params if params is None else params
         g = self.board_size
-        action = jnp.asarray(action, jnp.int32)
+        action = self.checked_action(state, action)
         in_range = (action >= 0) & (action < g**4)
         r1, c1, r2, c2 = decode_pair(jnp.clip(action, 0, g**4 - 1), g)
         adjacent = jnp.abs(r1 - r2) + jnp.abs(c1 - c2) == 1
-        board = state.board
+        board = jnp.asarray(state.board)  # host (numpy) states too
         swapped = board.at[r1, c1].set(board[r2, c2]).at[r2, c2].set(board[r1, c1])
         lines = line_mask(swapped)
         legal = in_range & adjacent & lines.any() & ~state.done
@@ -416,13 +438,13 @@ class Swap(Env):
         refill = random_refill(refill_key, g, self.num_types)
         board, points, _ = cascade(jnp.where(legal, swapped, board), lines & legal, refill, self.max_cascades)
         board, shuffled = settle(settle_key, board, legal, self.num_types, self.max_cascades)
-        moves = state.moves + legal
+        moves_left = state.moves_left - legal
         new_state = State(
             board=board,
             score=state.score + points,
-            moves=moves,
+            moves_left=moves_left,
             shuffles=state.shuffles + shuffled,
-            done=state.done | (moves >= params.max_moves),
+            done=state.done | (moves_left <= 0),
         )
         raw = jnp.where(legal, points, -1).astype(jnp.float32)
         reward = jnp.where(legal, 1.0, -1.0)
@@ -433,6 +455,7 @@ class Swap(Env):
         return jnp.concatenate([horizontal.ravel(), vertical.ravel()]) & ~state.done
 
     def valid_actions(self, state, params=None):
+        self.check_state(state, "valid_actions")
         flags = self._legal_swap_flags(state)
         ids = jnp.asarray(self._swap_action_ids)
         return jnp.zeros(self.num_actions, bool).at[ids[0]].set(flags).at[ids[1]].set(flags)
@@ -441,30 +464,15 @@ class Swap(Env):
         """Uniform over the valid actions (every legal swap, in either order), from one uniform
         draw: the k-th valid id, found by a cumulative count over the swaps only (not a
         categorical over all G**4 + 1 ids)."""
-        flags = jnp.tile(self._legal_swap_flags(state), 2)
+        self.check_state(state, "random_valid_action")
+        pick, any_valid = kth_true(jnp.tile(self._legal_swap_flags(state), 2), jax.random.uniform(key))
         ids = jnp.asarray(self._swap_action_ids.reshape(-1))
-        count = flags.sum()
-        k = jnp.floor(jax.random.uniform(key) * count).astype(jnp.int32)
-        pick = jnp.argmax(jnp.cumsum(flags) > k)
-        return jnp.where(count > 0, ids[pick], self.invalid_action).astype(jnp.int32)
+        return jnp.where(any_valid, ids[pick], self.invalid_action).astype(jnp.int32)
 
     # --- rendering -----------------------------------------------------------------------
     @functools.cached_property
-    def _layout(self) -> dict:
-        """Static pixel layout: square cells as large as fit the board, the optional label
-        margin and the text strip; the whole block centred in the image."""
-        h, w = self.image_size
-        g = self.board_size
-        margin = LABEL_CELLS if self.coordinate_labels else 0.0
-        cell = int(min(w / (g + margin), h / (g + margin + STRIP_CELLS)))
-        label_px, strip_h = int(round(margin * cell)), int(round(STRIP_CELLS * cell))
-        x0 = (w - label_px - g * cell) // 2
-        y0 = (h - label_px - g * cell - strip_h) // 2
-        return dict(
-            cell=cell, scale=cell / CELL_UNITS, label_px=label_px,
-            board_x=x0 + label_px, board_y=y0 + label_px,
-            strip_y=y0 + label_px + g * cell, strip_h=strip_h,
-        )
+    def layout(self) -> raster.BoardLayout:
+        return board_layout(self.image_size, self.board_size, self.coordinate_labels)
 
     @functools.cached_property
     def _tile_atlas(self) -> np.ndarray:
@@ -476,7 +484,7 @@ class Swap(Env):
         """The original's cell: checkerboard background with a 1-px border, a shadow offset by
         4 units, the tile face (2 units in, 1-px border), the shape 12 units in (46 wide) with a
         2-unit black outline."""
-        c, s = self._layout["cell"], self._layout["scale"]
+        c, s = self.layout.cell, self.layout.scale
         ys, xs = raster.pixel_centres(c, c)
         line = max(1.0, s)
         color = raster.TILE_COLORS[tile // self.num_shapes][1]
@@ -498,9 +506,10 @@ class Swap(Env):
         rows, cols = np.indices((self.board_size, self.board_size))
         return ((rows + cols) % 2).astype(np.int32)
 
-    @functools.cached_property
-    def _font(self) -> raster.GlyphAtlas:
-        return raster.glyph_atlas(max(8, int(round(0.32 * self._layout["cell"]))))
+    @property
+    def _label_px(self) -> int:
+        """Text size of the coordinate labels: the original's 32-px text on 70-px cells."""
+        return max(MIN_TEXT_PX, int(round(0.32 * self.layout.cell)))
 
     @functools.cached_property
     def _background(self) -> np.ndarray:
@@ -509,72 +518,88 @@ class Swap(Env):
 
     def _draw_background(self):
         h, w = self.image_size
-        L = self._layout
+        L = self.layout
         img = raster.canvas(h, w, WHITE)
         if self.coordinate_labels:
-            font = self._font
-            for i in range(self.board_size):
-                centre = (i + 0.5) * L["cell"]
-                label = font.codes(str(i))
-                img = raster.draw_text(img, font, label, L["board_x"] + centre, L["board_y"] - L["label_px"] / 2, LABEL_COLOR, align="center")
-                img = raster.draw_text(img, font, label, L["board_x"] - L["label_px"] / 2, L["board_y"] + centre, LABEL_COLOR, align="center")
+            first_x, first_y = L.board_x + L.cell / 2, L.board_y + L.cell / 2
+            img = raster.coordinate_labels(
+                img, self.board_size, first_x, first_y, L.cell, L.board_y - L.band / 2, L.board_x - L.band / 2, self._label_px, LABEL_COLOR
+            )
         return raster.to_uint8(img)
 
-    @functools.cached_property
-    def _counters_line(self) -> dict:
-        """The counters line under the board ("Score: ...   Moves: ...   Shuffles: ..."), laid
-        out like `raster.draw_text` at a static spot, but drawn from pre-blended pixels: every
-        glyph column of the font, black on the strip's white (uint8, one channel: black on white
-        has equal channels), plus a blank column. A frame then gathers one column index per
-        pixel column of the line instead of blending a float strip."""
-        h_img, w_img = self.image_size
-        L = self._layout
-        font = self._font
-        x = L["board_x"] + int(round(10 * L["scale"]))
-        y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-        width, h = w_img - x, min(font.cell_h, h_img)  # draw_text's window: up to the right edge
-        wy = min(max(y, 0), h_img - h)  # ... clamped into the image
-        n_chars = font.alpha.shape[0]
-        alpha = np.zeros((h, n_chars * font.cell_w + 1), np.float32)  # the last column is blank
-        columns = raster.glyph_columns(font)[:h]  # indexed like raster.text_columns
-        dy = y - wy  # rows shifted into the window, as draw_text does where it clamps
-        alpha[max(dy, 0) : h + min(dy, 0), :-1] = columns[max(-dy, 0) : h - max(dy, 0)]
-        assert (self._background[wy : wy + h, x:] == 255).all(), "the counters line is drawn on white"
-        table = raster.bake(lambda: raster.to_uint8(raster.fill(raster.canvas(h, alpha.shape[1], WHITE), jnp.asarray(alpha), BLACK)))
-        assert (table == table[..., :1]).all()
-        return dict(x=x, y=wy, width=width, table=table[..., 0], blank=alpha.shape[1] - 1)
+    def _counter_lines(self, num_lines: int) -> tuple[tuple[tuple[str, int], ...], ...]:
+        """The counters text as lines of (label, most digits of the number after it): one line
+        "Score: <s>   Moves: <left>   Shuffles: <n>", or two with the score on its own. The
+        score is any int32; moves left and shuffles (at most one per move) have at most the
+        digits of max_moves."""
+        moves = len(str(self.max_moves))
+        score, rest = (("Score: ", NUMBER_DIGITS),), (("Moves: ", moves), ("   Shuffles: ", moves))
+        if num_lines == 1:
+            return (score + (("   " + rest[0][0], moves), rest[1]),)
+        return (score, rest)
 
-    def counters_codes(self, state, params):
-        """Glyph codes of the counters line: "Score: <score>   Moves: <left>   Shuffles: <n>"."""
-        font = self._font
-        return raster.concat_codes(
-            font.codes("Score: "),
-            raster.number_codes(state.score, NUMBER_DIGITS),
-            font.codes("   Moves: "),
-            raster.number_codes(params.max_moves - state.moves, NUMBER_DIGITS),
-            font.codes("   Shuffles: "),
-            raster.number_codes(state.shuffles, NUMBER_DIGITS),
+    def _counters_fit(self, image_size: tuple[int, int]) -> tuple[int, int] | None:
+        """(text px, lines) of the counters in a frame of `image_size`: the original's size
+        (32-px text on 70-px cells) when the widest values fit on one line in the strip; else
+        the largest smaller size down to MIN_TEXT_PX on one line, then on two; None when
+        nothing fits."""
+        L = board_layout(image_size, self.board_size, self.coordinate_labels)
+        room = image_size[1] - (L.board_x + int(round(10 * L.scale)))
+        for num_lines in (1, 2):
+            for px in range(max(MIN_TEXT_PX, int(round(0.32 * L.cell))), MIN_TEXT_PX - 1, -1):
+                digit = raster.digit_advance(px)
+                width = max(sum(raster.text_advance(label, px) + digits * digit for label, digits in line) for line in self._counter_lines(num_lines))
+                if width <= room and num_lines * raster.line_height(px) <= L.strip_h:
+                    return px, num_lines
+        return None
+
+    @functools.cached_property
+    def _counters_line(self) -> CountersLine:
+        """The counters under the board, laid out by `raster.text_columns` at static spots and
+        drawn from pre-blended pixels: every glyph column of the font, black on the strip's
+        white (uint8, one channel: black on white has equal channels), plus a blank column. A
+        frame then gathers one column index per pixel column of a line instead of blending a
+        float strip."""
+        px, num_lines = self._counters_fit(self.image_size)
+        L = self.layout
+        font = raster.glyph_atlas(px)
+        x = L.board_x + int(round(10 * L.scale))
+        top = L.strip_y + (L.strip_h - num_lines * font.cell_h) // 2
+        ys = tuple(top + i * font.cell_h for i in range(num_lines))
+        alpha = np.zeros((font.cell_h, font.alpha.shape[0] * font.cell_w + 1), np.float32)  # the last column is blank
+        alpha[:, :-1] = raster.glyph_columns(font)  # indexed like raster.text_columns
+        for y in ys:
+            assert (self._background[y : y + font.cell_h, x:] == 255).all(), "the counters are drawn on white"
+        table = raster.bake(lambda: raster.to_uint8(raster.fill(raster.canvas(*alpha.shape, WHITE), jnp.asarray(alpha), BLACK)))
+        assert (table == table[..., :1]).all()
+        return CountersLine(font=font, x=x, ys=ys, width=self.image_size[1] - x, table=table[..., 0], blank=alpha.shape[1] - 1)
+
+    def counters_codes(self, state) -> tuple[jax.Array, ...]:
+        """Glyph codes of each counters line ("Score: <score>   Moves: <left>   Shuffles: <n>",
+        or the score on a line of its own)."""
+        font = self._counters_line.font
+        values = iter((state.score, state.moves_left, state.shuffles))
+        return tuple(
+            raster.concat_codes(*(piece for label, _ in line for piece in (font.codes(label), raster.number_codes(next(values), NUMBER_DIGITS))))
+            for line in self._counter_lines(len(self._counters_line.ys))
         )
 
     def render(self, state, params=None):
-        params = self.default_params if params is None else params
-        L = self._layout
+        self.check_state(state, "render")
+        L = self.layout
         ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L["board_y"], L["board_x"])
+        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L.board_y, L.board_x)
         line = self._counters_line
-        columns, _ = raster.text_columns(self._font, self.counters_codes(state, params), line["width"])
-        column = jnp.where(columns >= 0, columns, line["blank"])
-        strip = jnp.asarray(line["table"])[:, column]
-        strip = jnp.broadcast_to(strip[..., None], (*strip.shape, 3))
-        return jax.lax.dynamic_update_slice(img, strip, (line["y"], line["x"], 0))
+        for codes, y in zip(self.counters_codes(state), line.ys):
+            columns, _ = raster.text_columns(line.font, codes, line.width)
+            strip = jnp.asarray(line.table)[:, jnp.where(columns >= 0, columns, line.blank)]
+            img = jax.lax.dynamic_update_slice(img, jnp.broadcast_to(strip[..., None], (*strip.shape, 3)), (y, line.x, 0))
+        return img
 
     # --- text ----------------------------------------------------------------------------
     def describe(self, state) -> str:
         """G1's perception text: rows joined by newlines, cells "<Colour> <shape>" joined by " | "."""
-        board = np.asarray(state.board)
-        if board.shape != (self.board_size, self.board_size):
-            raise ValueError(f"swap: describe expects one {self.board_size}x{self.board_size} board, got shape {board.shape}")
-        return "\n".join(" | ".join(self.tile_names[t] for t in row) for row in board)
+        return board_text(self.name, state.board, self.board_size, self.tile_names.__getitem__, " | ")
 
     def parse(self, text: str) -> int:
         """G1's Swap parser: the first `<answer>(r1, c1) (r2, c2)</answer>` (any whitespace after
@@ -582,9 +607,13 @@ class Swap(Env):
         all decode to a same-cell or corner pair, i.e. an invalid swap, so they map here too.)"""
         return parse_pair_action(text, self.board_size, self.invalid_action)
 
-    def from_board(self, board, score: int = 0, moves: int = 0, shuffles: int = 0):
+    def answer_text(self, action: int) -> str:
+        return pair_answer_text(self.answerable_action(action), self.board_size)
+
+    def from_board(self, board, score: int = 0, moves_left: int | None = None, shuffles: int = 0):
         """State from an int [G, G] board of tile types (colour * num_shapes + shape). The board
-        must satisfy the game's invariant: no ready-made line and at least one legal swap."""
+        must satisfy the game's invariant: no ready-made line and at least one legal swap.
+        `moves_left` defaults to a fresh game's `max_moves`."""
         arr = np.asarray(board)
         g = self.board_size
         if arr.shape != (g, g):
@@ -599,10 +628,11 @@ class Swap(Env):
             raise ValueError(f"swap: the board has a ready-made line of 3 at cells {lines.tolist()}; positions between moves never do")
         if not bool(has_legal_swap(state_board)):
             raise ValueError("swap: the board has no legal swap; the game would have reshuffled it")
+        moves_left = self.max_moves if moves_left is None else moves_left
         return State(
             board=state_board,
             score=jnp.int32(score),
-            moves=jnp.int32(moves),
+            moves_left=jnp.int32(moves_left),
             shuffles=jnp.int32(shuffles),
-            done=jnp.bool_(moves >= self.max_moves),
+            done=jnp.bool_(moves_left <= 0),
         )

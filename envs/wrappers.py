@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from envs.core import Env
 
 WARMUP_POLICIES = ("valid", "uniform")
-# Random moves G1's trainers play from a fresh game to draw each training state (spec §9).
+# Random moves G1's trainers play from a fresh game to draw each training state
+# (docs/envs.md, "Training states").
 G1_WARMUP_MOVES = {"2048": 100, "shisensho": 250, "shisensho_photo": 250, "swap": 0}
 
 
@@ -84,9 +85,9 @@ def parallel_step(env: Env, key, state, actions, params=None):
     its own key (fold_in of the sample index, so sample g's randomness does not depend on G).
 
     Exact by construction: the input state is immutable, so every sample sees the same board
-    (G1 restored boards in place and got this wrong for 2048, spec §12 #2), and nothing
-    auto-resets. Returns (states[G], rewards[G], dones[G], infos[G])."""
-    actions = jnp.asarray(actions, jnp.int32)
+    (G1 restored boards in place and got this wrong for 2048: docs/envs.md, "The original's
+    bugs"), and nothing auto-resets. Returns (states[G], rewards[G], dones[G], infos[G])."""
+    actions = jnp.asarray(actions)  # no cast: `step` checks that the ids are integers
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(actions.shape[0]))
     return jax.vmap(lambda k, a: env.step(k, state, a, params))(keys, actions)
 

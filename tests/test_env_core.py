@@ -1,6 +1,7 @@
 """The shared env pieces: registry and config errors, answer grammar, raster primitives,
 wrappers (auto-reset, warm-up, parallel actions)."""
 
+import abc
 import time
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import envs
+import chi_square
 from envs import grammar, raster
 
 ENV = envs.make("2048")
@@ -28,6 +30,32 @@ def test_image_size_must_be_pairs_of_28_multiples():
         envs.make("2048", image_size=448)
     with pytest.raises(envs.ConfigError, match="multiples of 28"):
         envs.make("2048", image_size=(448, 0))
+    with pytest.raises(envs.ConfigError, match="must be two integers"):
+        envs.make("2048", image_size=(448, 392.5))  # not truncated to 392
+    with pytest.raises(envs.ConfigError, match="must be two integers"):
+        envs.make("2048", image_size=(True, 392))
+    with pytest.raises(envs.ConfigError, match="image_size .* exceeds the limit of 4096 pixels per side"):
+        envs.make("swap", image_size=(11200, 11200))
+    assert envs.make("2048", image_size=(np.int64(448), 392)).image_size == (448, 392)
+
+
+def test_a_game_missing_part_of_the_contract_is_refused():
+    """`Env` is an abstract base class: leaving out `valid_actions` fails at definition (the
+    registry) and at construction, not when a trace first needs it."""
+    from envs.game2048 import Game2048
+
+    skip = ("valid_actions", "__dict__", "__weakref__", "__abstractmethods__", "_abc_impl")
+    Incomplete = abc.ABCMeta("Incomplete", (envs.Env,), {k: v for k, v in vars(Game2048).items() if k not in skip})
+    with pytest.raises(TypeError, match="game 'incomplete': Incomplete does not implement the env contract: valid_actions"):
+        envs.register("incomplete")(Incomplete)
+    assert "incomplete" not in envs.list_games()
+    with pytest.raises(TypeError, match="abstract method.*valid_actions"):
+        Incomplete()
+
+
+def test_unknown_options_are_named_with_the_valid_ones():
+    with pytest.raises(envs.ConfigError, match="unknown option.*boardsize.*Valid options: board_size, image_size"):
+        envs.make("2048", boardsize=4)
 
 
 def test_env_is_hashable_static_config():
@@ -89,14 +117,74 @@ def test_format_and_perception_checks():
     assert not grammar.perception_ok("<perception> - | 2 \n 4 | -</perception>", truth)
 
 
-def test_parsers_are_linear_time():
-    """Adversarial answers (many open tags, no close) must not stall a training step."""
-    nasty = "<answer>1" * 100_000
-    start = time.perf_counter()
-    assert grammar.first_answer_integer(nasty) is None
-    assert grammar.coordinate_answer("<answer>(1, 1) " * 50_000) is None
-    grammar.format_ok(nasty, strict=True)
-    assert time.perf_counter() - start < 2.0
+def cpu_seconds_per_call(fn, text: str, calls: int) -> float:
+    """Best of 5 CPU-time measurements of `calls` calls: CPU time of this process only, so
+    other processes on a shared machine do not count; the minimum filters what noise is left."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        for _ in range(calls):
+            fn(text)
+        best = min(best, time.process_time() - start)
+    return best / calls
+
+
+def calls_for(fn, text: str, seconds: float = 0.01) -> int:
+    """Enough calls of fn(text) to take `seconds`, so the clock's resolution does not matter."""
+    calls = 1
+    while cpu_seconds_per_call(fn, text, calls) * calls < seconds and calls < 1 << 20:
+        calls *= 2
+    return calls
+
+
+@pytest.mark.parametrize(
+    "name,fn,unit,expected",
+    [
+        ("first integer, no closing tag", grammar.first_answer_integer, "<answer>1", None),
+        ("first integer, leading zeros", lambda t: grammar.first_answer_integer(f"<answer>{t}</answer>"), "0", 0),
+        ("coordinates, no closing tag", grammar.coordinate_answer, "<answer>(1, 1) ", None),
+        ("strict format, many open tags", lambda t: grammar.format_ok(t, strict=True), "<answer>1", False),
+        ("lenient format, no closing tags", grammar.format_ok, "<perception><think><answer>1", False),
+    ],
+)
+def test_parsers_are_linear_time(name, fn, unit, expected):
+    """Adversarial answers (the parsers' own: no answer, not well-formed) must not stall a
+    training step: the work grows linearly with the text. At n and 16n repetitions a linear
+    parser takes ~16x the CPU time (more where the long text no longer fits a cache) and a
+    quadratic one ~256x; the bound of 64x sits between with a factor of 4 either way."""
+    small, large = unit * 5_000, unit * 80_000
+    assert fn(small) == expected and fn(large) == expected
+    calls = calls_for(fn, small)
+    ratio = cpu_seconds_per_call(fn, large, calls) / cpu_seconds_per_call(fn, small, calls)
+    assert ratio < 64, f"{name}: 16x longer text took {ratio:.1f}x the CPU time (not linear)"
+
+
+def nested_repeats(pattern: str) -> bool:
+    """Whether a regular expression repeats something that itself repeats, like (a+)* (what
+    lets a backtracking matcher take exponential time)."""
+    from re import _constants as sre, _parser
+
+    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
+
+    def walk(items, inside: bool) -> bool:
+        for op, arg in items:
+            if op in repeats and (inside or walk(arg[2], True)):
+                return True
+            if op is sre.SUBPATTERN and walk(arg[-1], inside):
+                return True
+            if op is sre.BRANCH and any(walk(branch, inside) for branch in arg[1]):
+                return True
+        return False
+
+    return walk(_parser.parse(pattern), False)
+
+
+def test_the_answer_patterns_cannot_backtrack_badly():
+    """Structurally: no pattern of the grammar nests repetitions (the checker itself is
+    checked on patterns that do)."""
+    assert nested_repeats(r"(a+)*b") and nested_repeats(r"x(?:\s*\d)+") and nested_repeats(r"(a|b+)+")
+    for pattern in (grammar._PAIR_RE, grammar._DIGITS_RE, grammar._STRICT_FORMAT_RE):
+        assert not nested_repeats(pattern.pattern), pattern.pattern
 
 
 # --- raster -------------------------------------------------------------------------------
@@ -131,8 +219,12 @@ def test_number_codes_and_text():
     assert digits(123456, 3) == [4, 5, 6]  # overflow keeps the lowest digits
     codes = raster.concat_codes(atlas.codes("ab", length=4), raster.number_codes(7, 3))
     assert np.asarray(codes).tolist()[:3] == atlas.codes("ab7").tolist()
-    strip, width = raster.text_strip(atlas, jnp.asarray(atlas.codes("11")), 64)
-    assert int(width) == atlas.text_width("11") and float(strip.sum()) > 0
+    columns, width = raster.text_columns(atlas, jnp.asarray(atlas.codes("1 1")), 64)
+    assert int(width) == atlas.text_width("1 1") == raster.text_advance("1 1", 16)
+    ink = np.asarray(columns) >= 0  # columns of the two glyphs, a blank gap between them
+    assert ink[0] and not ink[int(width):].any() and not ink.all()
+    assert np.asarray(raster.glyph_columns(atlas)).shape == (atlas.cell_h, atlas.alpha.shape[0] * atlas.cell_w)
+    assert raster.line_height(16) == atlas.cell_h and raster.digit_advance(16) == max(atlas.text_width(d) for d in "0123456789")
     a, b = raster.text_alpha("2", 20), raster.text_alpha("4", 20)
     assert a.max() == 1.0 and a.shape[0] > 10 and (a.shape != b.shape or (a != b).any())
     img = raster.stamp(jnp.zeros((30, 30, 3), jnp.uint8), a, 15, 15, (255, 255, 255))
@@ -140,13 +232,14 @@ def test_number_codes_and_text():
     assert raster.text_width("1111", 20) > raster.text_width("11", 20)
 
 
-def test_draw_text_clamps_at_the_border_and_keeps_dtype():
-    atlas = raster.glyph_atlas(12)
-    img = jnp.full((40, 60, 3), 255, jnp.uint8)
-    out = raster.draw_text(img, atlas, atlas.codes("88"), 55, 35, (0, 0, 0), max_width=30)
-    assert out.dtype == jnp.uint8 and out.shape == img.shape
-    out = np.asarray(out)
-    assert (out[35:, 55:] < 128).any() and (out[:30, :50] == 255).all()
+def test_coordinate_labels_are_centred_on_their_cells():
+    img = raster.coordinate_labels(jnp.full((60, 60, 3), 255.0), 3, 25, 25, 15, 5, 5, 8, (0, 0, 0))
+    dark = np.asarray(img)[..., 0] < 128
+    for i in range(3):
+        column = dark[:12, 25 + 15 * i - 7 : 25 + 15 * i + 8]  # label i above column i
+        row = dark[25 + 15 * i - 7 : 25 + 15 * i + 8, :12]  # label i left of row i
+        assert column.any() and row.any()
+    assert not dark[12:, 12:].any()  # nothing on the board
 
 
 def test_grid_from_atlas_and_resize():
@@ -175,6 +268,31 @@ def test_paste_cells_equals_numpy_paste():
     np.testing.assert_array_equal(np.asarray(out), expected)
     grid = raster.paste(jnp.asarray(image), raster.grid_from_atlas(jnp.asarray(atlas), jnp.asarray(ids)), 4, 2)
     np.testing.assert_array_equal(np.asarray(grid), expected)
+
+# --- shared random draws -------------------------------------------------------------------
+
+
+def test_kth_true_is_uniform_over_the_true_entries():
+    """One uniform picks the k-th True entry: uniform over exactly the True entries (a skewed
+    uniform, e.g. u**4, fails the chi-square), and "none" on an all-False mask."""
+    mask = jnp.zeros(40, bool).at[jnp.array([0, 3, 4, 17, 30, 39])].set(True)
+    draw = jax.jit(jax.vmap(lambda u: envs.core.kth_true(mask, u)))
+    picks, found = draw(jax.random.uniform(jax.random.key(0), (12000,)))
+    assert bool(found.all())
+    chi_square.assert_uniform(picks, np.flatnonzero(mask), "kth_true")
+    assert not bool(envs.core.kth_true(jnp.zeros(5, bool), 0.5)[1])
+    assert int(envs.core.kth_true(mask, jnp.float32(1.0 - 2**-24))[0]) == 39  # the largest u stays in range
+
+
+@pytest.mark.parametrize("n", [36, 144])  # the ranks path and the sorting path
+def test_random_permutation_is_uniform(n):
+    """Where an element lands, and where its neighbour lands relative to it, are uniform."""
+    words = jax.random.bits(jax.random.key(n), (6000, n), jnp.uint32)
+    perms = np.asarray(jax.jit(jax.vmap(envs.core.random_permutation))(words))
+    assert (np.sort(perms, axis=1) == np.arange(n)).all()
+    chi_square.assert_uniform(perms[:, 0], range(n), "position of element 0")
+    chi_square.assert_uniform((perms[:, 1] - perms[:, 0]) % n, range(1, n), "offset of element 1 from element 0")
+
 
 # --- wrappers -----------------------------------------------------------------------------
 

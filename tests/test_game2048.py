@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import chi_square
 import envs
 from envs import game2048
 from envs.game2048 import DOWN, LEFT, RIGHT, STILL, UP
@@ -125,14 +126,19 @@ def test_valid_actions_agree_with_step(board):
 
 
 def test_spawn_distribution():
-    """2 with p 0.9, 4 with p 0.1, uniform over empty cells; reset spawns two tiles."""
+    """Reset spawns two tiles, 2 with p 0.9 and 4 with p 0.1, on cells uniform among the empty
+    ones, so every pair of cells is equally likely (chi-square / binomial bounds)."""
     states = jax.jit(jax.vmap(ENV.reset))(jax.random.split(jax.random.key(0), 20000))
     boards = np.asarray(states.board).reshape(20000, -1)
     assert ((boards > 0).sum(1) == 2).all()
-    fours = (boards == 2).sum() / (boards > 0).sum()
-    assert abs(fours - 0.1) < 0.01
-    cell_freq = (boards > 0).mean(0) / 2
-    assert np.abs(cell_freq - 1 / 16).max() < 0.01
+    chi_square.assert_binomial(int((boards == 2).sum()), 2 * 20000, 0.1, "spawned 4s")
+    cells = np.argsort(boards == 0, axis=1, kind="stable")[:, :2]  # the two filled cells, a < b
+    chi_square.assert_uniform(cells[:, 0] * 16 + cells[:, 1], [a * 16 + b for a in range(16) for b in range(a + 1, 16)], "filled pair")
+    # a spawn after a move: uniform over the cells the move left empty
+    state = ENV.from_board([[1, 2, 3, 4], [0, 0, 0, 0], [4, 3, 2, 1], [0, 0, 0, 0]])
+    new = jax.jit(jax.vmap(ENV.step, in_axes=(0, None, None)))(jax.random.split(jax.random.key(1), 8000), state, UP)[0]
+    spawned = np.argmax(np.asarray(new.board).reshape(8000, -1) != slide(state.board, UP)[0].reshape(-1), axis=1)
+    chi_square.assert_uniform(spawned, range(8, 16), "spawn cell after a move")
 
 
 def test_determinism_and_single_compile():
@@ -211,18 +217,18 @@ def test_render_colours_and_digits():
     state = ENV.from_board([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 0]], score=4242)
     img = np.asarray(RENDER(state))
     assert img.shape == (448, 392, 3) and img.dtype == np.uint8
-    L = ENV._layout
+    L = ENV.layout
     crops = {}
     for r in range(4):
         for c in range(4):
-            y = L["board_y"] + L["gap"] + r * L["pitch"]
-            x = L["board_x"] + L["gap"] + c * L["pitch"]
+            y = L.board_y + L.gap + r * L.pitch
+            x = L.board_x + L.gap + c * L.pitch
             e = int(state.board[r, c])
             # a point inside the tile, away from the centred number
-            pixel = tuple(img[y + L["tile"] // 8, x + L["tile"] // 2])
+            pixel = tuple(img[y + L.tile // 8, x + L.tile // 2])
             expected = game2048.EMPTY_COLOR if e == 0 else game2048.TILE_COLORS.get(2**e, game2048.BIG_TILE_COLOR)
             assert pixel == expected, (r, c, pixel, expected)
-            crops[e] = img[y : y + L["tile"], x : x + L["tile"]].astype(int)
+            crops[e] = img[y : y + L.tile, x : x + L.tile].astype(int)
     # the number is drawn: each tile's crop differs from a plain tile, and digits differ by value
     for e in range(1, 15):
         assert len(np.unique(crops[e].reshape(-1, 3), axis=0)) > 5
@@ -231,8 +237,8 @@ def test_render_colours_and_digits():
     assert (text_2 != text_4).sum() > 20  # "2" and "4" have different glyph pixels
     # the score strip shows the score
     other = np.asarray(RENDER(state.replace(score=jnp.int32(99))))
-    strip = slice(L["strip_y"], L["strip_y"] + L["strip_h"])
-    assert (img[strip] != other[strip]).any() and (img[: L["strip_y"]] == other[: L["strip_y"]]).all()
+    strip = slice(L.strip_y, L.strip_y + L.strip_h)
+    assert (img[strip] != other[strip]).any() and (img[: L.strip_y] == other[: L.strip_y]).all()
 
 
 def test_config_errors():
@@ -251,6 +257,6 @@ def test_coordinate_labels_draw_only_in_the_margin():
     state = ENV.from_board(np.eye(4, dtype=int))
     a, b = np.asarray(RENDER(state)), np.asarray(jax.jit(labelled.render)(state))
     diff = (a != b).any(-1)
-    L = ENV._layout
+    L = ENV.layout
     assert diff.any()
-    assert not diff[L["board_y"] : L["board_y"] + L["board_px"], L["board_x"] : L["board_x"] + L["board_px"]].any()
+    assert not diff[L.board_y : L.board_y + L.board_px, L.board_x : L.board_x + L.board_px].any()

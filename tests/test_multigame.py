@@ -2,6 +2,8 @@
 game gives on its own (states, actions, rewards, masks, frames, text), and bad layouts fail
 clearly."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,11 +122,40 @@ def test_warmup_and_auto_reset():
 
     states, (new, rewards, dones, info) = jax.device_get(jax.jit(run)(jax.random.key(1)))
     assert (states[0].steps == 5).all()  # 2048 counts its steps: 5 warm-up moves
-    assert (states[1].moves == 0).all()  # Swap: G1 uses no warm-up
+    assert (states[1].moves_left == small.games[1].max_moves).all()  # Swap: G1 uses no warm-up
     assert rewards.shape == (5,) and len(info["final_state"]) == 2
     frames = jnp.zeros((5, *IMAGE_SIZE, 3), jnp.uint8)
     frames = jax.jit(small.render_into, donate_argnums=0)(frames, new)
     np.testing.assert_array_equal(np.asarray(frames), np.asarray(jax.jit(small.render)(new)))
+
+
+def test_info_keys_the_games_share_are_passed_on():
+    """Every info key all games return comes back as one [B] batch (not only raw_reward and
+    legal); a key only some games return is left out; a shared key of other shapes is an error."""
+    from envs.game2048 import Game2048
+
+    def with_info(**extra):
+        def step(self, key, state, action, params=None):
+            new, reward, done, info = Game2048.step(self, key, state, action, params)
+            return new, reward, done, {**info, **{k: f(new, info) for k, f in extra.items()}}
+
+        return dataclasses.dataclass(frozen=True, repr=False)(type("Extra2048", (Game2048,), {"step": step}))
+
+    tiles = lambda s, i: (s.board > 0).sum()  # noqa: E731
+    game_a = with_info(tiles=tiles, only_here=lambda s, i: i["legal"])(image_size=IMAGE_SIZE)
+    game_b = with_info(tiles=tiles)(board_size=3, image_size=IMAGE_SIZE)
+    both = MultiGame((game_a, game_b), (2, 3))
+    states = both.reset(jax.random.key(0))
+    actions = both.random_valid_actions(jax.random.key(1), states)
+    new, _, _, info = jax.jit(both.step)(jax.random.key(2), states, actions)
+    assert set(info) == {"raw_reward", "legal", "tiles"}
+    expected = [int((np.asarray(b) > 0).sum()) for part in new for b in part.board]
+    assert np.asarray(info["tiles"]).tolist() == expected
+    group = jax.eval_shape(both.parallel_step, jax.random.key(3), states, jnp.zeros((5, 2), jnp.int32))[3]
+    assert set(group) == {"raw_reward", "legal", "tiles"} and group["tiles"].shape == (5, 2)
+    odd = MultiGame((game_a, with_info(tiles=lambda s, i: s.board)(board_size=3, image_size=IMAGE_SIZE)), (2, 3))
+    with pytest.raises(ValueError, match=r"info\['tiles'\] differs in shape or dtype"):
+        jax.eval_shape(odd.step, jax.random.key(2), odd.reset(jax.random.key(0)), actions)
 
 
 def test_bad_layouts_fail_clearly():

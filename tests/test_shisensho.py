@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import chi_square
 import envs
-from envs import shisensho
+from envs import shisensho, shisensho_paths
 from envs.grammar import encode_pair
 
 ENV = envs.make("shisensho")  # 6x6, 6 colours x 6 shapes: G1's game
@@ -143,7 +144,7 @@ def test_same_cell_empty_cells_and_invalid_ids_are_illegal():
 def test_joined_pairs_match_bfs_on_random_boards():
     """All G^4 pairs of `joined_pairs` (whatever the cells hold) against the BFS."""
     rng = np.random.default_rng(0)
-    joined = jax.jit(shisensho.joined_pairs)
+    joined = jax.jit(shisensho_paths.joined_pairs)
     for g in (4, 6, 8):
         for _ in range(4):
             board = rng.integers(1, 5, (g, g)) * (rng.random((g, g)) < rng.uniform(0.2, 0.9))
@@ -225,7 +226,7 @@ def test_full_board_shortcut_matches_the_general_test():
     for _ in range(20):
         board = rng.permutation(np.repeat(np.arange(1, 10), 4)).reshape(G, G)
         state = env.from_board(board)
-        np.testing.assert_array_equal(shisensho.full_board_pairs(state.pairs, G), state.legal)
+        np.testing.assert_array_equal(shisensho_paths.full_board_pairs(state.pairs, G), state.legal)
 
 
 # --- invariants (hypothesis) --------------------------------------------------------------
@@ -268,10 +269,22 @@ def test_reset_is_deterministic_and_like_the_original():
     chex.assert_trees_all_equal(roll(jax.random.key(3)), roll(jax.random.key(3)))
 
 
-def test_types_are_spread_over_the_product():
-    boards = jax.vmap(RESET)(jax.random.split(jax.random.key(0), 200)).board
-    seen = np.unique(np.asarray(boards))
-    assert set(seen.tolist()) == set(range(1, 37))  # every colour x shape turns up
+def test_deals_are_uniform():
+    """The deal (hashed words -> 9 of the 36 types by Floyd's subset -> tiles placed by a
+    random permutation) draws uniformly: every type equally likely in a cell and on a board;
+    the second cell shares the first one's type with probability 3/35; the permutation of one
+    deal's words puts tile 1 at a uniform offset from tile 0. A generator without its mixing
+    steps fails these chi-square / binomial bounds."""
+    n = 6000
+    boards = np.asarray(jax.jit(jax.vmap(ENV.reset))(jax.random.split(jax.random.key(0), n)).board).reshape(n, -1)
+    chi_square.assert_uniform(boards[:, 0], range(1, 37), "type of cell 0")
+    chi_square.assert_uniform(boards[:, -1], range(1, 37), "type of the last cell")
+    chi_square.assert_uniform(np.concatenate([np.unique(b) for b in boards[:1000]]), range(1, 37), "types on a board")
+    chi_square.assert_binomial(int((boards[:, 0] == boards[:, 1]).sum()), n, 3 / 35, "cells 0 and 1 share a type")
+    deal = jax.jit(jax.vmap(lambda k: envs.core.random_permutation(shisensho.hashed_words(k, G * G))))
+    perms = np.asarray(deal(jax.random.split(jax.random.key(1), n)))
+    chi_square.assert_uniform(perms[:, 0], range(G * G), "cell of tile 0")
+    chi_square.assert_uniform((perms[:, 1] - perms[:, 0]) % (G * G), range(1, G * G), "offset of tile 1 from tile 0")
 
 
 def test_few_types_repeat_in_groups_of_four():
@@ -462,32 +475,32 @@ def test_render_colours_at_cell_centres_and_score_text():
     state = ENV.from_board(board)
     img = np.asarray(render(state))
     assert img.shape == (*ENV.image_size, 3) and img.dtype == np.uint8
-    L = ENV._layout
+    L = ENV.layout
 
     def centre(r, c):
-        return img[L["board_y"] + r * L["cell"] + L["cell"] // 2, L["board_x"] + c * L["cell"] + L["cell"] // 2]
+        return img[L.board_y + r * L.cell + L.cell // 2, L.board_x + c * L.cell + L.cell // 2]
 
     assert centre(0, 0).tolist() == [255, 0, 0]
     assert centre(2, 3).tolist() == [0, 0, 255]
     assert centre(4, 1).tolist() == [0, 255, 0]
     assert centre(3, 3).tolist() == [255, 255, 255]  # empty
     # the grey border of a cell
-    assert img[L["board_y"], L["board_x"] + L["cell"] // 2].tolist() == [200, 200, 200]
+    assert img[L.board_y, L.board_x + L.cell // 2].tolist() == [200, 200, 200]
     after, *_ = STEP(jax.random.key(0), state, act(0, 0, 0, 1))
     img2 = np.asarray(render(after))
-    strip = slice(L["strip_y"], L["strip_y"] + L["strip_h"])
+    strip = slice(L.strip_y, L.strip_y + L.strip_h)
     assert (img[strip] != img2[strip]).any()  # "Score: 0 ... Remaining: 4" -> "Score: 1 ... Remaining: 2"
     assert (img[strip] < 128).any()  # there is dark text
-    assert centre(0, 0).tolist() != np.asarray(img2)[L["board_y"] + L["cell"] // 2, L["board_x"] + L["cell"] // 2].tolist()
+    assert centre(0, 0).tolist() != np.asarray(img2)[L.board_y + L.cell // 2, L.board_x + L.cell // 2].tolist()
 
 
 def test_coordinate_labels_draw_ink_outside_the_board():
     env = envs.make("shisensho", coordinate_labels=True)
     plain = np.asarray(jax.jit(ENV.render)(ENV.from_board(np.zeros((G, G), int))))
     labelled = np.asarray(jax.jit(env.render)(env.from_board(np.zeros((G, G), int))))
-    L = env._layout
-    assert (labelled[: L["board_y"]] < 128).any() and (labelled[:, : L["board_x"]] < 128).any()
-    assert not (plain[: ENV._layout["board_y"]] < 128).any()
+    L = env.layout
+    assert (labelled[: L.board_y] < 128).any() and (labelled[:, : L.board_x] < 128).any()
+    assert not (plain[: ENV.layout.board_y] < 128).any()
 
 
 # --- configuration -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_cifar import fake_image, write_cifar
 
+import chi_square
 import envs
 from envs import raster
 from envs.grammar import encode_pair
@@ -32,8 +33,12 @@ def test_a_game_samples_nine_classes_and_distinct_pictures():
             pics = [picture(f) for f in faces[board == cls]]
             assert all(c == cls - 1 for c, _ in pics)  # faces show their tile's class
             assert len({p for _, p in pics}) == 4  # 4 different pictures of the class
-    boards = np.asarray(jax.vmap(RESET)(jax.random.split(jax.random.key(0), 64)).faces)
-    assert len(np.unique(boards)) > 200  # pictures vary from game to game
+    # pictures and classes vary from game to game, uniformly (chi-square): the class of a
+    # cell, and the picture a tile of a class shows
+    states = jax.jit(jax.vmap(ENV.reset))(jax.random.split(jax.random.key(0), 4000))
+    board, faces = np.asarray(states.board).reshape(4000, -1), np.asarray(states.faces).reshape(4000, -1)
+    chi_square.assert_uniform(board[:, 0], range(1, 11), "class of cell 0")
+    chi_square.assert_uniform((faces[:, 0] - 1) % N, range(N), "picture of cell 0")
 
 
 def test_tiles_match_by_class_not_by_picture():
@@ -82,12 +87,12 @@ def test_render_shows_the_resized_bank_pictures():
     board[1, 2] = 6  # a flower
     state = ENV.from_board(board, faces=np.full((G, G), 7))
     img = np.asarray(jax.jit(ENV.render)(state))
-    L = ENV._layout
-    c = L["cell"]
-    y, x = L["board_y"] + c, L["board_x"] + 2 * c
+    L = ENV.layout
+    c = L.cell
+    y, x = L.board_y + c, L.board_x + 2 * c
     expected = np.asarray(raster.resize(jnp.asarray(ENV.bank.images[5, 7]), c, c))
     np.testing.assert_array_equal(img[y : y + c, x : x + c], expected)
-    empty = img[L["board_y"] : L["board_y"] + c, L["board_x"] : L["board_x"] + c]
+    empty = img[L.board_y : L.board_y + c, L.board_x : L.board_x + c]
     assert empty[c // 2, c // 2].tolist() == [255, 255, 255] and empty[0, c // 2].tolist() == [200, 200, 200]
 
 
@@ -122,8 +127,8 @@ def test_cifar_bank_from_a_local_archive(tmp_path):
     board = np.zeros((G, G), np.int32)
     board[0, 0] = 4  # class 3 (cat), picture 1 = the archive's image 13
     img = np.asarray(jax.jit(env.render)(env.from_board(board, faces=np.ones((G, G), int))))
-    L, c = env._layout, env._layout["cell"]
-    tile = img[L["board_y"] : L["board_y"] + c, L["board_x"] : L["board_x"] + c]
+    L, c = env.layout, env.layout.cell
+    tile = img[L.board_y : L.board_y + c, L.board_x : L.board_x + c]
     np.testing.assert_array_equal(tile, np.asarray(raster.resize(jnp.asarray(fake_image(13, 3)), c, c)))
 
 

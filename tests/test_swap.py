@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import chi_square
 import envs
-from envs import swap
+from envs import raster, swap
 from envs.grammar import encode_pair
-from envs.swap import Params
 
 ENV = envs.make("swap")
 G = ENV.board_size
@@ -374,7 +374,7 @@ def rollout(env, steps):
                 legal=info["legal"],
                 gained=new.score - state.score,
                 raw=info["raw_reward"],
-                moves=new.moves - state.moves,
+                used=state.moves_left - new.moves_left,
                 unchanged=(new.board == state.board).all() & (new.shuffles == state.shuffles),
             )
             return new, facts
@@ -430,7 +430,7 @@ def test_golden_swaps(name):
     for action in swap_ids(*pair):
         j = column(action)
         assert reward[0, j] == 1.0 and info["raw_reward"][0, j] >= first_wave
-        assert new.score[0, j] == info["raw_reward"][0, j] and new.moves[0, j] == 1
+        assert new.score[0, j] == info["raw_reward"][0, j] and new.moves_left[0, j] == ENV.max_moves - 1
 
 
 GRAVITY_CASCADE_BOARD = """
@@ -516,7 +516,7 @@ def test_valid_actions_agree_with_step_and_invalid_changes_nothing():
     raw = info["raw_reward"]
     assert (reward == np.where(legal, 1.0, -1.0)).all()
     assert (raw[~legal] == -1).all() and (raw[legal] >= 6).all()
-    for field in ("board", "score", "moves", "shuffles", "done"):
+    for field in ("board", "score", "moves_left", "shuffles", "done"):
         before = np.asarray(getattr(states, field))[:, None]
         after = getattr(new, field)
         unchanged = (after == before).reshape(after.shape[0], after.shape[1], -1).all(-1)
@@ -536,7 +536,7 @@ def check_invariants(facts):
     assert legal.any()
     assert (f["gained"][legal] == f["raw"][legal]).all() and (f["raw"][legal] >= 6).all()
     assert (f["gained"][~legal] == 0).all() and (f["raw"][~legal] == -1).all()
-    assert (f["moves"] == legal).all() and f["unchanged"][~legal].all()
+    assert (f["used"] == legal).all() and f["unchanged"][~legal].all()
 
 
 @settings(max_examples=8, deadline=None)
@@ -561,6 +561,21 @@ def test_start_boards_are_playable():
     assert len(np.unique(np.asarray(states.board[:, 0, 0]))) > 1  # boards differ
 
 
+def test_deals_and_shuffles_are_uniform():
+    """The deal gives every cell a type uniformly (by symmetry between the types, also the
+    cells constrained by their neighbours); a reshuffle moves each tile to a uniform cell and
+    its neighbour to a uniform offset from it (chi-square)."""
+    n = 6000
+    boards = np.asarray(jax.jit(jax.vmap(lambda k: swap.deal(k, G, ENV.num_types)))(jax.random.split(jax.random.key(0), n)))
+    chi_square.assert_uniform(boards[:, 0, 0], range(ENV.num_types), "type of the first cell")
+    chi_square.assert_uniform(boards[:, -1, -1], range(ENV.num_types), "type of the last cell")
+    tiles = jnp.arange(G * G, dtype=jnp.int32).reshape(G, G)
+    shuffled = np.asarray(jax.jit(jax.vmap(lambda k: swap.shuffle_tiles(k, tiles)))(jax.random.split(jax.random.key(1), n)))
+    where = np.argsort(shuffled.reshape(n, -1), axis=1)  # the cell each tile went to
+    chi_square.assert_uniform(where[:, 0], range(G * G), "cell of tile 0")
+    chi_square.assert_uniform((where[:, 1] - where[:, 0]) % (G * G), range(1, G * G), "offset of tile 1 from tile 0")
+
+
 def test_determinism():
     key = jax.random.key(11)
     (final_a, a), (final_b, b) = ROLL(key), ROLL(key)
@@ -574,27 +589,25 @@ def test_determinism():
 
 
 def test_step_compiles_once():
-    """New states, new params values, new keys: still the one trace (STEP_ALL counts)."""
+    """New states (other moves left), new keys: still the one trace (STEP_ALL counts)."""
     states = ROLL(jax.random.key(5))[0]
-    for seed, params in ((1, PARAMS), (2, Params(max_moves=3))):
-        new, *_ = step_all(states, params, seed)
-        states = jax.tree.map(lambda x: jnp.asarray(x[:, 0]), new)
-        step_all(states, params, seed)
+    for seed, start in ((1, states), (2, states.replace(moves_left=jnp.full_like(states.moves_left, 3)))):
+        new, *_ = step_all(start, seed=seed)
+        step_all(jax.tree.map(lambda x: jnp.asarray(x[:, 0]), new), seed=seed)
 
 
 def test_move_limit_ends_the_game():
-    params = Params(max_moves=1)
-    states = batch([ENV.from_board(grid("a b a a", background()))])
-    new, _, done, info = step_all(states, params)
+    states = batch([ENV.from_board(grid("a b a a", background()), moves_left=1)])
+    new, _, done, info = step_all(states)
     j = column(encode_pair(0, 0, 0, 1, G))
-    assert info["legal"][0, j] and done[0, j] and new.done[0, j]
+    assert info["legal"][0, j] and done[0, j] and new.done[0, j] and new.moves_left[0, j] == 0
     assert not done[0, column(ENV.invalid_action)]
     finished = batch([row_state(new, 0, j)])
-    again, reward, done2, info2 = step_all(finished, params)
+    again, reward, done2, info2 = step_all(finished)
     assert not info2["legal"].any() and (reward == -1).all() and done2.all()
     assert (again.board == np.asarray(finished.board)[:, None]).all()
     assert not np.asarray(VALID_ALL(finished)).any()
-    assert envs.make("swap", max_moves=7).default_params.max_moves == 7
+    assert int(jax.jit(envs.make("swap", max_moves=7).reset)(jax.random.key(0)).moves_left) == 7
 
 
 # ---------------------------------------------------------------------------------------
@@ -653,8 +666,9 @@ def test_parse(text, expected):
 
 def test_from_board_validation():
     good = grid("a b a a", background())
-    state = ENV.from_board(good, score=12, moves=3, shuffles=1)
-    assert (int(state.score), int(state.moves), int(state.shuffles)) == (12, 3, 1)
+    state = ENV.from_board(good, score=12, moves_left=3, shuffles=1)
+    assert (int(state.score), int(state.moves_left), int(state.shuffles)) == (12, 3, 1)
+    assert int(ENV.from_board(good).moves_left) == ENV.max_moves and bool(ENV.from_board(good, moves_left=0).done)
     with pytest.raises(ValueError, match="shape"):
         ENV.from_board(good[:7])
     with pytest.raises(ValueError, match="integers"):
@@ -708,12 +722,10 @@ def test_render_tiles_and_cells():
     img = np.asarray(RENDER(state, PARAMS))
     assert img.shape == (616, 560, 3) and img.dtype == np.uint8
     board = np.asarray(state.board)
-    from envs.raster import TILE_COLORS
-
     for r in range(G):
         for c in range(G):
             y, x = r * 70, c * 70
-            color = TILE_COLORS[board[r, c] // ENV.num_shapes][1]
+            color = raster.TILE_COLORS[board[r, c] // ENV.num_shapes][1]
             assert tuple(img[y + 35, x + 35]) == color, (r, c)
             assert tuple(img[y + 1, x + 1]) == ((240,) * 3 if (r + c) % 2 == 0 else (230,) * 3)
             assert tuple(img[y + 69, x + 69]) == (100, 100, 100)
@@ -726,13 +738,13 @@ def test_render_shows_real_counters():
     state = played_state()
     base = np.asarray(RENDER(state, PARAMS))
     strip = slice(G * 70, None)
-    for changed, params in [
-        (state.replace(score=state.score + 100), PARAMS),
-        (state.replace(moves=state.moves + 7), PARAMS),
-        (state.replace(shuffles=state.shuffles + 3), PARAMS),
-        (state, Params(max_moves=50)),
+    for changed in [
+        state.replace(score=state.score + 100),
+        state.replace(moves_left=state.moves_left - 7),
+        state.replace(shuffles=state.shuffles + 3),
+        state.replace(moves_left=jnp.int32(50)),
     ]:
-        img = np.asarray(RENDER(changed, params))
+        img = np.asarray(RENDER(changed, PARAMS))
         assert (img[: G * 70] == base[: G * 70]).all()
         assert (img[strip] != base[strip]).any()
     assert (base[strip] < 128).any()  # some dark text pixels
@@ -745,51 +757,71 @@ def test_render_other_sizes_and_labels():
     s = env.from_board(grid("a b a a", background(6)))
     img = np.asarray(jax.jit(env.render)(s))
     assert img.shape == (336, 280, 3)
-    L = env._layout
-    assert L["label_px"] > 0 and L["board_x"] >= L["label_px"] and L["board_y"] >= L["label_px"]
-    left_of_row0 = img[L["board_y"] : L["board_y"] + L["cell"], L["board_x"] - L["label_px"] : L["board_x"]]
-    above_col0 = img[L["board_y"] - L["label_px"] : L["board_y"], L["board_x"] : L["board_x"] + L["cell"]]
+    L = env.layout
+    assert L.band > 0 and L.board_x >= L.band and L.board_y >= L.band
+    left_of_row0 = img[L.board_y : L.board_y + L.cell, L.board_x - L.band : L.board_x]
+    above_col0 = img[L.board_y - L.band : L.board_y, L.board_x : L.board_x + L.cell]
     assert (left_of_row0 < 200).any() and (above_col0 < 200).any()
-    from envs.raster import TILE_COLORS
-
     for r in range(6):
         for c in range(6):
-            y, x = L["board_y"] + r * L["cell"] + L["cell"] // 2, L["board_x"] + c * L["cell"] + L["cell"] // 2
-            assert tuple(img[y, x]) == TILE_COLORS[int(s.board[r, c]) // 3][1]
+            y, x = L.board_y + r * L.cell + L.cell // 2, L.board_x + c * L.cell + L.cell // 2
+            assert tuple(img[y, x]) == raster.TILE_COLORS[int(s.board[r, c]) // 3][1]
 
 
-def generic_render(env, state, params):
-    """The frame drawn with the generic raster helpers: `grid_from_atlas` + `paste` for the board and
-    `draw_text` blending the counters line in float. The renderer's faster path (a gather per
-    cell fused into the frame update, pre-blended glyph columns) must give the same pixels."""
-    from envs import raster
+@pytest.mark.parametrize("board_size", range(4, 13))
+@pytest.mark.parametrize("labels", [False, True])
+def test_counters_fit_the_frame(board_size, labels):
+    """At the default image size, for every board size, the counters line holds the widest
+    values it can show (a 10-digit score, moves left and shuffles up to max_moves) inside the
+    frame and the strip; on small boards the text is smaller than the original's."""
+    env = envs.make("swap", board_size=board_size, coordinate_labels=labels)
+    line, L = env._counters_line, env.layout
+    widest = env.from_board(grid("a b a a", background(board_size)), score=2**31 - 1, shuffles=env.max_moves)
+    for codes in env.counters_codes(widest):
+        _, text_width = raster.text_columns(line.font, codes, line.width)
+        assert line.x + int(text_width) <= env.image_size[1]
+    assert L.strip_y <= line.ys[0] and line.ys[-1] + line.font.cell_h <= L.strip_y + L.strip_h
+    assert line.font.px >= swap.MIN_TEXT_PX
 
-    L = env._layout
+
+def test_counters_need_room():
+    with pytest.raises(envs.ConfigError, match=r"too small for the counters.*e\.g\. image_size=\(\d+, \d+\)"):
+        envs.make("swap", board_size=4, image_size=(112, 112))
+
+
+def generic_render(env, state):
+    """The frame drawn the plain way: `grid_from_atlas` + `paste` for the board, and each
+    counters line blended in float from the font's glyph alphas. The renderer's faster path (a
+    gather per cell fused into the frame update, pre-blended glyph columns) must give the same
+    pixels."""
+    L, line = env.layout, env._counters_line
     ids = jnp.clip(state.board, 0, env.num_types - 1) * 2 + jnp.asarray(env._parity)
     board = raster.grid_from_atlas(jnp.asarray(env._tile_atlas), ids)
-    img = raster.paste(jnp.asarray(env._background), board, L["board_y"], L["board_x"])
-    font = env._font
-    x = L["board_x"] + int(round(10 * L["scale"]))
-    y = L["strip_y"] + (L["strip_h"] - font.cell_h) // 2
-    return raster.draw_text(img, font, env.counters_codes(state, params), x, y, swap.BLACK, max_width=env.image_size[1] - x)
+    img = raster.paste(jnp.asarray(env._background), board, L.board_y, L.board_x)
+    h, alphas = line.font.cell_h, jnp.asarray(raster.glyph_columns(line.font))
+    for codes, y in zip(env.counters_codes(state), line.ys):
+        columns, _ = raster.text_columns(line.font, codes, line.width)
+        alpha = jnp.where(columns >= 0, alphas[:, jnp.maximum(columns, 0)], 0.0)
+        window = img[y : y + h, line.x : line.x + line.width].astype(jnp.float32)
+        img = img.at[y : y + h, line.x : line.x + line.width].set(raster.to_uint8(raster.fill(window, alpha, swap.BLACK)))
+    return img
 
 
 @pytest.mark.parametrize(
     "config",
-    [dict(), dict(image_size=(840, 644)), dict(board_size=6, num_shapes=2, image_size=(336, 280), coordinate_labels=True)],
+    [dict(), dict(board_size=5, image_size=(252, 224)), dict(board_size=6, num_shapes=2, image_size=(336, 280), coordinate_labels=True)],
 )
 def test_render_matches_generic_drawing(config):
     """Pixel-identical to the generic drawing, on fresh and played boards and on counters from
-    0 to 10 digits (the longest line runs past the right edge and is cut there)."""
+    0 to 10 digits, on one line and on two."""
     env = envs.make("swap", **config)
     keys = jax.random.split(jax.random.key(3), 4)
     states = jax.vmap(env.reset)(keys)
     actions = jax.vmap(env.random_valid_action)(keys, states)
     played, _, _, _ = jax.vmap(env.step)(keys, states, actions)
-    counters = jnp.asarray([[0, 0, 0], [7, 5, 3], [123456, 999, 42], [2**31 - 1, 0, 2**31 - 1]], jnp.int32)
+    counters = jnp.asarray([[0, 0, 0], [7, 5, 3], [123456, 999, 42], [2**31 - 1, 2**31 - 1, 2**31 - 1]], jnp.int32)
     states = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), states, played)
-    states = states.replace(score=counters[:, 0].repeat(2), moves=counters[:, 1].repeat(2), shuffles=counters[:, 2].repeat(2))
-    for params in (env.default_params, Params(max_moves=2**31 - 1)):
-        fast = jax.jit(jax.vmap(lambda s: env.render(s, params)))(states)
-        generic = jax.jit(jax.vmap(lambda s: generic_render(env, s, params)))(states)
-        np.testing.assert_array_equal(np.asarray(fast), np.asarray(generic))
+    states = states.replace(score=counters[:, 0].repeat(2), moves_left=counters[:, 1].repeat(2), shuffles=counters[:, 2].repeat(2))
+    fast = jax.jit(jax.vmap(env.render))(states)
+    generic = jax.jit(jax.vmap(lambda s: generic_render(env, s)))(states)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(generic))
