@@ -4,11 +4,17 @@ frames as a PNG (a grid when the batch has several boards) and the whole play as
     python -m envs.show 2048 --seed 0 --out board.png
     python -m envs.show 2048 --batch 16 --steps 200 --out out/2048.png --gif out/2048.gif
     python -m envs.show swap --image-size 616 560 --labels --out swap.png
+    python -m envs.show shisensho --preset more_tiles --steps 20 --out more_tiles.png
+    python -m envs.show swap --board-size 6 --set max_moves=50 --out swap6.png
+
+Game options: --preset, --board-size, --image-size H W, --num-colors, --num-shapes, --labels,
+and any other option of the game as --set key=value (value read as a Python literal).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import os
 import sys
@@ -19,6 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
+
+MAX_FPS = 100  # GIF frame delays are whole hundredths of a second
+TRANSPARENT = 255  # palette index of "same as the previous frame" in the GIF
+GIF_MAX_SIDE = 640  # GIF frames are shrunk by a whole factor until they fit: a few MB per 200 frames
 
 
 def frame_grid(frames: np.ndarray, pad: int = 4) -> np.ndarray:
@@ -62,6 +72,75 @@ def play(env, key, batch: int, steps: int, policy: str, keep_frames: bool):
     return jax.jit(run)(key)
 
 
+def write_gif(path: str, pictures: list[np.ndarray], fps: float, max_side: int = GIF_MAX_SIDE) -> None:
+    """An animated GIF of uint8 [H, W, 3] pictures, kept small: shrunk by the smallest whole
+    factor that brings the longer side to `max_side` or less (a box filter), one palette for
+    the whole play (the games draw few colours), and every pixel that did not change since the
+    previous frame written as transparent, so a frame costs about what changed (LZW packs long
+    runs of one index into a few bytes)."""
+    from PIL import Image
+
+    factor = -(-max(pictures[0].shape[:2]) // max_side)
+    if factor > 1:
+        pictures = [np.asarray(Image.fromarray(p).reduce(factor)) for p in pictures]
+
+    sample = np.concatenate([pictures[i] for i in np.linspace(0, len(pictures) - 1, 5).astype(int)])
+    palette = Image.fromarray(sample).quantize(colors=TRANSPARENT, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    frames, previous = [], None
+    for picture in pictures:
+        index = np.asarray(Image.fromarray(picture).quantize(palette=palette, dither=Image.Dither.NONE))
+        shown = index if previous is None else np.where(index == previous, TRANSPARENT, index).astype(np.uint8)
+        previous = index
+        frame = Image.fromarray(shown, "P")
+        frame.putpalette(palette.getpalette()[: 3 * TRANSPARENT] + [0, 0, 0])
+        frames.append(frame)
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=max(10, int(round(1000 / fps))), loop=0,
+        transparency=TRANSPARENT, disposal=1, optimize=False,
+    )
+
+
+def parse_value(text: str):
+    """A --set value: a Python literal (8, True, (448, 392), 'base'), else the plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def game_config(args, parser) -> dict:
+    config = {}
+    for option in ("preset", "board_size", "num_colors", "num_shapes"):
+        if getattr(args, option) is not None:
+            config[option] = getattr(args, option)
+    if args.image_size:
+        config["image_size"] = tuple(args.image_size)
+    if args.labels:
+        config["coordinate_labels"] = True
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--set takes key=value, got {item!r}")
+        config[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return config
+
+
+def check_output(parser, option: str, path: str | None, extension: str) -> None:
+    """Before any play: the path names a file with the right extension in a folder that
+    exists (or can be made) and is writable."""
+    if path is None:
+        return
+    if os.path.isdir(path) or not path.lower().endswith(extension):
+        parser.error(f"{option} {path!r} must be a file name ending in {extension}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        parser.error(f"{option} {path!r}: cannot create the folder {folder!r} ({err.strerror})")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path!r}: the folder {folder!r} is not writable")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("game", help=f"one of: {', '.join(envs.list_games())}")
@@ -69,26 +148,34 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1, help="boards played in parallel")
     parser.add_argument("--steps", type=int, default=0, help="random moves before the picture")
     parser.add_argument("--policy", choices=("valid", "uniform"), default="valid", help="random valid moves, or G1's uniform ids")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    parser.add_argument("--labels", action="store_true", help="draw coordinate labels")
+    game = parser.add_argument_group("game options (each game takes the ones it has)")
+    game.add_argument("--preset", default=None, help="a named configuration, e.g. shisensho's more_tiles")
+    game.add_argument("--board-size", type=int, default=None)
+    game.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    game.add_argument("--num-colors", type=int, default=None)
+    game.add_argument("--num-shapes", type=int, default=None)
+    game.add_argument("--labels", action="store_true", help="draw coordinate labels")
+    game.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other game option (repeatable)")
     parser.add_argument("--out", default="board.png", help="PNG of the final frame(s)")
     parser.add_argument("--gif", default=None, help="GIF of the whole play")
-    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--fps", type=float, default=8.0, help=f"GIF frames per second, in (0, {MAX_FPS}]")
+    parser.add_argument("--gif-max-side", type=int, default=GIF_MAX_SIDE, help="GIF frames are shrunk until their longer side fits")
     args = parser.parse_args(argv)
 
-    from PIL import Image
-
-    config = {}
-    if args.image_size:
-        config["image_size"] = tuple(args.image_size)
-    if args.labels:
-        config["coordinate_labels"] = True
-    try:
-        env = envs.make(args.game, **config)
-    except (envs.UnknownGameError, envs.ConfigError) as err:
-        parser.error(str(err))
     if args.batch < 1 or args.steps < 0:
         parser.error("--batch must be >= 1 and --steps >= 0")
+    if not 0 < args.fps <= MAX_FPS:
+        parser.error(f"--fps must be in (0, {MAX_FPS}], got {args.fps:g}")
+    if args.gif_max_side < 16:
+        parser.error(f"--gif-max-side must be >= 16, got {args.gif_max_side}")
+    check_output(parser, "--out", args.out, ".png")
+    check_output(parser, "--gif", args.gif, ".gif")
+    try:
+        env = envs.make(args.game, **game_config(args, parser))
+    except (envs.UnknownGameError, envs.ConfigError) as err:
+        parser.error(str(err))
+
+    from PIL import Image
 
     start = time.perf_counter()
     state, frames, rewards, finished = play(env, jax.random.key(args.seed), args.batch, args.steps, args.policy, args.gif is not None)
@@ -97,16 +184,12 @@ def main(argv=None):
     frames = np.asarray(frames)
     elapsed = time.perf_counter() - start
 
-    for path in (args.out, args.gif):
-        if path and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(frame_grid(frames[-1])).save(args.out)
     print(f"{env!r}: {args.batch} board(s), {args.steps} random {args.policy} moves in {elapsed:.2f} s (compile included)")
     print(f"wrote {args.out}")
     if args.gif:
-        pictures = [Image.fromarray(frame_grid(f)) for f in frames]
-        pictures[0].save(args.gif, save_all=True, append_images=pictures[1:], duration=int(1000 / args.fps), loop=0)
-        print(f"wrote {args.gif} ({len(pictures)} frames)")
+        write_gif(args.gif, [frame_grid(f) for f in frames], args.fps, args.gif_max_side)
+        print(f"wrote {args.gif} ({len(frames)} frames, {os.path.getsize(args.gif) / 1e6:.1f} MB)")
     print(f"mean reward per move {float(rewards.mean()) / max(args.steps, 1):+.3f}; finished games: {int(finished.sum())}")
     print(f"board 0 as the model's perception text must read it:\n{env.describe(envs.unbatch(state, 0))}")
     return 0
