@@ -3,6 +3,8 @@
     python experiments/bench_model.py                          # CPU: 'bench' config (~31M params), batch 8 x 512
     python experiments/bench_model.py --json out/bench_model.json
     python experiments/bench_model.py --config 3b --dtype bfloat16 --skip-torch   # on a GPU: adds MFU
+    python experiments/bench_model.py --decode-steps 0          # forward only
+    python experiments/bench_model.py --attention-from ce3dc73  # also time attention as at that commit
 
 Each row of the batch is one image (224x224 px by default -> 64 image tokens) inside a 512-token
 prompt. "first call" is compile + first run for Flax, the first (lazy-init) run for PyTorch. Both
@@ -16,6 +18,17 @@ of one forward); PyTorch as the peak resident-set growth during its first forwar
 millisecond in a thread, after malloc_trim so freed heap does not hide the growth), over the RSS
 before it. The same RSS measurement is also printed for JAX's first call after compilation. The
 methods measure different things; each is labelled in the output.
+
+Decode (Flax only; the sampler-vs-`generate` comparison is experiments/bench_train.py): the same
+prompts prefilled once into a KV cache of seq + N slots, then N greedy `decode_step`s in one jitted
+`fori_loop`, timed like the forward; tokens/s = batch x N / median. The printout also says which
+attention kernel runs (`layers.fused_attention_fits`, docs/attention.md) and the load average
+before and after (a shared machine slows both frameworks, PyTorch more).
+
+--attention-from REV adds a same-process A/B: the forward and the decode built a second time with
+`attention` taken from g1jax/models/layers.py at git revision REV (read with `git show`), timed
+interleaved with the others. Separate processes on a shared machine differ by more than the change.
+Each call's process CPU time is recorded too (steadier than wall time when other jobs take the cores).
 """
 
 from __future__ import annotations
@@ -25,11 +38,14 @@ import ctypes
 import json
 import os
 import platform
+import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,7 +56,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from g1jax.constants import QWEN25_NUM_RANKED_TOKENS  # noqa: E402
-from g1jax.models import Qwen25VL, get_rope_index, preset, save_pretrained  # noqa: E402
+from g1jax.models import Qwen25VL, get_rope_index, init_cache, preset, save_pretrained  # noqa: E402
+from g1jax.models import text as text_module  # noqa: E402
+from g1jax.models import vision as vision_module  # noqa: E402
+from g1jax.models.layers import fused_attention_fits  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets), for MFU on accelerators.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12,
@@ -116,6 +137,7 @@ class Runner:
     def __init__(self, name: str, call):
         self.name, self._call = name, call
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.first_call_s = 0.0
         self.rss_growth = 0
 
@@ -127,12 +149,36 @@ class Runner:
         self.rss_growth = rss.growth
 
     def timed(self):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         self._call()
         self.times.append(time.perf_counter() - t0)
+        self.cpu_times.append(time.process_time() - c0)
 
 
-def prepare_jax(model, inputs):
+def attention_from_revision(rev: str):
+    """`attention` as defined in g1jax/models/layers.py at git revision `rev` of this repository."""
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:g1jax/models/layers.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(f"--attention-from {rev}: cannot read g1jax/models/layers.py at that revision ({err})")
+    module = types.ModuleType(f"layers_at_{rev}")
+    exec(compile(source, f"{rev}:g1jax/models/layers.py", "exec"), module.__dict__)
+    return module.attention
+
+
+@contextlib.contextmanager
+def attention_patched(attention):
+    """Trace the model with another `attention` (the text and vision modules call it by name)."""
+    saved = text_module.attention, vision_module.attention
+    text_module.attention = vision_module.attention = attention
+    try:
+        yield
+    finally:
+        text_module.attention, vision_module.attention = saved
+
+
+def prepare_jax(model, inputs, name: str = "flax"):
     graphdef, state = nnx.split(model)
     grids = inputs["grids"]
 
@@ -155,7 +201,7 @@ def prepare_jax(model, inputs):
                        "output_bytes": int(mem.output_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
                        "peak_bytes": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                          + mem.temp_size_in_bytes)}}
-    runner = Runner("flax", None)
+    runner = Runner(name, None)
 
     def call():
         runner.logits = compiled(*args)
@@ -163,6 +209,46 @@ def prepare_jax(model, inputs):
 
     runner._call = call
     return runner, info
+
+
+def prepare_decode(model, inputs, steps: int, name: str = "flax decode"):
+    """N greedy decode steps after a prefill of the benchmark prompts (prefill run once, not timed)."""
+    graphdef, state = nnx.split(model)
+    grids = inputs["grids"]
+    batch, seq = inputs["input_ids"].shape
+
+    @jax.jit
+    def prefill(state, ids, positions, mask, pixel_values):
+        model = nnx.merge(graphdef, state)
+        cache = init_cache(model.config, batch, seq + steps, model.dtype)
+        logits, cache = model.prefill(ids, positions, mask, cache, pixel_values, grids)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+    @jax.jit
+    def decode(state, token, cache):
+        model = nnx.merge(graphdef, state)
+
+        def step(_, carry):
+            token, cache = carry
+            logits, cache = model.decode_step(token, cache)
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+        return jax.lax.fori_loop(0, steps, step, (token, cache))[0]
+
+    token, cache = prefill(state, jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
+                           jnp.asarray(inputs["attention_mask"], jnp.int32),
+                           jnp.asarray(inputs["pixel_values"], model.dtype))
+    t0 = time.perf_counter()
+    compiled = decode.lower(state, token, cache).compile()
+    compile_s = time.perf_counter() - t0
+    runner = Runner(name, None)
+
+    def call():
+        runner.tokens = compiled(state, token, cache)
+        runner.tokens.block_until_ready()
+
+    runner._call = call
+    return runner, {"compile_s": compile_s, "steps": steps, "cache_slots": seq + steps}
 
 
 def prepare_torch(directory, inputs, threads, attn):
@@ -190,7 +276,8 @@ def summarize(runner: Runner, tokens: int) -> dict:
     median = statistics.median(runner.times)
     return {"times_s": runner.times, "median_s": median, "best_s": min(runner.times),
             "tokens_per_s": tokens / median, "tokens_per_s_best": tokens / min(runner.times),
-            "first_call_s": runner.first_call_s}
+            "first_call_s": runner.first_call_s, "cpu_times_s": runner.cpu_times,
+            "cpu_median_s": statistics.median(runner.cpu_times)}
 
 
 def peak_flops(device) -> float | None:
@@ -213,9 +300,15 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--skip-torch", action="store_true", help="Flax only (e.g. 3B on a GPU)")
+    parser.add_argument("--decode-steps", type=int, default=32, help="greedy decode steps after a prefill (0: skip)")
+    parser.add_argument("--attention-from", metavar="REV",
+                        help="also time the model with layers.attention from this git revision (same process)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
 
+    if args.decode_steps < 0 or args.runs < 1 or args.warmup < 1:
+        raise SystemExit("--decode-steps must be >= 0, --runs and --warmup >= 1")
+    load_before = os.getloadavg()
     config = preset(args.config)
     dtype = jnp.dtype(args.dtype)
     device = jax.devices()[0]
@@ -231,7 +324,11 @@ def main(argv=None) -> int:
                "image_tokens_per_row": inputs["image_tokens"], "params": int(params),
                "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
                "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "versions": {"jax": jax.__version__}}
+               "versions": {"jax": jax.__version__}, "load_average_before": load_before}
+    text = config.text
+    attention_probe = (jax.ShapeDtypeStruct((args.batch, args.seq, text.num_attention_heads, text.head_dim), dtype),
+                       jax.ShapeDtypeStruct((args.batch, args.seq, text.num_key_value_heads, text.head_dim), dtype))
+    results["attention_kernel"] = "cudnn fused" if fused_attention_fits(*attention_probe) else "xla matmuls"
     flax, flax_info = prepare_jax(model, inputs)
     runners = [flax]
     if not args.skip_torch:
@@ -243,14 +340,25 @@ def main(argv=None) -> int:
             save_pretrained(model, tmp)
             torch_runner, torch_info = prepare_torch(tmp, inputs, args.torch_threads, args.torch_attn)
         runners.append(torch_runner)
-    for runner in runners:
+    decode = baseline = baseline_decode = None
+    if args.decode_steps:
+        decode, decode_info = prepare_decode(model, inputs, args.decode_steps)
+    if args.attention_from:
+        with attention_patched(attention_from_revision(args.attention_from)):
+            baseline, _ = prepare_jax(model, inputs, f"flax, attention@{args.attention_from}")
+            if args.decode_steps:
+                baseline_decode, _ = prepare_decode(model, inputs, args.decode_steps,
+                                                    f"flax decode, attention@{args.attention_from}")
+    timed = [r for r in runners + [baseline, decode, baseline_decode] if r is not None]
+    for runner in timed:
         runner.first()
         for _ in range(args.warmup - 1):
             runner._call()
     # Interleave the timed runs so both frameworks see the same background load on a shared host.
     for _ in range(args.runs):
-        for runner in runners:
+        for runner in timed:
             runner.timed()
+    results["load_average_after"] = os.getloadavg()
 
     results["flax"] = dict(summarize(flax, tokens), **flax_info)
     results["flax"]["memory"]["rss_growth_bytes_first_call"] = flax.rss_growth
@@ -266,11 +374,20 @@ def main(argv=None) -> int:
         results["flax_over_torch_speed_best"] = results["torch"]["best_s"] / results["flax"]["best_s"]
         results["max_abs_logit_diff"] = float(np.abs(torch_runner.logits.float().numpy()
                                                      - np.asarray(flax.logits, np.float32)).max())
+    if decode:
+        results["decode"] = dict(summarize(decode, args.batch * args.decode_steps), **decode_info)
+    if baseline:
+        results["baseline"] = {"attention_from": args.attention_from, "flax": summarize(baseline, tokens),
+                               "max_abs_logit_diff": float(np.abs(np.asarray(baseline.logits, np.float32)
+                                                                  - np.asarray(flax.logits, np.float32)).max())}
+        if baseline_decode:
+            results["baseline"]["decode"] = summarize(baseline_decode, args.batch * args.decode_steps)
 
     gib = 1024**3
     print(f"Qwen2.5-VL '{args.config}' ({params / 1e6:.1f}M params, {args.dtype}), batch {args.batch} x "
           f"{args.seq} tokens ({inputs['image_tokens']} image tokens per row), device {results['device']}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, attention: {results['attention_kernel']}, load average "
+          f"{load_before[0]:.1f} before, {results['load_average_after'][0]:.1f} after")
     print(f"{'framework':<10} {'median s':>9} {'best s':>8} {'tokens/s':>10} {'first call s':>13} {'peak GiB':>9}"
           f"  memory method")
     f = results["flax"]
@@ -287,6 +404,22 @@ def main(argv=None) -> int:
               f"{results['flax_over_torch_speed_best']:.2f}x on best runs "
               f"(torch threads {args.torch_threads}, attention {args.torch_attn}); "
               f"max |logit diff| {results['max_abs_logit_diff']:.2e}")
+    if decode:
+        d = results["decode"]
+        print(f"flax decode: {args.decode_steps} greedy steps x {args.batch} rows over a {d['cache_slots']}-slot "
+              f"cache: median {d['median_s']:.3f} s (best {d['best_s']:.3f}), {d['tokens_per_s']:.0f} tokens/s, "
+              f"{d['median_s'] / args.decode_steps * 1e3:.1f} ms per step; compile {d['compile_s']:.2f} s")
+    if baseline:
+        b = results["baseline"]
+        rows = [("forward", results["flax"], b["flax"])]
+        if baseline_decode:
+            rows.append(("decode", results["decode"], b["decode"]))
+        for what, new, old in rows:
+            print(f"{what}, attention@{args.attention_from} -> this tree: median {old['median_s']:.3f} -> "
+                  f"{new['median_s']:.3f} s ({old['median_s'] / new['median_s']:.2f}x), best {old['best_s']:.3f} -> "
+                  f"{new['best_s']:.3f} s ({old['best_s'] / new['best_s']:.2f}x), process CPU time "
+                  f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s ({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)")
+        print(f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}")
     if "mfu" in f:
         mfu = f"{f['mfu'] * 100:.1f}%" if f["mfu"] is not None else "unknown peak for this device"
         print(f"model FLOPs per forward {f['flops'] / 1e12:.2f} TFLOP (XLA cost analysis), "

@@ -16,6 +16,9 @@ quadratic in the number of parameters (timings: BENCHMARKS.md, "Model").
 
 from __future__ import annotations
 
+import math
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,38 +123,149 @@ def inverse_frequencies(base: float, dim: int) -> np.ndarray:
     return np.float32(1.0) / (np.float64(base) ** exponents.astype(np.float64)).astype(np.float32)
 
 
+# A masked score gets float32's minimum added: a row with no visible key (a padding query) then
+# averages its keys uniformly instead of producing NaN, so later layers' padding keys stay finite
+# (a NaN key would poison every row through the value product, masked or not).
+_MASKED_BIAS = float(np.finfo(np.float32).min)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
               causal_block: int | None = None) -> jax.Array:
-    """Grouped-query attention as transformers' eager path computes it.
+    """Grouped-query attention softmax(q k^T * scale, masked) v -> [B, T, N * hd].
 
     q [B, T, N, hd]; k, v [B, S, K, hd] with N a multiple of K (query head n uses key head n // (N/K));
-    mask: bool, broadcastable to [B, T, S] (True = attend). Scores in the activation dtype, softmax in
-    float32, cast back before the value product. Masked entries get float32's minimum, so a row with
-    no visible key (a padding query) yields a uniform average instead of NaN.
+    mask: bool [B|1, T|1, S] (True = attend). Scores and softmax in float32 (matmuls
+    accumulate in float32 whatever the activation dtype); the probabilities are cast to the value
+    dtype for the value product and normalised after it. A row with no visible key yields a uniform
+    average instead of NaN.
 
     causal_block: when the mask is causal (query i never sees key j > i, and T == S), process queries
     in blocks of this size against only the keys up to the block's end; skipping the masked upper
-    triangle saves work (BENCHMARKS.md, "Model") and changes no value.
+    triangle saves work and changes no value.
+
+    Which kernel runs (docs/attention.md): cuDNN's fused attention on a GPU when the inputs fit it
+    (`fused_attention_fits`); otherwise matmuls in a heads-major layout for many queries, and products
+    and sums over the cache as it lies for a single decoded token.
     """
-    t_len, s_len = q.shape[1], k.shape[1]
-    if causal_block is None or t_len != s_len or t_len <= causal_block:
-        return _attention(q, k, v, mask, scale)
-    mask = jnp.broadcast_to(mask, (q.shape[0], t_len, s_len))
-    outputs = []
-    for start in range(0, t_len, causal_block):
-        end = min(start + causal_block, t_len)
-        outputs.append(_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end], scale))
-    return jnp.concatenate(outputs, axis=1)
-
-
-def _attention(q, k, v, mask, scale):
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"attention needs q [B, T, N, hd] and k, v [B, S, K, hd] of one shape; got q {q.shape}, "
+                         f"k {k.shape}, v {v.shape}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {q.shape} and k {k.shape} must agree on batch and head_dim")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3-d [B|1, T|1, S], got shape {mask.shape}")
     batch, t_len, n_heads, head_dim = q.shape
+    s_len = k.shape[1]
+    causal = causal_block is not None and t_len == s_len
+    if fused_attention_fits(q, k):
+        return _cudnn_attention(q, k, v, mask, scale, causal).reshape(batch, t_len, n_heads * head_dim)
+    if t_len == 1:
+        return _attention_one_query(q, k, v, jnp.broadcast_to(mask, (mask.shape[0], 1, s_len)), scale)
+    # Heads-major layout, transposed once for all blocks: each block is then two batched matmuls over
+    # contiguous [queries, hd] x [keys, hd] slabs, which XLA's CPU backend runs as one fused kernel
+    # with the softmax (BENCHMARKS.md, "Model").
     kv_heads = k.shape[2]
     groups = n_heads // kv_heads
-    q = q.reshape(batch, t_len, kv_heads, groups, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(scale, q.dtype)
-    scores = scores.astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, t_len, n_heads * head_dim)
+    qh = q.reshape(batch, t_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if not causal or t_len <= causal_block:
+        out = _attention_heads_major(qh, kh, vh, mask, scale)
+    else:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], t_len, s_len))
+        out = jnp.concatenate([
+            _attention_heads_major(qh[:, :, :, start:start + causal_block], kh[:, :, :start + causal_block],
+                                   vh[:, :, :start + causal_block],
+                                   mask[:, start:start + causal_block, :start + causal_block], scale)
+            for start in range(0, t_len, causal_block)], axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, t_len, n_heads * head_dim)
+
+
+def _softmax_parts(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Unnormalised probabilities exp(s - max) and their sum; dividing the (smaller) output by the sum
+    afterwards saves a pass over the [.., T, S] probabilities."""
+    probs = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    return probs, jnp.sum(probs, axis=-1, keepdims=True)
+
+
+def _mask_bias(mask: jax.Array) -> jax.Array:
+    """0 where attended, float32's minimum elsewhere. Added rather than selected, so XLA's CPU backend
+    fuses it into the score matmul's kernel; made per block from the boolean mask, so no float32
+    copy of the whole [B, T, S] mask stays alive."""
+    return jnp.where(mask, 0.0, _MASKED_BIAS).astype(jnp.float32)
+
+
+def _attention_heads_major(q, k, v, mask, scale):
+    """q [B, K, G, t, hd]; k, v [B, K, s, hd]; mask bool [B|1, t|1, s] -> [B, K, G, t, hd]."""
+    # The scale goes on q where that rounds no worse than on the float32 scores (float32 q, or a power
+    # of two): on the scores, XLA's CPU backend materialises it as a full-size operand of the kernel.
+    on_q = q.dtype == jnp.float32 or math.frexp(scale)[0] == 0.5
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q * jnp.asarray(scale, q.dtype) if on_q else q, k,
+                        preferred_element_type=jnp.float32)
+    scores = (scores if on_q else scores * scale) + _mask_bias(mask)[:, None, None]
+    probs, total = _softmax_parts(scores)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / total).astype(v.dtype)
+
+
+def _attention_one_query(q, k, v, mask, scale):
+    """q [B, 1, N, hd] against k, v [B, S, K, hd] as they lie, with products and sums instead of matmuls.
+
+    A matmul would need each key head's [S, hd] slab contiguous, i.e. a transposed copy of the whole
+    KV cache per layer and token, which costs more than this attention reads (BENCHMARKS.md, "Model").
+    """
+    batch, _, n_heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, 1, kv_heads, n_heads // kv_heads, head_dim).astype(jnp.float32) * scale
+    scores = jnp.sum(q * k[:, :, :, None, :].astype(jnp.float32), axis=-1)  # [B, S, K, G]
+    scores = scores + _mask_bias(mask)[:, 0, :, None, None]
+    probs = jnp.exp(scores - jnp.max(scores, axis=1, keepdims=True))
+    total = jnp.sum(probs, axis=1)[..., None]
+    # Probabilities rounded to the value dtype, as in the matmul path (a no-op in float32).
+    probs = probs.astype(v.dtype).astype(jnp.float32)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [B, K, G, hd]
+    return (out / total).astype(v.dtype).reshape(batch, 1, n_heads * head_dim)
+
+
+# cuDNN's fused (flash) attention never materialises the [B, N, T, S] scores. Its limits (jax 0.10.2,
+# docs/attention.md): float16/bfloat16 inputs, head_dim a multiple of 8 and at most 128 (256 from
+# Hopper, compute capability 9.0, on), compute capability 8.0 or newer; with a bias (our mask) and
+# gradients both sequence lengths must be even. G1JAX_FUSED_ATTENTION=0 turns it off.
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+FUSED_ATTENTION_ENV = "G1JAX_FUSED_ATTENTION"
+
+
+def cudnn_attention_supports(backend: str, compute_capability, dtype, t_len: int, s_len: int,
+                             head_dim: int) -> bool:
+    """The rule behind `fused_attention_fits`, on plain values (compute_capability like "9.0", or None).
+
+    More than one query per row is required: a decoded token's attention is a matrix-vector product
+    that `attention`'s own single-query path already does in one pass over the cache.
+    """
+    if backend != "gpu" or compute_capability is None:  # no CUDA device (a ROCm GPU has no cuDNN)
+        return False
+    major = int(str(compute_capability).split(".")[0])
+    max_head_dim = 256 if major >= 9 else 128
+    return (major >= 8 and jnp.dtype(dtype) in _CUDNN_DTYPES and t_len > 1 and t_len % 2 == 0
+            and s_len % 2 == 0 and head_dim % 8 == 0 and head_dim <= max_head_dim)
+
+
+def fused_attention_fits(q, k) -> bool:
+    """Whether `attention` hands q [B, T, N, hd], k [B, S, K, hd] to cuDNN (a static, trace-time decision).
+
+    Arrays or `jax.ShapeDtypeStruct`s. Decided by the default backend and its first device, so a
+    computation placed on the CPU of a GPU machine should set G1JAX_FUSED_ATTENTION=0.
+    """
+    if os.environ.get(FUSED_ATTENTION_ENV, "1") == "0" or k.dtype != q.dtype:
+        return False
+    backend = jax.default_backend()
+    capability = getattr(jax.devices()[0], "compute_capability", None) if backend == "gpu" else None
+    return cudnn_attention_supports(backend, capability, q.dtype, q.shape[1], k.shape[1], q.shape[3])
+
+
+def _cudnn_attention(q, k, v, mask, scale, causal):
+    # The boolean mask becomes a [B|1, 1, T, S] additive bias inside jax (cuDNN needs full T and S);
+    # `is_causal` lets the kernel skip the upper triangle as the CPU path's blocks do.
+    mask = jnp.broadcast_to(mask.astype(bool), (mask.shape[0], q.shape[1], k.shape[1]))[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal, implementation="cudnn")

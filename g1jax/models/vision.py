@@ -130,7 +130,11 @@ class VisionAttention(nnx.Module):
         k = apply_rotary(k.astype(jnp.float32), cos32, sin32).astype(x.dtype)
         segments = images * (slots // segment_slots)
         split = lambda a: a.reshape(segments, segment_slots, self.num_heads, self.head_dim)
-        mask = jnp.tile(key_filled.reshape(-1, 1, segment_slots), (images, 1, 1))
+        # Key mask per segment; frame-wide segments share one mask across images (broadcast, not tiled,
+        # so a fused kernel's bias stays [1, 1, S, S] instead of one per image).
+        mask = key_filled.reshape(-1, 1, segment_slots)
+        if mask.shape[0] > 1:
+            mask = jnp.tile(mask, (images, 1, 1))
         out = attention(split(q), split(k), split(v), mask, self.head_dim ** -0.5)
         return self.proj(out.reshape(images, slots, dim))
 
