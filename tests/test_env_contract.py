@@ -12,10 +12,10 @@ import pytest
 import chi_square
 import envs
 
-BATCH = 3
-EPISODE_STEPS = 400
+BATCH = 32  # boards per call: every function is compiled once per config, for this batch
+MAX_MOVES = 600  # an episode must end within this many moves
 DRAWS = 8192  # random valid actions drawn from one state for the uniformity check
-# Config added to every game's configs so that an episode ends within EPISODE_STEPS moves
+# Config added to every game's configs so that an episode ends within MAX_MOVES moves
 # (Swap's default move limit is G1's 1,000,000).
 EPISODE_CONFIG = {"swap": dict(max_moves=40)}
 
@@ -35,9 +35,9 @@ def contract_configs():
     out = []
     for name in envs.list_games():
         base = EPISODE_CONFIG.get(name, {})
-        presets = envs.make(name).presets
+        default = envs.make(name)
         out.append((name, base))
-        out.extend((name, {**base, "preset": p}) for p in presets if p != getattr(envs.make(name), "preset", None))
+        out.extend((name, {**base, "preset": p}) for p in default.presets if p != getattr(default, "preset", None))
     return out
 
 
@@ -45,77 +45,90 @@ CONFIGS = contract_configs()
 IDS = [f"{name}-{config.get('preset', 'default')}" for name, config in CONFIGS]
 
 
-def move_keys(key, t):
-    """(action key, step key) of move t of the game dealt with `key`."""
-    return jax.random.split(jax.random.fold_in(key, t))
+class Batched:
+    """The env's device functions, vmapped over BATCH boards and jitted: one compile each."""
+
+    def __init__(self, env):
+        self.reset = jax.jit(jax.vmap(env.reset))
+        self.valid = jax.jit(jax.vmap(env.valid_actions))
+        self.random = jax.jit(jax.vmap(env.random_valid_action))
+        self.step = jax.jit(jax.vmap(env.step))
+        self.render = jax.jit(jax.vmap(env.render))
 
 
-def batched_run(env, key):
-    """The batch path, vmapped: reset, masks, the first move's random valid action and step,
-    the frame after it."""
-    keys = jax.random.split(key, BATCH)
-    states = jax.vmap(env.reset)(keys)
-    masks = jax.vmap(env.valid_actions)(states)
-    pick_keys, step_keys = jnp.moveaxis(jax.vmap(lambda k: move_keys(k, 0))(keys), 1, 0)
-    actions = jax.vmap(env.random_valid_action)(pick_keys, states)
-    new, rewards, dones, info = jax.vmap(env.step)(step_keys, states, actions)
-    frames = jax.vmap(env.render)(new)
-    return dict(states=states, masks=masks, actions=actions, new=new, rewards=rewards, dones=dones, info=info, frames=frames)
+def keys(key, t):
+    """(action keys, step keys) [BATCH] of move t."""
+    return jnp.split(jax.random.split(jax.random.fold_in(key, t), 2 * BATCH), 2)
 
 
-def episode(env, key):
-    """One game of random valid moves with the unbatched functions: facts per move, the frames
-    after the first and after the last move. Its first move is the batch's row 0 (same keys)."""
-
-    def move(carry, t):
-        state, first_frame = carry
-        pick_key, step_key = move_keys(key, t)
-        mask = env.valid_actions(state)
-        action = env.random_valid_action(pick_key, state)
-        new, reward, done, info = env.step(step_key, state, action)
-        frame = env.render(new)
-        facts = dict(
-            was_done=state.done, any_valid=mask.any(), chosen_valid=mask[action], action=action, legal=info["legal"],
-            reward=reward, raw=info["raw_reward"], done=done, state_done=new.done, valid_after=env.valid_actions(new).any(),
-            info=info,
-        )
-        return (new, jnp.where(t == 0, frame, first_frame)), (facts, frame)
-
-    start = env.reset(key)
-    blank = jnp.zeros(env.image_shape, jnp.uint8)
-    (final, first_frame), (facts, frames) = jax.lax.scan(move, (start, blank), jnp.arange(EPISODE_STEPS))
-    return dict(start=start, final=final, facts=facts, first_frame=first_frame, last_frame=frames[-1])
+def repeat(state):
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (BATCH, *np.shape(x))), state)
 
 
-def every_action(env, key, state):
-    """Every action id stepped from one state: whether each was legal and the boards after it,
-    with the state's mask."""
-    new, _, _, info = jax.vmap(lambda a: env.step(key, state, a))(jnp.arange(env.num_actions))
-    return dict(legal=info["legal"], boards=new.board, mask=env.valid_actions(state))
+def first_move(fns, key):
+    """Reset BATCH boards, their masks, a random valid action each, the step, the frames after."""
+    states = fns.reset(jax.random.split(key, BATCH))
+    pick, step = keys(key, 0)
+    actions = fns.random(pick, states)
+    new, rewards, dones, info = fns.step(step, states, actions)
+    out = dict(states=states, masks=fns.valid(states), actions=actions, new=new, rewards=rewards, dones=dones, info=info, frames=fns.render(new))
+    return jax.device_get(out)
 
 
-def draws(env, key, state):
-    """DRAWS random valid actions from one state, with its mask."""
-    picks = jax.vmap(lambda k: env.random_valid_action(k, state))(jax.random.split(key, DRAWS))
-    return picks, env.valid_actions(state)
+def episodes(fns, key, states):
+    """BATCH games of random valid moves until all have ended, then 3 moves more: per move,
+    facts about the states before and after (host arrays [moves, BATCH])."""
+    facts, mask, t = [], fns.valid(states), 0
+    while t < MAX_MOVES and (t < 3 or not all(f["was_done"].all() for f in facts[-3:])):
+        pick, step = keys(key, t)
+        actions = fns.random(pick, states)
+        new, reward, done, info = fns.step(step, states, actions)
+        after = fns.valid(new)
+        chosen = jnp.take_along_axis(mask, actions[:, None], axis=1)[:, 0]
+        facts.append(jax.device_get(dict(
+            was_done=states.done, any_valid=mask.any(1), chosen_valid=chosen, action=actions, legal=info["legal"],
+            reward=reward, raw=info["raw_reward"], done=done, state_done=new.done, valid_after=after.any(1),
+        )))
+        states, mask, t = new, after, t + 1
+    return jax.tree.map(lambda *xs: np.stack(xs), *facts), states
+
+
+def every_action(env, fns, key, state):
+    """Every action id stepped from one state, BATCH ids per call: legal or not, and the
+    boards after."""
+    legal, boards, states = [], [], repeat(state)
+    step_keys = jax.random.split(key, BATCH)
+    for start in range(0, env.num_actions, BATCH):
+        ids = np.minimum(np.arange(start, start + BATCH), env.num_actions - 1).astype(np.int32)
+        new, _, _, info = fns.step(step_keys, states, jnp.asarray(ids))
+        legal.append(np.asarray(info["legal"]))
+        boards.append(np.asarray(new.board))
+    n = env.num_actions
+    return dict(legal=np.concatenate(legal)[:n], boards=np.concatenate(boards)[:n], mask=np.asarray(fns.valid(states)[0]))
+
+
+def draws(fns, key, state):
+    """DRAWS random valid actions from one state (BATCH per call), with its mask."""
+    states = repeat(state)
+    picks = [np.asarray(fns.random(jax.random.split(jax.random.fold_in(key, i), BATCH), states)) for i in range(DRAWS // BATCH)]
+    return np.concatenate(picks), np.asarray(fns.valid(states)[0])
 
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=IDS)
 def game(request):
-    """One env per config with its results, each function compiled once per config (the
-    costly part) and shared by the tests of that config."""
+    """One env per config with its results, each device function compiled once (the costly
+    part) and shared by the tests of that config."""
     name, config = request.param
     env = small_image(name, config)
+    fns = Batched(env)
     key = jax.random.key(0)
-    run = jax.jit(batched_run, static_argnums=0)
-    batched = jax.device_get(run(env, key))
+    batched = first_move(fns, key)
     live = envs.unbatch(batched["new"], 0) if not batched["dones"][0] else envs.unbatch(batched["states"], 0)
-    sweep = jax.jit(every_action, static_argnums=0)
+    facts, final = episodes(fns, jax.random.key(2), batched["states"])
     return dict(
-        env=env, batched=batched, again=jax.device_get(run(env, key)), other=jax.device_get(run(env, jax.random.key(1))),
-        sweeps=[(state, jax.device_get(sweep(env, key, state))) for state in (envs.unbatch(batched["states"], 1), live)],
-        episode=jax.device_get(jax.jit(episode, static_argnums=0)(env, jax.random.split(key, BATCH)[0])),
-        draws=jax.device_get(jax.jit(draws, static_argnums=0)(env, jax.random.key(3), live)),
+        env=env, batched=batched, again=first_move(fns, key), other=first_move(fns, jax.random.key(1)),
+        sweeps=[(state, every_action(env, fns, key, state)) for state in (envs.unbatch(batched["states"], 1), live)],
+        facts=facts, final=jax.device_get(final), final_frames=np.asarray(fns.render(final)), draws=draws(fns, jax.random.key(3), live),
     )
 
 
@@ -136,15 +149,18 @@ def test_dtypes_and_shapes(game):
     assert 0 <= env.invalid_action < env.num_actions
 
 
-def test_the_unbatched_functions_agree_with_the_vmapped_batch(game):
-    """The episode's first move (jitted, one board) is the batch's row 0 (jitted, vmapped)."""
-    row, ep = jax.tree.map(lambda x: x[0], game["batched"]), game["episode"]
-    jax.tree.map(np.testing.assert_array_equal, ep["start"], row["states"])
-    first = jax.tree.map(lambda x: x[0], ep["facts"])
-    assert first["action"] == row["actions"] and first["reward"] == row["rewards"] and first["done"] == row["dones"]
-    jax.tree.map(np.testing.assert_array_equal, first["info"], row["info"])
-    assert first["any_valid"] == row["masks"].any()
-    np.testing.assert_array_equal(ep["first_frame"], row["frames"])
+def test_the_unbatched_functions_trace_to_the_same_shapes(game):
+    """One board, unbatched, as `jax.jit(env.step)` would trace it: the shapes and dtypes of a
+    row of the batch (traced only: compiling it again would double the cost of this test)."""
+    env, out = game["env"], game["batched"]
+    row = jax.tree.map(lambda x: x[0], out)
+    spec = lambda tree: jax.tree.map(lambda x: (np.shape(x), np.result_type(x)), tree)  # noqa: E731
+    key = jax.random.key(0)
+    assert spec(jax.eval_shape(env.reset, key)) == spec(row["states"])
+    assert spec(jax.eval_shape(env.step, key, row["states"], row["actions"])) == spec((row["new"], row["rewards"], row["dones"], row["info"]))
+    assert spec(jax.eval_shape(env.render, row["new"])) == spec(row["frames"])
+    assert spec(jax.eval_shape(env.valid_actions, row["states"])) == spec(row["masks"])
+    assert spec(jax.eval_shape(env.random_valid_action, key, row["states"])) == spec(row["actions"])
 
 
 def test_determinism_under_a_fixed_key(game):
@@ -189,32 +205,30 @@ def test_random_valid_action_is_uniform_over_the_valid_actions(game):
     chi_square.assert_uniform(picks, np.flatnonzero(mask), f"{game['env'].name}.random_valid_action")
 
 
-def test_an_episode_of_random_valid_moves_keeps_every_invariant(game):
-    env, final, f = game["env"], game["episode"]["final"], game["episode"]["facts"]
-    assert f["done"].any(), f"{env.name}: the episode did not end within {EPISODE_STEPS} moves"
-    end = int(np.argmax(f["done"]))  # the move that ended it
-    playing = slice(0, end + 1)
-    assert not f["was_done"][playing].any() and f["any_valid"][playing].all()
-    assert f["chosen_valid"][playing].all() and f["legal"][playing].all()
-    # done says exactly "nothing is valid any more"
+def test_episodes_of_random_valid_moves_keep_every_invariant(game):
+    """BATCH games played to their end: every move before the end valid and legal, `done`
+    exactly when nothing is valid any more, and after the end only the invalid action, never
+    legal, still done."""
+    env, final, f = game["env"], game["final"], game["facts"]
+    assert f["state_done"][-1].all(), f"{env.name}: not every game ended within {MAX_MOVES} moves"
+    playing = ~f["was_done"]
+    assert f["any_valid"][playing].all() and f["chosen_valid"][playing].all() and f["legal"][playing].all()
     np.testing.assert_array_equal(f["done"], ~f["valid_after"])
     np.testing.assert_array_equal(f["done"], f["state_done"])
-    # after the end: nothing valid, the invalid action, nothing legal, and it stays done
-    over = slice(end + 1, None)
-    assert f["was_done"][over].all() and not f["any_valid"][over].any()
+    over = f["was_done"]
+    assert over.any() and not f["any_valid"][over].any() and f["done"][over].all()
     assert (f["action"][over] == env.invalid_action).all() and not f["legal"][over].any()
     assert f["reward"].dtype == np.float32 and f["raw"].dtype == np.float32 and f["done"].dtype == np.bool_
-    assert bool(final.done)
-    frame = game["episode"]["last_frame"]
-    assert frame.shape == env.image_shape and frame.dtype == np.uint8 and len(np.unique(frame.reshape(-1, 3), axis=0)) > 1
-    assert env.describe(final)  # the host text of a finished board
+    frames = game["final_frames"]
+    assert frames.shape == (BATCH, *env.image_shape) and frames.dtype == np.uint8
+    assert env.describe(envs.unbatch(final, 0))  # the host text of a finished board
 
 
 def test_step_rejects_arguments_of_the_wrong_kind(game):
     env = game["env"]
     state = envs.unbatch(game["batched"]["states"], 0)
     key = jax.random.key(0)
-    step = jax.jit(env.step)
+    step = jax.jit(env.step)  # these raise while tracing, before any compile
     with pytest.raises(ValueError, match=r"action must be one action id \(shape \(\)\), got shape \(1, 2\)"):
         env.step(key, state, np.array([[1, 2]]))
     with pytest.raises(TypeError, match="action must be an integer action id.*float 3.7"):
@@ -233,7 +247,7 @@ def test_step_rejects_arguments_of_the_wrong_kind(game):
 
 
 def test_an_action_beyond_int32_steps_as_the_invalid_action():
-    env = envs.make("2048", image_size=(224, 196))
+    env = envs.make("2048", board_size=3, image_size=(224, 196))
     state, key = env.reset(jax.random.key(0)), jax.random.key(1)
     expected = jax.device_get(env.step(key, state, env.invalid_action))
     for huge in (2**31, np.int64(2**31), 2**80):
@@ -242,7 +256,10 @@ def test_an_action_beyond_int32_steps_as_the_invalid_action():
 
 def test_a_state_of_another_game_is_refused():
     g2048, swap = envs.make("2048"), envs.make("swap", board_size=4, image_size=(336, 308))
-    other = swap.reset(jax.random.key(0))
+    rows, cols = np.indices((4, 4))
+    board = 3 + (3 * rows + cols) % 9  # no line, no legal swap ...
+    board[0] = [0, 1, 0, 0]  # ... until this row: swapping its first two cells makes a line
+    other = swap.from_board(board)
     for method in (lambda s: g2048.step(jax.random.key(0), s, 0), g2048.render, g2048.valid_actions):
         with pytest.raises(TypeError, match=r"2048\.\w+: state must be one 2048 state"):
             method(other)
