@@ -145,17 +145,21 @@ def test_info_keys_the_games_share_are_passed_on():
     game_a = with_info(tiles=tiles, only_here=lambda s, i: i["legal"])(image_size=IMAGE_SIZE)
     game_b = with_info(tiles=tiles)(board_size=3, image_size=IMAGE_SIZE)
     both = MultiGame((game_a, game_b), (2, 3))
-    states = both.reset(jax.random.key(0))
-    actions = both.random_valid_actions(jax.random.key(1), states)
-    new, _, _, info = jax.jit(both.step)(jax.random.key(2), states, actions)
+
+    def play(batch, key):
+        states = batch.reset(key)
+        return batch.step(key, states, batch.random_valid_actions(key, states))
+
+    new, _, _, info = jax.jit(play, static_argnums=0)(both, jax.random.key(0))
     assert set(info) == {"raw_reward", "legal", "tiles"}
     expected = [int((np.asarray(b) > 0).sum()) for part in new for b in part.board]
     assert np.asarray(info["tiles"]).tolist() == expected
+    states = jax.eval_shape(both.reset, jax.random.key(0))
     group = jax.eval_shape(both.parallel_step, jax.random.key(3), states, jnp.zeros((5, 2), jnp.int32))[3]
     assert set(group) == {"raw_reward", "legal", "tiles"} and group["tiles"].shape == (5, 2)
     odd = MultiGame((game_a, with_info(tiles=lambda s, i: s.board)(board_size=3, image_size=IMAGE_SIZE)), (2, 3))
     with pytest.raises(ValueError, match=r"info\['tiles'\] differs in shape or dtype"):
-        jax.eval_shape(odd.step, jax.random.key(2), odd.reset(jax.random.key(0)), actions)
+        jax.eval_shape(lambda key: play(odd, key), jax.random.key(0))
 
 
 def test_bad_layouts_fail_clearly():
