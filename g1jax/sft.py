@@ -34,20 +34,9 @@ class TeacherData:
                                                    for g in games.games)
         self._warned = False
 
-    @functools.cached_property
-    def _act(self):
-        teachers = self.teachers
-
-        @jax.jit
-        def act(key, states):
-            return tuple(jax.vmap(t.act)(jax.random.split(jax.random.fold_in(key, i), n), s)
-                         for i, (t, n, s) in enumerate(zip(teachers, self.games.counts, states)))
-
-        return act
-
     def answers(self, key, states) -> tuple[list[str], np.ndarray]:
         """The teachers' answer texts (one per start state, batch order) and their actions [P]."""
-        actions = jax.device_get(self._act(key, states))
+        actions = jax.device_get(_teacher_actions(self.teachers, self.games.counts, key, states))
         texts = []
         for teacher, state, action in zip(self.teachers, states, actions):
             texts.extend(teacher.answers(state, action))
@@ -69,6 +58,13 @@ class TeacherData:
             completion[i, : len(row)] = row
             mask[i, : len(row)] = True
         return completion, mask
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _teacher_actions(teachers: tuple[Teacher, ...], counts: tuple[int, ...], key, states):
+    """Each game's teacher over its rows (one compile per teachers and row counts, shared by every TeacherData)."""
+    return tuple(jax.vmap(t.act)(jax.random.split(jax.random.fold_in(key, i), n), s)
+                 for i, (t, n, s) in enumerate(zip(teachers, counts, states)))
 
 
 def sft_loss_terms(logp: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -468,6 +468,39 @@ def make_sft_step(graphdef, optimizer: optax.GradientTransformation, config: Tra
     return sft_step
 
 
+def _step_key(kind: str, config: TrainConfig) -> tuple:
+    """What a jitted step of `kind` ("rl" / "sft") depends on in the config: its optimizer (the
+    schedule's length only when it decays) and the update's static settings. Run-only fields (run
+    directory, seed, logging, checkpoints) are left out, so Trainers that differ only there share it."""
+    lr, steps = (config.learning_rate, config.steps) if kind == "rl" else (config.sft_learning_rate, config.sft_steps)
+    optimizer = (lr, config.schedule, config.warmup_steps, None if config.schedule == "constant" else steps,
+                 config.weight_decay, config.b1, config.b2, config.grad_clip)
+    update = (config.grpo, config.group_size, config.temperature, config.max_new_tokens) if kind == "rl" else ()
+    return kind, optimizer, update, _micro_count(config)
+
+
+_STEP_CACHE: dict[tuple, Any] = {}
+_STEP_CACHE_SIZE = 8
+
+
+def _jitted_step(kind: str, graphdef, config: TrainConfig, image_grids: tuple, state_shardings):
+    """The jitted, donating train (`kind` "rl") or cold-start ("sft") step, shared by every Trainer with
+    the same model graph, step settings, image grids and state shardings: a new Trainer of a run seen
+    before in this process (a resume, a sweep over seeds, a test) does not compile it again."""
+    shardings = jax.tree.flatten(state_shardings)
+    key = (_step_key(kind, config), graphdef, image_grids, tuple(shardings[0]), shardings[1])
+    if key not in _STEP_CACHE:
+        if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        if kind == "rl":
+            step_fn = make_train_step(graphdef, make_optimizer(config), config, image_grids)
+        else:
+            step_fn = make_sft_step(graphdef, make_optimizer(config, config.sft_learning_rate, config.sft_steps),
+                                    config, image_grids)
+        _STEP_CACHE[key] = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None))
+    return _STEP_CACHE[key]
+
+
 # ------------------------------------------------------------------------------------------ trainer
 class Trainer:
     """Holds a run: policy, rollout, jitted step, checkpoints, logs. `run()` trains to `config.steps`."""
@@ -506,16 +539,14 @@ class Trainer:
         self.state = jax.device_put(state, self.state_shardings)
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
-        grids = self.rollout.prompts.image_grids
-        step_fn = make_train_step(self.graphdef, self.optimizer, config, grids)
-        self._train_step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(self.state_shardings, None))
+        grids = tuple(self.rollout.prompts.image_grids)
+        self._train_step = _jitted_step("rl", self.graphdef, config, grids, self.state_shardings)
         self.teacher_data = None
         if config.sft_steps:
             self.sft_optimizer = make_optimizer(config, config.sft_learning_rate, config.sft_steps)
             self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher,
                                             epsilon=config.teacher_epsilon)
-            sft_fn = make_sft_step(self.graphdef, self.sft_optimizer, config, grids)
-            self._sft_step = jax.jit(sft_fn, donate_argnums=(0,), out_shardings=(self.state_shardings, None))
+            self._sft_step = _jitted_step("sft", self.graphdef, config, grids, self.state_shardings)
         self.eval_rollout = None
         if config.eval_states:
             eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))

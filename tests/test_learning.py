@@ -78,6 +78,11 @@ class ColourCard(envs.Env):
         words = text.split()
         return COLOURS.index(words[0]) if words and words[0] in COLOURS else self.invalid_action
 
+    def answer_text(self, action: int) -> str:
+        if not 0 <= action < len(COLOURS):
+            raise ValueError(f"action {action} has no answer (the invalid action)")
+        return COLOURS[action]
+
     def from_board(self, board, **kwargs):
         return CardState(colour=jnp.asarray(COLOURS.index(board), jnp.int32))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from g1jax.models.config import ConfigError
+from g1jax import train
 from g1jax.train import Batch, TrainConfig, Trainer, shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,8 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
     first.run()
     resumed = Trainer(TrainConfig(**SMALL, steps=3, run_dir=str(tmp_path / "b")), resume=True)
     assert resumed.start_step == 2
+    # runs that differ only in run-only fields share one compiled step
+    assert resumed._train_step is first._train_step is straight._train_step
     resumed.run()
     got = resumed.logger.read_metrics()
     assert [m["step"] for m in got] == [1, 2, 3]
@@ -75,6 +78,18 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
     with pytest.warns(RuntimeWarning, match="step 3"):
         fallback = Trainer(TrainConfig(**SMALL, steps=3, run_dir=str(run_dir)), resume=True)
     assert fallback.start_step == 2
+
+
+def test_the_shared_step_key_holds_what_the_update_depends_on():
+    base = TrainConfig(**SMALL, steps=3, run_dir="unused")
+    key = train._step_key("rl", base)
+    assert train._step_key("rl", base.replace(run_dir="elsewhere", seed=7, steps=9, progress=False)) == key
+    for change in (dict(learning_rate=3e-4), dict(kl_coef=0.05), dict(group_size=4), dict(temperature=0.5),
+                   dict(max_new_tokens=8), dict(micro_batch_states=2), dict(grad_clip=0.5)):
+        assert train._step_key("rl", base.replace(**change)) != key, change
+    cosine = base.replace(schedule="cosine")
+    assert train._step_key("rl", cosine) != train._step_key("rl", cosine.replace(steps=9))
+    assert train._step_key("sft", base) != train._step_key("sft", base.replace(sft_learning_rate=1e-3))
 
 
 @pytest.fixture(scope="module")
