@@ -710,13 +710,20 @@ CAPTION_LINES = 6
 CAPTION_PX = 14
 
 
+@functools.lru_cache(maxsize=1)
+def _caption_font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=CAPTION_PX)  # loading it costs more than drawing a caption
+
+
 def caption_frame(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     """The frame with a white strip below it holding `lines` of text (wrapped to the width; an
     over-long answer keeps its first lines, an ellipsis and its last line, where the answer is)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     height, width, _ = frame.shape
-    font = ImageFont.load_default(size=CAPTION_PX)
+    font = _caption_font()
     chars = max(20, int(width / (0.6 * CAPTION_PX)))
     wrapped = [piece for line in lines for piece in (textwrap.wrap(line, chars) or [""])]
     if len(wrapped) > CAPTION_LINES:
@@ -724,12 +731,15 @@ def caption_frame(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     line_px = CAPTION_PX + 4
     strip = CAPTION_LINES * line_px + 8
     strip += strip % 2  # H.264 wants even sizes
-    image = Image.new("RGB", (width + width % 2, height + strip), "white")
-    image.paste(Image.fromarray(np.asarray(frame)), (0, 0))
-    draw = ImageDraw.Draw(image)
+    # Only the strip goes through PIL; the frame is copied in with numpy.
+    text = Image.new("RGB", (width + width % 2, strip), "white")
+    draw = ImageDraw.Draw(text)
     for i, line in enumerate(wrapped):
-        draw.text((6, height + 4 + i * line_px), line, fill=(0, 0, 0), font=font)
-    return np.asarray(image)
+        draw.text((6, 4 + i * line_px), line, fill=(0, 0, 0), font=font)
+    out = np.full((height + strip, width + width % 2, 3), 255, np.uint8)
+    out[:height, :width] = frame
+    out[height:] = np.asarray(text)
+    return out
 
 
 class _VideoWriter:
@@ -742,8 +752,10 @@ class _VideoWriter:
             import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary)
 
             self.path = path_without_suffix + ".mp4"
+            # x264's fastest preset: a game's frames change little, so the files stay small, and encoding
+            # at the default preset took most of an evaluation's time (BENCHMARKS.md, "Evaluation")
             self._writer = imageio.get_writer(self.path, fps=fps, codec="libx264", macro_block_size=1,
-                                              ffmpeg_log_level="error")
+                                              ffmpeg_log_level="error", output_params=["-preset", "ultrafast"])
         except ImportError:
             self.path, self._writer = path_without_suffix + ".gif", None
 
