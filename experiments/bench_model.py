@@ -4,7 +4,8 @@
     python experiments/bench_model.py --json out/bench_model.json
     python experiments/bench_model.py --config 3b --dtype bfloat16 --skip-torch   # on a GPU: adds MFU
     python experiments/bench_model.py --decode-steps 0          # forward only
-    python experiments/bench_model.py --attention-from ce3dc73  # also time attention as at that commit
+    python experiments/bench_model.py --attention-from 2ca6656  # also time attention as at that commit
+    python experiments/bench_model.py --profile 3 --skip-torch --decode-steps 0   # where the forward's time goes
 
 Each row of the batch is one image (224x224 px by default -> 64 image tokens) inside a 512-token
 prompt. "first call" is compile + first run for Flax, the first (lazy-init) run for PyTorch. Both
@@ -29,6 +30,12 @@ before and after (a shared machine slows both frameworks, PyTorch more).
 `attention` taken from g1jax/models/layers.py at git revision REV (read with `git show`), timed
 interleaved with the others. Separate processes on a shared machine differ by more than the change.
 Each call's process CPU time is recorded too (steadier than wall time when other jobs take the cores).
+
+--profile N traces N more calls of the compiled Flax forward with jax.profiler and sums the time of
+each XLA kernel (thunk) over all threads, grouped by the named scope of the model code its result
+comes from (attention, swiglu, rmsnorm, rotary; a kernel that fuses several, such as XLA:CPU's
+YNNPACK fusions, counts where its root is) or else by its kind (other matmuls: q/k/v/o projections,
+lm_head, vision patch/merger; other: the rest). Shares are of summed kernel time, not wall time.
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ import ctypes
 import json
 import os
 import platform
+import collections
 import contextlib
+import glob
+import re
 import statistics
 import subprocess
 import sys
@@ -169,9 +179,14 @@ def attention_from_revision(rev: str):
 
 @contextlib.contextmanager
 def attention_patched(attention):
-    """Trace the model with another `attention` (the text and vision modules call it by name)."""
+    """Trace the model with another `attention` (the text and vision modules call it by name), under
+    the same named scope as ours so that --profile counts its kernels alike."""
+    def scoped(*args, **kwargs):
+        with jax.named_scope("attention"):
+            return attention(*args, **kwargs)
+
     saved = text_module.attention, vision_module.attention
-    text_module.attention = vision_module.attention = attention
+    text_module.attention = vision_module.attention = scoped
     try:
         yield
     finally:
@@ -195,7 +210,7 @@ def prepare_jax(model, inputs, name: str = "flax"):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    info = {"compile_s": compile_s, "flops": flops,
+    info = {"compile_s": compile_s, "flops": flops, "hlo": compiled.as_text(),
             "memory": {"method": "XLA memory_analysis (arguments + outputs + temporaries)",
                        "argument_bytes": int(mem.argument_size_in_bytes),
                        "output_bytes": int(mem.output_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
@@ -209,6 +224,54 @@ def prepare_jax(model, inputs, name: str = "flax"):
 
     runner._call = call
     return runner, info
+
+
+PROFILE_SCOPES = ("attention", "swiglu", "rmsnorm", "rotary")
+
+
+def kernel_categories(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name of each entry-computation kernel -> its category (see --profile)."""
+    bodies, current = {}, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
+        if header and line.rstrip().endswith("{"):
+            current = header.group(1)
+            bodies[current] = []
+        elif current is not None:
+            bodies[current].append(line)
+    entry = next(name for name in bodies if re.search(rf"^ENTRY %{re.escape(name)} ", hlo_text, re.M))
+
+    categories = {}
+    for line in bodies[entry]:
+        instruction = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+        if not instruction:
+            continue
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        body = bodies.get(called.group(1), []) if called else [line]
+        # A fused kernel counts where its result comes from (its root), e.g. the last layer's MLP fused
+        # into the lm_head matmul counts as lm_head.
+        root = next((l for l in body if l.lstrip().startswith("ROOT ")), line)
+        scope = next((name for name in PROFILE_SCOPES if f"/{name}/" in root), None)
+        categories[instruction.group(1)] = scope or ("other matmuls" if any(re.search(r"\bdot\(", l) for l in body)
+                                                     else "other")
+    return categories
+
+
+def profile_forward(runner: Runner, hlo_text: str, calls: int) -> dict[str, float]:
+    """Summed kernel seconds per call by category, from a jax.profiler trace of `calls` forward calls."""
+    categories = kernel_categories(hlo_text)
+    totals = collections.defaultdict(float)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(calls):
+                runner._call()
+        trace = jax.profiler.ProfileData.from_file(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0])
+    for plane in trace.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in categories:
+                    totals[categories[event.name]] += event.duration_ns * 1e-9 / calls
+    return dict(totals)
 
 
 def prepare_decode(model, inputs, steps: int, name: str = "flax decode"):
@@ -303,11 +366,13 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-steps", type=int, default=32, help="greedy decode steps after a prefill (0: skip)")
     parser.add_argument("--attention-from", metavar="REV",
                         help="also time the model with layers.attention from this git revision (same process)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="trace N more Flax forward calls and print where the kernel time goes")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
 
-    if args.decode_steps < 0 or args.runs < 1 or args.warmup < 1:
-        raise SystemExit("--decode-steps must be >= 0, --runs and --warmup >= 1")
+    if args.decode_steps < 0 or args.profile < 0 or args.runs < 1 or args.warmup < 1:
+        raise SystemExit("--decode-steps and --profile must be >= 0, --runs and --warmup >= 1")
     load_before = os.getloadavg()
     config = preset(args.config)
     dtype = jnp.dtype(args.dtype)
@@ -345,7 +410,7 @@ def main(argv=None) -> int:
         decode, decode_info = prepare_decode(model, inputs, args.decode_steps)
     if args.attention_from:
         with attention_patched(attention_from_revision(args.attention_from)):
-            baseline, _ = prepare_jax(model, inputs, f"flax, attention@{args.attention_from}")
+            baseline, baseline_info = prepare_jax(model, inputs, f"flax, attention@{args.attention_from}")
             if args.decode_steps:
                 baseline_decode, _ = prepare_decode(model, inputs, args.decode_steps,
                                                     f"flax decode, attention@{args.attention_from}")
@@ -358,6 +423,11 @@ def main(argv=None) -> int:
     for _ in range(args.runs):
         for runner in timed:
             runner.timed()
+    hlo = flax_info.pop("hlo")
+    if args.profile:
+        results["profile_kernel_s_per_call"] = profile_forward(flax, hlo, args.profile)
+        if baseline:
+            baseline_profile = profile_forward(baseline, baseline_info["hlo"], args.profile)
     results["load_average_after"] = os.getloadavg()
 
     results["flax"] = dict(summarize(flax, tokens), **flax_info)
@@ -377,11 +447,14 @@ def main(argv=None) -> int:
     if decode:
         results["decode"] = dict(summarize(decode, args.batch * args.decode_steps), **decode_info)
     if baseline:
-        results["baseline"] = {"attention_from": args.attention_from, "flax": summarize(baseline, tokens),
+        results["baseline"] = {"attention_from": args.attention_from,
+                               "flax": dict(summarize(baseline, tokens), memory_peak_bytes=baseline_info["memory"]["peak_bytes"]),
                                "max_abs_logit_diff": float(np.abs(np.asarray(baseline.logits, np.float32)
                                                                   - np.asarray(flax.logits, np.float32)).max())}
         if baseline_decode:
             results["baseline"]["decode"] = summarize(baseline_decode, args.batch * args.decode_steps)
+        if args.profile:
+            results["baseline"]["profile_kernel_s_per_call"] = baseline_profile
 
     gib = 1024**3
     print(f"Qwen2.5-VL '{args.config}' ({params / 1e6:.1f}M params, {args.dtype}), batch {args.batch} x "
@@ -409,6 +482,16 @@ def main(argv=None) -> int:
         print(f"flax decode: {args.decode_steps} greedy steps x {args.batch} rows over a {d['cache_slots']}-slot "
               f"cache: median {d['median_s']:.3f} s (best {d['best_s']:.3f}), {d['tokens_per_s']:.0f} tokens/s, "
               f"{d['median_s'] / args.decode_steps * 1e3:.1f} ms per step; compile {d['compile_s']:.2f} s")
+    if args.profile:
+        profiles = [("this tree", results["profile_kernel_s_per_call"])]
+        if baseline:
+            profiles.append((f"attention@{args.attention_from}", results["baseline"]["profile_kernel_s_per_call"]))
+        print(f"flax forward kernels, summed over threads, s per call ({args.profile} traced calls each)")
+        for label, kernels in profiles:
+            total = sum(kernels.values())
+            parts = ", ".join(f"{name} {seconds:.3f} ({100 * seconds / total:.1f}%)"
+                              for name, seconds in sorted(kernels.items(), key=lambda kv: -kv[1]))
+            print(f"  {label}: total {total:.3f}: {parts}")
     if baseline:
         b = results["baseline"]
         rows = [("forward", results["flax"], b["flax"])]
@@ -419,7 +502,8 @@ def main(argv=None) -> int:
                   f"{new['median_s']:.3f} s ({old['median_s'] / new['median_s']:.2f}x), best {old['best_s']:.3f} -> "
                   f"{new['best_s']:.3f} s ({old['best_s'] / new['best_s']:.2f}x), process CPU time "
                   f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s ({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)")
-        print(f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}")
+        print(f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}; XLA peak memory "
+              f"{b['flax']['memory_peak_bytes'] / gib:.3f} -> {f['memory']['peak_bytes'] / gib:.3f} GiB")
     if "mfu" in f:
         mfu = f"{f['mfu'] * 100:.1f}%" if f["mfu"] is not None else "unknown peak for this device"
         print(f"model FLOPs per forward {f['flops'] / 1e12:.2f} TFLOP (XLA cost analysis), "

@@ -84,10 +84,11 @@ class RMSNorm(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        input_dtype = x.dtype
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return self.weight[...].astype(self.dtype) * x32.astype(input_dtype)
+        with jax.named_scope("rmsnorm"):
+            input_dtype = x.dtype
+            x32 = x.astype(jnp.float32)
+            x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+            return self.weight[...].astype(self.dtype) * x32.astype(input_dtype)
 
 
 class SwiGLU(nnx.Module):
@@ -104,7 +105,8 @@ class SwiGLU(nnx.Module):
         self.down_proj = Linear(hidden, dim, axes=axes[::-1], **layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        with jax.named_scope("swiglu"):
+            return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
@@ -114,7 +116,8 @@ def rotate_half(x: jax.Array) -> jax.Array:
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Non-interleaved (rotate-half) rotary embedding; `cos`/`sin` broadcast against x [..., heads, head_dim]."""
-    return x * cos + rotate_half(x) * sin
+    with jax.named_scope("rotary"):
+        return x * cos + rotate_half(x) * sin
 
 
 def inverse_frequencies(base: float, dim: int) -> np.ndarray:
@@ -156,6 +159,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: 
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3-d [B|1, T|1, S], got shape {mask.shape}")
+    with jax.named_scope("attention"):  # names the kernels for profiles (experiments/bench_model.py --profile)
+        return _attention(q, k, v, mask, scale, causal_block)
+
+
+def _attention(q, k, v, mask, scale, causal_block):
     batch, t_len, n_heads, head_dim = q.shape
     s_len = k.shape[1]
     causal = causal_block is not None and t_len == s_len
