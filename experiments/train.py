@@ -23,8 +23,9 @@ from envs import ConfigError  # noqa: E402  (the base of every config error, gam
 from g1jax.train import G1_RECIPE, TrainConfig, make_trainer  # noqa: E402
 
 # Small settings for a 2-CPU machine: a tiny random-init model on 2048 at a small frame size.
+# max_new_tokens 144: the greedy teacher's full G1 answers on 2048 reach ~130 tokens with the stop token.
 CPU_SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=16, group_size=4,
-                 max_new_tokens=128, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256)
+                 max_new_tokens=144, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256)
 # G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
 # start states before and after RL. G0: the same RL budget without the cold start.
 G1_SMALL = dict(CPU_SMALL, sft_steps=60, sft_learning_rate=3e-3, teacher="greedy", teacher_epsilon=0.5, steps=40,
