@@ -666,12 +666,10 @@ def write_table(rollouts: Sequence[Rollout], json_path: str | None = None, markd
 
 def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
     """One game's cumulative score per step: every run thin, each policy's mean thick."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the session's backend (a notebook's inline one) stays
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     for index, r in enumerate(rollouts):
         color = f"C{index}"
         curves = np.cumsum(r.scores, axis=1)
@@ -688,7 +686,6 @@ def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_answers(rollouts: Sequence[Rollout], env_by_game: dict[str, envs.Env], path: str) -> None:

@@ -112,16 +112,15 @@ class RunLogger:
         history = self.read_metrics()
         if not history:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure (no pyplot): drawing it leaves the session's backend alone (inline plots in a notebook).
+        from matplotlib.figure import Figure
 
         history = [m for m in history if m.get("phase") != "sft"]
         if not history:
             return None
         steps = [m["step"] for m in history]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         for key, label in (("reward", "total reward"), ("reward_game", "game reward")):
             ax.plot(steps, [m.get(key) for m in history], label=label)
         ax.set_xlabel("step")
@@ -131,7 +130,6 @@ class RunLogger:
         path = os.path.join(self.run_dir, "reward_curve.png")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
 

@@ -205,7 +205,15 @@ def test_command_writes_table_plots_videos_and_answers(shisensho, tmp_path):
     out, table_json = tmp_path / "out", tmp_path / "table.json"
     argv = ["--game", "shisensho", "--policy", *ROW_SPECS, "--runs", str(RUNS), "--steps", str(STEPS),
             "--out", str(out), "--json", str(table_json), "--videos", "1", "--no-progress", "--compile-cache", ""]
-    assert cli.main(argv) == 0
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend: plotting must leave it alone
+    try:
+        assert cli.main(argv) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     table = json.loads(table_json.read_text())
     assert [r["policy"] for r in table["rows"]] == list(ROW_SPECS)
     assert set(table["rows"][0]["scores"]["shisensho"]) >= {"avg", "se", "runs", "steps"}

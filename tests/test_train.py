@@ -80,6 +80,25 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
     assert fallback.start_step == 2
 
 
+def test_reward_curve_leaves_the_plotting_backend_alone(tmp_path):
+    import matplotlib
+
+    from g1jax.run_logging import RunLogger
+
+    logger = RunLogger(str(tmp_path), {"steps": 2})
+    for step in (1, 2):
+        logger.metrics({"step": step, "phase": "rl", "reward": 0.1 * step, "reward_game": 0.0})
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend
+    try:
+        path = logger.reward_curve()
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
 def test_the_shared_step_key_holds_what_the_update_depends_on():
     base = TrainConfig(**SMALL, steps=3, run_dir="unused")
     key = train._step_key("rl", base)
