@@ -483,20 +483,18 @@ _STEP_CACHE: dict[tuple, Any] = {}
 _STEP_CACHE_SIZE = 8
 
 
-def _jitted_step(kind: str, graphdef, config: TrainConfig, image_grids: tuple, state_shardings):
-    """The jitted, donating train (`kind` "rl") or cold-start ("sft") step, shared by every Trainer with
-    the same model graph, step settings, image grids and state shardings: a new Trainer of a run seen
-    before in this process (a resume, a sweep over seeds, a test) does not compile it again."""
+def _jitted_step(kind: str, graphdef, optimizer, config: TrainConfig, image_grids: tuple, state_shardings):
+    """The jitted, donating train (`kind` "rl") or cold-start ("sft") step with `optimizer` (the one
+    `make_optimizer` builds for that phase of `config`), shared by every Trainer with the same model
+    graph, step settings, image grids and state shardings: a new Trainer of a run seen before in this
+    process (a resume, a sweep over seeds, a test) does not compile it again."""
     shardings = jax.tree.flatten(state_shardings)
     key = (_step_key(kind, config), graphdef, image_grids, tuple(shardings[0]), shardings[1])
     if key not in _STEP_CACHE:
         if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
             _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-        if kind == "rl":
-            step_fn = make_train_step(graphdef, make_optimizer(config), config, image_grids)
-        else:
-            step_fn = make_sft_step(graphdef, make_optimizer(config, config.sft_learning_rate, config.sft_steps),
-                                    config, image_grids)
+        make_step = make_train_step if kind == "rl" else make_sft_step
+        step_fn = make_step(graphdef, optimizer, config, image_grids)
         _STEP_CACHE[key] = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None))
     return _STEP_CACHE[key]
 
@@ -540,13 +538,14 @@ class Trainer:
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
         grids = tuple(self.rollout.prompts.image_grids)
-        self._train_step = _jitted_step("rl", self.graphdef, config, grids, self.state_shardings)
+        self._train_step = _jitted_step("rl", self.graphdef, self.optimizer, config, grids, self.state_shardings)
         self.teacher_data = None
         if config.sft_steps:
             self.sft_optimizer = make_optimizer(config, config.sft_learning_rate, config.sft_steps)
             self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher,
                                             epsilon=config.teacher_epsilon)
-            self._sft_step = _jitted_step("sft", self.graphdef, config, grids, self.state_shardings)
+            self._sft_step = _jitted_step("sft", self.graphdef, self.sft_optimizer, config, grids,
+                                          self.state_shardings)
         self.eval_rollout = None
         if config.eval_states:
             eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))
