@@ -13,11 +13,12 @@
    included), median of `--runs` interleaved calls after one warm-up call each. The prefill share is
    measured with 1-token calls, so the table also shows the decode loop alone: batch x (N - 1) /
    (t_N - t_1). The greedy tokens of both are compared as a sanity check.
-2. grpo: seconds per GRPO step of `g1jax.train.Trainer` on 2048 (tiny preset, random init), split into
-   env start (warm-up moves + frames + patches), sampling, scoring (host parse + rewards) and update
-   (loss, gradient, AdamW); the first step (compiles) is reported apart. Then, when `trl` imports,
-   TRL's GRPOTrainer on the same initial weights, the same frames, prompt tokens, group size,
-   lengths and reward code (see `trl_grpo_benchmark` for what is and is not matched).
+2. grpo: seconds per GRPO step of `g1jax.train.Trainer` on 2048 (tiny preset, random init; `--grpo-model 3b
+   --dtype bfloat16` on a GPU), split into env start (warm-up moves + frames + patches), sampling, scoring
+   (host parse + rewards) and update (loss, gradient, AdamW); the first step (compiles) is reported apart,
+   completion tokens/s over the whole step too. Then, for the tiny preset when `trl` imports, TRL's
+   GRPOTrainer on the same initial weights, the same frames, prompt tokens, group size, lengths and
+   reward code (see `trl_grpo_benchmark` for what is and is not matched).
 3. memory: bytes per device of the G1 recipe (`g1jax.train.G1_RECIPE`) at 3B and 7B on 8 devices, computed
    from shapes by `g1_memory_per_device` (assumptions in its docstring and in BENCHMARKS.md).
 
@@ -221,10 +222,11 @@ class RolloutStages:
         del self.rollout.start, self.rollout.score  # back to the class methods
 
 
-def grpo_config(image_size, states: int, group: int, length: int, run_dir: str) -> TrainConfig:
-    return TrainConfig(model="tiny", games=("2048",), image_size=image_size, states_per_step=states, group_size=group,
+def grpo_config(image_size, states: int, group: int, length: int, run_dir: str, **policy) -> TrainConfig:
+    """The benchmarked step's config; `policy` overrides model / tokenizer / dtype / param_dtype / remat / kl_coef."""
+    return TrainConfig(games=("2048",), image_size=image_size, states_per_step=states, group_size=group,
                        max_new_tokens=length, run_dir=run_dir, progress=False, sample_every=0, checkpoint_every=0,
-                       export_hf=False)
+                       export_hf=False, **policy)
 
 
 def our_grpo_benchmark(trainer: Trainer, steps: int) -> dict:
@@ -367,7 +369,8 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
 
 def print_grpo(result: dict) -> None:
     s = result["setup"]
-    print(f"\n2. GRPO step: tiny preset, 2048 frames {s['image_size'][1]} px wide x {s['image_size'][0]} high "
+    print(f"\n2. GRPO step: {s['preset']} preset ({s['params'] / 1e6:.1f}M params, {s['dtype']} compute, "
+          f"{s['param_dtype']} params, on {s['device']}), 2048 frames {s['image_size'][1]} px wide x {s['image_size'][0]} high "
           f"({s['prompt_len']}-token prompts), {s['states']} states x {s['group']} answers, {s['length']} new tokens, "
           f"median of "
           f"{s['steps']} steps after the first")
@@ -379,6 +382,9 @@ def print_grpo(result: dict) -> None:
             continue
         cells = " ".join(f"{r['median'][c]:>10.3f}" if c in r["median"] else f"{'-':>10}" for c in columns)
         print(f"{label:<22} {cells} {r['first_step']['total']:>11.1f}")
+    ours = result["ours"]
+    print(f"g1jax: {ours['median']['completion_tokens']:.0f} completion tokens per step, "
+          f"{ours['completion_tokens_per_s']:.0f} completion tokens/s over the whole step")
     if "speedup" in result:
         print(f"TRL / g1jax seconds per step: {result['speedup']:.1f}x; prompt ids equal: "
               f"{result['trl']['prompt_ids_equal_ours']}, pixel values equal: "
@@ -387,16 +393,25 @@ def print_grpo(result: dict) -> None:
         print(f"TRL not run: {result['trl_unavailable']}")
 
 
-def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int, threads: int, with_trl: bool) -> dict:
+def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int, threads: int, with_trl: bool,
+                   **policy) -> dict:
     with tempfile.TemporaryDirectory() as run_dir, tempfile.TemporaryDirectory() as policy_dir:
-        trainer = Trainer(grpo_config(image_size, states, group, length, run_dir))
-        save_pretrained(trainer.policy(), policy_dir)  # the initial weights, for TRL
+        config = grpo_config(image_size, states, group, length, run_dir, **policy)
+        trainer = Trainer(config)
+        if with_trl:
+            save_pretrained(trainer.policy(), policy_dir)  # the initial weights, for TRL
         size = trainer.rollout.games.image_shape[:2]
-        result = {"setup": {"preset": "tiny", "game": "2048", "image_size": list(size), "states": states,
-                            "group": group, "length": length, "steps": steps,
-                            "prompt_len": int(trainer.rollout.prompts.length),
-                            "image_tokens_per_prompt": int(np.prod(grid_thw(*size))) // 4}}
+        devices = jax.devices()
+        result = {"setup": {"preset": config.model, "dtype": config.dtype, "param_dtype": config.param_dtype,
+                            "remat": config.remat, "kl_coef": config.kl_coef, "game": "2048",
+                            "image_size": list(size), "states": states, "group": group, "length": length,
+                            "steps": steps, "prompt_len": int(trainer.rollout.prompts.length),
+                            "image_tokens_per_prompt": int(np.prod(grid_thw(*size))) // 4,
+                            "params": count_params(trainer.policy()),
+                            "device": f"{devices[0].platform}: {getattr(devices[0], 'device_kind', '')} x {len(devices)}"}}
         result["ours"] = our_grpo_benchmark(trainer, steps)
+        median = result["ours"]["median"]
+        result["ours"]["completion_tokens_per_s"] = median["completion_tokens"] / median["total"]
         if with_trl:
             try:
                 import trl  # noqa: F401
@@ -406,7 +421,7 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
                 result["trl"] = trl_grpo_benchmark(trainer, policy_dir, steps, threads)
                 result["speedup"] = result["trl"]["median"]["total"] / result["ours"]["median"]["total"]
         else:
-            result["trl_unavailable"] = "skipped (--quick or --skip-trl)"
+            result["trl_unavailable"] = "skipped (--quick, --skip-trl, or a --grpo-model other than tiny)"
     return result
 
 
@@ -569,6 +584,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--length", type=int, default=32, help="new tokens per answer in the GRPO step")
     parser.add_argument("--steps", type=int, help="timed GRPO steps after the first (default 3; --quick: 1)")
+    parser.add_argument("--grpo-model", default="tiny",
+                        help="GRPO step: a preset (random init, e.g. 3b on a GPU) or a checkpoint directory; TRL "
+                             "runs only for tiny")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="GRPO step: compute dtype")
+    parser.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="GRPO step: parameter (and optimizer state) dtype")
+    parser.add_argument("--tokenizer", help="GRPO step: a tokenizer.json (default: the model's own)")
+    parser.add_argument("--remat", action="store_true", help="GRPO step: rematerialise the decoder layers")
+    parser.add_argument("--kl-coef", type=float, default=0.0, help="GRPO step: KL coefficient (> 0 keeps a reference)")
     parser.add_argument("--torch-threads", type=int, nargs="+",
                         help="decode: transformers runs at each of these thread counts and the faster one is "
                              "compared (default 1 2; --quick: 1)")
@@ -619,9 +643,12 @@ def run(args: argparse.Namespace) -> int:
                 torch_threads=() if args.skip_torch else tuple(args.torch_threads)))
             print_decode(results["decode"][-1:])
     if "grpo" in args.parts:
+        policy = dict(model=args.grpo_model, tokenizer=args.tokenizer, dtype=args.dtype,
+                      param_dtype=args.param_dtype, remat=args.remat, kl_coef=args.kl_coef)
         results["grpo"] = grpo_benchmark(tuple(args.image_size) if args.image_size else None, args.states, args.group,
                                          args.length, args.steps, args.trl_threads,
-                                         with_trl=not (args.quick or args.skip_trl))
+                                         with_trl=not (args.quick or args.skip_trl or args.grpo_model != "tiny"),
+                                         **policy)
         print_grpo(results["grpo"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started

@@ -109,6 +109,17 @@ def test_rows_do_not_depend_on_padding_or_batch_order(setup, sampled):
     np.testing.assert_allclose(moved.logprobs, sampled.logprobs[row_order], atol=1e-5)
 
 
+def test_a_rematerialised_model_samples_the_same(setup, greedy):
+    # remat is for the backward pass; a trainer built with remat=True samples through the same layers
+    # (nnx.remat inside the decode while_loop used to fail: "Cannot mutate Param from a different trace level")
+    graphdef, params = nnx.split(Qwen25VL(setup["cfg"], remat=True, rngs=nnx.Rngs(0)))
+    jax.tree.map(np.testing.assert_array_equal, params, setup["params"])
+    out = run(dict(setup, graphdef=graphdef), SamplingConfig(max_new_tokens=LENGTH, temperature=0.0, stop_ids=STOP,
+                                                             pad_id=PAD))
+    np.testing.assert_array_equal(out.tokens, greedy.tokens)
+    np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-5)
+
+
 def test_stop_tokens_end_rows_and_mask_the_rest(setup, greedy):
     # make the greedy token at step 3 of row 0 a stop token: row 0 then ends there, stop included
     stop = int(greedy.tokens[0, 3])

@@ -109,6 +109,22 @@ class SwiGLU(nnx.Module):
             return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def remat_call(module: nnx.Module, *args, **static):
+    """module(*args, **static) with its activations recomputed in the backward pass instead of kept.
+
+    Functional (split, `jax.checkpoint`, merge inside) rather than `nnx.remat`: nnx.remat writes the
+    module's variables back after the call, which fails ("Cannot mutate Param from a different trace
+    level") when the module was merged at another trace level, e.g. the KL reference model inside
+    the update's `jax.grad`. `static`: plain Python values (not traced), such as a segment length.
+    """
+    graphdef, state = nnx.split(module)
+
+    def run(state, *args):
+        return nnx.merge(graphdef, state)(*args, **static)
+
+    return jax.checkpoint(run)(state, *args)
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

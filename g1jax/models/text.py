@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.models.layers import Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies
+from g1jax.models.layers import (Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies,
+                                 remat_call)
 
 # Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
 # 64 tokens, each against the keys up to its end, skipping most of the masked upper triangle
@@ -108,7 +109,8 @@ class Qwen2Model(nnx.Module):
         The mask must be causal (the language model always is); without caches S == T.
         """
         cos, sin = mrope_cos_sin(positions, self.config, embeds.dtype)
-        call = nnx.remat(_call_layer) if self.remat else _call_layer
+        # Remat only where a backward pass may follow: the cached path (prefill, decode) never takes gradients.
+        call = remat_call if self.remat and kv_caches is None else _call_layer
         x = embeds
         new_caches = []
         for index, layer in enumerate(self.layers):

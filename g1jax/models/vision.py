@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from g1jax.models.config import VisionConfig
-from g1jax.models.layers import Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies
+from g1jax.models.layers import Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, remat_call
 
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers for every vision RMSNorm (not the text eps)
 
@@ -207,10 +207,10 @@ class VisionTransformer(nnx.Module):
         cos, sin = jnp.asarray(layout.cos), jnp.asarray(layout.sin)
         window_slots = layout.slots_per_window
         frame_slots = layout.slots_per_window * layout.windows_per_frame
-        call = (nnx.remat(_call_block, static_argnums=(5,)) if self.remat else _call_block)
+        call = remat_call if self.remat else _call_block
         for index, block in enumerate(self.blocks):
             segment = frame_slots if index in self.config.fullatt_block_indexes else window_slots
-            x = call(block, x, cos, sin, filled, segment)
+            x = call(block, x, cos, sin, filled, segment_slots=segment)
         merged = self.merger(x)
         return jnp.take(merged, jnp.asarray(layout.token_unit), axis=1)
 
@@ -240,7 +240,7 @@ class VisionTransformer(nnx.Module):
         return jnp.concatenate(per_image, axis=0)
 
 
-def _call_block(block, x, cos, sin, filled, segment_slots):
+def _call_block(block, x, cos, sin, filled, *, segment_slots):
     return block(x, cos, sin, filled, segment_slots)
 
 
