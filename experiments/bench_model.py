@@ -36,6 +36,13 @@ each XLA kernel (thunk) over all threads, grouped by the named scope of the mode
 comes from (attention, swiglu, rmsnorm, rotary; a kernel that fuses several, such as XLA:CPU's
 YNNPACK fusions, counts where its root is) or else by its kind (other matmuls: q/k/v/o projections,
 lm_head, vision patch/merger; other: the rest). Shares are of summed kernel time, not wall time.
+
+--matmuls times the text decoder's matmul shapes of this forward alone (x [batch*seq, in] @ w [in, out]
+for the q, k/v, o, gate/up, down projections and lm_head), jitted JAX vs torch.matmul at the same
+thread count, in GFLOP/s (best of 3 x N calls), and names the library XLA hands those dots to (the
+fusion kinds in the compiled HLO: ynn / xnn / onednn fusions, or XLA's own dot emitter). It separates
+"the matmul library is slower on this CPU" from "the rest of the forward is": the question to answer
+on an Intel Xeon, where PyTorch's MKL runs its AVX-512 kernels (on AMD it does not).
 """
 
 from __future__ import annotations
@@ -76,6 +83,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets), for MFU on accelerators.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12,
                    "TPU v4": 275e12, "TPU v5": 459e12, "TPU v6 lite": 918e12}
+
+
+def forward_flops(config, batch: int, seq: int, image_px: int) -> float:
+    """Model FLOPs of one uncached forward, counted from the shapes (multiply-add = 2 FLOPs).
+
+    Every matmul of the text decoder (q/k/v/o, SwiGLU, lm_head on every position) and causal attention
+    (query i reads i + 1 keys), the vision tower on one image of image_px x image_px per row (patch
+    embedding, q/k/v/proj, SwiGLU, windowed or whole-frame attention, the 2x2 patch merger). Norms,
+    rotary and softmax are left out. This is the MFU numerator: XLA's cost analysis does not count
+    what runs in a library call (cuDNN attention on a GPU), so it cannot serve there.
+    """
+    t, v = config.text, config.vision
+    d, hd, heads, kv = t.hidden_size, t.head_dim, t.num_attention_heads, t.num_key_value_heads
+    per_token = 2 * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * t.intermediate_size)
+    text = batch * seq * (t.num_hidden_layers * per_token + 2 * d * t.vocab_size)
+    text += batch * t.num_hidden_layers * 4 * heads * hd * seq * (seq + 1) / 2
+    side = image_px // v.patch_size
+    patches, frame = batch * side * side, side * side
+    window = min(frame, (v.window_merge_units * v.spatial_merge_size) ** 2)
+    dv, merged = v.hidden_size, 4 * v.hidden_size
+    per_patch = 2 * (4 * dv * dv + 3 * dv * v.intermediate_size)
+    vision = patches * (2 * v.patch_features * dv + v.depth * per_patch)
+    for block in range(v.depth):
+        keys = frame if block in v.fullatt_block_indexes else window
+        vision += patches * 4 * dv * keys
+    vision += patches // 4 * 2 * (merged * merged + merged * v.out_hidden_size)
+    return float(text + vision)
 
 
 def make_inputs(config, batch: int, seq: int, image_px: int, seed: int = 0):
@@ -335,6 +369,57 @@ def prepare_torch(directory, inputs, threads, attn):
     return runner, {"threads": threads, "attn_implementation": attn}
 
 
+def dot_library(hlo_text: str) -> dict[str, int]:
+    """How many dots of a compiled CPU program each matmul library runs (the fusion names XLA gives them)."""
+    counts = collections.Counter(re.findall(r"%(ynn|xnn|onednn)_fusion[.\d]* = ", hlo_text))
+    # computations a library fusion calls hold its dots; a dot anywhere else is XLA's own
+    library_bodies = set(re.findall(r"%(?:ynn|xnn|onednn)_fusion[.\d]* = .*?calls=%([\w.-]+)", hlo_text))
+    plain, body = 0, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.-]+) .*\{$", line)
+        if header:
+            body = header.group(1)
+        elif re.search(r"\} dot\(", line) and body not in library_bodies:
+            plain += 1
+    return dict(counts, **({"xla dot": plain} if plain else {}))
+
+
+def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int = 10) -> list[dict]:
+    """GFLOP/s of the decoder's matmul shapes, JAX (jit) and, unless skipped, torch.matmul."""
+    t = config.text
+    d, q, kv = t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    shapes = {"q_proj": (d, q), "k/v_proj": (d, kv), "o_proj": (q, d), "gate/up_proj": (d, t.intermediate_size),
+              "down_proj": (t.intermediate_size, d), "lm_head": (d, t.vocab_size)}
+    rng = np.random.default_rng(0)
+    if not skip_torch:
+        import torch
+
+        torch.set_num_threads(threads)
+    table = []
+    for name, (n_in, n_out) in shapes.items():
+        x = rng.standard_normal((rows, n_in), np.float32)
+        w = rng.standard_normal((n_in, n_out), np.float32) * n_in ** -0.5
+        flops = 2.0 * rows * n_in * n_out
+        jx, jw = jnp.asarray(x), jnp.asarray(w)
+        compiled = jax.jit(jnp.matmul).lower(jx, jw).compile()
+        runs = {"jax": lambda: compiled(jx, jw).block_until_ready()}
+        if not skip_torch:
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            runs["torch"] = lambda: torch.matmul(tx, tw)
+        row = {"name": name, "shape": [rows, n_in, n_out], "xla_library": dot_library(compiled.as_text())}
+        for label, call in runs.items():
+            call()
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                best = min(best, (time.perf_counter() - start) / calls)
+            row[f"{label}_gflops"] = flops / best / 1e9
+        table.append(row)
+    return table
+
+
 def summarize(runner: Runner, tokens: int) -> dict:
     median = statistics.median(runner.times)
     return {"times_s": runner.times, "median_s": median, "best_s": min(runner.times),
@@ -368,6 +453,8 @@ def main(argv=None) -> int:
                         help="also time the model with layers.attention from this git revision (same process)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="trace N more Flax forward calls and print where the kernel time goes")
+    parser.add_argument("--matmuls", action="store_true",
+                        help="also time the decoder's matmul shapes alone, JAX vs torch.matmul (GFLOP/s)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
 
@@ -424,6 +511,9 @@ def main(argv=None) -> int:
         for runner in timed:
             runner.timed()
     hlo = flax_info.pop("hlo")
+    results["xla_dot_library"] = dot_library(hlo)
+    if args.matmuls:
+        results["matmuls"] = matmul_table(config, tokens, args.torch_threads, args.skip_torch or on_accelerator)
     if args.profile:
         results["profile_kernel_s_per_call"] = profile_forward(flax, hlo, args.profile)
         if baseline:
@@ -432,10 +522,11 @@ def main(argv=None) -> int:
 
     results["flax"] = dict(summarize(flax, tokens), **flax_info)
     results["flax"]["memory"]["rss_growth_bytes_first_call"] = flax.rss_growth
-    if on_accelerator and flax_info["flops"]:
+    results["flax"]["model_flops"] = forward_flops(config, args.batch, args.seq, args.image_px)
+    if on_accelerator:
         peak = peak_flops(device)
-        results["flax"]["model_tflops_per_s"] = flax_info["flops"] / results["flax"]["median_s"] / 1e12
-        results["flax"]["mfu"] = (flax_info["flops"] / results["flax"]["median_s"] / peak) if peak else None
+        results["flax"]["model_tflops_per_s"] = results["flax"]["model_flops"] / results["flax"]["median_s"] / 1e12
+        results["flax"]["mfu"] = (results["flax"]["model_tflops_per_s"] * 1e12 / peak) if peak else None
     if not args.skip_torch:
         results["torch"] = dict(summarize(torch_runner, tokens), **torch_info)
         results["torch"]["memory"] = {"method": "peak RSS growth during the first forward (sampled every 1 ms)",
@@ -506,8 +597,19 @@ def main(argv=None) -> int:
               f"{b['flax']['memory_peak_bytes'] / gib:.3f} -> {f['memory']['peak_bytes'] / gib:.3f} GiB")
     if "mfu" in f:
         mfu = f"{f['mfu'] * 100:.1f}%" if f["mfu"] is not None else "unknown peak for this device"
-        print(f"model FLOPs per forward {f['flops'] / 1e12:.2f} TFLOP (XLA cost analysis), "
-              f"{f['model_tflops_per_s']:.1f} TFLOP/s, MFU {mfu}")
+        print(f"model FLOPs per forward {f['model_flops'] / 1e12:.2f} TFLOP (from the shapes; XLA cost analysis "
+              f"{f['flops'] / 1e12:.2f}), {f['model_tflops_per_s']:.1f} TFLOP/s, MFU {mfu} of "
+              f"{(peak_flops(device) or 0) / 1e12:.0f} TFLOP/s bf16 peak")
+    if "matmuls" in results:
+        libraries = ", ".join(f"{k} {v}" for k, v in results["xla_dot_library"].items())
+        print(f"decoder matmul shapes alone ([{tokens} x in] @ [in x out], GFLOP/s, best of 3 x 10 calls; "
+              f"the forward's dots run in: {libraries})")
+        print(f"{'matmul':<13} {'in x out':>13} {'jax':>7} {'torch':>7} {'jax/torch':>10}  xla library")
+        for row in results["matmuls"]:
+            torch_cell = f"{row['torch_gflops']:>7.0f} {row['jax_gflops'] / row['torch_gflops']:>10.2f}" \
+                if "torch_gflops" in row else f"{'-':>7} {'-':>10}"
+            print(f"{row['name']:<13} {row['shape'][1]:>6} x {row['shape'][2]:<6} {row['jax_gflops']:>7.0f} "
+                  f"{torch_cell}  {', '.join(row['xla_library']) or '?'}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
