@@ -653,7 +653,8 @@ class Trainer:
             self.logger.write_json("eval_before.json", self.evaluate())
 
     def evaluate(self) -> dict[str, Any]:
-        """The current policy and the random policy on the held-out start states (one answer each)."""
+        """The current policy and the random policy on the held-out start states (one answer each);
+        "answers" holds the policy's answer texts, in held-out state order."""
         rollout = self.eval_rollout
         key = jax.random.fold_in(self.base_key, HELD_OUT_STREAM)  # never a training step's key
         result = rollout(self.graphdef, (self.state.params, self.frozen), key)
@@ -662,7 +663,7 @@ class Trainer:
         _, random_parts, random_rewards = rollout.score_texts(score_key, result.states, random_texts)
         return {"policy": reward_summary(result.rewards, result.parts, rollout.games.game_names),
                 "random": reward_summary(random_rewards, random_parts, rollout.games.game_names),
-                "rewards": result.rewards.tolist()}
+                "rewards": result.rewards.tolist(), "answers": list(result.texts)}
 
     def run(self) -> dict[str, Any]:
         config = self.config

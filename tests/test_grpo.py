@@ -305,25 +305,31 @@ def test_tis_weights_scale_the_policy_term(loss_terms):
 
 
 def test_metrics_count_only_active_tokens(loss_terms):
-    # padding tokens that would be clipped (rows 0 and 1) and a padded row with a large advantage:
-    # counting any of them changes every expected value below
-    ratios = np.array([[1.0, 1.5, 1.5, 1.5], [0.5, 0.5, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0]])
-    mask = jnp.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    # four active tokens, each caught by a different case: unclipped (ratio 1), clipped high (1.5, A > 0),
+    # clipped low (0.5, A < 0), dual-clipped (4.0, A < 0); padding after them, a padded row with a large
+    # advantage, and a reference 0.5 nats below the policy on the active tokens, far off on the padding.
+    # Counting any padding changes every expected value below.
+    ratios = np.array([[1.0, 1.5, 1.5, 1.5], [0.5, 0.5, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0], [4.0, 4.0, 1.0, 1.0]])
+    mask = jnp.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
     logp = jnp.log(jnp.array(ratios, jnp.float32))
-    config = GRPOConfig(kl_coef=0.1)
-    total, count, metrics = loss_terms(logp, jnp.zeros((3, 4)), jnp.array([1.0, -1.0, 5.0]), mask, config, logp)
+    ref_logp = logp + jnp.asarray(np.where(np.asarray(mask) == 1, -0.5, 3.0), jnp.float32)
+    config = GRPOConfig(kl_coef=0.1, dual_clip=1.5)
+    total, count, metrics = loss_terms(logp, jnp.zeros((4, 4)), jnp.array([1.0, -1.0, 5.0, -1.0]), mask, config,
+                                       ref_logp)
     m = {name: float(grpo.ratio_of(*pair)) for name, pair in metrics.items()}
-    close(m["clip_frac_high"], 1 / 3)
-    close(m["clip_frac_low"], 1 / 3)
-    close(m["clip_frac_dual"], 0.0)
-    close(m["ratio_mean"], (1.0 + 1.5 + 0.5) / 3)
-    close(m["abs_log_ratio_mean"], (0 + math.log(1.5) + math.log(2.0)) / 3)
-    close(m["policy_loss"], (-1.0 - 1.2 + 0.8) / 3)
-    close(m["kl"], 0.0)  # the reference equals the policy here
-    close(m["advantage_mean"], 0.0)
+    close(m["clip_frac_high"], 1 / 4)
+    close(m["clip_frac_low"], 1 / 4)
+    close(m["clip_frac_dual"], 1 / 4)
+    close(m["ratio_mean"], (1.0 + 1.5 + 0.5 + 4.0) / 4)
+    close(m["abs_log_ratio_mean"], (0 + math.log(1.5) + math.log(2.0) + math.log(4.0)) / 4)
+    policy_loss = (-1.0 - 1.2 + 0.8 + 1.5) / 4  # -A r, -A (1 + 0.2), -A (1 - 0.2), -A * 1.5
+    close(m["policy_loss"], policy_loss)
+    k3 = math.exp(-0.5) + 0.5 - 1  # exp(d) - d - 1 with d = ref - policy = -0.5 on every active token
+    close(m["kl"], k3)
+    close(m["advantage_mean"], -1 / 3)  # rows 0, 1, 3: the padded row's advantage 5 is not counted
     close(m["advantage_sq_mean"], 1.0)
     close(m["advantage_nonzero_frac"], 1.0)
-    close(grpo.ratio_of(total, count), (-1.0 - 1.2 + 0.8) / 3)
+    close(grpo.ratio_of(total, count), policy_loss + 0.1 * k3)
     assert "tis_weight_mean" not in m and "sampler_abs_logp_diff" not in m
 
 

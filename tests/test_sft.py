@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 import envs
+from g1jax.checkpoint import Checkpointer, abstract_like
 from g1jax.models.config import ConfigError
 from g1jax.sft import TeacherData, sft_loss_terms
 from g1jax.tokenizer import make_tiny_tokenizer
@@ -61,6 +62,7 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     config = TrainConfig(**{**SMALL, "export_hf": True}, sft_steps=3, sft_learning_rate=3e-3, steps=2,
                          learning_rate=1e-4, eval_states=8, run_dir=str(tmp_path / "run"))
     trainer = Trainer(config)
+    initial = trainer.evaluate()  # the random-init policy on the held-out states
     summary = trainer.run()
     history = trainer.logger.read_metrics()
     assert [m["phase"] for m in history] == ["sft"] * 3 + ["rl"] * 2
@@ -75,6 +77,14 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
     assert saved["before"] == before["policy"]
     assert summary["gain"] == pytest.approx(np.mean(np.subtract(trainer.evaluate()["rewards"], before["rewards"])))
+    # "before" is the policy entering RL: the cold start's last checkpoint (step 3) answers exactly as
+    # it did, and not as the random-init policy did (the rewards cannot tell: every answer scores -1)
+    restored, _ = Checkpointer(tmp_path / "run" / "checkpoints").restore(
+        3, {"params": abstract_like(trainer.state.params)})
+    after_rl = trainer.state
+    trainer.state = after_rl.replace(params=restored["params"])
+    assert trainer.evaluate()["answers"] == before["answers"] != initial["answers"]
+    trainer.state = after_rl
     # the random baseline answers bare actions: no format or perception reward
     assert saved["random"]["reward_format"] == 0 and saved["random"]["reward_perception"] == 0
     # the final policy is exported as a Hugging Face checkpoint that loads back to the same weights

@@ -111,12 +111,19 @@ def test_optimizer_state_follows_its_parameters():
 
 # ---------------------------------------------------------------------------- sharded model
 def _inputs():
-    """The goldens' two rows (two images + text, text only) four times over: 8 rows, 8 images."""
-    with np.load(os.path.join(FIXTURE, "goldens.npz")) as g:
-        ids, mask = np.tile(g["input_ids"], (4, 1)), np.tile(g["attention_mask"], (4, 1))
-        pixel_values = np.tile(g["pixel_values"].astype(np.float32), (4, 1))
-        grids = tuple(tuple(int(x) for x in row) for row in g["image_grid_thw"]) * 4
+    """The goldens' two rows (two images + text, text only) four times over, every copy made distinct
+    (other text ids, scaled pixels) so rows or images mixed up between shards change the logits."""
     config = preset("tiny")
+    with np.load(os.path.join(FIXTURE, "goldens.npz")) as g:
+        base_ids, pixels = g["input_ids"], g["pixel_values"].astype(np.float32)
+        copies = []
+        for c in range(4):
+            text = base_ids < min(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
+            copies.append(np.where(text & (c > 0), (base_ids + 37 * c) % 1000, base_ids))
+        ids, mask = np.concatenate(copies), np.tile(g["attention_mask"], (4, 1))
+        pixel_values = np.concatenate([pixels * (1 + 0.25 * c) for c in range(4)])
+        grids = tuple(tuple(int(x) for x in row) for row in g["image_grid_thw"]) * 4
+    assert len({row.tobytes() for row in ids}) == 8
     positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id)
     return ids, positions, mask, pixel_values, grids
 

@@ -48,14 +48,15 @@ def test_bad_config_is_one_clear_error(changes, match):
         TrainConfig.from_dict({"stepz": 3})
 
 
-def colour_card_trainer(run_dir, steps: int, resume: bool = False) -> Trainer:
+def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: int = 0) -> Trainer:
     """A run whose rewards vary from the first step (ColourCard), so the gradients, the AdamW moments
-    and the KL reference all carry information a broken resume would lose."""
+    and the KL reference all carry information a broken resume would lose. A resumed trainer starts
+    from other initial weights (init_seed 1): only what it restores can match the straight run."""
     config = TrainConfig(games=("2048",), states_per_step=8, group_size=4, max_new_tokens=2, steps=steps,
                          learning_rate=3e-3, kl_coef=0.05, checkpoint_every=1, sample_every=2, progress=False,
                          export_hf=False, run_dir=str(run_dir))
     return Trainer(config, resume=resume, games=envs.MultiGame(games=(ColourCard(),), counts=(8,)),
-                   policy=colour_card_policy(), reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
+                   policy=colour_card_policy(init_seed), reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
 
 
 def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_path):
@@ -67,7 +68,7 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
 
     first = colour_card_trainer(tmp_path / "b", steps=2)
     first.run()
-    resumed = colour_card_trainer(tmp_path / "b", steps=3, resume=True)
+    resumed = colour_card_trainer(tmp_path / "b", steps=3, resume=True, init_seed=1)
     assert resumed.start_step == 2
     # runs that differ only in run-only fields share one compiled step
     assert resumed._train_step is first._train_step is straight._train_step
@@ -92,7 +93,7 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     with pytest.warns(RuntimeWarning, match="step 3"):
-        fallback = colour_card_trainer(run_dir, steps=3, resume=True)
+        fallback = colour_card_trainer(run_dir, steps=3, resume=True, init_seed=1)
     assert fallback.start_step == 2
 
 
@@ -143,8 +144,10 @@ def reference_step():
     return batch, leaves(state.params), metrics
 
 
-def updated(config, batch):
+def updated(config, batch, reference_scale: float | None = None):
     trainer = Trainer(config)
+    if reference_scale is not None:  # a reference away from the policy: a non-zero KL and KL gradient
+        trainer.reference = jax.tree.map(lambda x: x * reference_scale, trainer.reference)
     state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
                                          shard_batch(batch, trainer.mesh))
     return leaves(state.params), jax.device_get(metrics), trainer
@@ -172,9 +175,10 @@ def test_remat_with_a_kl_reference_gives_the_same_update(reference_step):
     # reference model evaluated inside the update's jax.grad (nnx.remat failed there)
     batch, _, _ = reference_step
     with_kl = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", kl_coef=0.05)
-    plain_params, plain_metrics, _ = updated(with_kl, batch)
-    remat_params, remat_metrics, trainer = updated(with_kl.replace(remat=True), batch)
-    assert trainer.reference is not None and trainer.policy().model.remat
+    plain_params, plain_metrics, _ = updated(with_kl, batch, reference_scale=0.5)
+    remat_params, remat_metrics, trainer = updated(with_kl.replace(remat=True), batch, reference_scale=0.5)
+    assert trainer.policy().model.remat and plain_metrics["kl"] > 1e-3, plain_metrics["kl"]
+    np.testing.assert_allclose(remat_metrics["kl"], plain_metrics["kl"], rtol=1e-5)
     assert_same_update(remat_params, remat_metrics, plain_params, plain_metrics)
 
 
