@@ -39,7 +39,7 @@ lm_head, vision patch/merger; other: the rest). Shares are of summed kernel time
 
 --matmuls times the text decoder's matmul shapes of this forward alone (x [batch*seq, in] @ w [in, out]
 for the q, k/v, o, gate/up, down projections and lm_head), jitted JAX vs torch.matmul at the same
-thread count, in GFLOP/s (best of 3 x N calls), and names the library XLA hands those dots to (the
+thread count, in GFLOP/s (best of 5 x 10 calls), and names the library XLA hands those dots to (the
 fusion kinds in the compiled HLO: ynn / xnn / onednn fusions, or XLA's own dot emitter). It separates
 "the matmul library is slower on this CPU" from "the rest of the forward is": the question to answer
 on an Intel Xeon, where PyTorch's MKL runs its AVX-512 kernels (on AMD it does not).
@@ -410,7 +410,7 @@ def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int =
         for label, call in runs.items():
             call()
             best = float("inf")
-            for _ in range(3):
+            for _ in range(5):
                 start = time.perf_counter()
                 for _ in range(calls):
                     call()
@@ -602,7 +602,7 @@ def main(argv=None) -> int:
               f"{(peak_flops(device) or 0) / 1e12:.0f} TFLOP/s bf16 peak")
     if "matmuls" in results:
         libraries = ", ".join(f"{k} {v}" for k, v in results["xla_dot_library"].items())
-        print(f"decoder matmul shapes alone ([{tokens} x in] @ [in x out], GFLOP/s, best of 3 x 10 calls; "
+        print(f"decoder matmul shapes alone ([{tokens} x in] @ [in x out], GFLOP/s, best of 5 x 10 calls; "
               f"the forward's dots run in: {libraries})")
         print(f"{'matmul':<13} {'in x out':>13} {'jax':>7} {'torch':>7} {'jax/torch':>10}  xla library")
         for row in results["matmuls"]:

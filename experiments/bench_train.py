@@ -403,7 +403,8 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
         size = trainer.rollout.games.image_shape[:2]
         devices = jax.devices()
         result = {"setup": {"preset": config.model, "dtype": config.dtype, "param_dtype": config.param_dtype,
-                            "remat": config.remat, "kl_coef": config.kl_coef, "game": "2048",
+                            "remat": config.remat, "kl_coef": config.kl_coef,
+                            "micro_batch_states": config.micro_batch_states, "game": "2048",
                             "image_size": list(size), "states": states, "group": group, "length": length,
                             "steps": steps, "prompt_len": int(trainer.rollout.prompts.length),
                             "image_tokens_per_prompt": int(np.prod(grid_thw(*size))) // 4,
@@ -593,6 +594,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="GRPO step: a tokenizer.json (default: the model's own)")
     parser.add_argument("--remat", action="store_true", help="GRPO step: rematerialise the decoder layers")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="GRPO step: KL coefficient (> 0 keeps a reference)")
+    parser.add_argument("--micro-batch-states", type=int,
+                        help="GRPO step: states per micro-batch of the update (default: all at once)")
     parser.add_argument("--torch-threads", type=int, nargs="+",
                         help="decode: transformers runs at each of these thread counts and the faster one is "
                              "compared (default 1 2; --quick: 1)")
@@ -644,7 +647,8 @@ def run(args: argparse.Namespace) -> int:
             print_decode(results["decode"][-1:])
     if "grpo" in args.parts:
         policy = dict(model=args.grpo_model, tokenizer=args.tokenizer, dtype=args.dtype,
-                      param_dtype=args.param_dtype, remat=args.remat, kl_coef=args.kl_coef)
+                      param_dtype=args.param_dtype, remat=args.remat, kl_coef=args.kl_coef,
+                      micro_batch_states=args.micro_batch_states)
         results["grpo"] = grpo_benchmark(tuple(args.image_size) if args.image_size else None, args.states, args.group,
                                          args.length, args.steps, args.trl_threads,
                                          with_trl=not (args.quick or args.skip_trl or args.grpo_model != "tiny"),

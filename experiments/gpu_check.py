@@ -24,7 +24,8 @@ Parts:
    tokens/s, model FLOPs from the shapes, MFU, decode steps/s.
 5. grpo: `bench_train.py --parts grpo --grpo-model 3b --dtype bfloat16 --remat --kl-coef 0.01`
    (G1's KL, so the reference copy is held), 16 states x 5 answers of up to 256 tokens at G1's frame
-   size: seconds per GRPO step split into env start / sampling / scoring / update, completion tokens/s.
+   size, the update in 4 micro-batches: seconds per GRPO step split into env start / sampling /
+   scoring / update, completion tokens/s.
 
 Results: OUT/gpu_check.json (every part), OUT/<part>.json and OUT/<part>.log; a summary table on stdout.
 """
@@ -226,9 +227,13 @@ def part_grpo(args) -> dict:
     argv = ["experiments/bench_train.py", "--parts", "grpo", "--dtype", "bfloat16", "--remat", "--kl-coef", "0.01"]
     if args.small:
         argv += ["--grpo-model", "tiny", "--states", "4", "--group", "2", "--length", "8", "--steps", "1",
-                 "--image-size", "140", "112", "--skip-trl"]
+                 "--image-size", "140", "112", "--skip-trl", "--micro-batch-states", "2"]
     else:
-        argv += ["--grpo-model", "3b", "--states", "16", "--group", "5", "--length", "256", "--steps", "2"]
+        # one H200 holds the whole 3B state unsharded (float32 weights, AdamW moments, the KL reference,
+        # two gradient buffers when micro-batched: ~80 GiB); 4 micro-batches of 4 states keep the
+        # update's activations near 20 GiB (BENCHMARKS.md's memory model, at 1280-token rows)
+        argv += ["--grpo-model", "3b", "--states", "16", "--group", "5", "--length", "256", "--steps", "2",
+                 "--micro-batch-states", "4"]
         if args.tokenizer:
             argv += ["--tokenizer", args.tokenizer]
     return _command(args, argv, os.path.join(args.out, "bench_train.json"))
