@@ -206,7 +206,7 @@ def part_model(args) -> dict:
     return result
 
 
-def _command(args, argv: list[str], json_path: str) -> dict:
+def _command(argv: list[str], json_path: str) -> dict:
     """Run one of the benchmark scripts; its own JSON is the result."""
     completed = subprocess.run([sys.executable, *argv, "--json", json_path], cwd=REPO, capture_output=True, text=True)
     print(completed.stdout[-6000:], completed.stderr[-3000:], sep="\n")
@@ -220,7 +220,7 @@ def part_forward(args) -> dict:
     argv = ["experiments/bench_model.py", "--dtype", "bfloat16", "--skip-torch"]
     argv += (["--config", "tiny", "--batch", "2", "--seq", "128", "--image-px", "56", "--decode-steps", "8", "--runs", "2"]
              if args.small else ["--config", "3b", "--batch", "8", "--seq", "2048", "--decode-steps", "64", "--runs", "5"])
-    return _command(args, argv, os.path.join(args.out, "bench_model.json"))
+    return _command(argv, os.path.join(args.out, "bench_model.json"))
 
 
 def part_grpo(args) -> dict:
@@ -236,7 +236,7 @@ def part_grpo(args) -> dict:
                  "--micro-batch-states", "4"]
         if args.tokenizer:
             argv += ["--tokenizer", args.tokenizer]
-    return _command(args, argv, os.path.join(args.out, "bench_train.json"))
+    return _command(argv, os.path.join(args.out, "bench_train.json"))
 
 
 PART_FUNCTIONS = {"environment": part_environment, "attention": part_attention, "model": part_model,
