@@ -223,7 +223,7 @@ class RolloutStages:
 
 
 def grpo_config(image_size, states: int, group: int, length: int, run_dir: str, **policy) -> TrainConfig:
-    """The benchmarked step's config; `policy` overrides model / tokenizer / dtype / param_dtype / remat / kl_coef."""
+    """The benchmarked step's config; `policy`: TrainConfig fields of the policy and update (model, dtype, ...)."""
     return TrainConfig(games=("2048",), image_size=image_size, states_per_step=states, group_size=group,
                        max_new_tokens=length, run_dir=run_dir, progress=False, sample_every=0, checkpoint_every=0,
                        export_hf=False, **policy)
@@ -422,7 +422,7 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
                 result["trl"] = trl_grpo_benchmark(trainer, policy_dir, steps, threads)
                 result["speedup"] = result["trl"]["median"]["total"] / result["ours"]["median"]["total"]
         else:
-            result["trl_unavailable"] = "skipped (--quick, --skip-trl, or a --grpo-model other than tiny)"
+            result["trl_unavailable"] = "skipped (--quick, --skip-trl, or a policy other than the default tiny float32 one)"
     return result
 
 
@@ -587,7 +587,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed GRPO steps after the first (default 3; --quick: 1)")
     parser.add_argument("--grpo-model", default="tiny",
                         help="GRPO step: a preset (random init, e.g. 3b on a GPU) or a checkpoint directory; TRL "
-                             "runs only for tiny")
+                             "runs only for the default policy settings")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="GRPO step: compute dtype")
     parser.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="GRPO step: parameter (and optimizer state) dtype")
@@ -649,10 +649,12 @@ def run(args: argparse.Namespace) -> int:
         policy = dict(model=args.grpo_model, tokenizer=args.tokenizer, dtype=args.dtype,
                       param_dtype=args.param_dtype, remat=args.remat, kl_coef=args.kl_coef,
                       micro_batch_states=args.micro_batch_states)
+        # TRL is matched to the default step only (tiny, float32, no KL, one micro-batch)
+        matched = policy == dict(model="tiny", tokenizer=None, dtype="float32", param_dtype="float32", remat=False,
+                                 kl_coef=0.0, micro_batch_states=None)
         results["grpo"] = grpo_benchmark(tuple(args.image_size) if args.image_size else None, args.states, args.group,
                                          args.length, args.steps, args.trl_threads,
-                                         with_trl=not (args.quick or args.skip_trl or args.grpo_model != "tiny"),
-                                         **policy)
+                                         with_trl=matched and not (args.quick or args.skip_trl), **policy)
         print_grpo(results["grpo"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started

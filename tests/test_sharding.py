@@ -116,11 +116,9 @@ def _inputs():
     config = preset("tiny")
     with np.load(os.path.join(FIXTURE, "goldens.npz")) as g:
         base_ids, pixels = g["input_ids"], g["pixel_values"].astype(np.float32)
-        copies = []
-        for c in range(4):
-            text = base_ids < min(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
-            copies.append(np.where(text & (c > 0), (base_ids + 37 * c) % 1000, base_ids))
-        ids, mask = np.concatenate(copies), np.tile(g["attention_mask"], (4, 1))
+        text = base_ids < min(config.image_token_id, config.vision_start_token_id, config.vision_end_token_id)
+        ids = np.concatenate([np.where(text, (base_ids + 37 * c) % 1000, base_ids) for c in range(4)])
+        mask = np.tile(g["attention_mask"], (4, 1))
         pixel_values = np.concatenate([pixels * (1 + 0.25 * c) for c in range(4)])
         grids = tuple(tuple(int(x) for x in row) for row in g["image_grid_thw"]) * 4
     assert len({row.tobytes() for row in ids}) == 8
