@@ -144,9 +144,10 @@ def bake(draw) -> np.ndarray:
     Atlases and backgrounds are drawn once and cached on the env; the first call may happen
     while a jitted function is being traced, and a cached tracer would leak into later
     traces. Evaluating at compile time and storing numpy avoids that."""
-    with jax.ensure_compile_time_eval():
-        # one compiled program: op-by-op eager drawing is much slower for text-heavy atlases
-        return np.asarray(jax.jit(draw)())
+    # One compiled program, lowered in a trace of its own and run at once: op-by-op eager drawing
+    # is much slower for text-heavy atlases, and under `ensure_compile_time_eval` every jitted
+    # helper the drawing calls would compile and run on its own.
+    return np.asarray(jax.jit(draw).lower().compile()())
 
 
 def canvas(height: int, width: int, color) -> jax.Array:
