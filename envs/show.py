@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +44,12 @@ def frame_grid(frames: np.ndarray, pad: int = 4) -> np.ndarray:
     return out
 
 
-def play(env, key, batch: int, steps: int, policy: str, keep_frames: bool):
-    """Random play with auto-reset; returns (final states, frames [steps+1, B, H, W, 3] or
-    None, total rewards [B], finished episodes [B])."""
+def play(env, key, batch: int, steps: int, policy: str, keep_states: bool):
+    """Random play with auto-reset; returns (final states, the states before the first move and
+    after each move [steps+1, B, ...] or None, total rewards [B], finished episodes [B]).
+
+    The play keeps states, not frames: frames of every step would take steps x B x H x W x 3 bytes
+    (1.7 GB for the README's GIF); `main` draws them one step at a time instead."""
     params = env.default_params
 
     def choose(k, state):
@@ -57,22 +61,20 @@ def play(env, key, batch: int, steps: int, policy: str, keep_frames: bool):
         ka, ks = jnp.split(jax.random.split(k, 2 * batch), 2)
         actions = jax.vmap(choose)(ka, state)
         state, reward, done, _ = jax.vmap(lambda kk, s, a: envs.auto_reset_step(env, kk, s, a, params))(ks, state, actions)
-        frames = jax.vmap(lambda s: env.render(s, params))(state) if keep_frames else None
-        return state, (frames, reward, done)
+        return state, (state if keep_states else None, reward, done)
 
     def run(key):
         reset_key, play_key = jax.random.split(key)
-        state = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(reset_key, batch))
-        first = jax.vmap(lambda s: env.render(s, params))(state)
-        state, (frames, rewards, dones) = jax.lax.scan(body, state, jax.random.split(play_key, steps))
-        if keep_frames:
-            frames = jnp.concatenate([first[None], frames])
-        return state, frames, rewards.sum(0), dones.sum(0)
+        first = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(reset_key, batch))
+        state, (history, rewards, dones) = jax.lax.scan(body, first, jax.random.split(play_key, steps))
+        if keep_states:
+            history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, history)
+        return state, history, rewards.sum(0), dones.sum(0)
 
     return jax.jit(run)(key)
 
 
-def write_gif(path: str, pictures: list[np.ndarray], fps: float, max_side: int = GIF_MAX_SIDE) -> None:
+def write_gif(path: str, pictures: Iterable[np.ndarray], fps: float, max_side: int = GIF_MAX_SIDE) -> None:
     """An animated GIF of uint8 [H, W, 3] pictures, kept small: shrunk by the smallest whole
     factor that brings the longer side to `max_side` or less (a box filter), one palette for
     the whole play (the games draw few colours), and every pixel that did not change since the
@@ -80,9 +82,11 @@ def write_gif(path: str, pictures: list[np.ndarray], fps: float, max_side: int =
     runs of one index into a few bytes)."""
     from PIL import Image
 
-    factor = -(-max(pictures[0].shape[:2]) // max_side)
-    if factor > 1:
-        pictures = [np.asarray(Image.fromarray(p).reduce(factor)) for p in pictures]
+    shrunk = []
+    for picture in pictures:  # shrunk as they come: only the small pictures are kept
+        factor = -(-max(picture.shape[:2]) // max_side)
+        shrunk.append(np.asarray(Image.fromarray(picture).reduce(factor)) if factor > 1 else picture)
+    pictures = shrunk
 
     sample = np.concatenate([pictures[i] for i in np.linspace(0, len(pictures) - 1, 5).astype(int)])
     palette = Image.fromarray(sample).quantize(colors=TRANSPARENT, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
@@ -178,18 +182,22 @@ def main(argv=None):
     from PIL import Image
 
     start = time.perf_counter()
-    state, frames, rewards, finished = play(env, jax.random.key(args.seed), args.batch, args.steps, args.policy, args.gif is not None)
-    if frames is None:
-        frames = jax.vmap(lambda s: env.render(s, env.default_params))(state)[None]
-    frames = np.asarray(frames)
+    state, history, rewards, finished = play(env, jax.random.key(args.seed), args.batch, args.steps, args.policy, args.gif is not None)
+    jax.block_until_ready(state)
     elapsed = time.perf_counter() - start
+    render = jax.jit(jax.vmap(lambda s: env.render(s, env.default_params)))
 
-    Image.fromarray(frame_grid(frames[-1])).save(args.out)
+    def picture(states) -> np.ndarray:
+        return frame_grid(np.asarray(render(states)))
+
+    Image.fromarray(picture(state)).save(args.out)
     print(f"{env!r}: {args.batch} board(s), {args.steps} random {args.policy} moves in {elapsed:.2f} s (compile included)")
     print(f"wrote {args.out}")
     if args.gif:
-        write_gif(args.gif, [frame_grid(f) for f in frames], args.fps, args.gif_max_side)
-        print(f"wrote {args.gif} ({len(frames)} frames, {os.path.getsize(args.gif) / 1e6:.1f} MB)")
+        history = jax.device_get(history)
+        write_gif(args.gif, (picture(jax.tree.map(lambda a: a[t], history)) for t in range(args.steps + 1)), args.fps,
+                  args.gif_max_side)
+        print(f"wrote {args.gif} ({args.steps + 1} frames, {os.path.getsize(args.gif) / 1e6:.1f} MB)")
     print(f"mean reward per move {float(rewards.mean()) / max(args.steps, 1):+.3f}; finished games: {int(finished.sum())}")
     print(f"board 0 as the model's perception text must read it:\n{env.describe(envs.unbatch(state, 0))}")
     return 0

@@ -351,6 +351,6 @@ def test_render_into_reuses_the_buffer_and_checks_its_shape():
     states = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 3))
     draw = jax.jit(lambda f, s: envs.render_into(env, f, s), donate_argnums=0)
     frames = draw(jnp.zeros((3, 224, 196, 3), jnp.uint8), states)
-    np.testing.assert_array_equal(frames, envs.render_batch(env, states))
+    np.testing.assert_array_equal(frames, jax.jit(envs.render_batch, static_argnums=0)(env, states))
     with pytest.raises(ValueError, match=r"frames buffer is uint8\[2, 224, 196, 3\]"):
         envs.render_into(env, jnp.zeros((2, 224, 196, 3), jnp.uint8), states)

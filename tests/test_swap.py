@@ -816,9 +816,9 @@ def test_render_matches_generic_drawing(config):
     0 to 10 digits, on one line and on two."""
     env = envs.make("swap", **config)
     keys = jax.random.split(jax.random.key(3), 4)
-    states = jax.vmap(env.reset)(keys)
-    actions = jax.vmap(env.random_valid_action)(keys, states)
-    played, _, _, _ = jax.vmap(env.step)(keys, states, actions)
+    states = jax.jit(jax.vmap(env.reset))(keys)  # jitted: Swap's loops run op by op when eager
+    actions = jax.jit(jax.vmap(env.random_valid_action))(keys, states)
+    played, _, _, _ = jax.jit(jax.vmap(env.step))(keys, states, actions)
     counters = jnp.asarray([[0, 0, 0], [7, 5, 3], [123456, 999, 42], [2**31 - 1, 2**31 - 1, 2**31 - 1]], jnp.int32)
     states = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), states, played)
     states = states.replace(score=counters[:, 0].repeat(2), moves_left=counters[:, 1].repeat(2), shuffles=counters[:, 2].repeat(2))
