@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from envs import ConfigError  # noqa: E402  (the base of every config error, games' and learner's)
+from g1jax.checkpoint import CheckpointError  # noqa: E402
 from g1jax.train import G1_RECIPE, TrainConfig, make_trainer  # noqa: E402
 
 # Small settings for a 2-CPU machine: a tiny random-init model on 2048 at a small frame size.
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
     try:
         config = resolve_config(args)
         trainer = make_trainer(config, resume=args.resume)
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as error:
+    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = trainer.run()

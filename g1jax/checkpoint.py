@@ -4,7 +4,9 @@ A checkpoint is a set of named pytrees (params, optimizer state, reference polic
 JSON `meta` record (step, RNG seed, data cursor, config). orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-save leaves the previous checkpoint
 intact; `restore_latest` also survives a latest step that is present but unreadable (a partial copy,
-a truncated file) by warning and trying the one before.
+a truncated file): it warns, moves that step aside (to `<directory>-unreadable/`, so the run can write
+the step again; nothing is deleted) and takes the one before. When steps exist but none can be
+restored, that is a `CheckpointError`, never a silent fresh start.
 
 Restoring takes abstract targets (`jax.ShapeDtypeStruct`s carrying the shardings the arrays should
 land on), so a run can resume onto another mesh.
@@ -21,6 +23,10 @@ import jax
 import orbax.checkpoint as ocp
 
 META = "meta"
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none of them can be restored onto this run."""
 
 
 def abstract_like(tree):
@@ -60,19 +66,54 @@ class Checkpointer:
         return items, dict(restored[META])
 
     def restore_latest(self, targets: Mapping[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-        """(step, items, meta) of the newest readable checkpoint, or None when there is none.
+        """(step, items, meta) of the newest readable checkpoint, or None when the directory holds none.
 
-        An unreadable newer step is skipped with a warning naming it and the error."""
-        for step in reversed(self.steps()):
+        A newer step that cannot be read is skipped with a warning naming it and the error, and moved
+        aside to `<directory>-unreadable/<step>`: left in place, it would make saving that step again
+        fail. When no step can be restored, a `CheckpointError` lists why for each: the usual cause is a
+        run whose settings no longer match what its checkpoints hold (a KL reference that was never
+        saved, another model), and starting again from step 0 would silently drop the run's work."""
+        steps = self.steps()
+        failures = []
+        for step in reversed(steps):
             try:
                 items, meta = self.restore(step, targets)
             except Exception as error:  # orbax/tensorstore raise many types for damaged files
-                warnings.warn(f"checkpoint step {step} in {self.directory} could not be read "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                              f"falling back to the previous one", RuntimeWarning, stacklevel=2)
+                failures.append((step, error))
                 continue
+            for bad, error in failures:
+                moved = self._set_aside(bad)
+                warnings.warn(f"checkpoint step {bad} in {self.directory} could not be read ({_describe(error)}); "
+                              f"moved it to {moved} and fell back to step {step}", RuntimeWarning, stacklevel=2)
             return step, items, meta
+        if failures:
+            reasons = "; ".join(f"step {step}: {_describe(error)}" for step, error in failures)
+            raise CheckpointError(
+                f"none of the {len(steps)} checkpoint(s) in {self.directory} can be restored onto this run ({reasons}). "
+                "If the run's settings changed since they were written (kl_coef, the model, freeze_vision), resume "
+                "with the run's own config.json, or start a new run directory")
         return None
+
+    def _set_aside(self, step: int) -> str:
+        """Move an unreadable step's folder out of the manager's directory; returns where it went."""
+        aside = self.directory + "-unreadable"
+        target = os.path.join(aside, str(step))
+        copy = 1
+        while os.path.exists(target):  # an earlier fallback set the same step aside
+            target, copy = os.path.join(aside, f"{step}.{copy}"), copy + 1
+        if jax.process_index() == 0:  # one host moves it; the others wait for the move
+            os.makedirs(aside, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"g1jax: checkpoint step {step} set aside")
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"

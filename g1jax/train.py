@@ -76,7 +76,7 @@ class TrainConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    # GRPO (rl/grpo.py); `grpo_preset` sets the defaults the fields below override
+    # GRPO (rl/grpo.py; rl.GRPO_PRESETS and experiments/train.py's --recipe name settings of these fields)
     group_size: int = 4
     advantage: str = "grpo"
     clip_low: float = 0.2
@@ -429,6 +429,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: T
             ref_logp=ref_logp, sampler_logp=micro.sampler_logprobs, max_len=max_len)
         weights = micro.completion_mask.astype(jnp.float32)
         metrics["entropy"] = (jnp.sum(jax.lax.stop_gradient(entropy) * weights), jnp.sum(weights))
+        metrics["loss"] = (jax.lax.stop_gradient(loss_sum), loss_count)  # the objective, as config.loss_agg weighs it
         return loss_sum, (loss_count, metrics)
 
     def train_step(state: TrainState, frozen, reference, batch: Batch):
@@ -438,7 +439,6 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, config: T
         grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, batch, advantages, micro_count)
         state, metrics = _apply(optimizer, state, grads, count)
         metrics.update({name: grpo.ratio_of(*pair) for name, pair in metric_sums.items()})
-        metrics["loss"] = metrics["policy_loss"] + (grpo_config.kl_coef * metrics["kl"] if "kl" in metrics else 0.0)
         metrics["frac_zero_std"] = jnp.mean(grpo.zero_spread_groups(batch.rewards, group_size).astype(jnp.float32))
         return state, metrics
 
@@ -515,6 +515,9 @@ class Trainer:
         self.config = config
         self.mesh = mesh_lib.make_mesh(config.mesh)
         if games is None:
+            if reward_weights is not None:
+                raise ConfigError("reward_weights= goes with games= (a custom task); weights for the configured "
+                                  "games belong in config.reward_weights, which the run directory keeps")
             games = config.make_games()
             reward_weights = config.reward_weights
         elif games.size != config.states_per_step:
@@ -584,6 +587,10 @@ class Trainer:
             self.logger.note(f"no checkpoint in {self.checkpoints.directory}: starting from step 0")
             return
         step, items, meta = found
+        if meta.get("seed", self.config.seed) != self.config.seed:
+            raise ConfigError(f"the checkpoint at step {step} was written by a run with seed {meta['seed']}, this "
+                              f"config has seed {self.config.seed}: a resumed run continues the same states and "
+                              "samples only with its own seed (or start a new run directory)")
         self.state = jax.device_put(TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"],
                                                opt_state=items["opt_state"]), self.state_shardings)
         if self.reference is not None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ def test_bad_config_is_one_clear_error(changes, match):
         TrainConfig.from_dict({"stepz": 3})
 
 
-def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: int = 0) -> Trainer:
+def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: int = 0, seed: int = 0) -> Trainer:
     """A run whose rewards vary from the first step (ColourCard), so the gradients, the AdamW moments
     and the KL reference all carry information a broken resume would lose. A resumed trainer starts
     from other initial weights (init_seed 1): only what it restores can match the straight run.
@@ -56,7 +57,7 @@ def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: in
     reference's forward inside the update's jax.grad."""
     config = TrainConfig(games=("2048",), states_per_step=8, group_size=4, max_new_tokens=2, steps=steps,
                          learning_rate=3e-3, kl_coef=0.05, remat=True, checkpoint_every=1, sample_every=2,
-                         progress=False, export_hf=False, run_dir=str(run_dir))
+                         progress=False, export_hf=False, seed=seed, run_dir=str(run_dir))
     return Trainer(config, resume=resume, games=envs.MultiGame(games=(ColourCard(),), counts=(8,)),
                    policy=colour_card_policy(init_seed), reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
 
@@ -97,6 +98,35 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
     with pytest.warns(RuntimeWarning, match="step 3"):
         fallback = colour_card_trainer(run_dir, steps=3, resume=True, init_seed=1)
     assert fallback.start_step == 2
+    # the damaged step is kept aside, and the run writes step 3 again, as the straight run did
+    assert (run_dir / "checkpoints-unreadable" / "3" / "params").is_dir()
+    fallback.run()
+    assert fallback.checkpoints.steps()[-1] == 3
+    assert fallback.logger.read_metrics()[-1]["loss"] == expected[-1]["loss"]
+    for a, b in zip(leaves(straight.state), leaves(fallback.state)):
+        np.testing.assert_array_equal(a, b)
+    # a resume with another seed would not continue the same run
+    with pytest.raises(ConfigError, match="seed 0.*seed 5"):
+        colour_card_trainer(run_dir, steps=4, resume=True, init_seed=1, seed=5)
+
+
+def test_reward_weights_without_custom_games_are_refused():
+    with pytest.raises(ConfigError, match="reward_weights= goes with games="):
+        Trainer(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused"), reward_weights={"2048": {"format": 0}})
+
+
+def test_checkpoints_that_cannot_be_restored_are_an_error_not_a_fresh_start(tmp_path):
+    from g1jax.checkpoint import CheckpointError, Checkpointer
+
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.restore_latest({"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}}) is None
+    checkpoints.save(1, {"params": {"w": jnp.arange(2.0)}}, {"step": 1})
+    # a run that now wants a KL reference its checkpoints never held
+    wanted = {"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)},
+              "reference": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}}
+    with pytest.raises(CheckpointError, match=r"none of the 1 checkpoint\(s\).*step 1: .*config\.json"):
+        checkpoints.restore_latest(wanted)
+    assert checkpoints.steps() == [1]  # nothing was moved or deleted
 
 
 def test_reward_curve_leaves_the_plotting_backend_alone(tmp_path):
@@ -178,6 +208,22 @@ def test_remat_gives_the_same_update(reference_step):
                                                            remat=True), batch)
     assert trainer.policy().model.remat
     assert_same_update(got_params, got_metrics, params, metrics)
+
+
+def test_the_logged_loss_is_the_objective_of_the_chosen_aggregation(reference_step):
+    # Dr. GRPO's constant normaliser on answers of uneven length: the loss is sum / (rows x max_new_tokens),
+    # not the token mean. At the first update pi = pi_old, so each token's loss is -advantage.
+    batch, _, _ = reference_step
+    lengths = np.resize(np.arange(1, SMALL["max_new_tokens"] + 1), batch.completion_mask.shape[0])
+    batch = batch.replace(completion_mask=np.arange(batch.completion_mask.shape[1])[None] < lengths[:, None])
+    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", loss_agg="sequence-mean-token-sum-norm")
+    _, metrics, _ = updated(config, batch)
+    advantages = np.asarray(train.grpo.group_advantages(batch.rewards, SMALL["group_size"]))
+    objective = -np.sum(advantages * lengths) / (len(lengths) * SMALL["max_new_tokens"])
+    token_mean = -np.sum(advantages * lengths) / np.sum(lengths)
+    assert abs(objective - token_mean) > 1e-3
+    np.testing.assert_allclose(metrics["loss"], objective, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["policy_loss"], token_mean, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2"])
