@@ -195,7 +195,7 @@ def main(argv=None):
     print(f"wrote {args.out}")
     if args.gif:
         history = jax.device_get(history)
-        write_gif(args.gif, (picture(jax.tree.map(lambda a: a[t], history)) for t in range(args.steps + 1)), args.fps,
+        write_gif(args.gif, (picture(envs.unbatch(history, t)) for t in range(args.steps + 1)), args.fps,
                   args.gif_max_side)
         print(f"wrote {args.gif} ({args.steps + 1} frames, {os.path.getsize(args.gif) / 1e6:.1f} MB)")
     print(f"mean reward per move {float(rewards.mean()) / max(args.steps, 1):+.3f}; finished games: {int(finished.sum())}")

@@ -587,7 +587,7 @@ class Trainer:
             self.logger.note(f"no checkpoint in {self.checkpoints.directory}: starting from step 0")
             return
         step, items, meta = found
-        if meta.get("seed", self.config.seed) != self.config.seed:
+        if meta["seed"] != self.config.seed:
             raise ConfigError(f"the checkpoint at step {step} was written by a run with seed {meta['seed']}, this "
                               f"config has seed {self.config.seed}: a resumed run continues the same states and "
                               "samples only with its own seed (or start a new run directory)")
