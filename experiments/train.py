@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -131,8 +132,10 @@ def gain_table(summary: dict) -> str:
     for name, block in rows:
         lines.append(f"{name:<10} {block['reward']:>+8.3f} {block['reward_se']:>7.3f} {block['reward_game']:>+7.3f} "
                      f"{block['reward_format']:>7.3f} {block['reward_perception']:>8.3f}")
+    ratio = summary["gain_over_se"]
+    ratio = f"{ratio:.1f} SE" if math.isfinite(ratio) else "no spread to measure it in SE"
     lines.append(f"gain after - before: {summary['gain']:+.3f} ± {summary['gain_se']:.3f} (SE of the paired "
-                 f"difference) = {summary['gain_over_se']:.1f} SE; learned: {summary['learned']}")
+                 f"difference) = {ratio}; learned: {summary['learned']}")
     return "\n".join(lines)
 
 

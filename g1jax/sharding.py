@@ -27,6 +27,7 @@ Facts and the rules table: docs/model.md, "Sharding".
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -163,3 +164,66 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     """Rows split over ("data", "fsdp") along `batch_axis` (1 for M-RoPE positions [3, B, T]), the rest
     replicated. The row count must be a multiple of data x fsdp."""
     return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), BATCH_AXES))
+
+
+# ------------------------------------------------------------------------ inside the model
+# The model calls these on its activations and weights. They act only while a mesh is set with
+# `jax.set_mesh(mesh)` (the Trainer sets its mesh around its jitted calls); without one, and so on
+# a single device or in code that never sets a mesh, they return their input unchanged.
+#
+# Why: the parameters are stored FSDP-split along their "embed" side, and left to itself GSPMD
+# follows that split into the activations (hidden states split along the hidden size instead of
+# the rows). On the update's backward pass that ends in XLA replicating whole activations on every
+# device ("Involuntary full rematerialization" for the embedding's gradient) and in all-to-alls
+# between the two layouts. Pinning the rows of the activations and gathering each weight whole
+# along fsdp where a layer uses it is the ZeRO-3 pattern: an all-gather of the weight going in,
+# a reduce-scatter of its gradient coming out, and activations that never leave their rows.
+def on_mesh(fn, mesh: Mesh):
+    """`fn` called with `mesh` set (`jax.set_mesh`), so the model's constraints below apply in its traces."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def _context_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+def constrain_rows(x: jax.Array, batch_axis: int = 0) -> jax.Array:
+    """`x` with its rows (`batch_axis`) split over the set mesh's ("data", "fsdp") axes, the rest whole.
+
+    Left as it is when no mesh is set, when those axes are all of size 1, or when they do not divide
+    the rows (propagation then places it)."""
+    mesh = _context_mesh()
+    if mesh is None:
+        return x
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or x.shape[batch_axis] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    spec = [None] * x.ndim
+    spec[batch_axis] = axes if len(axes) > 1 else axes[0]
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def _without_fsdp(rule: MeshAxes) -> MeshAxes:
+    axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
+    kept = tuple(a for a in axes if a != "fsdp")
+    return kept[0] if len(kept) == 1 else (kept or None)
+
+
+USE_RULES: dict[str, MeshAxes] = {name: _without_fsdp(rule) for name, rule in LOGICAL_RULES.items()}
+
+
+def gathered(param: nnx.Variable) -> jax.Array:
+    """The value of a parameter as a layer uses it on the set mesh: whole along "fsdp" (all-gathered),
+    still split along "tp" as its rule says. The parameter's value itself when no mesh is set."""
+    value = param[...]
+    mesh = _context_mesh()
+    axes = param.get_metadata().get("out_sharding")
+    if mesh is None or not axes or "fsdp" not in mesh.axis_names:
+        return value
+    return jax.lax.with_sharding_constraint(value, logical_to_spec(axes, value.shape, mesh, USE_RULES))

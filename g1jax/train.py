@@ -178,7 +178,8 @@ class TrainConfig:
                     for game in games.games:
                         make_teacher(game, self.teacher, epsilon=self.teacher_epsilon)
                 except TeacherError as error:
-                    raise ConfigError(str(error)) from None
+                    raise ConfigError(f"{error} (teacher={self.teacher!r} applies to every game; teacher=None "
+                                      "takes each game's own default)") from None
         except envs.ConfigError as error:
             raise ConfigError(str(error)) from None
 
@@ -483,11 +484,12 @@ _STEP_CACHE: dict[tuple, Any] = {}
 _STEP_CACHE_SIZE = 8
 
 
-def _jitted_step(kind: str, graphdef, optimizer, config: TrainConfig, image_grids: tuple, state_shardings):
+def _jitted_step(kind: str, graphdef, optimizer, config: TrainConfig, image_grids: tuple, state_shardings, mesh):
     """The jitted, donating train (`kind` "rl") or cold-start ("sft") step with `optimizer` (the one
     `make_optimizer` builds for that phase of `config`), shared by every Trainer with the same model
     graph, step settings, image grids and state shardings: a new Trainer of a run seen before in this
-    process (a resume, a sweep over seeds, a test) does not compile it again."""
+    process (a resume, a sweep over seeds, a test) does not compile it again. It runs with `mesh` set,
+    so the model's activation and weight constraints (g1jax.sharding, "inside the model") apply."""
     shardings = jax.tree.flatten(state_shardings)
     key = (_step_key(kind, config), graphdef, image_grids, tuple(shardings[0]), shardings[1])
     if key not in _STEP_CACHE:
@@ -495,7 +497,8 @@ def _jitted_step(kind: str, graphdef, optimizer, config: TrainConfig, image_grid
             _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
         make_step = make_train_step if kind == "rl" else make_sft_step
         step_fn = make_step(graphdef, optimizer, config, image_grids)
-        _STEP_CACHE[key] = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None))
+        _STEP_CACHE[key] = mesh_lib.on_mesh(
+            jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None)), mesh)
     return _STEP_CACHE[key]
 
 
@@ -541,14 +544,15 @@ class Trainer:
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if config.grpo.needs_reference else None
         grids = tuple(self.rollout.prompts.image_grids)
-        self._train_step = _jitted_step("rl", self.graphdef, self.optimizer, config, grids, self.state_shardings)
+        self._train_step = _jitted_step("rl", self.graphdef, self.optimizer, config, grids, self.state_shardings,
+                                        self.mesh)
         self.teacher_data = None
         if config.sft_steps:
             self.sft_optimizer = make_optimizer(config, config.sft_learning_rate, config.sft_steps)
             self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher,
                                             epsilon=config.teacher_epsilon)
             self._sft_step = _jitted_step("sft", self.graphdef, self.sft_optimizer, config, grids,
-                                          self.state_shardings)
+                                          self.state_shardings, self.mesh)
         self.eval_rollout = None
         if config.eval_states:
             eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))
@@ -604,7 +608,8 @@ class Trainer:
         return jax.random.fold_in(self.base_key, step)
 
     def collect(self, step: int) -> Rollout:
-        return self.rollout(self.graphdef, (self.state.params, self.frozen), self.step_key(step))
+        with jax.set_mesh(self.mesh):
+            return self.rollout(self.graphdef, (self.state.params, self.frozen), self.step_key(step))
 
     def batch_of(self, rollout: Rollout) -> Batch:
         p = self.rollout.prompts
@@ -664,7 +669,8 @@ class Trainer:
         "answers" holds the policy's answer texts, in held-out state order."""
         rollout = self.eval_rollout
         key = jax.random.fold_in(self.base_key, HELD_OUT_STREAM)  # never a training step's key
-        result = rollout(self.graphdef, (self.state.params, self.frozen), key)
+        with jax.set_mesh(self.mesh):
+            result = rollout(self.graphdef, (self.state.params, self.frozen), key)
         random_key, score_key = jax.random.split(jax.random.fold_in(key, 1))
         random_texts = random_answers(rollout.games, random_key)
         _, random_parts, random_rewards = rollout.score_texts(score_key, result.states, random_texts)

@@ -52,6 +52,8 @@ def test_sft_loss_is_the_masked_token_mean_of_minus_log_p():
 
 def test_bad_cold_start_settings_are_one_clear_error():
     for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"), (dict(teacher_epsilon=1.5), "epsilon"),
+                           (dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
+                            "teacher='greedy' applies to every game; teacher=None takes each game's own default"),
                            (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states")]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})

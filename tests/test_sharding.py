@@ -174,3 +174,59 @@ def test_sharded_forward_equals_single_device(shape, single_device):
     valid = np.asarray(mask).astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[valid], want_logits[valid], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(logp)[valid[:, 1:]], want_logp[valid[:, 1:]], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- constraints inside the model
+def test_row_and_weight_constraints_act_only_on_a_set_mesh():
+    mesh = S.make_mesh((2, 2, 2))
+
+    def placed(array, *spec):
+        return array.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, P(*spec)), array.ndim)
+
+    rows = jax.jit(S.constrain_rows, static_argnames="batch_axis")
+    x = jnp.arange(8 * 3 * 4, dtype=jnp.float32).reshape(8, 3, 4)
+    assert rows(x).sharding.is_fully_replicated  # no mesh set: untouched (one device)
+    with jax.set_mesh(mesh):
+        assert placed(rows(x), ("data", "fsdp"), None, None)
+        assert placed(rows(jnp.zeros((3, 8, 4)), batch_axis=1), None, ("data", "fsdp"), None)
+        assert rows(jnp.zeros((6, 4))).sharding.is_fully_replicated  # 4 ways do not divide 6 rows: left alone
+    with jax.set_mesh(S.make_mesh((1, 1, 8))):
+        assert rows(x).sharding.is_fully_replicated  # no row axis larger than 1
+    np.testing.assert_array_equal(np.asarray(rows(x)), np.asarray(x))
+
+    # a weight stored FSDP x TP is used whole along fsdp, still split along tp
+    stored = jax.device_put(jnp.ones((1024, 64)), jax.sharding.NamedSharding(mesh, P("tp", "fsdp")))
+    used = jax.jit(lambda w: S.gathered(nnx.Param(w, out_sharding=("vocab", "embed"), eager_sharding=False)))
+    with jax.set_mesh(mesh):
+        assert placed(used(stored), "tp", None)
+    assert S.USE_RULES["embed"] is None and S.USE_RULES["vocab"] == "tp" and S.USE_RULES["mlp"] == "tp"
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_the_sampler_on_a_set_mesh_samples_what_one_device_does(shape):
+    """Greedy answers of the fixture model on one device and on a mesh set as the Trainer sets it
+    (rows pinned to data x fsdp, weights gathered along fsdp where used): same tokens, log-probs
+    within float tolerance."""
+    from g1jax.sampling import SamplingConfig, sample
+
+    ids, positions, mask, pixel_values, grids = _inputs()
+    config = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    keys = jax.random.split(jax.random.key(3), 2 * ids.shape[0])
+
+    def answers(model):
+        graphdef, params = nnx.split(model)
+        out = sample(graphdef, params, ids, positions, mask, pixel_values, keys, image_grids=grids, group_size=2,
+                     config=config)
+        return jax.device_get(out)
+
+    with jax.default_matmul_precision("highest"):
+        want = answers(load_pretrained(FIXTURE))
+        mesh = S.make_mesh(shape)
+        rows = S.batch_sharding(mesh)
+        ids, mask = jax.device_put(ids, rows), jax.device_put(mask, rows)
+        positions = jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1))
+        with jax.set_mesh(mesh):
+            got = answers(load_pretrained(FIXTURE, shardings=mesh))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

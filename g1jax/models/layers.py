@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from g1jax.sharding import gathered
+
 
 def make_param(rngs: nnx.Rngs | None, init, shape: tuple[int, ...], dtype, axes: tuple[str, ...]) -> nnx.Param:
     """A parameter drawn from `init(key, shape, dtype)`, or an abstract one when rngs is None.
@@ -60,9 +62,9 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = jnp.dot(x.astype(self.dtype), gathered(self.kernel).astype(self.dtype))
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + gathered(self.bias).astype(self.dtype)
         return y
 
 
@@ -72,7 +74,7 @@ class Embed(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        return jnp.take(gathered(self.embedding), ids, axis=0).astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):

@@ -30,6 +30,7 @@ from g1jax.models.layers import Linear
 from g1jax.models.positions import get_rope_index
 from g1jax.models.text import Qwen2Model
 from g1jax.models.vision import VisionTransformer, layout_for, normalize_grids
+from g1jax.sharding import gathered
 
 
 class Qwen25VL(nnx.Module):
@@ -85,8 +86,8 @@ class Qwen25VL(nnx.Module):
     def lm_head_weight(self) -> jax.Array:
         """[hidden, vocab] output projection (the transposed embedding when tied)."""
         if self.lm_head is None:
-            return self.model.embed_tokens.embedding[...].T
-        return self.lm_head.kernel[...]
+            return gathered(self.model.embed_tokens.embedding).T
+        return gathered(self.lm_head.kernel)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> float32 logits (inputs in the compute dtype, accumulation in float32)."""

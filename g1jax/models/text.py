@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
+from g1jax.sharding import constrain_rows
 from g1jax.models.layers import (Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies,
                                  remat_call)
 
@@ -111,10 +112,11 @@ class Qwen2Model(nnx.Module):
         cos, sin = mrope_cos_sin(positions, self.config, embeds.dtype)
         # Remat only where a backward pass may follow: the cached path (prefill, decode) never takes gradients.
         call = remat_call if self.remat and kv_caches is None else _call_layer
-        x = embeds
+        x = constrain_rows(embeds)
         new_caches = []
         for index, layer in enumerate(self.layers):
             kv = None if kv_caches is None else kv_caches[index]
             x, kv = call(layer, x, cos, sin, mask, kv, write_index)
+            x = constrain_rows(x)
             new_caches.append(kv)
         return self.norm(x), (None if kv_caches is None else tuple(new_caches))
