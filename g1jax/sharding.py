@@ -160,6 +160,17 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = L
     return model
 
 
+def shard_rows(x, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
+    """`x` placed on `mesh` with its rows (`batch_axis`) split over ("data", "fsdp"), or replicated when
+    they do not divide (or the mesh has one row shard)."""
+    x = x if hasattr(x, "shape") else np.asarray(x)
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    spec = [None] * x.ndim
+    if ways > 1 and x.shape[batch_axis] % ways == 0:
+        spec[batch_axis] = BATCH_AXES
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     """Rows split over ("data", "fsdp") along `batch_axis` (1 for M-RoPE positions [3, B, T]), the rest
     replicated. The row count must be a multiple of data x fsdp."""
@@ -168,8 +179,9 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 
 # ------------------------------------------------------------------------ inside the model
 # The model calls these on its activations and weights. They act only while a mesh is set with
-# `jax.set_mesh(mesh)` (the Trainer sets its mesh around its jitted calls); without one, and so on
-# a single device or in code that never sets a mesh, they return their input unchanged.
+# `jax.set_mesh(mesh)`; without one, and so on a single device or in code that never sets a mesh,
+# they return their input unchanged. The Trainer sets its mesh around the update (train and
+# cold-start steps) and not around the sampler (reasons below).
 #
 # Why: the parameters are stored FSDP-split along their "embed" side, and left to itself GSPMD
 # follows that split into the activations (hidden states split along the hidden size instead of
@@ -178,6 +190,11 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 # between the two layouts. Pinning the rows of the activations and gathering each weight whole
 # along fsdp where a layer uses it is the ZeRO-3 pattern: an all-gather of the weight going in,
 # a reduce-scatter of its gradient coming out, and activations that never leave their rows.
+#
+# Not for the sampler (whose rows `shard_rows` splits): there XLA hoists the weight gathers out of
+# the decode loop, so every device holds whole weights for the call, while the propagated layout
+# keeps them sharded and all-reduces per-token partial results, which are small. Measured by
+# experiments/bench_mesh.py (BENCHMARKS.md, "Mesh").
 def on_mesh(fn, mesh: Mesh):
     """`fn` called with `mesh` set (`jax.set_mesh`), so the model's constraints below apply in its traces."""
     @functools.wraps(fn)

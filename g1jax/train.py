@@ -532,7 +532,7 @@ class Trainer:
             games, self.tokenizer, model.config, group_size=config.group_size, sampling=config.sampling,
             warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
             reward_weights={n: g1_weights(n, w) for n, w in (reward_weights or {}).items()},
-            strict_format=config.strict_format)
+            strict_format=config.strict_format, mesh=self.mesh)
         self.graphdef, params, frozen = nnx.split(model, trainable_filter(config.freeze_vision), ...)
         params, frozen = mesh_lib.shard_state(params, self.mesh), mesh_lib.shard_state(frozen, self.mesh)
         self.optimizer = make_optimizer(config)
@@ -559,7 +559,7 @@ class Trainer:
             self.eval_rollout = GameRollout(
                 eval_games, self.tokenizer, model.config, group_size=1, sampling=config.sampling,
                 warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
-                reward_weights=self.rollout.weights, strict_format=config.strict_format)
+                reward_weights=self.rollout.weights, strict_format=config.strict_format, mesh=self.mesh)
         self.base_key = jax.random.key(config.seed)
         self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
         self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
@@ -608,8 +608,7 @@ class Trainer:
         return jax.random.fold_in(self.base_key, step)
 
     def collect(self, step: int) -> Rollout:
-        with jax.set_mesh(self.mesh):
-            return self.rollout(self.graphdef, (self.state.params, self.frozen), self.step_key(step))
+        return self.rollout(self.graphdef, (self.state.params, self.frozen), self.step_key(step))
 
     def batch_of(self, rollout: Rollout) -> Batch:
         p = self.rollout.prompts
@@ -669,8 +668,7 @@ class Trainer:
         "answers" holds the policy's answer texts, in held-out state order."""
         rollout = self.eval_rollout
         key = jax.random.fold_in(self.base_key, HELD_OUT_STREAM)  # never a training step's key
-        with jax.set_mesh(self.mesh):
-            result = rollout(self.graphdef, (self.state.params, self.frozen), key)
+        result = rollout(self.graphdef, (self.state.params, self.frozen), key)
         random_key, score_key = jax.random.split(jax.random.fold_in(key, 1))
         random_texts = random_answers(rollout.games, random_key)
         _, random_parts, random_rewards = rollout.score_texts(score_key, result.states, random_texts)
@@ -759,14 +757,8 @@ def reward_summary(rewards, parts, game_names) -> dict[str, Any]:
 
 def shard_batch(batch: Batch, mesh) -> Batch:
     """Rows of the batch over the mesh's ("data", "fsdp") axes (replicated when they do not divide)."""
-    rows = mesh_lib.BATCH_AXES
-    ways = math.prod(mesh.shape[a] for a in rows)
-
     def put(x, axis=0):
-        spec = [None] * x.ndim
-        if ways > 1 and x.shape[axis] % ways == 0:
-            spec[axis] = rows
-        return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+        return mesh_lib.shard_rows(x, mesh, axis)
 
     return Batch(prompt_ids=put(batch.prompt_ids), prompt_mask=put(batch.prompt_mask),
                  prompt_positions=put(batch.prompt_positions, 1), pixel_values=put(batch.pixel_values),

@@ -203,30 +203,30 @@ def test_row_and_weight_constraints_act_only_on_a_set_mesh():
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
-def test_the_sampler_on_a_set_mesh_samples_what_one_device_does(shape):
-    """Greedy answers of the fixture model on one device and on a mesh set as the Trainer sets it
-    (rows pinned to data x fsdp, weights gathered along fsdp where used): same tokens, log-probs
-    within float tolerance."""
+def test_the_sampler_on_a_mesh_samples_what_one_device_does(shape):
+    """Greedy answers of the fixture model on one device and with its weights and prompts sharded over a
+    mesh, as the Trainer's rollouts run (no mesh set: the propagated layout): same tokens and lengths,
+    log-probs within float tolerance."""
     from g1jax.sampling import SamplingConfig, sample
 
     ids, positions, mask, pixel_values, grids = _inputs()
     config = SamplingConfig(max_new_tokens=6, temperature=0.0)
     keys = jax.random.split(jax.random.key(3), 2 * ids.shape[0])
 
-    def answers(model):
+    def answers(model, ids, positions, mask):
         graphdef, params = nnx.split(model)
         out = sample(graphdef, params, ids, positions, mask, pixel_values, keys, image_grids=grids, group_size=2,
                      config=config)
         return jax.device_get(out)
 
     with jax.default_matmul_precision("highest"):
-        want = answers(load_pretrained(FIXTURE))
+        want = answers(load_pretrained(FIXTURE), ids, positions, mask)
         mesh = S.make_mesh(shape)
         rows = S.batch_sharding(mesh)
-        ids, mask = jax.device_put(ids, rows), jax.device_put(mask, rows)
-        positions = jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1))
-        with jax.set_mesh(mesh):
-            got = answers(load_pretrained(FIXTURE, shardings=mesh))
+        model = load_pretrained(FIXTURE, shardings=mesh)
+        assert not model.model.layers[0].mlp.up_proj.kernel[...].sharding.is_fully_replicated
+        got = answers(model, jax.device_put(ids, rows), jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1)),
+                      jax.device_put(mask, rows))
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.lengths, want.lengths)
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

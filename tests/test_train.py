@@ -178,9 +178,9 @@ def reference_step():
 
 def updated(config, batch):
     trainer = Trainer(config)
-    state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
-                                         shard_batch(batch, trainer.mesh))
-    return leaves(state.params), jax.device_get(metrics), trainer
+    trainer.state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
+                                                 shard_batch(batch, trainer.mesh))  # the old state is donated
+    return leaves(trainer.state.params), jax.device_get(metrics), trainer
 
 
 def assert_same_update(got_params, got_metrics, params, metrics):
@@ -236,6 +236,9 @@ def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
     if mesh != "8,1,1":  # some parameter really is split over devices
         specs = [x.sharding.spec for x in jax.tree.leaves(trainer.state.params)]
         assert any(any(axis is not None for axis in spec) for spec in specs)
+    if mesh == "2,2,2":  # the rollout's sampler splits its rows over data x fsdp: each device samples its own
+        tokens = trainer.collect(0).samples.tokens
+        assert tokens.sharding.shard_shape(tokens.shape)[0] == tokens.shape[0] // 4
 
 
 def test_cli_rejects_bad_values_before_compiling(tmp_path):

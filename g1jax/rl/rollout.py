@@ -27,6 +27,7 @@ from g1jax.models.config import Qwen25VLConfig
 from g1jax.models.positions import get_rope_index
 from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
 from g1jax.sampling import Samples, SamplingConfig, sample
+from g1jax.sharding import shard_rows
 from g1jax.tokenizer import Tokenizer
 
 
@@ -107,8 +108,11 @@ class GameRollout:
 
     def __init__(self, games: MultiGame, tokenizer: Tokenizer, model_config: Qwen25VLConfig, *, group_size: int,
                  sampling: SamplingConfig, warmup_moves: dict | None = None, warmup_policy: str = "uniform",
-                 reward_weights: dict | None = None, strict_format: bool = False):
+                 reward_weights: dict | None = None, strict_format: bool = False, mesh=None):
+        """mesh: a device mesh whose ("data", "fsdp") axes the sampler's rows (prompts, images, row keys)
+        are split over; without one they go where JAX puts them (replicated next to sharded params)."""
         self.games = games
+        self.mesh = mesh
         self.tokenizer = tokenizer
         self.group_size = group_size
         self.sampling = dataclasses.replace(sampling, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
@@ -134,9 +138,13 @@ class GameRollout:
         rows = self.num_prompts * self.group_size
         row_keys = jax.vmap(lambda r: jax.random.fold_in(sample_key, r))(jnp.arange(rows))
         p = self.prompts
-        samples = sample(graphdef, params, jnp.asarray(p.input_ids), jnp.asarray(p.positions),
-                         jnp.asarray(p.attention_mask), pixel_values, row_keys, image_grids=p.image_grids,
-                         group_size=self.group_size, config=self.sampling)
+        inputs = [(p.input_ids, 0), (p.positions, 1), (p.attention_mask, 0), (pixel_values, 0), (row_keys, 0)]
+        if self.mesh is None:
+            inputs = [jnp.asarray(x) for x, _ in inputs]
+        else:  # rows split over the devices: each samples its own (left alone, every device samples all rows)
+            inputs = [shard_rows(x, self.mesh, axis) for x, axis in inputs]
+        samples = sample(graphdef, params, *inputs, image_grids=p.image_grids, group_size=self.group_size,
+                         config=self.sampling)
         return self.score(score_key, states, frames, pixel_values, samples)
 
     def score(self, key, states, frames, pixel_values, samples: Samples) -> Rollout:
