@@ -236,9 +236,10 @@ def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
     if mesh != "8,1,1":  # some parameter really is split over devices
         specs = [x.sharding.spec for x in jax.tree.leaves(trainer.state.params)]
         assert any(any(axis is not None for axis in spec) for spec in specs)
-    if mesh == "2,2,2":  # the rollout's sampler splits its rows over data x fsdp: each device samples its own
-        tokens = trainer.collect(0).samples.tokens
-        assert tokens.sharding.shard_shape(tokens.shape)[0] == tokens.shape[0] // 4
+    if mesh == "2,2,2":  # the rollout splits its boards and samples by rows over data x fsdp (4 ways)
+        rollout = trainer.collect(0)
+        for rows in (rollout.frames, rollout.pixel_values, rollout.samples.tokens):
+            assert rows.sharding.shard_shape(rows.shape)[0] == rows.shape[0] // 4
 
 
 def test_cli_rejects_bad_values_before_compiling(tmp_path):

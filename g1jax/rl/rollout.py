@@ -12,6 +12,7 @@ to one length on the left).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -27,7 +28,7 @@ from g1jax.models.config import Qwen25VLConfig
 from g1jax.models.positions import get_rope_index
 from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
 from g1jax.sampling import Samples, SamplingConfig, sample
-from g1jax.sharding import shard_rows
+from g1jax.sharding import constrain_rows, shard_rows
 from g1jax.tokenizer import Tokenizer
 
 
@@ -78,7 +79,8 @@ def _start(key, *, games: MultiGame, num_moves, policy):
     states = games.warmup(key, num_moves=dict(num_moves), policy=policy)
     frames = games.render(states)
     pixel_values = jax.vmap(preprocess)(frames)
-    return states, frames, pixel_values.reshape(-1, pixel_values.shape[-1])
+    # under a set mesh (GameRollout(mesh=...)) every board's work stays on the device of its row
+    return jax.tree.map(constrain_rows, (states, frames, pixel_values.reshape(-1, pixel_values.shape[-1])))
 
 
 @functools.partial(jax.jit, static_argnames=("games",))
@@ -109,8 +111,8 @@ class GameRollout:
     def __init__(self, games: MultiGame, tokenizer: Tokenizer, model_config: Qwen25VLConfig, *, group_size: int,
                  sampling: SamplingConfig, warmup_moves: dict | None = None, warmup_policy: str = "uniform",
                  reward_weights: dict | None = None, strict_format: bool = False, mesh=None):
-        """mesh: a device mesh whose ("data", "fsdp") axes the sampler's rows (prompts, images, row keys)
-        are split over; without one they go where JAX puts them (replicated next to sharded params)."""
+        """mesh: a device mesh whose ("data", "fsdp") axes the rows are split over (start states, frames,
+        patches, the sampler's prompts and row keys); without one they go where JAX puts them."""
         self.games = games
         self.mesh = mesh
         self.tokenizer = tokenizer
@@ -130,7 +132,9 @@ class GameRollout:
         return self.games.size
 
     def start(self, key):
-        return _start(key, games=self.games, num_moves=self.warmup_moves, policy=self.warmup_policy)
+        """(states, frames, pixel_values) of fresh start states; on a mesh, split by rows over data x fsdp."""
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            return _start(key, games=self.games, num_moves=self.warmup_moves, policy=self.warmup_policy)
 
     def __call__(self, graphdef, params, key) -> Rollout:
         start_key, sample_key, score_key = jax.random.split(key, 3)
