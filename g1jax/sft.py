@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,15 @@ from g1jax.tokenizer import Tokenizer
 class TeacherData:
     """Teacher answers for the start states of a MultiGame batch, as completion tokens [P, L]."""
 
-    def __init__(self, games: MultiGame, tokenizer: Tokenizer, max_tokens: int, *, kind: str | None = None,
-                 epsilon: float = 0.0):
+    def __init__(self, games: MultiGame, tokenizer: Tokenizer, max_tokens: int, *,
+                 kind: str | Callable[[str], str | None] | None = None, epsilon: float = 0.0):
+        """kind: the teacher kind of every game, or a function of the game's name giving its kind (None:
+        the game's default teacher)."""
         self.games = games
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.teachers: tuple[Teacher, ...] = tuple(make_teacher(g, kind if kind else None, epsilon=epsilon)
+        kind_of = kind if callable(kind) else (lambda name: kind)
+        self.teachers: tuple[Teacher, ...] = tuple(make_teacher(g, kind_of(g.name) or None, epsilon=epsilon)
                                                    for g in games.games)
         self._warned = False
 

@@ -98,7 +98,9 @@ class TrainConfig:
     # G1's perception cold start (SFT on a programmatic teacher) and the held-out evaluation
     sft_steps: int = 0  # teacher-answer SFT steps before RL (0: the G0 recipe, RL only)
     sft_learning_rate: float = 1e-4
-    teacher: str | None = None  # teacher kind (g1jax.teachers.TEACHERS); None: each game's default
+    # teacher kind (g1jax.teachers.TEACHERS) for every game, or {game: kind} (games left out take their
+    # default); None: each game's default
+    teacher: str | Mapping[str, str] | None = None
     teacher_epsilon: float = 0.0  # chance of a random valid move instead of the teacher's: an imperfect teacher
     eval_states: int = 0  # held-out start states scored before and after RL (0: no evaluation)
     # run
@@ -153,7 +155,11 @@ class TrainConfig:
                f"dtype / param_dtype must be one of {DTYPES}, got {self.dtype!r} / {self.param_dtype!r}")
         _check(self.warmup_policy in envs.wrappers.WARMUP_POLICIES,
                f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}")
-        for name in list(self.game_options) + list(self.warmup_moves) + list(self.reward_weights):
+        _check(self.teacher is None or isinstance(self.teacher, str) or (
+            isinstance(self.teacher, Mapping) and all(isinstance(k, str) for k in self.teacher.values())),
+            f"teacher must be a teacher kind, a mapping of game names to kinds, or None; got {self.teacher!r}")
+        per_game_teacher = list(self.teacher) if isinstance(self.teacher, Mapping) else []
+        for name in list(self.game_options) + list(self.warmup_moves) + list(self.reward_weights) + per_game_teacher:
             _check(name in self.games, f"options given for {name!r}, which is not in games {list(self.games)}")
         for name, moves in self.warmup_moves.items():
             _check_int(f"warmup_moves[{name!r}]", moves, 0)
@@ -176,12 +182,20 @@ class TrainConfig:
 
                 try:
                     for game in games.games:
-                        make_teacher(game, self.teacher, epsilon=self.teacher_epsilon)
+                        make_teacher(game, self.teacher_kind(game.name), epsilon=self.teacher_epsilon)
                 except TeacherError as error:
-                    raise ConfigError(f"{error} (teacher={self.teacher!r} applies to every game; teacher=None "
-                                      "takes each game's own default)") from None
+                    hint = (f" (teacher={self.teacher!r} applies to every game: name one per game, e.g. "
+                            f"{{{self.games[0]!r}: {self.teacher!r}}}, or None for each game's own default)"
+                            if isinstance(self.teacher, str) else "")
+                    raise ConfigError(f"{error}{hint}") from None
         except envs.ConfigError as error:
             raise ConfigError(str(error)) from None
+
+    def teacher_kind(self, game: str) -> str | None:
+        """The cold-start teacher kind of `game` (None: its default)."""
+        if isinstance(self.teacher, Mapping):
+            return self.teacher.get(game)
+        return self.teacher
 
     def make_games(self, states: int | None = None) -> envs.MultiGame:
         states = self.states_per_step if states is None else states
@@ -549,7 +563,7 @@ class Trainer:
         self.teacher_data = None
         if config.sft_steps:
             self.sft_optimizer = make_optimizer(config, config.sft_learning_rate, config.sft_steps)
-            self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher,
+            self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher_kind,
                                             epsilon=config.teacher_epsilon)
             self._sft_step = _jitted_step("sft", self.graphdef, self.sft_optimizer, config, grids,
                                           self.state_shardings, self.mesh)

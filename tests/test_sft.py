@@ -50,10 +50,23 @@ def test_sft_loss_is_the_masked_token_mean_of_minus_log_p():
     np.testing.assert_allclose(float(total), -(np.log(0.5) + np.log(0.25) + np.log(0.125)), rtol=1e-6)
 
 
+def test_a_teacher_per_game():
+    config = TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, "games": ("2048", "shisensho"),
+                            "teacher": {"2048": "greedy"}})
+    assert config.teacher_kind("2048") == "greedy" and config.teacher_kind("shisensho") is None
+    games = config.make_games()
+    data = TeacherData(games, make_tiny_tokenizer(), 16, kind=config.teacher_kind)
+    assert [t.kind for t in data.teachers] == ["greedy", "lookahead"]  # shisensho's default
+    assert [t.kind for t in TeacherData(games, make_tiny_tokenizer(), 16).teachers] == ["expectimax", "lookahead"]
+
+
 def test_bad_cold_start_settings_are_one_clear_error():
     for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"), (dict(teacher_epsilon=1.5), "epsilon"),
                            (dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
-                            "teacher='greedy' applies to every game; teacher=None takes each game's own default"),
+                            "teacher='greedy' applies to every game: name one per game"),
+                           (dict(teacher={"2048": "oracle"}), "unknown teacher kind 'oracle' for game '2048'"),
+                           (dict(teacher={"swap": "best_score"}), "options given for 'swap', which is not in games"),
+                           (dict(teacher=3), "teacher must be a teacher kind"),
                            (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states")]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})

@@ -242,6 +242,29 @@ def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
             assert rows.sharding.shard_shape(rows.shape)[0] == rows.shape[0] // 4
 
 
+def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeypatch):
+    """Every `experiments/train.py` line of the README's examples parses and passes the config checks
+    (the ones that name a checkpoint directory or a config file that only a user has are left out), and so
+    does the default run's empty command line."""
+    import re
+    import shlex
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import train as cli
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read().replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True)[2:] for line in re.findall(r"^python experiments/train\.py.*$", text, re.M)]
+    commands = [[]] + [argv for argv in commands if not any(a.startswith("/path") or a.endswith(".yaml") for a in argv)]
+    assert len(commands) >= 3, commands  # the default run, the mixed-games run, its resume
+    monkeypatch.chdir(tmp_path)  # the --resume example reads runs/mix/config.json when it exists
+    for argv in commands:
+        config = cli.resolve_config(cli.parse_args(argv))
+        assert isinstance(config, TrainConfig), argv
+
+
 def test_cli_rejects_bad_values_before_compiling(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args],
