@@ -16,6 +16,12 @@ metadata onto its moments), the loader, the train step and the sampler:
     opt_state = shard_state(nnx.state(optimizer), mesh)    # moments follow their parameters
     shardings = state_shardings(nnx.state(model), mesh)    # nnx.State of NamedShardings (jit in/out_shardings)
     ids = jax.device_put(ids, batch_sharding(mesh))        # rows over ("data", "fsdp")
+    ids = shard_rows(ids, mesh)                            # the same, replicated when the rows do not divide
+    step = on_mesh(jitted_update, mesh)                    # model inside pins activation rows, gathers weights
+
+Inside the model, `constrain_rows` (hidden states) and `gathered` (weights) act only while a mesh is
+set (`jax.set_mesh`, which `on_mesh` does around a call): see "inside the model" below for why the
+Trainer sets it for the update and not for the sampler.
 
 A dimension that the mesh axes of its rule do not divide is replicated instead, so every model
 runs on every mesh (the tiny test model on 8 devices included). Division is checked on the
