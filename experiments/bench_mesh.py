@@ -1,7 +1,7 @@
 """What the model's mesh constraints change in the compiled GRPO step and sampler, per device.
 
-    python experiments/bench_mesh.py                                  # tiny and bench presets, 4 meshes (~6 min, 2 cores)
-    python experiments/bench_mesh.py --models tiny --meshes 2,4,1     # one cell
+    python experiments/bench_mesh.py                              # tiny and bench presets, 4 meshes (~8 min, 2 cores)
+    python experiments/bench_mesh.py --models tiny --meshes 2,4,1 # one cell
 
 On 8 host devices (`--xla_force_host_platform_device_count=8`, set here when XLA_FLAGS does not
 already say it), for each model preset and mesh this builds a `g1jax.train.Trainer` (2048, 8 states x
@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from g1jax import sampling  # noqa: E402
 from g1jax.sharding import shard_rows  # noqa: E402
@@ -103,7 +104,8 @@ def compile_facts(lowerable, args, kwargs, mesh) -> dict:
         counts[name] = len(ops)
         mib[name] = sum(_shape_bytes(shape) for shape in ops) / 2**20
     return {"temp_mib": memory.temp_size_in_bytes / 2**20, "argument_mib": memory.argument_size_in_bytes / 2**20,
-            "collectives": counts, "collective_result_mib": mib, "remat_warnings": log[0].count(REMAT_WARNING), "compile_s": seconds}
+            "collectives": counts, "collective_result_mib": mib, "remat_warnings": log[0].count(REMAT_WARNING),
+            "compile_s": seconds}
 
 
 def cell(model: str, mesh_shape: str, max_new_tokens: int) -> list[dict]:
@@ -115,7 +117,7 @@ def cell(model: str, mesh_shape: str, max_new_tokens: int) -> list[dict]:
     step = trainer._train_step.__wrapped__  # the jitted step without the Trainer's mesh context
     rollout = trainer.rollout
     p = rollout.prompts
-    _, _, pixel_values = rollout.start(jax.random.key(0))
+    pixel_values = np.asarray(rollout.start(jax.random.key(0))[2])  # a host copy: on a mesh they come back split
     inputs = [(p.input_ids, 0), (p.positions, 1), (p.attention_mask, 0), (pixel_values, 0),
               (jax.random.split(jax.random.key(1), rollout.num_prompts * rollout.group_size), 0)]
     params = (trainer.graphdef, (trainer.state.params, trainer.frozen))

@@ -30,7 +30,7 @@ CPU_SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_pe
                  max_new_tokens=144, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256)
 # G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
 # start states before and after RL. G0: the same RL budget without the cold start.
-# The 2048 teacher is the one-step greedy one (the expectimax default plays too well to leave RL much);
+# 2048's teacher is the greedy best-merge player, which with epsilon 0.5 makes an imperfect teacher;
 # other games take their default teacher.
 G1_SMALL = dict(CPU_SMALL, sft_steps=60, sft_learning_rate=3e-3, teacher={"2048": "greedy"}, teacher_epsilon=0.5,
                 steps=40, run_dir="runs/default")

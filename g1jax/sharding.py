@@ -166,15 +166,21 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = L
     return model
 
 
+def _rows_spec(mesh, shape: Sequence[int], batch_axis: int) -> PartitionSpec:
+    """Rows (`batch_axis`) over the mesh's ("data", "fsdp") axes larger than 1, the rest whole; fully
+    replicated when there is no such axis, no such dimension, or the rows do not divide."""
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    spec = [None] * len(shape)
+    if axes and len(shape) > batch_axis and shape[batch_axis] % math.prod(mesh.shape[a] for a in axes) == 0:
+        spec[batch_axis] = axes if len(axes) > 1 else axes[0]
+    return PartitionSpec(*spec)
+
+
 def shard_rows(x, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
     """`x` placed on `mesh` with its rows (`batch_axis`) split over ("data", "fsdp"), or replicated when
     they do not divide (or the mesh has one row shard)."""
     x = x if hasattr(x, "shape") else np.asarray(x)
-    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    spec = [None] * x.ndim
-    if ways > 1 and x.shape[batch_axis] % ways == 0:
-        spec[batch_axis] = BATCH_AXES
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+    return jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape, batch_axis)))
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
@@ -224,12 +230,8 @@ def constrain_rows(x: jax.Array, batch_axis: int = 0) -> jax.Array:
     mesh = _context_mesh()
     if mesh is None:
         return x
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-    if not axes or x.shape[batch_axis] % math.prod(mesh.shape[a] for a in axes):
-        return x
-    spec = [None] * x.ndim
-    spec[batch_axis] = axes if len(axes) > 1 else axes[0]
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+    spec = _rows_spec(mesh, x.shape, batch_axis)
+    return x if all(axis is None for axis in spec) else jax.lax.with_sharding_constraint(x, spec)
 
 
 def _without_fsdp(rule: MeshAxes) -> MeshAxes:

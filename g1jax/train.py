@@ -156,7 +156,7 @@ class TrainConfig:
         _check(self.warmup_policy in envs.wrappers.WARMUP_POLICIES,
                f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}")
         _check(self.teacher is None or isinstance(self.teacher, str) or (
-            isinstance(self.teacher, Mapping) and all(isinstance(k, str) for k in self.teacher.values())),
+            isinstance(self.teacher, Mapping) and all(isinstance(kind, str) for kind in self.teacher.values())),
             f"teacher must be a teacher kind, a mapping of game names to kinds, or None; got {self.teacher!r}")
         per_game_teacher = list(self.teacher) if isinstance(self.teacher, Mapping) else []
         for name in list(self.game_options) + list(self.warmup_moves) + list(self.reward_weights) + per_game_teacher:

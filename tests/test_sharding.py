@@ -190,6 +190,11 @@ def test_row_and_weight_constraints_act_only_on_a_set_mesh():
         assert placed(rows(x), ("data", "fsdp"), None, None)
         assert placed(rows(jnp.zeros((3, 8, 4)), batch_axis=1), None, ("data", "fsdp"), None)
         assert rows(jnp.zeros((6, 4))).sharding.is_fully_replicated  # 4 ways do not divide 6 rows: left alone
+        assert rows(jnp.zeros(())).shape == ()  # a scalar (a game's per-batch counter) has no rows
+    # placing arrays outside jit: the same rule
+    assert placed(S.shard_rows(np.zeros((8, 4)), mesh), ("data", "fsdp"), None)
+    assert placed(S.shard_rows(np.zeros((3, 8)), mesh, 1), None, ("data", "fsdp"))
+    assert S.shard_rows(np.zeros((6, 4)), mesh).sharding.is_fully_replicated
     with jax.set_mesh(S.make_mesh((1, 1, 8))):
         assert rows(x).sharding.is_fully_replicated  # no row axis larger than 1
     np.testing.assert_array_equal(np.asarray(rows(x)), np.asarray(x))

@@ -256,7 +256,8 @@ def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeyp
         sys.path.pop(0)
     with open(os.path.join(ROOT, "README.md")) as fh:
         text = fh.read().replace("\\\n", " ")
-    commands = [shlex.split(line, comments=True)[2:] for line in re.findall(r"^python experiments/train\.py.*$", text, re.M)]
+    lines = re.findall(r"^python experiments/train\.py.*$", text, re.M)
+    commands = [shlex.split(line, comments=True)[2:] for line in lines]
     commands = [[]] + [argv for argv in commands if not any(a.startswith("/path") or a.endswith(".yaml") for a in argv)]
     assert len(commands) >= 3, commands  # the default run, the mixed-games run, its resume
     monkeypatch.chdir(tmp_path)  # the --resume example reads runs/mix/config.json when it exists

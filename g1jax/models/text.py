@@ -7,9 +7,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.sharding import constrain_rows
 from g1jax.models.layers import (Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies,
                                  remat_call)
+from g1jax.sharding import constrain_rows
 
 # Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
 # 64 tokens, each against the keys up to its end, skipping most of the masked upper triangle
