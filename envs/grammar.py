@@ -122,3 +122,33 @@ def format_ok(text: str, strict: bool = False) -> bool:
 def perception_ok(text: str, truth: str) -> bool:
     """G1's perception reward condition: the exact ground-truth board text occurs verbatim."""
     return truth in text
+
+
+_PERCEPTION_BLOCK = re.compile(r"<perception>(.*?)</perception>", re.DOTALL)
+
+
+def perception_block(text: str) -> str | None:
+    """The content of the first <perception>...</perception>, stripped of surrounding newlines."""
+    match = _PERCEPTION_BLOCK.search(text)
+    return None if match is None else match.group(1).strip("\n")
+
+
+def board_cells(board: str) -> list[list[str]]:
+    """A perception text as rows of cells: lines split on "|" (every game's separator), each cell
+    stripped of spaces, blank lines dropped."""
+    return [[cell.strip() for cell in line.split("|")] for line in board.split("\n") if line.strip()]
+
+
+def perception_cell_accuracy(text: str, truth: str) -> float:
+    """The share of cells that the answer's first <perception> block reads right, against the
+    ground-truth board text. A block that is missing or does not parse into a board of the truth's
+    shape (as many rows, each with as many cells) scores 0: a board cannot be read cell by cell
+    from text whose cells do not line up."""
+    block = perception_block(text)
+    if block is None:
+        return 0.0
+    read, cells = board_cells(block), board_cells(truth)
+    if len(read) != len(cells) or any(len(a) != len(b) for a, b in zip(read, cells)):
+        return 0.0
+    hits = sum(a == b for row_a, row_b in zip(read, cells) for a, b in zip(row_a, row_b))
+    return hits / sum(len(row) for row in cells)

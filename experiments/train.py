@@ -27,7 +27,8 @@ from g1jax.train import G1_RECIPE, TrainConfig, make_trainer  # noqa: E402
 # Small settings for a 2-CPU machine: a tiny random-init model on 2048 at a small frame size.
 # max_new_tokens 144: the greedy teacher's full G1 answers on 2048 reach ~130 tokens with the stop token.
 CPU_SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=16, group_size=4,
-                 max_new_tokens=144, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256)
+                 max_new_tokens=144, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256,
+                 strict_format=True)
 # G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
 # start states before and after RL. G0: the same RL budget without the cold start.
 # 2048's teacher is the greedy best-merge player, which with epsilon 0.5 makes an imperfect teacher;
@@ -127,17 +128,30 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def gain_table(summary: dict) -> str:
-    """The held-out evaluation as a table: policy entering RL, after RL, random."""
-    rows = [("before RL", summary["before"]), ("after RL", summary["after"]), ("random", summary["random"])]
+    """The held-out evaluation as a table: the policy entering RL, after RL, and the baselines (random, the
+    best blind fixed move, the cold-start teacher), then the paired comparisons on the game reward."""
+    blind = ", ".join(f"{game} {action}" for game, action in summary.get("blind_actions", {}).items())
+    rows = [("before RL", summary["before"]), ("after RL", summary["after"]), ("random", summary["random"]),
+            (f"blind ({blind})" if blind else "blind", summary["blind"])]
+    if "teacher" in summary:
+        rows.append(("teacher", summary["teacher"]))
     lines = [f"held-out start states: {summary['before']['n']}  (run: {summary['run_dir']}, summary.json)",
-             f"{'policy':<10} {'reward':>8} {'± SE':>7} {'game':>7} {'format':>7} {'percept.':>8}"]
+             f"{'policy':<16} {'reward':>7} {'game':>7} {'± SE':>6} {'format':>7} {'strict':>7} {'percept.':>8} "
+             f"{'cells':>6}"]
     for name, block in rows:
-        lines.append(f"{name:<10} {block['reward']:>+8.3f} {block['reward_se']:>7.3f} {block['reward_game']:>+7.3f} "
-                     f"{block['reward_format']:>7.3f} {block['reward_perception']:>8.3f}")
+        lines.append(f"{name:<16} {block['reward']:>+7.3f} {block['reward_game']:>+7.3f} {block['reward_game_se']:>6.3f} "
+                     f"{block['reward_format']:>7.3f} {block['format_strict']:>7.3f} "
+                     f"{block['reward_perception']:>8.3f} {block['perception_cells']:>6.3f}")
+    lines.append(f"perception per cell: chance (best fixed board) {summary['perception_chance']:.3f}; after - before "
+                 f"{summary['perception_cells_gain']:+.3f} ± {summary['perception_cells_gain_se']:.3f}; "
+                 f"sees: {summary['sees']}")
     ratio = summary["gain_over_se"]
     ratio = f"{ratio:.1f} SE" if math.isfinite(ratio) else "no spread to measure it in SE"
-    lines.append(f"gain after - before: {summary['gain']:+.3f} ± {summary['gain_se']:.3f} (SE of the paired "
-                 f"difference) = {ratio}; learned: {summary['learned']}")
+    lines.append(f"total reward after - before: {summary['gain']:+.3f} ± {summary['gain_se']:.3f} = {ratio}")
+    lines.append(f"game reward after - before: {summary['gain_game']:+.3f} ± {summary['gain_game_se']:.3f}; after - "
+                 f"random {summary['game_over_random']:+.3f} ± {summary['game_over_random_se']:.3f}; after - blind "
+                 f"{summary['game_over_blind']:+.3f} ± {summary['game_over_blind_se']:.3f} (SEs of paired "
+                 f"differences); learned: {summary['learned']}")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 import envs
+from g1jax import heldout
 from g1jax import sharding as mesh_lib
 from g1jax.checkpoint import Checkpointer, abstract_like
 from g1jax.models.config import PRESETS, ConfigError, Qwen25VLConfig, preset
@@ -43,7 +44,7 @@ from g1jax.rl.rewards import PARTS, g1_weights
 from g1jax.rl.rollout import GameRollout, Rollout
 from g1jax.sampling import SamplingConfig
 from g1jax.sft import TeacherData, sft_loss_terms
-from g1jax.teachers import answer_text
+from g1jax.teachers import TeacherError
 from g1jax.tokenizer import Tokenizer, load_tokenizer, make_tiny_tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -567,13 +568,18 @@ class Trainer:
                                             epsilon=config.teacher_epsilon)
             self._sft_step = _jitted_step("sft", self.graphdef, self.sft_optimizer, config, grids,
                                           self.state_shardings, self.mesh)
-        self.eval_rollout = None
+        self.eval_rollout = self.eval_teacher = None
         if config.eval_states:
             eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))
             self.eval_rollout = GameRollout(
                 eval_games, self.tokenizer, model.config, group_size=1, sampling=config.sampling,
                 warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
                 reward_weights=self.rollout.weights, strict_format=config.strict_format, mesh=self.mesh)
+            try:  # the cold-start teacher, with its epsilon, as a baseline row (games without a teacher: none)
+                self.eval_teacher = TeacherData(eval_games, self.tokenizer, config.max_new_tokens,
+                                                kind=config.teacher_kind, epsilon=config.teacher_epsilon)
+            except TeacherError:
+                self.eval_teacher = None
         self.base_key = jax.random.key(config.seed)
         self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
         self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
@@ -678,17 +684,27 @@ class Trainer:
             self.logger.write_json("eval_before.json", self.evaluate())
 
     def evaluate(self) -> dict[str, Any]:
-        """The current policy and the random policy on the held-out start states (one answer each);
-        "answers" holds the policy's answer texts, in held-out state order."""
+        """The current policy and the baselines (g1jax.heldout: random, best blind, teacher) on the held-out
+        start states, one answer each: a summary row of each, their per-state rewards (`per_state`), and
+        the policy's answer texts ("answers", in held-out state order)."""
         rollout = self.eval_rollout
         key = jax.random.fold_in(self.base_key, HELD_OUT_STREAM)  # never a training step's key
         result = rollout(self.graphdef, (self.state.params, self.frozen), key)
         random_key, score_key = jax.random.split(jax.random.fold_in(key, 1))
-        random_texts = random_answers(rollout.games, random_key)
-        _, random_parts, random_rewards = rollout.score_texts(score_key, result.states, random_texts)
-        return {"policy": reward_summary(result.rewards, result.parts, rollout.games.game_names),
-                "random": reward_summary(random_rewards, random_parts, rollout.games.game_names),
-                "rewards": result.rewards.tolist(), "answers": list(result.texts)}
+        games, names = rollout.games, rollout.games.game_names
+        blind = heldout.best_fixed_actions(games, lambda a: rollout.game_rewards(score_key, result.states, a))
+        texts = {"random": heldout.random_texts(games, random_key), "blind": heldout.blind_texts(games, blind)}
+        if self.eval_teacher is not None:
+            texts["teacher"], _ = self.eval_teacher.answers(jax.random.fold_in(key, 2), result.states)
+        out = {"policy": heldout.row_summary(result.rewards, result.parts, names), "rewards": result.rewards.tolist(),
+               "game": result.parts["game"].tolist(), "perception_cells": result.parts["perception_cells"].tolist(),
+               "answers": list(result.texts), "blind_actions": blind,
+               "perception_chance": heldout.perception_chance(result.truths, names), "per_state": {}}
+        for row, row_texts in texts.items():
+            _, parts, rewards = rollout.score_texts(score_key, result.states, row_texts)
+            out[row] = heldout.row_summary(rewards, parts, names)
+            out["per_state"][row] = {"rewards": rewards.tolist(), "game": parts["game"].tolist()}
+        return out
 
     def run(self) -> dict[str, Any]:
         config = self.config
@@ -708,7 +724,7 @@ class Trainer:
         self.logger.reward_curve()
         summary = {"steps": total, "final": metrics, "run_dir": config.run_dir}
         if self.eval_rollout is not None:
-            summary.update(self.gain_summary(self.logger.read_json("eval_before.json"), self.evaluate()))
+            summary.update(heldout.comparison(self.logger.read_json("eval_before.json"), self.evaluate()))
             # wall time of this process (set-up, compiles, training, both evaluations; a resumed run counts its part)
             summary["wall_s"] = time.perf_counter() - self._created
             self.logger.write_json("summary.json", {k: v for k, v in summary.items() if k != "final"})
@@ -716,16 +732,6 @@ class Trainer:
             self.export(os.path.join(config.run_dir, "hf"))
         self.checkpoints.close()
         return summary
-
-    @staticmethod
-    def gain_summary(before: dict, after: dict) -> dict[str, Any]:
-        """before / after / random blocks and the paired gain on the same held-out states."""
-        diff = np.asarray(after["rewards"]) - np.asarray(before["rewards"])
-        se = float(np.std(diff, ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
-        gain = float(diff.mean())
-        return {"before": before["policy"], "after": after["policy"], "random": after["random"],
-                "gain": gain, "gain_se": se, "gain_over_se": gain / se if se > 0 else float("nan"),
-                "learned": bool(gain > 2 * se and after["policy"]["reward"] > after["random"]["reward"])}
 
     def policy(self) -> Qwen25VL:
         return nnx.merge(self.graphdef, self.state.params, self.frozen)
@@ -738,35 +744,6 @@ class Trainer:
 
 
 HELD_OUT_STREAM = 2**31 - 1  # fold_in index of the evaluation states (training steps use 0, 1, 2, ...)
-
-
-def random_answers(games: envs.MultiGame, key) -> list[str]:
-    """G1's random baseline as answers: a uniform action id (the invalid one excluded) per row, as bare
-    `<answer>` text (no perception, no reasoning)."""
-    texts = []
-    for i, (game, count) in enumerate(zip(games.games, games.counts)):
-        draws = np.asarray(jax.random.randint(jax.random.fold_in(key, i), (count,), 0, game.num_actions - 1))
-        actions = np.where(draws >= game.invalid_action, draws + 1, draws)
-        texts.extend(f"<answer>{answer_text(game, int(a))}</answer>" for a in actions)
-    return texts
-
-
-def reward_summary(rewards, parts, game_names) -> dict[str, Any]:
-    """Mean total reward with its standard error, the mean of each part, per game."""
-    rewards = np.asarray(rewards, np.float64)
-
-    def block(sel):
-        r = rewards[sel]
-        out = {"reward": float(r.mean()), "reward_se": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 0.0,
-               "n": int(r.size)}
-        out.update({f"reward_{p}": float(np.asarray(parts[p], np.float64)[sel].mean()) for p in PARTS})
-        out["perception_accuracy"] = float(np.asarray(parts["perception_exact"])[sel].mean())
-        return out
-
-    names = np.asarray(game_names, dtype=object)
-    summary = block(np.ones(rewards.size, bool))
-    summary["games"] = {name: block(names == name) for name in dict.fromkeys(game_names)}
-    return summary
 
 
 def shard_batch(batch: Batch, mesh) -> Batch:
@@ -784,7 +761,7 @@ def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int
     """Reward parts (overall and per game), answer lengths, truncation, valid-action rate."""
     out = {"reward": float(np.mean(rollout.rewards)), "reward_std": float(np.std(rollout.rewards))}
     rows = np.repeat(np.asarray(game_names, dtype=object), group_size)
-    for part in (*PARTS, "legal", "perception_exact"):
+    for part in (*PARTS, "legal", "perception_exact", "perception_cells", "format_strict"):
         values = np.asarray(rollout.parts[part], np.float32)
         out[f"reward_{part}" if part in PARTS else part] = float(values.mean())
     exact = np.asarray(rollout.parts["perception_exact"], bool)

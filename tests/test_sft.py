@@ -85,10 +85,15 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     losses = [m["sft_loss"] for m in history[:3]]
     assert losses[-1] < losses[0], losses  # a large step size on 100-token answers: the loss drops at once
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
-    for block in ("before", "after", "random"):
+    for block in ("before", "after", "random", "blind", "teacher"):
         assert saved[block]["n"] == 8 and np.isfinite(saved[block]["reward"]) and saved[block]["reward_se"] >= 0
         assert set(saved[block]["games"]) == {"2048"}
     assert np.isfinite(saved["gain"]) and saved["gain_se"] >= 0
+    assert np.isfinite(saved["gain_game"]) and saved["gain_game_se"] >= 0
+    # the teacher answers in the strict format with the true board; the blind row repeats one move
+    assert saved["teacher"]["format_strict"] == saved["teacher"]["perception_cells"] == 1.0
+    assert saved["blind_actions"]["2048"] in range(4) and saved["blind"]["reward_format"] == 0
+    assert saved["learned"] == all(saved["beats"].values()) and 0 < saved["perception_chance"] < 1
     before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
     assert saved["before"] == before["policy"]
     assert summary["gain"] == pytest.approx(np.mean(np.subtract(trainer.evaluate()["rewards"], before["rewards"])))

@@ -352,6 +352,19 @@ def _preset_tiny() -> Qwen25VLConfig:
     )
 
 
+def _preset_small() -> Qwen25VLConfig:
+    # Between tiny and bench: the tiny vocabulary with a wider, deeper text model and vision tower, for
+    # CPU learning runs where tiny cannot read the board (BENCHMARKS.md, "G1 in miniature").
+    text_ids, model_ids = _small_vocab_ids(1024)
+    return Qwen25VLConfig(
+        text=TextConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, mrope_section=(4, 6, 6), max_position_embeddings=4096, **text_ids),
+        vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                            window_size=56, fullatt_block_indexes=(1, 3)),
+        tie_word_embeddings=False, **model_ids,
+    )
+
+
 def _preset_bench() -> Qwen25VLConfig:
     # ~34M parameters: the CPU benchmark config (Flax vs PyTorch) of experiments/bench_model.py.
     text_ids, model_ids = _small_vocab_ids(8192)
@@ -364,11 +377,12 @@ def _preset_bench() -> Qwen25VLConfig:
     )
 
 
-PRESETS = {"3b": _preset_3b, "7b": _preset_7b, "tiny": _preset_tiny, "bench": _preset_bench}
+PRESETS = {"3b": _preset_3b, "7b": _preset_7b, "tiny": _preset_tiny, "small": _preset_small, "bench": _preset_bench}
 
 
 def preset(name: str) -> Qwen25VLConfig:
-    """Named configs: '3b', '7b' (Qwen2.5-VL-{3B,7B}-Instruct), 'tiny' (tests), 'bench' (CPU benchmark)."""
+    """Named configs: '3b', '7b' (Qwen2.5-VL-{3B,7B}-Instruct), 'tiny' (tests), 'small' (CPU
+    learning runs), 'bench' (CPU benchmark)."""
     try:
         return PRESETS[name.lower()]()
     except KeyError:

@@ -10,23 +10,22 @@
 
 G1's weights (docs/rl.md): perception weight 1 for 2048, Shisen-Sho-Cifar10 and Swap, 0 for
 Shisen-Sho; format and game weight 1 everywhere. The analysis metrics of the paper are computed
-here too: perception accuracy (the answer's <perception> block equals the truth) and reasoning
+here too: perception accuracy (the answer's <perception> block equals the truth), its per-cell
+accuracy (the share of cells read right; 0 for a block that does not parse into a board) and reasoning
 accuracy (game reward > 0 among answers whose perception is exact).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from envs.grammar import format_ok, perception_ok
+from envs.grammar import format_ok, perception_block, perception_cell_accuracy, perception_ok
 
 G1_PERCEPTION_WEIGHTS = {"2048": 1.0, "shisensho": 0.0, "shisensho_photo": 1.0, "swap": 1.0}
 PARTS = ("game", "format", "perception")
-_PERCEPTION_BLOCK = re.compile(r"<perception>(.*?)</perception>", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,20 +47,21 @@ def g1_weights(game: str, overrides: Mapping[str, float] | None = None) -> Rewar
     return RewardWeights(**values)
 
 
-def perception_block(text: str) -> str | None:
-    """The content of the first <perception>...</perception>, stripped of surrounding newlines."""
-    match = _PERCEPTION_BLOCK.search(text)
-    return None if match is None else match.group(1).strip("\n")
-
-
 def text_parts(texts: Sequence[str], truths: Sequence[str], strict_format: bool = False) -> dict[str, np.ndarray]:
-    """Host-side reward parts of each answer: format, perception (float32 [B]) and perception_exact (bool [B])."""
+    """Host-side checks of each answer: the reward parts format and perception (float32 [B]), and the
+    analysis metrics perception_exact (bool [B]: the block equals the truth), perception_cells (float32 [B]:
+    the share of cells the block reads right) and format_strict (bool [B]: the strict format, whatever
+    check the reward uses, so a tag soup that the lenient check pays for shows)."""
     if len(texts) != len(truths):
         raise ValueError(f"{len(texts)} answers but {len(truths)} ground-truth boards")
+    strict = np.asarray([format_ok(t, True) for t in texts], bool)
     return {
-        "format": np.asarray([format_ok(t, strict_format) for t in texts], np.float32),
+        "format": strict.astype(np.float32) if strict_format else np.asarray([format_ok(t) for t in texts], np.float32),
         "perception": np.asarray([perception_ok(t, truth) for t, truth in zip(texts, truths)], np.float32),
         "perception_exact": np.asarray([perception_block(t) == truth for t, truth in zip(texts, truths)], bool),
+        "perception_cells": np.asarray([perception_cell_accuracy(t, truth) for t, truth in zip(texts, truths)],
+                                       np.float32),
+        "format_strict": strict,
     }
 
 

@@ -158,6 +158,11 @@ class GameRollout:
         return Rollout(states=states, frames=frames, pixel_values=pixel_values, samples=samples, texts=texts,
                        truths=truths, actions=actions, parts=parts, rewards=rewards)
 
+    def game_rewards(self, key, states, actions) -> np.ndarray:
+        """Game reward float32 [P, K] of K given actions int32 [P, K] from each row's state."""
+        rewards, _ = jax.device_get(_score(key, states, jnp.asarray(actions, jnp.int32), games=self.games))
+        return np.asarray(rewards, np.float32)
+
     def score_texts(self, key, states, texts, return_truths: bool = False):
         """(actions [P, G], reward parts [B], total rewards [B]) of B = P * G answer texts from `states`."""
         g = len(texts) // self.num_prompts
