@@ -1,0 +1,50 @@
+"""What a run reports about its answers: a training step's rollout metrics and the held-out reward summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from g1jax.rl.rewards import PARTS
+from g1jax.rl.rollout import Rollout
+
+
+def reward_summary(rewards, parts, game_names) -> dict[str, Any]:
+    """Mean total reward with its standard error, the mean of each part, per game."""
+    rewards = np.asarray(rewards, np.float64)
+
+    def block(sel):
+        r = rewards[sel]
+        out = {"reward": float(r.mean()), "reward_se": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else 0.0,
+               "n": int(r.size)}
+        out.update({f"reward_{p}": float(np.asarray(parts[p], np.float64)[sel].mean()) for p in PARTS})
+        out["perception_accuracy"] = float(np.asarray(parts["perception_exact"])[sel].mean())
+        return out
+
+    names = np.asarray(game_names, dtype=object)
+    summary = block(np.ones(rewards.size, bool))
+    summary["games"] = {name: block(names == name) for name in dict.fromkeys(game_names)}
+    return summary
+
+
+def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int) -> dict[str, float]:
+    """Reward parts (overall and per game), answer lengths, truncation, valid-action rate."""
+    out = {"reward": float(np.mean(rollout.rewards)), "reward_std": float(np.std(rollout.rewards))}
+    rows = np.repeat(np.asarray(game_names, dtype=object), group_size)
+    for part in (*PARTS, "legal", "perception_exact"):
+        values = np.asarray(rollout.parts[part], np.float32)
+        out[f"reward_{part}" if part in PARTS else part] = float(values.mean())
+    exact = np.asarray(rollout.parts["perception_exact"], bool)
+    good = np.asarray(rollout.parts["game"]) > 0
+    out["perception_accuracy"] = float(exact.mean())
+    out["reasoning_accuracy"] = float(good[exact].mean()) if exact.any() else float("nan")
+    for name in dict.fromkeys(game_names):
+        sel = rows == name
+        out[f"{name}/reward"] = float(np.mean(rollout.rewards[sel]))
+        out[f"{name}/reward_game"] = float(np.mean(rollout.parts["game"][sel]))
+    lengths = np.asarray(rollout.samples.lengths)
+    out.update(length_mean=float(lengths.mean()), length_max=float(lengths.max()),
+               truncated_frac=float(np.mean(np.asarray(rollout.samples.truncated))))
+    return out
