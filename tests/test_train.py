@@ -290,9 +290,10 @@ def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
 
 
 def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeypatch):
-    """Every `experiments/train.py` line of the README's examples parses and passes the config checks
-    (the ones that name a checkpoint directory or a config file that only a user has are left out), and so
-    does the default run's empty command line."""
+    """Every `experiments/train.py` line of the README's examples parses and passes the config checks and
+    the trainer's build checks (the games' options and frame size, the teachers), leaving out the ones that
+    name a checkpoint directory or a config file that only a user has, and so does the default run's empty
+    command line."""
     import re
     import shlex
 
@@ -306,6 +307,7 @@ def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeyp
     for argv in commands:
         config = train_cli.resolve_config(train_cli.parse_args(argv))
         assert isinstance(config, TrainConfig), argv
+        check_buildable(config)
 
 
 def test_cli_rejects_bad_values_before_compiling(tmp_path):
