@@ -153,7 +153,7 @@ class TrainConfig:
                f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}")
         _check(isinstance(self.model, str) and self.model,
                f"model must be a preset name, a directory or a hub id, got {self.model!r}")
-        _check(self.tokenizer is None or isinstance(self.tokenizer, str) and self.tokenizer,
+        _check(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer),
                f"tokenizer must be a path or None, got {self.tokenizer!r}")
         _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
         try:
