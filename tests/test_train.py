@@ -341,8 +341,10 @@ def test_cli_overrides_change_only_the_grpo_fields_they_name(tmp_path):
         train_cli.resolve_config(train_cli.parse_args(["--set", "games.x=1"]))
 
 
-def test_the_g1jax_command_runs_its_subcommands(capsys):
+def test_the_g1jax_command_runs_its_subcommands(capsys, monkeypatch):
     from g1jax import cli
+
+    monkeypatch.setattr(sys, "argv", ["g1jax"])  # the command names its subcommand's program in sys.argv[0]
 
     assert cli.main(["train", "--set", "stepz=3"]) == 2  # g1jax.cli.train's main, failing before it compiles
     assert "unknown config field" in capsys.readouterr().err

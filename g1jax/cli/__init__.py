@@ -38,4 +38,5 @@ def main(argv=None) -> int:
         print(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
+    sys.argv[0] = f"g1jax {command}"  # the program name the subcommand's usage and errors print
     return module.main(rest) or 0
