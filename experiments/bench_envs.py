@@ -22,11 +22,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import envs  # noqa: E402
-from envs.wrappers import G1_WARMUP_MOVES  # noqa: E402
+import envs
+from envs.wrappers import G1_WARMUP_MOVES
 
 G1_FRAME = (840, 644)  # G1 resizes to 640x840 (WxH); the processor then makes it 644x840
 G1_STATES, G1_GROUP = 128, 5

@@ -19,13 +19,11 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from g1jax import eval as ev  # noqa: E402
+from g1jax import eval as ev
 
 
 def speed(game: str, runs: int, steps: int, policies: list[str]) -> dict:

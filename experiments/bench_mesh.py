@@ -4,7 +4,7 @@
     python experiments/bench_mesh.py --models tiny --meshes 2,4,1 # one cell
 
 On 8 host devices (`--xla_force_host_platform_device_count=8`, set here when XLA_FLAGS does not
-already say it), for each model preset and mesh this builds a `g1jax.train.Trainer` (2048, 8 states x
+already say it), for each model preset and mesh this builds a `g1jax.trainer.Trainer` (2048, 8 states x
 group 2), collects one rollout and compiles, without running them:
 
 - the GRPO update (`Trainer._train_step`: loss, gradient, AdamW) and
@@ -43,16 +43,15 @@ import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax  # noqa: E402
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from g1jax import sampling  # noqa: E402
+from g1jax.config import TrainConfig  # noqa: E402
 from g1jax.sharding import shard_rows  # noqa: E402
-from g1jax.train import Trainer, TrainConfig  # noqa: E402
+from g1jax.trainer import Trainer  # noqa: E402
+from g1jax.update import grpo_update  # noqa: E402
 
 COLLECTIVES = {"all-gather": "AG", "all-reduce": "AR", "reduce-scatter": "RS", "all-to-all": "A2A",
                "collective-permute": "CP"}
@@ -109,12 +108,12 @@ def compile_facts(lowerable, args, kwargs, mesh) -> dict:
 
 
 def cell(model: str, mesh_shape: str, max_new_tokens: int) -> list[dict]:
-    config = TrainConfig(model=model, games=("2048",), image_size=(140, 112), states_per_step=8, group_size=2,
-                         max_new_tokens=max_new_tokens, steps=1, checkpoint_every=0, sample_every=0, progress=False,
-                         export_hf=False, mesh=mesh_shape, run_dir=tempfile.mkdtemp(prefix="g1jax-bench-mesh-"))
+    config = TrainConfig(model=model, games=("2048",), image_size=(140, 112), states_per_step=8,
+                         grpo=dict(group_size=2), max_new_tokens=max_new_tokens, steps=1, checkpoint_every=0,
+                         sample_every=0, progress=False, export_hf=False, mesh=mesh_shape,
+                         run_dir=tempfile.mkdtemp(prefix="g1jax-bench-mesh-"))
     trainer = Trainer(config)
     batch = trainer.batch_of(trainer.collect(0))
-    step = trainer._train_step.__wrapped__  # the jitted step without the Trainer's mesh context
     rollout = trainer.rollout
     p = rollout.prompts
     pixel_values = np.asarray(rollout.start(jax.random.key(0))[2])  # a host copy: on a mesh they come back split
@@ -125,8 +124,8 @@ def cell(model: str, mesh_shape: str, max_new_tokens: int) -> list[dict]:
     split = params + tuple(shard_rows(x, trainer.mesh, axis) for x, axis in inputs)  # as GameRollout places them
     sampler_kwargs = dict(image_grids=tuple(p.image_grids), group_size=rollout.group_size, config=rollout.sampling)
     update_args = (trainer.state, trainer.frozen, trainer.reference, batch)
-    cases = [("update", "propagation", step, update_args, {}, None),
-             ("update", "constrained (Trainer)", step, update_args, {}, trainer.mesh),
+    cases = [("update", "propagation", grpo_update, update_args, trainer.grpo_static, None),
+             ("update", "constrained (Trainer)", grpo_update, update_args, trainer.grpo_static, trainer.mesh),
              ("sampler", "rows unplaced", sampling._sample_jit, whole, sampler_kwargs, None),
              ("sampler", "rows split (Trainer)", sampling._sample_jit, split, sampler_kwargs, None),
              ("sampler", "rows split, constrained", sampling._sample_jit, split, sampler_kwargs, trainer.mesh)]
@@ -167,7 +166,7 @@ def main(argv=None) -> int:
             print("\n".join(table(rows).splitlines()[1:]), flush=True)
     print()
     print(table(results))
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
             "devices": jax.device_count(), "argv": sys.argv[1:]}
     if args.json:

@@ -72,11 +72,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from g1jax.constants import QWEN25_NUM_RANKED_TOKENS  # noqa: E402
-from g1jax.models import Qwen25VL, get_rope_index, init_cache, preset, save_pretrained  # noqa: E402
+from g1jax.models import Qwen25VL, init_cache, preset, save_pretrained  # noqa: E402
 from g1jax.models import text as text_module  # noqa: E402
 from g1jax.models import vision as vision_module  # noqa: E402
 from g1jax.models.layers import fused_attention_fits  # noqa: E402
+from g1jax.models.synthetic import synthetic_inputs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,32 +110,6 @@ def forward_flops(config, batch: int, seq: int, image_px: int) -> float:
         vision += patches * 4 * dv * keys
     vision += patches // 4 * 2 * (merged * merged + merged * v.out_hidden_size)
     return float(text + vision)
-
-
-def make_inputs(config, batch: int, seq: int, image_px: int, seed: int = 0):
-    merge, patch = config.vision.spatial_merge_size, config.vision.patch_size
-    if image_px % (merge * patch):
-        raise SystemExit(f"--image-px must be a multiple of {merge * patch}")
-    side = image_px // patch
-    grid = (1, side, side)
-    image_tokens = side * side // merge**2
-    text = seq - image_tokens - 2
-    if text < 2:
-        raise SystemExit(f"--seq {seq} is too short for {image_tokens} image tokens")
-    rng = np.random.RandomState(seed)
-    vocab = min(config.text.vocab_size, QWEN25_NUM_RANKED_TOKENS)
-    ids = rng.randint(0, min(vocab, config.image_token_id), size=(batch, seq))
-    before = text // 2
-    ids[:, before] = config.vision_start_token_id
-    ids[:, before + 1:before + 1 + image_tokens] = config.image_token_id
-    ids[:, before + 1 + image_tokens] = config.vision_end_token_id
-    mask = np.ones_like(ids)
-    grids = [grid] * batch
-    positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id,
-                                  spatial_merge_size=merge)
-    pixel_values = rng.standard_normal((batch * side * side, config.vision.patch_features)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "positions": positions, "pixel_values": pixel_values,
-            "grids": tuple(grids), "image_tokens": image_tokens}
 
 
 class RssSampler:
@@ -467,7 +441,10 @@ def main(argv=None) -> int:
     on_accelerator = device.platform != "cpu"
     if not args.skip_torch and dtype != jnp.float32:
         raise SystemExit("the PyTorch comparison runs in float32 on CPU; use --skip-torch with --dtype bfloat16")
-    inputs = make_inputs(config, args.batch, args.seq, args.image_px)
+    try:
+        inputs = synthetic_inputs(config, args.batch, args.seq, args.image_px)
+    except ValueError as error:
+        raise SystemExit(f"--seq / --image-px: {error}") from None
     model = Qwen25VL(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     tokens = args.batch * args.seq

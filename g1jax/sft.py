@@ -5,7 +5,7 @@ Data are made on the fly from the games: the same warm-up start states as RL, th
 board, a short `<think>`, `<answer>`), tokenised and closed with `<|im_end|>`. The loss is the masked
 cross-entropy of the answer tokens only (the prompt is context), as a (sum, count) pair so
 micro-batch accumulation equals one big batch, on the same teacher-forced pass as GRPO
-(`train.completion_logprobs` with one answer per prompt).
+(`update.completion_logprobs` with one answer per prompt).
 """
 
 from __future__ import annotations

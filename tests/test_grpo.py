@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from g1jax import recipes
 from g1jax.rl import grpo
-from g1jax.rl.grpo import GRPO_PRESETS, GRPOConfig
+from g1jax.rl.grpo import GRPOConfig
+
+# The losses of the recipe registry (g1jax/recipes.py): G1's, DAPO's, Dr. GRPO's
+G1_LOSS, DAPO_LOSS, DRGRPO_LOSS = (recipes.config(name).grpo for name in ("g1-paper", "g0-dapo", "g0-drgrpo"))
 
 
 def close(actual, expected, atol=1e-6):
@@ -132,7 +136,10 @@ def test_dual_clip_bounds_the_loss_for_negative_advantages():
 
 def test_zero_advantage_is_never_clipped():
     logp = jnp.log(jnp.array([[0.5, 1.0, 1.5, 5.0]]))
-    loss_sum = lambda x: jnp.sum(grpo.token_policy_loss(x, jnp.zeros_like(x), jnp.zeros(1), dual_clip=3.0)[0])
+
+    def loss_sum(x):
+        return jnp.sum(grpo.token_policy_loss(x, jnp.zeros_like(x), jnp.zeros(1), dual_clip=3.0)[0])
+
     _, stats = grpo.token_policy_loss(logp, jnp.zeros_like(logp), jnp.zeros(1), dual_clip=3.0)
     for name in ("clipped_low", "clipped_high", "clipped_dual"):
         close(stats[name], np.zeros((1, 4)), atol=0)
@@ -285,9 +292,9 @@ def test_one_update_per_rollout_gradient_is_minus_advantage_over_count(loss_term
     close(grad, -MU1_ADV[:, None] / count * MU1_MASK)
 
 
-def test_g1_preset_adds_the_k3_gradient(loss_terms):
+def test_g1_loss_adds_the_k3_gradient(loss_terms):
     ref = MU1_LOGP + jnp.array([[0.3, -0.2, 0.1, 0.0, 0.0], [-0.4, 0.0, 0.0, 0.0, 0.0], [0.2] * 5])
-    value, grad = mu1_loss(loss_terms, GRPO_PRESETS["g1"], ref_logp=ref)
+    value, grad = mu1_loss(loss_terms, G1_LOSS, ref_logp=ref)
     delta = np.asarray(ref - MU1_LOGP)
     k3 = np.exp(delta) - delta - 1
     mask, adv = np.asarray(MU1_MASK), np.asarray(MU1_ADV)[:, None]
@@ -338,7 +345,7 @@ def test_padding_log_probs_cannot_poison_loss_or_gradient(loss_terms):
     ref = MU1_LOGP.at[0, 3].set(jnp.nan)
 
     def loss(x):
-        total, count, _ = loss_terms(x, jax.lax.stop_gradient(x), MU1_ADV, MU1_MASK, GRPO_PRESETS["g1"], ref, x)
+        total, count, _ = loss_terms(x, jax.lax.stop_gradient(x), MU1_ADV, MU1_MASK, G1_LOSS, ref, x)
         return grpo.ratio_of(total, count)
 
     value, grad = jax.value_and_grad(loss)(logp)
@@ -462,13 +469,13 @@ def test_config_rejects_bad_values(field, value):
     one_line_error(excinfo, field)
 
 
-def test_g1_preset_and_reference_flag():
-    g1 = GRPO_PRESETS["g1"]
+def test_recipe_losses_and_reference_flag():
+    g1 = G1_LOSS
     assert (g1.group_size, g1.advantage, g1.advantage_eps) == (5, "grpo", 1e-6)
     assert (g1.clip_low, g1.clip_high, g1.dual_clip) == (0.2, 0.2, None)
     assert (g1.kl_coef, g1.kl_kind, g1.loss_agg, g1.tis_cap) == (0.01, "k3", "token-mean", None)
     assert g1.needs_reference and not GRPOConfig().needs_reference
-    assert GRPO_PRESETS["dapo"].clip_high == 0.28 and not GRPO_PRESETS["dapo"].needs_reference
-    drgrpo = GRPO_PRESETS["drgrpo"]
+    assert DAPO_LOSS.clip_high == 0.28 and not DAPO_LOSS.needs_reference
+    drgrpo = DRGRPO_LOSS
     assert (drgrpo.advantage, drgrpo.loss_agg, drgrpo.kl_coef) == ("drgrpo", "sequence-mean-token-sum-norm", 0.0)
     hash(g1)  # usable as a static jit argument

@@ -13,12 +13,13 @@ from flax import nnx
 
 import envs
 from g1jax.checkpoint import Checkpointer, abstract_like
+from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
 from g1jax.sft import TeacherData, sft_loss_terms
 from g1jax.tokenizer import make_tiny_tokenizer
-from g1jax.train import TrainConfig, Trainer
+from g1jax.trainer import Trainer, build_games, make_trainer
 
-SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=4, group_size=2,
+SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=4, grpo=dict(group_size=2),
              max_new_tokens=48, progress=False, export_hf=False, checkpoint_every=0, sample_every=0,
              teacher="greedy", teacher_epsilon=0.25)
 
@@ -54,22 +55,27 @@ def test_a_teacher_per_game():
     config = TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, "games": ("2048", "shisensho"),
                             "teacher": {"2048": "greedy"}})
     assert config.teacher_kind("2048") == "greedy" and config.teacher_kind("shisensho") is None
-    games = config.make_games()
+    games = build_games(config)
     data = TeacherData(games, make_tiny_tokenizer(), 16, kind=config.teacher_kind)
     assert [t.kind for t in data.teachers] == ["greedy", "lookahead"]  # shisensho's default
     assert [t.kind for t in TeacherData(games, make_tiny_tokenizer(), 16).teachers] == ["expectimax", "lookahead"]
 
 
 def test_bad_cold_start_settings_are_one_clear_error():
-    for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"), (dict(teacher_epsilon=1.5), "epsilon"),
-                           (dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
-                            "teacher='greedy' applies to every game: name one per game"),
-                           (dict(teacher={"2048": "oracle"}), "unknown teacher kind 'oracle' for game '2048'"),
+    for changes, match in [(dict(teacher_epsilon=1.5), "epsilon"),
                            (dict(teacher={"swap": "best_score"}), "options given for 'swap', which is not in games"),
                            (dict(teacher=3), "teacher must be a teacher kind"),
                            (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states")]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
+    # the teachers are built, and so checked, where a trainer is built (before the policy loads)
+    for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"),
+                           (dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
+                            "teacher='greedy' applies to every game: name one per game"),
+                           (dict(teacher={"2048": "oracle"}), "unknown teacher kind 'oracle' for game '2048'")]:
+        config = TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
+        with pytest.raises(ConfigError, match=match):
+            make_trainer(config)
 
 
 @pytest.mark.filterwarnings("ignore:teacher answers reach")  # short answers keep the test fast

@@ -1,11 +1,12 @@
-"""The learner end to end on a real game with the tiny preset: config errors, exact resume, checkpoint
-fall-back, micro-batch accumulation, the same update on several device meshes, the CLI."""
+"""The learner end to end on a real game with the tiny preset: config errors (of the value and of the build),
+recipes, exact resume, checkpoint fall-back, micro-batch accumulation, the same update on several device
+meshes, the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,12 +17,16 @@ import pytest
 
 import envs
 from colour_card import ColourCard, colour_card_policy
+from g1jax import recipes, update
+from g1jax.cli import train as train_cli
+from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
-from g1jax import train
-from g1jax.train import Batch, TrainConfig, Trainer, shard_batch
+from g1jax.rl import grpo
+from g1jax.trainer import Trainer, check_buildable, make_trainer
+from g1jax.update import shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, group_size=2,
+SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, grpo=dict(group_size=2),
              max_new_tokens=4, learning_rate=1e-3, checkpoint_every=1, sample_every=2, progress=False,
              export_hf=False)
 
@@ -32,21 +37,53 @@ def leaves(tree):
 
 @pytest.mark.parametrize("changes, match", [
     (dict(games=("chess",)), "unknown game"),
-    (dict(group_size=1), "group_size"),
-    (dict(mesh="3,1,1"), "does not divide|devices"),
+    (dict(grpo=dict(group_size=1)), "group_size"),
+    (dict(grpo=dict(clip_hi=0.3)), "unknown grpo field"),
     (dict(mesh="a,b"), "mesh"),
-    (dict(model="/no/such/dir"), "neither a preset"),
+    (dict(model=""), "model must be"),
     (dict(states_per_step=6, micro_batch_states=4), "micro_batch_states"),
     (dict(temperature=0.0), "temperature"),
     (dict(game_options={"swap": {}}), "not in games"),
-    (dict(loss_agg="mean"), "loss_agg"),
-    (dict(game_options={"2048": {"board_size": 99}}), "board_size"),
+    (dict(grpo=dict(loss_agg="mean")), "loss_agg"),
 ])
 def test_bad_config_is_one_clear_error(changes, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as error:
         TrainConfig(**{**SMALL, "run_dir": "unused", **changes})
+    assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="unknown config field"):
         TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="grpo.kl_coef: GRPO settings sit under grpo"):
+        TrainConfig.from_dict({"kl_coef": 0.01})  # the flat form of earlier versions
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(mesh="3,1,1"), "mesh '3,1,1'.*8 devices"),
+    (dict(model="/no/such/dir"), "neither a preset"),
+    (dict(game_options={"2048": {"board_size": 99}}), "board_size"),
+])
+def test_what_the_machine_decides_is_checked_when_a_trainer_is_built(changes, match):
+    config = TrainConfig(**{**SMALL, "run_dir": "unused", **changes})  # a value: reading it checks fields only
+    with pytest.raises(ConfigError, match=match) as error:
+        make_trainer(config)
+    assert "\n" not in str(error.value)
+
+
+def test_a_saved_config_reads_back_on_a_machine_with_fewer_devices(tmp_path):
+    saved = TrainConfig(**{**SMALL, "grpo": dict(group_size=2, kl_coef=0.05)}, run_dir=str(tmp_path), mesh="1,64,1")
+    config = TrainConfig.from_dict(json.loads(json.dumps(saved.to_dict())))
+    assert config == saved and config.grpo.kl_coef == 0.05
+    with pytest.raises(ConfigError) as error:
+        make_trainer(config)
+    message = str(error.value)
+    assert "\n" not in message and "1,64,1" in message and f"the {len(jax.devices())} devices" in message, message
+
+
+@pytest.mark.parametrize("name", recipes.RECIPES)
+def test_every_recipe_is_a_config_this_machine_can_build(name):
+    config = recipes.config(name)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    check_buildable(config)
+    assert recipes.config(name, grpo={"kl_coef": 0.5}).grpo == dataclasses.replace(config.grpo, kl_coef=0.5)
 
 
 def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: int = 0, seed: int = 0) -> Trainer:
@@ -55,16 +92,18 @@ def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: in
     from other initial weights (init_seed 1): only what it restores can match the straight run.
     remat on, as the G1 recipe at scale runs: rematerialised layers in the sampler and in the KL
     reference's forward inside the update's jax.grad."""
-    config = TrainConfig(games=("2048",), states_per_step=8, group_size=4, max_new_tokens=2, steps=steps,
-                         learning_rate=3e-3, kl_coef=0.05, remat=True, checkpoint_every=1, sample_every=2,
-                         progress=False, export_hf=False, seed=seed, run_dir=str(run_dir))
+    config = TrainConfig(games=("2048",), states_per_step=8, grpo=dict(group_size=4, kl_coef=0.05),
+                         max_new_tokens=2, steps=steps, learning_rate=3e-3, remat=True, checkpoint_every=1,
+                         sample_every=2, progress=False, export_hf=False, seed=seed, run_dir=str(run_dir))
     return Trainer(config, resume=resume, games=envs.MultiGame(games=(ColourCard(),), counts=(8,)),
-                   policy=colour_card_policy(init_seed), reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
+                   policy=colour_card_policy(init_seed),
+                   reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
 
 
 def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_path):
     straight = colour_card_trainer(tmp_path / "a", steps=3)
     straight.run()
+    compiled = update.grpo_update._cache_size()
     expected = straight.logger.read_metrics()
     assert all(m["grad_norm"] > 1e-3 for m in expected), [m["grad_norm"] for m in expected]
     assert all(m["kl"] > 0 for m in expected[1:]), [m["kl"] for m in expected]
@@ -73,9 +112,9 @@ def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_pat
     first.run()
     resumed = colour_card_trainer(tmp_path / "b", steps=3, resume=True, init_seed=1)
     assert resumed.start_step == 2
-    # runs that differ only in run-only fields share one compiled step
-    assert resumed._train_step is first._train_step is straight._train_step
     resumed.run()
+    # runs that differ only in run-only fields (run directory, initial weights) share one compiled step
+    assert update.grpo_update._cache_size() == compiled
     got = resumed.logger.read_metrics()
     assert [m["step"] for m in got] == [1, 2, 3]
     for key in ("reward", "loss", "grad_norm", "kl", "entropy", "length_mean"):
@@ -116,7 +155,7 @@ def test_reward_weights_without_custom_games_are_refused():
 
 
 def test_checkpoints_that_cannot_be_restored_are_an_error_not_a_fresh_start(tmp_path):
-    from g1jax.checkpoint import CheckpointError, Checkpointer
+    from g1jax.checkpoint import Checkpointer, CheckpointError
 
     checkpoints = Checkpointer(tmp_path / "checkpoints")
     assert checkpoints.restore_latest({"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}}) is None
@@ -148,16 +187,23 @@ def test_reward_curve_leaves_the_plotting_backend_alone(tmp_path):
         assert f.read(4) == b"\x89PNG"
 
 
-def test_the_shared_step_key_holds_what_the_update_depends_on():
+def test_the_step_settings_hold_what_the_update_depends_on():
+    """The steps' static settings (jit's cache key) change with every field the update reads and with no
+    run-only field, so equal runs share a compiled step and a changed one never reuses a stale one."""
+    grids = ((1, 10, 8),) * 8
     base = TrainConfig(**SMALL, steps=3, run_dir="unused")
-    key = train._step_key("rl", base)
-    assert train._step_key("rl", base.replace(run_dir="elsewhere", seed=7, steps=9, progress=False)) == key
-    for change in (dict(learning_rate=3e-4), dict(kl_coef=0.05), dict(group_size=4), dict(temperature=0.5),
-                   dict(max_new_tokens=8), dict(micro_batch_states=2), dict(grad_clip=0.5)):
-        assert train._step_key("rl", base.replace(**change)) != key, change
+    settings = update.grpo_settings(base, grids)
+    assert update.grpo_settings(base.replace(run_dir="elsewhere", seed=7, steps=9, progress=False), grids) == settings
+    for change in (dict(learning_rate=3e-4), dict(grpo=dict(kl_coef=0.05)), dict(grpo=dict(group_size=4)),
+                   dict(temperature=0.5), dict(max_new_tokens=8), dict(micro_batch_states=2), dict(grad_clip=0.5)):
+        assert update.grpo_settings(base.replace(**change), grids) != settings, change
+    assert update.grpo_settings(base, grids[:4] + ((1, 8, 8),) * 4) != settings
     cosine = base.replace(schedule="cosine")
-    assert train._step_key("rl", cosine) != train._step_key("rl", cosine.replace(steps=9))
-    assert train._step_key("sft", base) != train._step_key("sft", base.replace(sft_learning_rate=1e-3))
+    assert update.grpo_settings(cosine, grids) != update.grpo_settings(cosine.replace(steps=9), grids)
+    sft = update.sft_settings(base, grids)
+    assert sft != update.sft_settings(base.replace(sft_learning_rate=1e-3), grids)
+    assert sft == update.sft_settings(base.replace(grpo=dict(kl_coef=0.05), learning_rate=1e-2), grids)
+    hash((settings, sft))  # static arguments of jit
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +262,10 @@ def test_the_logged_loss_is_the_objective_of_the_chosen_aggregation(reference_st
     batch, _, _ = reference_step
     lengths = np.resize(np.arange(1, SMALL["max_new_tokens"] + 1), batch.completion_mask.shape[0])
     batch = batch.replace(completion_mask=np.arange(batch.completion_mask.shape[1])[None] < lengths[:, None])
-    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", loss_agg="sequence-mean-token-sum-norm")
+    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused").replace(
+        grpo=dict(loss_agg="sequence-mean-token-sum-norm"))
     _, metrics, _ = updated(config, batch)
-    advantages = np.asarray(train.grpo.group_advantages(batch.rewards, SMALL["group_size"]))
+    advantages = np.asarray(grpo.group_advantages(batch.rewards, config.group_size))
     objective = -np.sum(advantages * lengths) / (len(lengths) * SMALL["max_new_tokens"])
     token_mean = -np.sum(advantages * lengths) / np.sum(lengths)
     assert abs(objective - token_mean) > 1e-3
@@ -243,17 +290,13 @@ def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
 
 
 def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeypatch):
-    """Every `experiments/train.py` line of the README's examples parses and passes the config checks
-    (the ones that name a checkpoint directory or a config file that only a user has are left out), and so
-    does the default run's empty command line."""
+    """Every `experiments/train.py` line of the README's examples parses and passes the config checks and
+    the trainer's build checks (the games' options and frame size, the teachers), leaving out the ones that
+    name a checkpoint directory or a config file that only a user has, and so does the default run's empty
+    command line."""
     import re
     import shlex
 
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    try:
-        import train as cli
-    finally:
-        sys.path.pop(0)
     with open(os.path.join(ROOT, "README.md")) as fh:
         text = fh.read().replace("\\\n", " ")
     lines = re.findall(r"^python experiments/train\.py.*$", text, re.M)
@@ -262,14 +305,18 @@ def test_the_readme_training_commands_resolve_to_valid_configs(tmp_path, monkeyp
     assert len(commands) >= 3, commands  # the default run, the mixed-games run, its resume
     monkeypatch.chdir(tmp_path)  # the --resume example reads runs/mix/config.json when it exists
     for argv in commands:
-        config = cli.resolve_config(cli.parse_args(argv))
+        config = train_cli.resolve_config(train_cli.parse_args(argv))
         assert isinstance(config, TrainConfig), argv
+        check_buildable(config)
 
 
 def test_cli_rejects_bad_values_before_compiling(tmp_path):
+    # the package of this checkout, also where another checkout of it is the one installed
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
     def cli(*args):
         return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, env=env)
 
     for args, match in [(["--game", "chess"], "unknown game"), (["--group-size", "1"], "group_size"),
                         (["--model", str(tmp_path / "missing")], "neither a preset"),
@@ -279,3 +326,27 @@ def test_cli_rejects_bad_values_before_compiling(tmp_path):
         assert result.returncode == 2, (args, result.stderr[-500:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and __import__("re").search(match, lines[0]), lines
+
+
+def test_cli_overrides_change_only_the_grpo_fields_they_name(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"grpo": {"clip_high": 0.28}, "steps": 3}))
+    args = train_cli.parse_args(["--recipe", "g1-paper", "--config", str(path), "--kl-coef", "0.02",
+                                 "--set", "grpo.tis_cap=2", "--group-size", "6"])
+    config = train_cli.resolve_config(args)
+    assert config.steps == 3 and config.micro_batch_states == 8
+    assert config.grpo == dataclasses.replace(recipes.config("g1-paper").grpo, clip_high=0.28, kl_coef=0.02,
+                                              tis_cap=2, group_size=6)
+    with pytest.raises(envs.ConfigError, match="a dotted key names a field of grpo"):
+        train_cli.resolve_config(train_cli.parse_args(["--set", "games.x=1"]))
+
+
+def test_the_g1jax_command_runs_its_subcommands(capsys, monkeypatch):
+    from g1jax import cli
+
+    monkeypatch.setattr(sys, "argv", ["g1jax"])  # the command names its subcommand's program in sys.argv[0]
+
+    assert cli.main(["train", "--set", "stepz=3"]) == 2  # g1jax.cli.train's main, failing before it compiles
+    assert "unknown config field" in capsys.readouterr().err
+    assert cli.main(["fly"]) == 2 and "unknown command 'fly'" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0 and "train" in capsys.readouterr().out

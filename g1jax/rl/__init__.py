@@ -3,7 +3,6 @@
 from g1jax.rl.grpo import (
     ADVANTAGE_ESTIMATORS,
     AGGREGATION_MODES,
-    GRPO_PRESETS,
     KL_KINDS,
     GRPOConfig,
     aggregate,
@@ -19,7 +18,6 @@ from g1jax.rl.grpo import (
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATION_MODES",
-    "GRPO_PRESETS",
     "KL_KINDS",
     "GRPOConfig",
     "aggregate",

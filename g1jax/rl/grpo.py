@@ -291,18 +291,6 @@ class GRPOConfig:
         return self.kl_coef > 0
 
 
-GRPO_PRESETS: dict[str, GRPOConfig] = {
-    # G1 (arXiv 2505.13426), trained with its fork of EasyR1: 5 answers per state, symmetric clip,
-    # k3 KL as a loss term with coefficient 0.01, global token mean.
-    "g1": GRPOConfig(group_size=5, clip_low=0.2, clip_high=0.2, kl_coef=0.01, kl_kind="k3", loss_agg="token-mean"),
-    # DAPO's loss: clip-higher 0.28, no KL, token mean (its dynamic sampling and overlong shaping
-    # live in the rollout, not here).
-    "dapo": GRPOConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.0, loss_agg="token-mean"),
-    # Dr. GRPO: no std division, a constant normaliser (sequences x max length), no KL.
-    "drgrpo": GRPOConfig(advantage="drgrpo", kl_coef=0.0, loss_agg="sequence-mean-token-sum-norm"),
-}
-
-
 def grpo_loss_terms(
     logp,
     old_logp,
