@@ -25,7 +25,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from g1jax import eval as ev  # noqa: E402
+from g1jax import evaluation as ev  # noqa: E402
 
 
 def speed(game: str, runs: int, steps: int, policies: list[str]) -> dict:

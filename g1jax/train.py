@@ -43,7 +43,6 @@ from g1jax.rl.rewards import PARTS, g1_weights
 from g1jax.rl.rollout import GameRollout, Rollout
 from g1jax.sampling import SamplingConfig
 from g1jax.sft import TeacherData, sft_loss_terms
-from g1jax.teachers import answer_text
 from g1jax.tokenizer import Tokenizer, load_tokenizer, make_tiny_tokenizer
 
 DTYPES = ("float32", "bfloat16")
@@ -747,7 +746,7 @@ def random_answers(games: envs.MultiGame, key) -> list[str]:
     for i, (game, count) in enumerate(zip(games.games, games.counts)):
         draws = np.asarray(jax.random.randint(jax.random.fold_in(key, i), (count,), 0, game.num_actions - 1))
         actions = np.where(draws >= game.invalid_action, draws + 1, draws)
-        texts.extend(f"<answer>{answer_text(game, int(a))}</answer>" for a in actions)
+        texts.extend(game.answer_text(int(a)) for a in actions)
     return texts
 
 
