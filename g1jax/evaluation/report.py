@@ -100,3 +100,4 @@ def write_answers(rollouts: Sequence[Rollout], env_by_game: dict[str, envs.Env],
                               "answer": None if r.texts is None else r.texts[run][step],
                               "action": action, "move": env.action_label(action),
                               "score": float(r.scores[run, step])}
+                    f.write(json.dumps(record) + "\n")
