@@ -26,7 +26,7 @@ import sys
 
 import jax
 
-from g1jax import evaluation as ev
+from g1jax import evaluation
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "g1jax", "jax")
 
@@ -34,8 +34,9 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "g1jax", "jax")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--game", nargs="+", default=["all"], help=f"{', '.join(ev.GAMES)} or all (default: all)")
-    parser.add_argument("--policy", nargs="+", default=["random"], help=", ".join(ev.POLICY_NAMES))
+    parser.add_argument("--game", nargs="+", default=["all"],
+                        help=f"{', '.join(evaluation.GAMES)} or all (default: all)")
+    parser.add_argument("--policy", nargs="+", default=["random"], help=", ".join(evaluation.POLICY_NAMES))
     parser.add_argument("--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100)")
     parser.add_argument("--steps", type=int, default=100, help="decisions per board (default 100)")
     parser.add_argument("--seed", type=int, default=0)
@@ -65,58 +66,58 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resolve_games(names) -> list[str]:
     if "all" in names:
         if len(names) > 1:
-            raise ev.EvalError("--game all cannot be combined with other games")
-        return list(ev.GAMES)
+            raise evaluation.EvalError("--game all cannot be combined with other games")
+        return list(evaluation.GAMES)
     for name in names:
-        ev.protocol_for(name)
+        evaluation.protocol_for(name)
     return list(dict.fromkeys(names))
 
 
-def image_size(protocol: ev.GameProtocol, args: argparse.Namespace) -> tuple[int, int]:
+def image_size(protocol: evaluation.GameProtocol, args: argparse.Namespace) -> tuple[int, int]:
     return tuple(args.image_size) if args.image_size else dict(protocol.env_config)["image_size"]
 
 
-def check_args(args: argparse.Namespace) -> tuple[list[str], ev.ModelSource | None]:
+def check_args(args: argparse.Namespace) -> tuple[list[str], evaluation.ModelSource | None]:
     """Validate everything that can be checked without compiling or loading weights; returns the
     games and the model source (None without a model policy)."""
     games = resolve_games(args.game)
     for spec in args.policy:
-        ev.check_policy_spec(spec, games)
+        evaluation.check_policy_spec(spec, games)
     if args.runs is not None and args.runs < 1:
-        raise ev.EvalError(f"--runs must be >= 1, got {args.runs}")
+        raise evaluation.EvalError(f"--runs must be >= 1, got {args.runs}")
     if args.steps < 1:
-        raise ev.EvalError(f"--steps must be >= 1, got {args.steps}")
+        raise evaluation.EvalError(f"--steps must be >= 1, got {args.steps}")
     if args.videos is not None and args.videos < 0:
-        raise ev.EvalError(f"--videos must be >= 0, got {args.videos}")
+        raise evaluation.EvalError(f"--videos must be >= 0, got {args.videos}")
     if not args.fps > 0:
-        raise ev.EvalError(f"--fps must be > 0, got {args.fps}")
+        raise evaluation.EvalError(f"--fps must be > 0, got {args.fps}")
     if args.cifar_path is not None and not os.path.exists(args.cifar_path):
-        raise ev.EvalError(f"--cifar-path {args.cifar_path} does not exist")
+        raise evaluation.EvalError(f"--cifar-path {args.cifar_path} does not exist")
     if "model" in args.policy and not args.model:
-        raise ev.EvalError("policy 'model' needs --model DIR")
+        raise evaluation.EvalError("policy 'model' needs --model DIR")
     if args.model and "model" not in args.policy:
-        raise ev.EvalError("--model is given but no 'model' policy is requested (add --policy model)")
+        raise evaluation.EvalError("--model is given but no 'model' policy is requested (add --policy model)")
     if not args.temperature >= 0:
-        raise ev.EvalError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+        raise evaluation.EvalError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if args.warmup_moves is not None and args.warmup_moves < 0:
-        raise ev.EvalError(f"--warmup-moves must be >= 0, got {args.warmup_moves}")
+        raise evaluation.EvalError(f"--warmup-moves must be >= 0, got {args.warmup_moves}")
     if args.max_new_tokens < 1:
-        raise ev.EvalError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    source = ev.resolve_model(args.model) if args.model else None
+        raise evaluation.EvalError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    source = evaluation.resolve_model(args.model) if args.model else None
     if source is not None:
         for game in games:
-            ev.check_model_fits(source, image_size(ev.PROTOCOLS[game], args), args.max_new_tokens, game)
+            evaluation.check_model_fits(source, image_size(evaluation.PROTOCOLS[game], args), args.max_new_tokens, game)
     return games, source
 
 
-def protocol_of(game: str, args: argparse.Namespace) -> ev.GameProtocol:
-    protocol = ev.PROTOCOLS[game]
+def protocol_of(game: str, args: argparse.Namespace) -> evaluation.GameProtocol:
+    protocol = evaluation.PROTOCOLS[game]
     if args.warmup_moves is not None:
         protocol = dataclasses.replace(protocol, warmup_moves=args.warmup_moves)
     return protocol
 
 
-def make_env(protocol: ev.GameProtocol, args: argparse.Namespace):
+def make_env(protocol: evaluation.GameProtocol, args: argparse.Namespace):
     overrides = {"image_size": image_size(protocol, args)}
     if protocol.game == "shisensho_photo" and args.cifar_path:
         overrides["cifar_path"] = args.cifar_path
@@ -126,9 +127,9 @@ def make_env(protocol: ev.GameProtocol, args: argparse.Namespace):
 def make_policies(args, protocol, env, runs, model):
     policy_model = None
     if model is not None:
-        policy_model = ev.ModelPolicy(*model, env, runs, temperature=args.temperature,
-                                      max_new_tokens=args.max_new_tokens, detail=args.model)
-    return [ev.make_policy(spec, env, protocol, model=policy_model) for spec in args.policy]
+        policy_model = evaluation.ModelPolicy(*model, env, runs, temperature=args.temperature,
+                                              max_new_tokens=args.max_new_tokens, detail=args.model)
+    return [evaluation.make_policy(spec, env, protocol, model=policy_model) for spec in args.policy]
 
 
 def main(argv=None) -> int:
@@ -137,10 +138,10 @@ def main(argv=None) -> int:
         games, source = check_args(args)
         protocols = {game: protocol_of(game, args) for game in games}
         game_envs = {game: make_env(protocols[game], args) for game in games}
-        model = ev.load_model(source) if source is not None else None
+        model = evaluation.load_model(source) if source is not None else None
         runs = {game: args.runs or protocols[game].runs for game in games}
         policies = {g: make_policies(args, protocols[g], game_envs[g], runs[g], model) for g in games}
-    except (ev.EvalError, ValueError, FileNotFoundError) as error:
+    except (evaluation.EvalError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -151,26 +152,26 @@ def main(argv=None) -> int:
     rollouts = []
     for game in games:
         protocol, env = protocols[game], game_envs[game]
-        rows = ev.evaluate(protocol, env, policies[game], runs=runs[game], steps=args.steps,
-                           key=jax.random.fold_in(key, ev.GAMES.index(game)), progress=not args.no_progress,
-                           keep_texts=keep_texts)
+        rows = evaluation.evaluate(protocol, env, policies[game], runs=runs[game], steps=args.steps,
+                                   key=jax.random.fold_in(key, evaluation.GAMES.index(game)),
+                                   progress=not args.no_progress, keep_texts=keep_texts)
         rollouts += rows
         if args.out:
             write_game_outputs(args, rows, env)
 
-    table = ev.write_table(rollouts, json_path=args.json)
+    table = evaluation.write_table(rollouts, json_path=args.json)
     if args.out:
-        ev.write_table(rollouts, os.path.join(args.out, "table.json"), os.path.join(args.out, "table.md"))
-        ev.write_answers(rollouts, game_envs, os.path.join(args.out, "answers.jsonl"))
-    print(ev.table_markdown(table))
+        evaluation.write_table(rollouts, os.path.join(args.out, "table.json"), os.path.join(args.out, "table.md"))
+        evaluation.write_answers(rollouts, game_envs, os.path.join(args.out, "answers.jsonl"))
+    print(evaluation.table_markdown(table))
     return 0
 
 
 def write_game_outputs(args, rows, env) -> None:
     os.makedirs(args.out, exist_ok=True)
-    ev.plot_cumulative(rows, os.path.join(args.out, f"cumulative_{rows[0].game}.png"))
+    evaluation.plot_cumulative(rows, os.path.join(args.out, f"cumulative_{rows[0].game}.png"))
     for rollout in rows:
-        ev.write_videos(rollout, env, os.path.join(args.out, "videos"), max_runs=args.videos, fps=args.fps)
+        evaluation.write_videos(rollout, env, os.path.join(args.out, "videos"), max_runs=args.videos, fps=args.fps)
 
 
 if __name__ == "__main__":
