@@ -29,7 +29,7 @@ import functools
 import json
 import pathlib
 import warnings
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,6 @@ import envs
 from g1jax.evaluation.closed_loop import Rollout, loop_functions
 from g1jax.evaluation.protocols import PROTOCOLS
 
-
 CAPTION_LINES = 6
 CAPTION_PX = 14
 
