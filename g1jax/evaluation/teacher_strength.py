@@ -26,6 +26,7 @@ def play_teacher(teacher: Teacher, board_keys, states, epsilon, num_moves: int, 
     raw reward (f32 [B]) and the number of legal moves (int32 [B])."""
     env = teacher.env
     params = env.default_params if params is None else params
+    # [moves, B]: board i's key at move t is fold_in(board_keys[i], t), whatever the other boards play
     keys = jax.vmap(lambda t: jax.vmap(lambda k: jax.random.fold_in(k, t))(board_keys))(jnp.arange(num_moves))
 
     def choose(act_keys, states):
