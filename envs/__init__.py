@@ -8,7 +8,8 @@
 import importlib
 
 from envs.core import ConfigError, Env, UnknownGameError, list_games, make, register, unbatch
-from envs.wrappers import auto_reset_step, parallel_step, render_batch, render_into, warmup_state, warmup_states
+from envs.wrappers import (auto_reset_step, parallel_step, render_batch, render_into, tree_where, warmup_state,
+                           warmup_states)
 
 # Each game registers itself on import; one module per game.
 _GAME_MODULES = ("game2048", "swap", "shisensho", "shisensho_photo")
@@ -29,6 +30,7 @@ __all__ = [
     "register",
     "render_batch",
     "render_into",
+    "tree_where",
     "unbatch",
     "warmup_state",
     "warmup_states",

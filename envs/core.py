@@ -19,6 +19,7 @@ arguments, so `jax.jit(env.step)` and `jax.vmap(env.step, in_axes=(0, 0, 0, None
 Host-side (text) helpers: `env.prompt`, `env.describe(state)` (ground-truth perception
 text in the original format), `env.parse(text) -> int` (invalid answers give
 `env.invalid_action`), `env.answer_text(action)` (the canonical answer naming an action),
+`env.action_label(action)` (a short name of it for people: "Up", "(0, 1) (2, 3)"),
 `env.from_board(board)` (set up any position).
 
 `Env` is an abstract base class: a game that leaves one of the members above unimplemented
@@ -36,6 +37,8 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from envs.grammar import ANSWER_CLOSE, ANSWER_OPEN
 
 MAX_IMAGE_SIDE = 4096  # pixels per side: frames beyond this cost gigabytes per batch for no gain
 PATCH = 28  # Qwen2.5-VL's merged patch: images are multiples of it, so they need no resampling
@@ -275,6 +278,13 @@ class Env(abc.ABC):
     def answer_text(self, action: int) -> str:
         """The canonical `<answer>...</answer>` text of an action id (what `parse` reads back
         as that id); the invalid action has none (ValueError)."""
+
+    def action_label(self, action: int) -> str:
+        """A short human name of an action id for captions and a teacher's reasoning (an answer is
+        `answer_text`): what its answer names, e.g. "(0, 1) (2, 3)"; "invalid" for the invalid action."""
+        if action == self.invalid_action:
+            return "invalid"
+        return self.answer_text(action).removeprefix(ANSWER_OPEN).removesuffix(ANSWER_CLOSE)
 
     @abc.abstractmethod
     def from_board(self, board, **kwargs): ...

@@ -28,6 +28,7 @@ from envs.core import Env, check_bool, check_cell_size, check_image_size, check_
 from envs.grammar import board_text, first_answer_integer
 
 UP, RIGHT, DOWN, LEFT, STILL = 0, 1, 2, 3, 4
+ACTION_LABELS = ("Up", "Right", "Down", "Left", "Still")  # by action id, as the prompt names them
 
 PROMPT = (
     "You are now playing the 2048 game. 2048 is a sliding tile puzzle game where you combine numbered tiles "
@@ -380,6 +381,12 @@ class Game2048(Env):
 
     def answer_text(self, action: int) -> str:
         return f"<answer>{self.answerable_action(action)}</answer>"
+
+    def action_label(self, action: int) -> str:
+        """The direction's name ("Up"; the invalid action is "Still"): the answer is only its number."""
+        if not 0 <= action < len(ACTION_LABELS):
+            raise ValueError(f"2048.action_label: action {action} is outside [0, {len(ACTION_LABELS)})")
+        return ACTION_LABELS[action]
 
     def from_board(self, board, score: int = 0, values: bool = False):
         """State from an [n, n] board of exponents (or of tile values with values=True; 0 = empty)."""

@@ -15,11 +15,13 @@ WARMUP_POLICIES = ("valid", "uniform")
 G1_WARMUP_MOVES = {"2048": 100, "shisensho": 250, "shisensho_photo": 250, "swap": 0}
 
 
-def _select(pred, on_true, on_false, batched: bool = False):
-    """Pick between two state pytrees; batched=True: `pred` is [B], leaves are [B, ...]."""
-    if batched:
-        return jax.tree.map(lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b), on_true, on_false)
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+def tree_where(pred, on_true, on_false):
+    """`jnp.where` over two pytrees of the same structure (two states, two batches of states):
+    `pred` of shape [] picks a whole tree, of shape [B] a row of every leaf [B, ...]."""
+    def pick(a, b):
+        return jnp.where(jnp.reshape(pred, jnp.shape(pred) + (1,) * (jnp.ndim(a) - jnp.ndim(pred))), a, b)
+
+    return jax.tree.map(pick, on_true, on_false)
 
 
 def auto_reset_step(env: Env, key, state, action, params=None):
@@ -33,7 +35,7 @@ def auto_reset_step(env: Env, key, state, action, params=None):
     next_state, reward, done, info = env.step(step_key, state, action, params)
     fresh = env.reset(reset_key, params)
     info = dict(info, final_state=next_state)
-    return _select(done, fresh, next_state), reward, done, info
+    return tree_where(done, fresh, next_state), reward, done, info
 
 
 def warmup_state(env: Env, key, params=None, num_moves: int = 100, policy: str = "valid"):
@@ -70,7 +72,7 @@ def warmup_states(env: Env, key, batch: int, params=None, num_moves: int = 100, 
         states, _, done, _ = jax.vmap(lambda kk, s, a: env.step(kk, s, a, params))(step_keys, states, actions)
         states = jax.lax.cond(
             done.any(),
-            lambda s: _select(done, reset(jax.random.split(reset_key, batch)), s, batched=True),
+            lambda s: tree_where(done, reset(jax.random.split(reset_key, batch)), s),
             lambda s: s,
             states,
         )

@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from g1jax import eval as ev
+from g1jax import evaluation as ev
 
 
 def speed(game: str, runs: int, steps: int, policies: list[str]) -> dict:

@@ -16,21 +16,20 @@ The action choice (`Teacher.evaluate`, used by `act`) is a pure JAX function of 
 with `epsilon > 0`, `act` plays a uniformly random valid action with that probability, so an
 imperfect teacher leaves RL something to learn.
 
-External teacher answers (from any model) are read with `load_teacher_jsonl`, and
-`strength` measures a teacher against random valid play in closed loop (also the command
-`python -m g1jax.teachers --game 2048`).
+External teacher answers (from any model) are read with `load_teacher_jsonl`.
+`g1jax.evaluation.teacher_strength` measures a teacher against random valid play in closed loop
+(also the command `python -m g1jax.cli.teacher --game 2048`).
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import dataclasses
 import functools
 import json
 import pathlib
 import warnings
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +38,9 @@ from PIL import Image
 
 import envs
 from envs.core import Env
-from envs.grammar import decode_pair, encode_pair
+from envs.grammar import encode_pair
 from envs.swap import line_mask
-from envs.wrappers import G1_WARMUP_MOVES
 
-DIRECTIONS = ("Up", "Right", "Down", "Left")  # 2048 actions 0..3
 GAME_OVER_PENALTY = 1000.0  # expectimax value of a board with no move left, in points
 LISTED_CANDIDATES = 3  # pair games: the best few candidates named in the reasoning
 
@@ -57,34 +54,24 @@ class TeacherDataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------
-# Canonical answer text (local until envs has a public `answer_text`)
+# Answer text
 # ---------------------------------------------------------------------------------------
 
 
-def answer_text(env: Env, action: int) -> str:
-    """The canonical text inside `<answer>` for an action id: 2048's action number, or the
-    pair games' "(r1, c1) (r2, c2)"; the invalid action of a pair game is "none" (which parses
-    back to it)."""
+def answer_block(env: Env, action: int) -> str:
+    """The `<answer>` block a player writes for any action id: the game's `answer_text` for a
+    move. The invalid action (no move left, an off-board draw) has no answer of its own (every
+    unreadable answer plays it), so it gets one that parses back to it: 2048's "still" number,
+    "none" in the pair games."""
     action = int(action)
-    if not 0 <= action < env.num_actions:
-        raise TeacherError(f"{env.name}: action {action} is outside [0, {env.num_actions})")
-    if env.name == "2048":
-        return str(action)
-    if action == env.invalid_action:
-        return "none"
-    r1, c1, r2, c2 = (int(v) for v in decode_pair(action, env.board_size))
-    return f"({r1}, {c1}) ({r2}, {c2})"
-
-
-def _action_name(env: Env, action: int) -> str:
-    """How the reasoning names an action: 2048's "Up (0)", the pair games' coordinates."""
-    if env.name == "2048":
-        return f"{DIRECTIONS[action]} ({action})" if action < len(DIRECTIONS) else f"still ({action})"
-    return answer_text(env, action)
+    if action != env.invalid_action:
+        return env.answer_text(action)
+    return f"<answer>{action if env.name == '2048' else 'none'}</answer>"
 
 
 def full_answer(perception: str, think: str, answer: str) -> str:
-    return f"<perception>\n{perception}\n</perception>\n<think>\n{think}\n</think>\n<answer>{answer}</answer>"
+    """G1's full format; `answer` is the whole `<answer>` block."""
+    return f"<perception>\n{perception}\n</perception>\n<think>\n{think}\n</think>\n{answer}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,7 +149,7 @@ class Teacher(abc.ABC):
             state = jax.tree.map(lambda x: x[i], host_states)
             row = {name: value[i] for name, value in facts.items()}
             think = self.reasoning(state, row, action)
-            texts.append(full_answer(self.env.describe(state), think, answer_text(self.env, action)))
+            texts.append(full_answer(self.env.describe(state), think, answer_block(self.env, action)))
         return texts
 
     def facts(self, states, params=None) -> dict[str, np.ndarray]:
@@ -195,8 +182,14 @@ class Teacher(abc.ABC):
             raise TeacherError(f"{self.env.name}: action {action} is outside [0, {self.env.num_actions})")
         return action
 
+    def _move_name(self, action: int) -> str:
+        """How the reasoning names a move: its label, and in 2048, whose answer is a bare number,
+        that number too ("Up (0)")."""
+        label = self.env.action_label(action)
+        return f"{label} ({action})" if self.env.name == "2048" else label
+
     def _conclusion(self, best: int, action: int) -> str:
-        name = functools.partial(_action_name, self.env)
+        name = self._move_name
         n = self.env.board_size**2
         same = action == best if self.env.name == "2048" else _unordered(action, n) == _unordered(best, n)
         if same:  # a pair in either order is the same move
@@ -266,14 +259,18 @@ class Greedy2048(Teacher):
         return dict(facts, best=jnp.where(legal.any(), choice, self.env.invalid_action))
 
     def reasoning(self, state, facts, action):
-        return _reasoning_2048(facts, action, self, lambda a: f"{DIRECTIONS[a]} {_merge_phrase(facts['merges'][a], facts['points'][a])}")
+        def describe(a):
+            return f"{self.env.action_label(a)} {_merge_phrase(facts['merges'][a], facts['points'][a])}"
+
+        return _reasoning_2048(facts, action, self, describe)
 
 
 def _reasoning_2048(facts, action, teacher, describe_move, lead: str = "") -> str:
     """Each direction described (or "cannot move"), then the choice."""
     if not facts["legal"].any():
         return f"No move changes the board: the game is over. I answer {action}."
-    parts = [describe_move(a) if facts["legal"][a] else f"{DIRECTIONS[a]} cannot move" for a in range(4)]
+    label = teacher.env.action_label
+    parts = [describe_move(a) if facts["legal"][a] else f"{label(a)} cannot move" for a in range(4)]
     return lead + "; ".join(parts) + ". " + teacher._conclusion(int(facts["best"]), action)
 
 
@@ -335,9 +332,12 @@ class Expectimax2048(Teacher):
 
     def reasoning(self, state, facts, action):
         lead = f"Looking {_count(self.depth, 'move')} ahead (merge points, then room and merges left): "
-        return _reasoning_2048(
-            facts, action, self, lambda a: f"{DIRECTIONS[a]} {_merge_phrase(facts['merges'][a], facts['points'][a])}, value {facts['value'][a]:.1f}", lead
-        )
+
+        def describe(a):
+            merges = _merge_phrase(facts["merges"][a], facts["points"][a])
+            return f"{self.env.action_label(a)} {merges}, value {facts['value'][a]:.1f}"
+
+        return _reasoning_2048(facts, action, self, describe, lead)
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ class LookaheadShisenSho(Teacher):
             pair = int(facts["pairs"][i])
             tile = env.type_names[int(board[pair // env.num_cells])]
             rest = "clears the board" if facts["cleared"][i] else f"leaves {int(facts['follow_ups'][i])} connectable pairs"
-            return f"{tile} {answer_text(env, pair)} {rest}"
+            return f"{tile} {env.action_label(pair)} {rest}"
 
         head = f"{_count(len(legal), 'pair')} of matching tiles can be connected. Removing "
         return head + "; ".join(map(outcome, shown)) + more + ". " + self._conclusion(int(facts["best"]), action)
@@ -460,7 +460,8 @@ class BestSwap(Teacher):
             return "No swap of adjacent tiles completes a line of three."
         rank = facts["points"] * env.board_size + facts["lower_row"]  # the teacher's order: points, then depth
         shown, more = _listing(legal, rank, facts["actions"], action, env.board_size**2)
-        parts = [f"{answer_text(env, int(facts['actions'][i]))} clears {int(facts['cells'][i])} tiles for {int(facts['points'][i])} points" for i in shown]
+        parts = [f"{env.action_label(int(facts['actions'][i]))} clears {int(facts['cells'][i])} tiles "
+                 f"for {int(facts['points'][i])} points" for i in shown]
         head = f"{_count(len(legal), 'swap')} complete a line. Swapping "
         return head + "; ".join(parts) + more + ". " + self._conclusion(int(facts["best"]), action)
 
@@ -586,122 +587,3 @@ def load_teacher_jsonl(path, env: Env, *, skip_bad: bool = False) -> list[Teache
         lines = ", ".join(str(n) for n, _ in bad)
         warnings.warn(f"{path}: skipped {len(bad)} malformed line(s): {lines} (line {bad[0][0]}: {bad[0][1]})", stacklevel=2)
     return examples
-
-
-# ---------------------------------------------------------------------------------------
-# Strength: closed-loop play against random valid moves
-# ---------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def play(teacher: Teacher, board_keys, states, epsilon, num_moves: int, params=None):
-    """Closed-loop play of a batch of B boards for `num_moves` moves: board i plays
-    `teacher.act_with_epsilon(..., epsilon[i])` (so epsilon 0 is the teacher, 1 random valid
-    moves) with its randomness drawn from board_keys[i] (equal keys: equal spawns and refills
-    for equal moves). A board whose game is over stops scoring. Returns per board the summed
-    raw reward (f32 [B]) and the number of legal moves (int32 [B])."""
-    env = teacher.env
-    params = env.default_params if params is None else params
-
-    def move(carry, t):
-        states, points, legal = carry
-        keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t)))(board_keys)
-        actions = jax.vmap(lambda k, s, e: teacher.act_with_epsilon(k, s, e, params))(keys[:, 0], states, epsilon)
-        new, _, _, info = jax.vmap(lambda k, s, a: env.step(k, s, a, params))(keys[:, 1], states, actions)
-        live = ~states.done
-        points = points + jnp.where(live, info["raw_reward"], 0.0)
-        legal = legal + (live & info["legal"])
-        states = jax.tree.map(lambda a, b: jnp.where(live.reshape(live.shape + (1,) * (a.ndim - 1)), a, b), new, states)
-        return (states, points, legal), None
-
-    batch = board_keys.shape[0]
-    start = (states, jnp.zeros(batch, jnp.float32), jnp.zeros(batch, jnp.int32))
-    (_, points, legal), _ = jax.lax.scan(move, start, jnp.arange(num_moves))
-    return points, legal
-
-
-def default_moves(env: Env) -> tuple[int, int]:
-    """(warm-up moves, closed-loop moves) for `strength`: G1's warm-up and 50 moves; Shisen-Sho
-    starts from a fresh deal and plays it out (a random warm-up of 250 valid moves would
-    clear many boards)."""
-    if env.name in ("shisensho", "shisensho_photo"):
-        return 0, env.num_cells // 2
-    return G1_WARMUP_MOVES.get(env.name, 0), 50
-
-
-_warmup_states = jax.jit(envs.warmup_states, static_argnums=(0, 2, 4))
-
-
-def start_states(env: Env, key, boards: int, params=None, warmup_moves: int | None = None):
-    """The start states `strength` plays from: `boards` G1 warm-up states (`default_moves`),
-    drawn by one compiled function per (game, boards, moves)."""
-    return _warmup_states(env, key, boards, params, default_moves(env)[0] if warmup_moves is None else warmup_moves)
-
-
-def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None, params=None) -> dict:
-    """The teacher (with its epsilon) against random valid play, in closed loop from the same
-    start states (G1 warm-up states, `default_moves`) with the same randomness per board, in
-    one compiled run.
-    Returns {"teacher": ..., "random": ...} with per-board summed raw reward "points", "legal"
-    moves, "mean" and "se" of the points, and "difference": the paired mean and standard error
-    of teacher - random and the boards the teacher "wins" and "loses"."""
-    env = teacher.env
-    moves = default_moves(env)[1] if moves is None else moves
-    start_key, play_key = jax.random.split(key)
-    states = start_states(env, start_key, boards, params, warmup_moves)
-    both = jax.tree.map(lambda x: jnp.concatenate([x, x]), states)
-    board_keys = jnp.tile(jax.random.split(play_key, boards), 2)
-    epsilon = jnp.repeat(jnp.asarray([teacher.epsilon, 1.0], jnp.float32), boards)  # the teacher as configured, then random
-    # play reads epsilon from its argument: equal teachers share one compile whatever their epsilon
-    points, legal = jax.device_get(play(dataclasses.replace(teacher, epsilon=0.0), board_keys, both, epsilon, moves, params))
-    out = {}
-    for name, rows in (("teacher", slice(0, boards)), ("random", slice(boards, None))):
-        p = points[rows]
-        out[name] = dict(points=p, legal=legal[rows], mean=float(p.mean()), se=float(p.std(ddof=1) / np.sqrt(boards)))
-    diff = out["teacher"]["points"] - out["random"]["points"]
-    out["difference"] = dict(mean=float(diff.mean()), se=float(diff.std(ddof=1) / np.sqrt(boards)),
-                             wins=int((diff > 0).sum()), losses=int((diff < 0).sum()))
-    return out
-
-
-def _name_values(items: list[str], flag: str, parser) -> dict:
-    """NAME=VALUE pairs; values are read as JSON where they parse (2, 0.5, true, [448, 392])."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"{flag} {item!r}: write NAME=VALUE")
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value
-    return out
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Closed-loop strength of a teacher against random valid moves (docs/teachers.md).")
-    parser.add_argument("--game", default="2048", choices=sorted({g for g, _ in TEACHERS}))
-    parser.add_argument("--config", action="append", default=[], metavar="NAME=VALUE", help="game option, e.g. preset=more_tiles")
-    parser.add_argument("--kind", default=None, help="teacher kind (default: the game's default)")
-    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="teacher option, e.g. depth=2")
-    parser.add_argument("--epsilon", type=float, default=0.0)
-    parser.add_argument("--boards", type=int, default=32)
-    parser.add_argument("--moves", type=int, default=None, help="moves per board (default: 50; Shisen-Sho: a whole game)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    config, options = _name_values(args.config, "--config", parser), _name_values(args.option, "--option", parser)
-    teacher = make_teacher(envs.make(args.game, **config), args.kind, epsilon=args.epsilon, **options)
-    moves = default_moves(teacher.env)[1] if args.moves is None else args.moves
-    result = strength(teacher, jax.random.key(args.seed), boards=args.boards, moves=moves)
-    settings = ", ".join(f"{k}={v}" for k, v in {**config, **options, "epsilon": args.epsilon}.items())
-    print(f"{args.game} / {teacher.kind} ({settings}): {args.boards} boards x {moves} moves, seed {args.seed}")
-    print(f"{'policy':<10} {'points/board':>14} {'se':>8} {'legal moves':>12}")
-    for name in ("teacher", "random"):
-        row = result[name]
-        print(f"{name:<10} {row['mean']:>14.2f} {row['se']:>8.2f} {row['legal'].mean():>12.2f}")
-    d = result["difference"]
-    print(f"teacher - random: {d['mean']:.2f} +- {d['se']:.2f} (paired se); teacher ahead on {d['wins']} boards, behind on {d['losses']}")
-
-
-if __name__ == "__main__":
-    main()

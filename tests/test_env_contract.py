@@ -199,6 +199,15 @@ def test_answer_text_parses_back_to_its_action(game):
         env.answer_text(env.num_actions)
 
 
+def test_action_label_names_each_move_in_a_few_words(game):
+    """A label is for people (captions, reasoning), not an answer: short, one line, no tags, one per move."""
+    env = game["env"]
+    moves = sorted({a for _, sweep in game["sweeps"] for a in np.flatnonzero(sweep["legal"]).tolist()})
+    labels = [env.action_label(a) for a in moves + [env.invalid_action]]
+    assert all(0 < len(label) <= 40 and "\n" not in label and "<" not in label for label in labels), labels
+    assert len(set(labels)) == len(labels)
+
+
 def test_random_valid_action_is_uniform_over_the_valid_actions(game):
     """The k-th-valid-action draw: only valid ids, each about equally often (chi-square)."""
     picks, mask = game["draws"]

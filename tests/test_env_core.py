@@ -318,6 +318,15 @@ def test_auto_reset_returns_the_final_state():
     assert ended > 0
 
 
+def test_tree_where_picks_whole_trees_or_rows():
+    a, b = ENV.from_board(FULL), ENV.from_board(ALMOST_OVER)
+    jax.tree.map(np.testing.assert_array_equal, envs.tree_where(jnp.bool_(False), a, b), b)
+    rows_a, rows_b = (jax.tree.map(lambda x: jnp.stack([x, x, x]), s) for s in (a, b))
+    picked = envs.tree_where(jnp.array([True, False, True]), rows_a, rows_b)
+    for row, want in enumerate((a, b, a)):
+        jax.tree.map(np.testing.assert_array_equal, envs.unbatch(picked, row), want)
+
+
 def test_warmup_states_take_random_moves():
     batch = jax.jit(lambda k: envs.warmup_states(ENV, k, 64, num_moves=30))(jax.random.key(0))
     steps = np.asarray(batch.steps)

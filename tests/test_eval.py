@@ -1,10 +1,9 @@
-"""Closed-loop evaluation (g1jax/eval.py, experiments/eval.py): scoring as the paper counts it, the
+"""Closed-loop evaluation (g1jax/evaluation, g1jax/cli/evaluate.py): scoring as the paper counts it, the
 random baselines' statistics, device and host loops agreeing, the command's errors and outputs."""
 
 import itertools
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +12,9 @@ import pytest
 
 import envs
 from envs.grammar import encode_pair
-from g1jax import eval as ev
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-import eval as cli  # noqa: E402  (experiments/eval.py)
+from g1jax import evaluation as ev
+from g1jax.cli import evaluate as cli
+from g1jax.teachers import answer_block
 
 RUNS, STEPS = 6, 20  # the Shisen-Sho rows below; the command test reuses their compiled loop
 ROW_SPECS = ("random", "random:aliased", "teacher")
@@ -64,7 +62,7 @@ class ValidPolicy(ev.DevicePolicy):
         return self.env.random_valid_action(key, state)
 
     def answers(self, states, actions):
-        return [ev.action_label(self.env, int(a)) for a in actions]
+        return [answer_block(self.env, a) for a in actions]
 
 
 # --- scoring as the paper counts it -----------------------------------------------------------

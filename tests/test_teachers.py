@@ -16,6 +16,8 @@ from PIL import Image
 import envs
 from envs.grammar import decode_pair, encode_pair, format_ok, perception_ok
 from g1jax import teachers
+from g1jax.cli import teacher as teacher_cli
+from g1jax.evaluation.teacher_strength import start_states, strength
 from g1jax.teachers import TEACHERS, TeacherDataError, TeacherError, load_teacher_jsonl, make_teacher
 
 ENVS = {
@@ -25,7 +27,7 @@ ENVS = {
     "swap": envs.make("swap"),
 }
 BATCH = 32
-# Start states: 2048's G1 warm-up (teachers.start_states, compiled once for this file and the
+# Start states: 2048's G1 warm-up (g1jax.evaluation.teacher_strength, compiled once for this file and the
 # strength run), Shisen-Sho mid-game (6 random valid moves), Swap and the photo game fresh
 # deals (G1's Swap has no warm-up; that also spares compiling their steps here).
 SHISENSHO_MOVES = 6
@@ -43,8 +45,8 @@ def keys(seed, n=BATCH):
 @pytest.fixture(scope="module")
 def warm_states():
     out = {}
-    out["2048"] = teachers.start_states(ENVS["2048"], jax.random.key(7), BATCH)
-    out["shisensho"] = teachers.start_states(ENVS["shisensho"], jax.random.key(7), BATCH, warmup_moves=SHISENSHO_MOVES)
+    out["2048"] = start_states(ENVS["2048"], jax.random.key(7), BATCH)
+    out["shisensho"] = start_states(ENVS["shisensho"], jax.random.key(7), BATCH, warmup_moves=SHISENSHO_MOVES)
     for game in ("shisensho_photo", "swap"):
         out[game] = RESET(ENVS[game], keys(7))
     return out
@@ -74,6 +76,8 @@ def check_answers(env, states, actions, texts):
     for i, (action, text) in enumerate(zip(actions, texts)):
         truth = env.describe(envs.unbatch(states, i))
         assert env.parse(text) == action, text
+        if action != env.invalid_action:  # the game's own answer text ends every answer
+            assert text.endswith(env.answer_text(action)), text
         assert format_ok(text, strict=True), text
         assert perception_ok(text, truth) and text.count(truth) == 1
 
@@ -203,7 +207,7 @@ def expectimax_reference(board, depth, four_prob, w_empty, w_merge):
 @pytest.fixture(scope="module")
 def boards_2048(warm_states):
     """96 mid-game boards: three warm-up batches (one compiled warm-up)."""
-    batches = [warm_states["2048"]] + [teachers.start_states(ENVS["2048"], jax.random.key(seed), BATCH) for seed in (8, 9)]
+    batches = [warm_states["2048"]] + [start_states(ENVS["2048"], jax.random.key(seed), BATCH) for seed in (8, 9)]
     return batches, np.concatenate([np.asarray(b.board) for b in batches])
 
 
@@ -248,7 +252,7 @@ def test_expectimax_values_equal_a_brute_force_reference(depth, warm_states):
 
 @pytest.fixture(scope="module")
 def strength_2048():
-    return teachers.strength(TEACHER["2048"], jax.random.key(0), boards=32, moves=50)
+    return strength(TEACHER["2048"], jax.random.key(0), boards=32, moves=50)
 
 
 def test_expectimax_2048_beats_random_play(strength_2048):
@@ -258,7 +262,7 @@ def test_expectimax_2048_beats_random_play(strength_2048):
 
 
 def test_strength_command_prints_the_table(strength_2048, capsys):
-    teachers.main(["--game", "2048", "--boards", "32", "--moves", "50"])  # the compiled run above
+    teacher_cli.main(["--game", "2048", "--boards", "32", "--moves", "50"])  # the compiled run above
     out = capsys.readouterr().out
     assert f"{strength_2048['teacher']['mean']:.2f}" in out and f"{strength_2048['random']['mean']:.2f}" in out
     assert "teacher - random" in out
@@ -289,7 +293,7 @@ def test_shisensho_teacher_picks_a_legal_pair_with_the_most_follow_ups(game, war
 
 def test_shisensho_teacher_clears_more_than_random_pairs():
     env = envs.make("shisensho", preset="more_tiles")  # 12x12 random deals: random play gets stuck
-    result = teachers.strength(make_teacher(env), jax.random.key(0), boards=128)
+    result = strength(make_teacher(env), jax.random.key(0), boards=128)
     diff = result["difference"]
     teacher = result["teacher"]
     np.testing.assert_array_equal(teacher["legal"], teacher["points"])  # +1 per legal pair, -1 per other: none illegal

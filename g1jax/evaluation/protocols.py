@@ -1,0 +1,68 @@
+"""The paper's evaluation protocol per game (G1, Figure 1); the source of every field: docs/eval.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import envs
+
+# The paper's Figure 1 (exact numbers), rows in the figure's bar order.
+PAPER_ROWS = ("G1 (7B)", "Claude-3.7-Sonnet-Thinking", "G0 (7B)", "o1", "Qwen2.5-VL-72B", "GPT-4o", "Random")
+
+
+class EvalError(ValueError):
+    """A bad evaluation request (game, policy, checkpoint...), raised before anything compiles."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GameProtocol:
+    """How the paper evaluates one game (docs/eval.md gives the source of every field).
+
+    env_config: static env options for evaluation (the image size of the original's eval
+    scripts); warmup_moves: random moves (uniform over all action ids, as G1 samples them) before
+    the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points) or
+    "success" (1 per successful move); test_time_fallback: 2048's test-time parser, where an
+    unparsable answer or a number >= 4 plays a uniformly random move 0..3; original_base: the
+    base of the original's coordinate code (6 in both Shisen-Sho games, 8 in Swap)."""
+
+    game: str
+    title: str
+    env_config: tuple[tuple[str, Any], ...]
+    warmup_moves: int
+    runs: int
+    score: str
+    test_time_fallback: bool
+    original_base: int | None
+    paper: tuple[float, ...]  # one value per PAPER_ROWS entry
+
+    def make_env(self, **overrides) -> envs.Env:
+        return envs.make(self.game, **{**dict(self.env_config), **overrides})
+
+    @property
+    def paper_scores(self) -> dict[str, float]:
+        return dict(zip(PAPER_ROWS, self.paper))
+
+
+PROTOCOLS: dict[str, GameProtocol] = {
+    p.game: p
+    for p in (
+        # 640x840 (W x H) frames, which Qwen2.5-VL's processor turns into 644x840: drawn at that size.
+        GameProtocol("2048", "2048", (("image_size", (840, 644)),), 100, 10, "merge", True, None,
+                     (1070, 892, 759, 539, 243, 620, 701)),
+        # 640x640 frames -> 644x644 after the processor.
+        GameProtocol("shisensho", "Shisen-Sho", (("preset", "base"), ("image_size", (644, 644))), 0, 10, "success",
+                     False, 6, (17.5, 15.3, 12.8, 3.9, 2.6, 1.5, 0.4)),
+        GameProtocol("shisensho_photo", "Shisen-Sho-Cifar10", (("image_size", (644, 644)),), 0, 10, "success",
+                     False, 6, (14.1, 8.7, 8.0, 5.4, 0.8, 4.7, 0.4)),
+        GameProtocol("swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8,
+                     (78, 43, 5, 4, 6, 1, 1)),
+    )
+}
+GAMES = tuple(PROTOCOLS)
+
+
+def protocol_for(game: str) -> GameProtocol:
+    if game not in PROTOCOLS:
+        raise EvalError(f"unknown game {game!r}; evaluated games: {', '.join(GAMES)} (or 'all')")
+    return PROTOCOLS[game]
