@@ -148,6 +148,24 @@ def test_reward_curve_leaves_the_plotting_backend_alone(tmp_path):
         assert f.read(4) == b"\x89PNG"
 
 
+def test_a_resume_trims_the_metrics_and_the_sample_rows_past_its_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from g1jax.run_logging import RunLogger
+
+    logger = RunLogger(str(tmp_path), {"steps": 4})
+    rollout = SimpleNamespace(frames=np.zeros((2, 28, 28, 3), np.uint8), texts=["a", "b", "c", "d"],
+                              truths=["x", "y"], rewards=np.zeros(4, np.float32))
+    for step in (1, 2, 3, 4):
+        logger.metrics({"step": step, "phase": "rl", "reward": 0.0})
+        logger.samples(step, rollout, group_size=2)
+    logger.truncate_after(2)
+    with open(tmp_path / "samples" / "samples.jsonl") as f:
+        sample_steps = [json.loads(line)["step"] for line in f]
+    assert [m["step"] for m in logger.read_metrics()] == [1, 2]
+    assert sample_steps == [1, 1, 2, 2]  # two prompts a step; steps 3 and 4 are logged again after the resume
+
+
 def test_the_shared_step_key_holds_what_the_update_depends_on():
     base = TrainConfig(**SMALL, steps=3, run_dir="unused")
     key = train._step_key("rl", base)
