@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import envs
 from colour_card import ColourCard, colour_card_policy
 from g1jax.models.config import ConfigError
+from g1jax.models.qwen25vl import hidden_states_jit
 from g1jax import train
 from g1jax.train import Batch, TrainConfig, Trainer, shard_batch
 
@@ -192,6 +194,43 @@ def reference_step():
     metrics = jax.device_get(metrics)
     assert metrics["grad_norm"] > 0.1 and metrics["advantage_nonzero_frac"] == 1.0, metrics
     return batch, leaves(state.params), metrics
+
+
+def test_the_update_scores_a_rollout_as_the_sampler_did():
+    """The update's teacher-forced log-probs of a real rollout are the sampler's. The vision ids' lm_head
+    columns are scaled 30x, so they hold most of the mass: a sampler free to draw them did (26 of 64
+    tokens), and each image-pad id among them took an image feature in the update and shifted every
+    later row's image by one (a log-prob gap of 4.4)."""
+    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused")
+    model, tokenizer = train.load_policy(config)
+    vision = jnp.asarray(model.config.vision_special_ids)
+    model.lm_head.kernel[...] = model.lm_head.kernel[...].at[:, vision].multiply(30.0)
+    trainer = Trainer(config, policy=(model, tokenizer))
+    rollout = trainer.collect(0)
+    batch = jax.device_get(trainer.batch_of(rollout))
+    prompts = trainer.rollout.prompts
+    grids = tuple(prompts.image_grids)
+    hidden = hidden_states_jit(trainer.policy(), jnp.asarray(prompts.input_ids), jnp.asarray(prompts.positions),
+                               jnp.asarray(prompts.attention_mask), rollout.pixel_values, grids)
+    first_token = jax.nn.softmax(trainer.policy().logits(hidden[:, -1]), axis=-1)
+    assert (first_token[:, vision].sum(-1) > 0.5).all()
+    score = nnx.jit(train.completion_logprobs, static_argnames=("image_grids", "group_size", "temperature"))
+
+    def update_logprobs(batch):
+        return np.asarray(score(trainer.policy(), batch, image_grids=grids, group_size=SMALL["group_size"],
+                                temperature=config.temperature)[0])
+
+    mask = batch.completion_mask
+    scored = update_logprobs(batch)
+    # float32 on CPU: the cached decode and the one-pass forward add in other orders (about 1e-6 apart)
+    np.testing.assert_allclose(scored[mask], batch.sampler_logprobs[mask], atol=1e-4)
+    assert not np.isin(batch.completion, vision).any()
+    # an image-pad id inside an answer (a teacher's text could hold one) is a token: no other row moves
+    # (the same program on the same rows, so only float noise is allowed)
+    answers = batch.completion.copy()
+    answers[0, 0] = model.config.image_token_id
+    moved = update_logprobs(batch.replace(completion=answers))
+    np.testing.assert_allclose(moved[1:], scored[1:], atol=1e-6)
 
 
 def updated(config, batch):
