@@ -62,6 +62,7 @@ IM_START = _QWEN25_IDS["<|im_start|>"]  # 151644
 IM_END = _QWEN25_IDS["<|im_end|>"]  # 151645
 VISION_START = _QWEN25_IDS["<|vision_start|>"]  # 151652
 VISION_END = _QWEN25_IDS["<|vision_end|>"]  # 151653
+VISION_PAD = _QWEN25_IDS["<|vision_pad|>"]  # 151654
 IMAGE_PAD = _QWEN25_IDS["<|image_pad|>"]  # 151655
 VIDEO_PAD = _QWEN25_IDS["<|video_pad|>"]  # 151656
 # The checkpoints' generation_config stops on both; stopping on im_end alone lets completions

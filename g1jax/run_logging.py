@@ -40,6 +40,7 @@ class RunLogger:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.samples_path = os.path.join(run_dir, "samples", "samples.jsonl")
         self.writer = None
         if tensorboard:
             try:
@@ -76,18 +77,12 @@ class RunLogger:
                     self.writer.add_scalar(name, value, metrics["step"])
 
     def read_metrics(self) -> list[dict]:
-        if not os.path.isfile(self.metrics_path):
-            return []
-        with open(self.metrics_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return _read_jsonl(self.metrics_path)
 
     def truncate_after(self, step: int) -> None:
-        """Drop logged steps after `step` (a resumed run logs them again)."""
-        kept = [m for m in self.read_metrics() if m.get("step", 0) <= step]
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in kept)
-        os.replace(tmp, self.metrics_path)
+        """Drop logged steps and sample rows after `step` (a resumed run logs them again)."""
+        for path in (self.metrics_path, self.samples_path):
+            _keep_steps_up_to(path, step)
 
     def samples(self, step: int, rollout, group_size: int, count: int = 4) -> None:
         """A few start frames with the first answer of their group, as PNG + JSONL."""
@@ -104,7 +99,7 @@ class RunLogger:
             ImageDraw.Draw(canvas).multiline_text((4, frame.shape[0] + 2), _wrap(text, frame.shape[1] // 7, 4),
                                                   fill="black")
             canvas.save(os.path.join(self.run_dir, "samples", f"step{step:06d}_{p}.png"))
-        with open(os.path.join(self.run_dir, "samples", "samples.jsonl"), "a") as f:
+        with open(self.samples_path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def reward_curve(self) -> str | None:
@@ -131,6 +126,23 @@ class RunLogger:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         return path
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _keep_steps_up_to(path: str, step: int) -> None:
+    """Rewrite a JSONL log (atomically) without its rows of later steps."""
+    if not os.path.isfile(path):
+        return
+    kept = [row for row in _read_jsonl(path) if row.get("step", 0) <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in kept)
+    os.replace(path + ".tmp", path)
 
 
 def _wrap(text: str, width: int, lines: int) -> str:

@@ -8,9 +8,10 @@ One jitted call per rollout:
               or `max_new_tokens` is reached; each row advances its own M-RoPE position
 
 It returns the sampled tokens and their log-probs [B, L], never logits [B, T, V]. The log-prob of a
-token is taken from the full-vocabulary, temperature-scaled distribution (top-k / top-p only choose
-which tokens may be drawn), which is what the trainer recomputes with `token_logprobs(...,
-temperature=T)`: with top_k = 0 and top_p = 1 (the default) sampler and trainer agree.
+token is taken from the full-vocabulary, temperature-scaled distribution without the vision special
+ids (an answer is text: `without_vision_ids`; top-k / top-p only choose which tokens may be drawn),
+which is what the trainer recomputes with `token_logprobs(..., temperature=T, text_only=True)`: with
+top_k = 0 and top_p = 1 (the default) sampler and trainer agree.
 
 Row keys are per row (`row_keys[b]`, folded with the step), so a row's sample does not depend on
 which other rows share its batch or how much left padding its prompt has.
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from g1jax.models.qwen25vl import KVCache, init_cache
+from g1jax.models.config import Qwen25VLConfig
+from g1jax.models.qwen25vl import KVCache, init_cache, without_vision_ids
 from g1jax.tokenizer import STOP_IDS
 
 
@@ -87,15 +89,13 @@ class _LoopState:
     cache: KVCache
 
 
-def _choose(logits: jax.Array, keys: jax.Array, step, config: SamplingConfig):
-    """Next token per row and its log-prob under the temperature-scaled full distribution."""
-    logits = logits.astype(jnp.float32)
+def _choose(logits: jax.Array, keys: jax.Array, step, config: SamplingConfig, model_config: Qwen25VLConfig):
+    """Next token per row and its log-prob under the temperature-scaled text distribution (greedy: temperature 1)."""
+    scaled = without_vision_ids(model_config, logits.astype(jnp.float32) / (config.temperature or 1.0))
+    logp_all = jax.nn.log_softmax(scaled, axis=-1)
     if config.temperature == 0:
-        token = jnp.argmax(logits, axis=-1)
-        logp_all = jax.nn.log_softmax(logits, axis=-1)
+        token = jnp.argmax(scaled, axis=-1)
     else:
-        scaled = logits / config.temperature
-        logp_all = jax.nn.log_softmax(scaled, axis=-1)
         allowed = scaled
         if config.top_k:
             kth = jax.lax.top_k(scaled, min(config.top_k, scaled.shape[-1]))[0][:, -1:]
@@ -136,7 +136,7 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
     logits = _repeat_rows(logits, group_size)
     stop_ids = jnp.asarray(config.stop_ids, jnp.int32)
 
-    token, logp = _choose(logits, row_keys, 0, config)
+    token, logp = _choose(logits, row_keys, 0, config, model.config)
     state = _LoopState(
         step=jnp.ones((), jnp.int32),
         tokens=jnp.full((rows, length), config.pad_id, jnp.int32).at[:, 0].set(token),
@@ -148,7 +148,7 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
 
     def decode(s: _LoopState):
         logits, cache = model.decode_step(s.last, s.cache)
-        token, logp = _choose(logits, row_keys, s.step, config)
+        token, logp = _choose(logits, row_keys, s.step, config, model.config)
         token = jnp.where(s.done, config.pad_id, token)
         logp = jnp.where(s.done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step))

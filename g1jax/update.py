@@ -177,9 +177,13 @@ def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_siz
     positions = jnp.concatenate(
         [jnp.repeat(batch.prompt_positions, group_size, axis=1),
          jnp.broadcast_to(completion_positions[None], (3, *completion_positions.shape))], axis=2)
-    hidden = model.hidden_states(ids, positions, mask, image_features=features.reshape(-1, features.shape[-1]))
+    # The features fill the prompt's image slots only: an image-pad id inside an answer is a token.
+    image_slots = jnp.concatenate([repeat(batch.prompt_ids == model.config.image_token_id),
+                                   jnp.zeros(batch.completion.shape, bool)], axis=1)
+    hidden = model.hidden_states(ids, positions, mask, image_features=features.reshape(-1, features.shape[-1]),
+                                 image_slots=image_slots)
     return token_logprobs(model, hidden[:, prompt_len - 1:prompt_len + length - 1], batch.completion,
-                          temperature=temperature, return_entropy=True)
+                          temperature=temperature, return_entropy=True, text_only=True)
 
 
 def _accumulated_gradients(grad_fn, params, batch: Batch, row_values, micro_count: int):

@@ -81,11 +81,13 @@ class ColourCard(envs.Env):
 
 
 def colour_card_policy(seed: int = 0) -> tuple[Qwen25VL, Tokenizer]:
-    """The tiny preset, random init, with the word tokenizer's vocabulary and special ids."""
+    """The tiny preset, random init, with the word tokenizer's vocabulary and special ids ([UNK] stands for the
+    video and vision pads it lacks)."""
     tokenizer = word_tokenizer()
     base = preset("tiny")
     config = base.replace(text=dataclasses.replace(base.text, vocab_size=tokenizer.vocab_size),
                           image_token_id=tokenizer.image_pad_id, vision_start_token_id=tokenizer.vision_start_id,
                           vision_end_token_id=tokenizer.vision_end_id,
-                          video_token_id=tokenizer.backend.token_to_id("[UNK]"))
+                          video_token_id=tokenizer.backend.token_to_id("[UNK]"),
+                          vision_token_id=tokenizer.backend.token_to_id("[UNK]"))
     return Qwen25VL(config, rngs=nnx.Rngs(seed)), tokenizer

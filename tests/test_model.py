@@ -262,6 +262,30 @@ def test_chunked_logprobs_equal_full_log_softmax(model, golden, logits):
     np.testing.assert_allclose(np.asarray(g_chunked), np.asarray(g_full), atol=1e-5, rtol=0)
 
 
+def test_text_only_logprobs_leave_the_vision_ids_out(model, golden, logits):
+    # the distribution answers are sampled from: log-softmax over the vocabulary without the vision ids
+    hidden = hidden_states_jit(model, *run_inputs(golden))
+    vision = np.asarray(TINY.vision_special_ids)
+    targets = np.roll(golden["input_ids"], -1, axis=1)
+    text = ~np.isin(targets, vision)
+    logp = np.asarray(token_logprobs(model, hidden, jnp.asarray(targets), chunk_size=5, text_only=True))
+    text_logits = np.where(np.isin(np.arange(logits.shape[-1]), vision), -np.inf, logits)
+    want = np.take_along_axis(log_softmax_np(text_logits), targets[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(logp[text], want[text], atol=1e-5, rtol=0)
+    assert (logp[~text] < -1e30).all() and (~text).sum() >= 22  # the image-pad targets have probability 0
+
+
+def test_image_features_fill_the_given_slots_only(model, golden):
+    # a prompt and an answer that holds image-pad ids: with the prompt's slots those ids stay tokens
+    prompt = jnp.asarray(golden["input_ids"])
+    features = encode_images_jit(model, jnp.asarray(golden["pixel_values"]), golden["grids"])
+    answer = jnp.full((prompt.shape[0], 3), TINY.image_token_id)
+    slots = jnp.concatenate([prompt == TINY.image_token_id, jnp.zeros(answer.shape, bool)], axis=1)
+    embeds = model.embed(jnp.concatenate([prompt, answer], axis=1), image_features=features, image_slots=slots)
+    np.testing.assert_array_equal(embeds[:, :prompt.shape[1]], model.embed(prompt, image_features=features))
+    np.testing.assert_array_equal(embeds[:, prompt.shape[1]:], model.model.embed_tokens(answer))
+
+
 def test_remat_and_frozen_vision_gradients(model, golden):
     """remat changes nothing numerically; freeze_vision zeroes the tower's gradients and filters it out."""
     ids, pos, mask, pv, grids = run_inputs(golden)
@@ -479,6 +503,7 @@ def test_small_presets_pair_with_the_tiny_tokenizer(name):
     assert (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
         tokenizer.image_pad_id, tokenizer.vision_start_id, tokenizer.vision_end_id)
     assert config.video_token_id == tokenizer.backend.token_to_id("<|video_pad|>")
+    assert config.vision_token_id == tokenizer.backend.token_to_id("<|vision_pad|>")
     assert (config.text.bos_token_id, config.text.eos_token_id) == (tokenizer.endoftext_id, tokenizer.im_end_id)
     # a game prompt of the tiny tokenizer is a valid input of the model, with no id argument anywhere
     prompt = encode_prompt(tokenizer, "Which move?", [(56, 84)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g1jax.models import Qwen25VL, get_rope_index, preset
+from g1jax.models import Qwen25VL, get_rope_index, greedy_generate, preset
 from g1jax.models.qwen25vl import token_logprobs
 from g1jax.sampling import SamplingConfig, sample
 
@@ -50,7 +50,8 @@ def run(s, config, ids=None, mask=None, pixels=None, keys=None):
 
 
 def teacher_forced(s, out, temperature):
-    """log-probs (and full logits) of the sampled completions, recomputed by one uncached forward."""
+    """log-probs (of the text-only distribution the sampler draws from) and full logits of the sampled
+    completions, recomputed by one uncached forward."""
     ids = np.repeat(s["ids"], GROUP, 0)
     full = np.concatenate([ids, out.tokens], 1)
     mask = np.concatenate([np.repeat(s["mask"], GROUP, 0), out.mask.astype(np.int32)], 1)
@@ -61,7 +62,8 @@ def teacher_forced(s, out, temperature):
     hidden = model.hidden_states(jnp.asarray(full), jnp.asarray(positions), jnp.asarray(mask), jnp.asarray(pixels),
                                  grids)
     t = ids.shape[1]
-    logp = token_logprobs(model, hidden[:, t - 1:-1], jnp.asarray(out.tokens), temperature=temperature)
+    logp = token_logprobs(model, hidden[:, t - 1:-1], jnp.asarray(out.tokens), temperature=temperature,
+                          text_only=True)
     logits = model.logits(hidden[:, t - 1:-1])
     return np.asarray(logp), np.asarray(logits)
 
@@ -93,6 +95,30 @@ def test_sampled_logprobs_equal_teacher_forced_logprobs(setup, sampled):
     np.testing.assert_allclose(sampled.logprobs[m], logp[m], atol=1e-4)
     # samples of one prompt differ (per-row keys), so the group carries information
     assert (sampled.tokens[0::GROUP] != sampled.tokens[1::GROUP]).any()
+
+
+@pytest.fixture(scope="module")
+def vision_heavy(setup):
+    """The tiny model with its vision ids' lm_head columns scaled 30x: they then hold most of the mass."""
+    model = Qwen25VL(setup["cfg"], rngs=nnx.Rngs(0))
+    vision = jnp.asarray(setup["cfg"].vision_special_ids)
+    model.lm_head.kernel[...] = model.lm_head.kernel[...].at[:, vision].multiply(30.0)
+    graphdef, params = nnx.split(model)
+    return dict(setup, model=model, graphdef=graphdef, params=params)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+def test_the_sampler_never_emits_vision_ids(vision_heavy, temperature):
+    s = vision_heavy
+    vision = np.asarray(s["cfg"].vision_special_ids)
+    raw, _ = greedy_generate(s["model"], s["ids"], s["mask"], jnp.asarray(s["pixels"]), (GRID,) * PROMPTS,
+                             max_new_tokens=LENGTH)
+    assert np.isin(raw, vision).mean() > 0.5  # the model's own argmax is mostly a vision id
+    out = run(s, SamplingConfig(max_new_tokens=LENGTH, temperature=temperature, stop_ids=STOP, pad_id=PAD))
+    assert not np.isin(out.tokens, vision).any()
+    # and the returned log-probs are those of the distribution drawn from (greedy: at temperature 1)
+    logp, _ = teacher_forced(s, out, temperature or 1.0)
+    np.testing.assert_allclose(out.logprobs[out.mask], logp[out.mask], atol=1e-4)
 
 
 def test_rows_do_not_depend_on_padding_or_batch_order(setup, sampled):

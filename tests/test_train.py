@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import envs
 from colour_card import ColourCard, colour_card_policy
@@ -21,9 +22,11 @@ from g1jax import recipes, update
 from g1jax.cli import train as train_cli
 from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
+from g1jax.models.qwen25vl import hidden_states_jit
+from g1jax.policy import load_policy
 from g1jax.rl import grpo
 from g1jax.trainer import Trainer, check_buildable, make_trainer
-from g1jax.update import shard_batch
+from g1jax.update import completion_logprobs, shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, grpo=dict(group_size=2),
@@ -187,6 +190,24 @@ def test_reward_curve_leaves_the_plotting_backend_alone(tmp_path):
         assert f.read(4) == b"\x89PNG"
 
 
+def test_a_resume_trims_the_metrics_and_the_sample_rows_past_its_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from g1jax.run_logging import RunLogger
+
+    logger = RunLogger(str(tmp_path), {"steps": 4})
+    rollout = SimpleNamespace(frames=np.zeros((2, 28, 28, 3), np.uint8), texts=["a", "b", "c", "d"],
+                              truths=["x", "y"], rewards=np.zeros(4, np.float32))
+    for step in (1, 2, 3, 4):
+        logger.metrics({"step": step, "phase": "rl", "reward": 0.0})
+        logger.samples(step, rollout, group_size=2)
+    logger.truncate_after(2)
+    with open(tmp_path / "samples" / "samples.jsonl") as f:
+        sample_steps = [json.loads(line)["step"] for line in f]
+    assert [m["step"] for m in logger.read_metrics()] == [1, 2]
+    assert sample_steps == [1, 1, 2, 2]  # two prompts a step; steps 3 and 4 are logged again after the resume
+
+
 def test_the_step_settings_hold_what_the_update_depends_on():
     """The steps' static settings (jit's cache key) change with every field the update reads and with no
     run-only field, so equal runs share a compiled step and a changed one never reuses a stale one."""
@@ -220,6 +241,43 @@ def reference_step():
     metrics = jax.device_get(metrics)
     assert metrics["grad_norm"] > 0.1 and metrics["advantage_nonzero_frac"] == 1.0, metrics
     return batch, leaves(state.params), metrics
+
+
+def test_the_update_scores_a_rollout_as_the_sampler_did():
+    """The update's teacher-forced log-probs of a real rollout are the sampler's. The vision ids' lm_head
+    columns are scaled 30x, so they hold most of the mass: a sampler free to draw them did (26 of 64
+    tokens), and each image-pad id among them took an image feature in the update and shifted every
+    later row's image by one (a log-prob gap of 4.4)."""
+    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused")
+    model, tokenizer = load_policy(config)
+    vision = jnp.asarray(model.config.vision_special_ids)
+    model.lm_head.kernel[...] = model.lm_head.kernel[...].at[:, vision].multiply(30.0)
+    trainer = Trainer(config, policy=(model, tokenizer))
+    rollout = trainer.collect(0)
+    batch = jax.device_get(trainer.batch_of(rollout))
+    prompts = trainer.rollout.prompts
+    grids = tuple(prompts.image_grids)
+    hidden = hidden_states_jit(trainer.policy(), jnp.asarray(prompts.input_ids), jnp.asarray(prompts.positions),
+                               jnp.asarray(prompts.attention_mask), rollout.pixel_values, grids)
+    first_token = jax.nn.softmax(trainer.policy().logits(hidden[:, -1]), axis=-1)
+    assert (first_token[:, vision].sum(-1) > 0.5).all()
+    score = nnx.jit(completion_logprobs, static_argnames=("image_grids", "group_size", "temperature"))
+
+    def update_logprobs(batch):
+        return np.asarray(score(trainer.policy(), batch, image_grids=grids, group_size=config.group_size,
+                                temperature=config.temperature)[0])
+
+    mask = batch.completion_mask
+    scored = update_logprobs(batch)
+    # float32 on CPU: the cached decode and the one-pass forward add in other orders (about 1e-6 apart)
+    np.testing.assert_allclose(scored[mask], batch.sampler_logprobs[mask], atol=1e-4)
+    assert not np.isin(batch.completion, vision).any()
+    # an image-pad id inside an answer (a teacher's text could hold one) is a token: no other row moves
+    # (the same program on the same rows, so only float noise is allowed)
+    answers = batch.completion.copy()
+    answers[0, 0] = model.config.image_token_id
+    moved = update_logprobs(batch.replace(completion=answers))
+    np.testing.assert_allclose(moved[1:], scored[1:], atol=1e-6)
 
 
 def updated(config, batch):

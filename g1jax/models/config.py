@@ -22,7 +22,7 @@ from typing import Any
 
 from envs.core import ConfigError as ProjectConfigError
 from g1jax.constants import (CHANNELS, ENDOFTEXT, IM_END, IMAGE_PAD, MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE,
-                             VIDEO_PAD, VISION_END, VISION_START, special_token_ids)
+                             VIDEO_PAD, VISION_END, VISION_PAD, VISION_START, special_token_ids)
 
 # Default M-RoPE split used by transformers when a config names none (fits head_dim 128 only).
 _HF_DEFAULT_MROPE_SECTION = (16, 24, 24)
@@ -99,10 +99,17 @@ class Qwen25VLConfig:
     video_token_id: int = VIDEO_PAD
     vision_start_token_id: int = VISION_START
     vision_end_token_id: int = VISION_END
+    vision_token_id: int = VISION_PAD  # <|vision_pad|> (config.json's name for it)
     tie_word_embeddings: bool = False
 
     def __post_init__(self):
         validate(self)
+
+    @property
+    def vision_special_ids(self) -> tuple[int, ...]:
+        """The ids that mark image and video content: they belong in prompts, never in an answer."""
+        return (self.vision_start_token_id, self.vision_end_token_id, self.vision_token_id, self.image_token_id,
+                self.video_token_id)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -185,13 +192,16 @@ class Qwen25VLConfig:
         )
         # pre-v5 saves may carry tie_word_embeddings inside text_config (transformers forwards it to the root).
         tie = bool(hf.get("tie_word_embeddings", False)) or bool(nested_text.get("tie_word_embeddings", False))
+        vision_end = int(hf.get("vision_end_token_id", VISION_END))
         return cls(
             text=text,
             vision=vision,
             image_token_id=int(hf.get("image_token_id", IMAGE_PAD)),
             video_token_id=int(hf.get("video_token_id", VIDEO_PAD)),
             vision_start_token_id=int(hf.get("vision_start_token_id", VISION_START)),
-            vision_end_token_id=int(hf.get("vision_end_token_id", VISION_END)),
+            vision_end_token_id=vision_end,
+            # transformers v5 writes no vision_token_id; every Qwen2.5 layout puts <|vision_pad|> after <|vision_end|>
+            vision_token_id=int(hf.get("vision_token_id", vision_end + 1)),
             tie_word_embeddings=tie,
         )
 
@@ -242,6 +252,7 @@ class Qwen25VLConfig:
             "video_token_id": self.video_token_id,
             "vision_start_token_id": self.vision_start_token_id,
             "vision_end_token_id": self.vision_end_token_id,
+            "vision_token_id": self.vision_token_id,
             "vision_config": {
                 "model_type": "qwen2_5_vl_vision",
                 "depth": v.depth,
@@ -304,7 +315,7 @@ def validate(cfg: Qwen25VLConfig) -> None:
     bad = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
     if bad:
         raise ConfigError(f"fullatt_block_indexes {bad} out of range for vision depth {v.depth}")
-    for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+    for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id"):
         tok = getattr(cfg, name)
         if not 0 <= tok < t.vocab_size:
             raise ConfigError(f"{name} {tok} is outside the vocabulary (vocab_size {t.vocab_size})")
@@ -335,7 +346,8 @@ def _small_vocab_ids(vocab_size: int) -> tuple[dict, dict]:
     text = dict(vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=None)
     model = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                 vision_token_id=ids["<|vision_pad|>"])
     return text, model
 
 

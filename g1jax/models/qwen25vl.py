@@ -61,11 +61,14 @@ class Qwen25VL(nnx.Module):
         features = self.visual(pixel_values, image_grids)
         return jax.lax.stop_gradient(features) if self.freeze_vision else features
 
-    def embed(self, input_ids: jax.Array, pixel_values=None, image_grids=(), image_features=None) -> jax.Array:
-        """Token embeddings with the image features written, in order, over the `<|image_pad|>` tokens.
+    def embed(self, input_ids: jax.Array, pixel_values=None, image_grids=(), image_features=None,
+              image_slots=None) -> jax.Array:
+        """Token embeddings with the image features written, in order, over the image slots.
 
         image_features: already encoded features [image tokens, D] (row-major over the batch) instead of
         pixel_values; the learner encodes each prompt's image once and repeats the features G times.
+        image_slots: bool [B, T], where the features go; None: every `<|image_pad|>` token. A prompt and
+        its sampled answer pass the prompt's slots, so an image-pad id in the answer stays a token.
         """
         embeds = self.model.embed_tokens(input_ids)
         if image_features is not None:
@@ -77,8 +80,8 @@ class Qwen25VL(nnx.Module):
             check_inputs(self.config, input_ids, None, None, pixel_values, grids)
             features = self.encode_images(pixel_values, grids).astype(embeds.dtype)
         num_features = features.shape[0]
-        is_image = input_ids == self.config.image_token_id
-        # Static-shape scatter: the k-th image token (row-major over the batch) takes feature k.
+        is_image = input_ids == self.config.image_token_id if image_slots is None else image_slots
+        # Static-shape scatter: the k-th image slot (row-major over the batch) takes feature k.
         order = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
         gathered = jnp.take(features, jnp.clip(order, 0, num_features - 1), axis=0)
         return jnp.where(is_image[..., None], gathered, embeds)
@@ -96,9 +99,9 @@ class Qwen25VL(nnx.Module):
 
     # ---------------------------------------------------------------- full-sequence forward
     def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, image_grids=(),
-                      image_features=None) -> jax.Array:
+                      image_features=None, image_slots=None) -> jax.Array:
         """Causal forward over whole sequences; returns the final-normed hidden states [B, T, D]."""
-        embeds = self.embed(input_ids, pixel_values, image_grids, image_features)
+        embeds = self.embed(input_ids, pixel_values, image_grids, image_features, image_slots)
         t = input_ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         mask = causal[None] & attention_mask.astype(bool)[:, None, :]
@@ -169,13 +172,25 @@ def init_cache(config: Qwen25VLConfig, batch: int, max_len: int, dtype=jnp.float
 
 
 # -------------------------------------------------------------------- log-probs
+def without_vision_ids(config: Qwen25VLConfig, logits: jax.Array) -> jax.Array:
+    """float32 logits [..., V] with the vision special ids at the float32 floor: an answer is text.
+
+    The sampler draws from this distribution and the update scores answers under it, so the two agree.
+    A finite floor, not -inf: it has probability 0 all the same, and 0 * floor keeps the entropy's
+    value and gradient finite.
+    """
+    is_vision = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(config.vision_special_ids)].set(True)
+    return jnp.where(is_vision, jnp.finfo(jnp.float32).min, logits)
+
+
 def token_logprobs(model: Qwen25VL, hidden: jax.Array, targets: jax.Array, *, chunk_size: int = 256,
-                   temperature: float = 1.0, return_entropy: bool = False):
+                   temperature: float = 1.0, return_entropy: bool = False, text_only: bool = False):
     """log p(targets[b, t] | hidden[b, t]) in float32, [B, T] (and the entropy [B, T] if asked).
 
     A scan over sequence chunks applies lm_head + log-softmax to [B, chunk, V] at a time; the chunk
     body is rematerialised, so the backward pass does not keep every chunk's logits either.
     For next-token log-probs pass hidden[:, :-1] and input_ids[:, 1:].
+    text_only: the distribution the sampler draws answers from (`without_vision_ids`).
     """
     if hidden.ndim != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be [B, T, D] and targets [B, T]; got {hidden.shape} and {targets.shape}")
@@ -190,6 +205,8 @@ def token_logprobs(model: Qwen25VL, hidden: jax.Array, targets: jax.Array, *, ch
     @jax.checkpoint
     def chunk_stats(h_chunk, y_chunk):
         logits = jnp.dot(h_chunk, weight, preferred_element_type=jnp.float32) / temperature
+        if text_only:
+            logits = without_vision_ids(model.config, logits)
         logz = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, y_chunk[..., None], axis=-1)[..., 0] - logz
         entropy = logz - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
