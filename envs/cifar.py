@@ -122,7 +122,12 @@ def _read_batch(source: _Source, name: str):
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         shape = getattr(data, "shape", None)
         raise ValueError(f"{where}: 'data' must be uint8 [N, {IMAGE_BYTES}], got {type(data).__name__} {shape}")
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES):
+    if (
+        labels.shape != (data.shape[0],)
+        or labels.dtype.kind not in "iu"
+        or labels.min() < 0
+        or labels.max() >= len(CIFAR10_CLASSES)
+    ):
         raise ValueError(f"{where}: 'labels' must be {data.shape[0]} integers in [0, {len(CIFAR10_CLASSES)})")
     # rows are channel-major: 1024 red, 1024 green, 1024 blue values, each 32 x 32 row-major
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels

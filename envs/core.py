@@ -32,7 +32,8 @@ import abc
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,7 @@ class UnknownGameError(ValueError):
     """`envs.make` was given a name that is not in the registry."""
 
 
-_REGISTRY: dict[str, Callable[..., "Env"]] = {}
+_REGISTRY: dict[str, Callable[..., Env]] = {}
 
 
 def register(name: str) -> Callable:
@@ -75,7 +76,7 @@ def list_games() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make(name: str, **config) -> "Env":
+def make(name: str, **config) -> Env:
     """Build a game by registry name; bad names and bad config values raise here, clearly."""
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownGameError(f"unknown game {name!r}; available games: {', '.join(list_games())}")
@@ -83,7 +84,9 @@ def make(name: str, **config) -> "Env":
     options = [f.name for f in dataclasses.fields(factory) if f.init]
     unknown = sorted(set(config) - set(options))
     if unknown:
-        raise ConfigError(f"bad config for game {name!r}: unknown option(s) {', '.join(unknown)}. Valid options: {', '.join(options)}")
+        raise ConfigError(
+            f"bad config for game {name!r}: unknown option(s) {', '.join(unknown)}. Valid options: {', '.join(options)}"
+        )
     return factory(**config)
 
 
@@ -127,7 +130,16 @@ def smallest_image_size(fits: Callable[[tuple[int, int]], bool], aspect: tuple[i
     return None
 
 
-def check_cell_size(game: str, image_size, board_size: int, cell_px: Callable[[tuple[int, int]], int], minimum: int, what: str, aspect, fits=None) -> None:
+def check_cell_size(
+    game: str,
+    image_size,
+    board_size: int,
+    cell_px: Callable[[tuple[int, int]], int],
+    minimum: int,
+    what: str,
+    aspect,
+    fits=None,
+) -> None:
     """Raise if `image_size` gives cells (`what`: "cells", "tiles") of fewer than `minimum`
     pixels, `cell_px(image_size)`; the message names a smallest image_size that works (for
     which `fits(size)`, by default: its cells are large enough)."""
@@ -202,12 +214,15 @@ def _leaf_spec(x) -> tuple[tuple[int, ...], Any]:
 
 def _spec_text(tree) -> str:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    fields = ", ".join(f"{jax.tree_util.keystr(path).lstrip('.')}={np.dtype(d).name}{list(s)}" for path, (s, d) in ((p, _leaf_spec(x)) for p, x in leaves))
+    fields = ", ".join(
+        f"{jax.tree_util.keystr(path).lstrip('.')}={np.dtype(d).name}{list(s)}"
+        for path, (s, d) in ((p, _leaf_spec(x)) for p, x in leaves)
+    )
     return f"{type(tree).__module__}.{type(tree).__name__}({fields})"
 
 
-@functools.lru_cache(maxsize=None)
-def _state_spec(env: "Env"):
+@functools.cache
+def _state_spec(env: Env):
     """(tree structure, leaf (shape, dtype)s) of one state of `env`, from an abstract reset."""
     spec = jax.eval_shape(lambda key: env.reset(key, env.default_params), jax.random.key(0))
     leaves, tree = jax.tree.flatten(spec)
@@ -297,7 +312,9 @@ class Env(abc.ABC):
         try:
             got_leaves, got_tree = jax.tree.flatten(state)
             # the class too: treedefs of two struct dataclasses with as many fields compare equal
-            matches = type(state) is type(spec) and got_tree == tree and tuple(_leaf_spec(x) for x in got_leaves) == leaves
+            matches = (
+                type(state) is type(spec) and got_tree == tree and tuple(_leaf_spec(x) for x in got_leaves) == leaves
+            )
         except TypeError:  # leaves that are not arrays at all
             matches = False
         if not matches:
@@ -333,7 +350,11 @@ class Env(abc.ABC):
     def answerable_action(self, action) -> int:
         """`action` as a Python int, for `answer_text`: an integer id in [0, num_actions) other
         than the invalid action (which no answer names: every unreadable answer maps there)."""
-        if not _is_int(action) and not (isinstance(action, (np.ndarray, jax.Array)) and action.shape == () and jnp.issubdtype(action.dtype, jnp.integer)):
+        if not _is_int(action) and not (
+            isinstance(action, (np.ndarray, jax.Array))
+            and action.shape == ()
+            and jnp.issubdtype(action.dtype, jnp.integer)
+        ):
             raise TypeError(f"{self.name}.answer_text: action must be one integer action id, got {action!r}")
         action = int(action)
         if not 0 <= action < self.num_actions or action == self.invalid_action:

@@ -46,9 +46,17 @@ BACKGROUND = (250, 248, 238)
 BOARD_COLOR = (186, 172, 160)
 EMPTY_COLOR = (204, 193, 178)
 TILE_COLORS = {
-    2: (238, 228, 218), 4: (237, 224, 200), 8: (242, 177, 121), 16: (245, 149, 99),
-    32: (246, 124, 95), 64: (246, 94, 59), 128: (237, 207, 114), 256: (237, 204, 97),
-    512: (237, 200, 80), 1024: (237, 197, 63), 2048: (237, 194, 46),
+    2: (238, 228, 218),
+    4: (237, 224, 200),
+    8: (242, 177, 121),
+    16: (245, 149, 99),
+    32: (246, 124, 95),
+    64: (246, 94, 59),
+    128: (237, 207, 114),
+    256: (237, 204, 97),
+    512: (237, 200, 80),
+    1024: (237, 197, 63),
+    2048: (237, 194, 46),
 }
 BIG_TILE_COLOR = (60, 58, 50)  # 4096 and above
 DARK_TEXT, LIGHT_TEXT = (119, 110, 101), (249, 246, 242)
@@ -79,16 +87,24 @@ class Layout:
     strip_h: int
 
     @classmethod
-    def fit(cls, image_size: tuple[int, int], board_size: int) -> "Layout":
+    def fit(cls, image_size: tuple[int, int], board_size: int) -> Layout:
         h, w = image_size
         s = min(w / CANVAS_W, h / CANVAS_H)
         ox, oy = (w - CANVAS_W * s) / 2, (h - CANVAS_H * s) / 2
         pitch = max(2, int(round((360 - 10) // board_size * s)))
         gap = max(1, int(round(10 * s)))
         return cls(
-            scale=s, ox=ox, oy=oy, pitch=pitch, gap=gap, tile=pitch - gap,
-            board_x=int(round(ox + 20 * s)), board_y=int(round(oy + 20 * s)), board_px=int(round(360 * s)),
-            strip_y=int(round(oy + 400 * s)), strip_h=int(round(60 * s)),
+            scale=s,
+            ox=ox,
+            oy=oy,
+            pitch=pitch,
+            gap=gap,
+            tile=pitch - gap,
+            board_x=int(round(ox + 20 * s)),
+            board_y=int(round(oy + 20 * s)),
+            board_px=int(round(360 * s)),
+            strip_y=int(round(oy + 400 * s)),
+            strip_h=int(round(60 * s)),
         )
 
 
@@ -155,7 +171,7 @@ def _compact_left(rows):
 CELL_BITS = 5  # a table entry packs the moved row as 5-bit exponents (unpacked with shifts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _row_table(n: int, base: int):
     """Lookup tables over every row of n exponents < base (the row's table index is its
     base-`base` number): the moved row packed as CELL_BITS-bit fields, and its merge score.
@@ -213,7 +229,15 @@ class Game2048(Env):
         object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
         check_bool(self.name, "coordinate_labels", self.coordinate_labels)
         n = self.board_size
-        check_cell_size(self.name, self.image_size, n, lambda size: Layout.fit(size, n).tile, MIN_TILE_PX, "tiles", (CANVAS_H, CANVAS_W))
+        check_cell_size(
+            self.name,
+            self.image_size,
+            n,
+            lambda size: Layout.fit(size, n).tile,
+            MIN_TILE_PX,
+            "tiles",
+            (CANVAS_H, CANVAS_W),
+        )
 
     # --- static facts ------------------------------------------------------------------
     @property
@@ -318,7 +342,9 @@ class Game2048(Env):
         ys, xs = raster.pixel_centres(p, p)
         value = 2**exponent
         color = EMPTY_COLOR if exponent == 0 else TILE_COLORS.get(value, BIG_TILE_COLOR)
-        img = raster.fill(raster.canvas(p, p, BOARD_COLOR), raster.coverage(raster.sdf_box(ys, xs, 0, 0, t, t, 4 * L.scale)), color)
+        img = raster.fill(
+            raster.canvas(p, p, BOARD_COLOR), raster.coverage(raster.sdf_box(ys, xs, 0, 0, t, t, 4 * L.scale)), color
+        )
         if exponent > 0:
             # the original draws 40-px text on 77-px tiles; long numbers shrink to fit the tile
             text, px = str(value), max(6, int(round(40 * t / 77)))
@@ -330,7 +356,7 @@ class Game2048(Env):
 
     @functools.cached_property
     def _score_line(self) -> ScoreLine:
-        """"Score: " is static (baked into the background), the digits are fixed-width tiles
+        """ "Score: " is static (baked into the background), the digits are fixed-width tiles
         after it, on the original's 40-px line centred in the 60-px strip."""
         L = self.layout
         px = max(6, int(round(40 * L.scale)))
@@ -352,11 +378,15 @@ class Game2048(Env):
         ys, xs = raster.pixel_centres(h, w)
         bx, by, size = L.board_x, L.board_y, L.board_px
         img = raster.canvas(h, w, BACKGROUND)
-        img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L.scale)), BOARD_COLOR)
+        img = raster.fill(
+            img, raster.coverage(raster.sdf_box(ys, xs, bx, by, bx + size, by + size, 4 * L.scale)), BOARD_COLOR
+        )
         if self.coordinate_labels:  # in the 20-px margins above and left of the board
             first = L.gap + L.tile / 2
             px = max(6, int(round(14 * L.scale)))
-            img = raster.coordinate_labels(img, self.board_size, bx + first, by + first, L.pitch, by / 2, bx / 2, px, LABEL_COLOR)
+            img = raster.coordinate_labels(
+                img, self.board_size, bx + first, by + first, L.pitch, by / 2, bx / 2, px, LABEL_COLOR
+            )
         line = self._score_line
         img = raster.stamp(img, line.prefix, line.x, line.y, (0, 0, 0), align="left")
         return raster.to_uint8(img)
@@ -365,7 +395,9 @@ class Game2048(Env):
         self.check_state(state, "render")
         L = self.layout
         board = jnp.clip(state.board, 0, self.max_exponent)
-        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), board, L.board_y + L.gap, L.board_x + L.gap)
+        img = raster.paste_cells(
+            jnp.asarray(self._background), jnp.asarray(self._tile_atlas), board, L.board_y + L.gap, L.board_x + L.gap
+        )
         line = self._score_line
         return raster.paste(img, line.digits.row(state.score, line.num_digits), line.y, line.digits_x)
 

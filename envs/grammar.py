@@ -24,7 +24,9 @@ TAGS = ("perception", "think", "answer")
 _PAIR_RE = re.compile(r"<answer>\((\d+),\s*(\d+)\)\s*\((\d+),\s*(\d+)\)</answer>")
 _DIGITS_RE = re.compile(r"\d+")
 # Lazy blocks in sequence: linear because `format_ok` first checks that each tag occurs once.
-_STRICT_FORMAT_RE = re.compile(r"\s*<perception>.*?</perception>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+_STRICT_FORMAT_RE = re.compile(
+    r"\s*<perception>.*?</perception>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL
+)
 
 
 def first_answer_integer(text: str) -> int | None:
@@ -102,7 +104,9 @@ def board_text(game: str, board, size: int, cell_text, separator: str) -> str:
     `cell_text(value)` joined by `separator`. `board` must be one size x size board."""
     board = np.asarray(board)
     if board.shape != (size, size):
-        raise ValueError(f"{game}: describe expects one {size}x{size} board (unbatch a batched state first), got shape {board.shape}")
+        raise ValueError(
+            f"{game}: describe expects one {size}x{size} board (unbatch a batched state first), got shape {board.shape}"
+        )
     return "\n".join(separator.join(cell_text(int(v)) for v in row) for row in board)
 
 

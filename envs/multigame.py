@@ -37,7 +37,9 @@ def _shared_info(infos: list[dict], exclude=()) -> dict:
         pieces = [info[k] for info in infos]
         if len({(p.shape[1:], p.dtype) for p in pieces}) > 1:
             listing = ", ".join(f"{p.dtype}{list(p.shape[1:])}" for p in pieces)
-            raise ValueError(f"multigame: info[{k!r}] differs in shape or dtype between the games ({listing}); it cannot be one batch")
+            raise ValueError(
+                f"multigame: info[{k!r}] differs in shape or dtype between the games ({listing}); it cannot be one batch"
+            )
         out[k] = jnp.concatenate(pieces)
     return out
 
@@ -65,10 +67,12 @@ class MultiGame:
         sizes = {tuple(game.image_size) for game in games}
         if len(sizes) > 1:
             listing = ", ".join(f"{game.name}: {tuple(game.image_size)}" for game in games)
-            raise ConfigError(f"multigame: all games must render the same image_size to share one frame batch; got {listing}")
+            raise ConfigError(
+                f"multigame: all games must render the same image_size to share one frame batch; got {listing}"
+            )
 
     @classmethod
-    def make(cls, counts: dict, image_size=None, configs: dict | None = None) -> "MultiGame":
+    def make(cls, counts: dict, image_size=None, configs: dict | None = None) -> MultiGame:
         """Build from {game name: rows}; `image_size` is passed to every game (None: the games'
         defaults, which must then agree); `configs` maps a name to more config for that game."""
         configs = dict(configs or {})
@@ -127,7 +131,10 @@ class MultiGame:
 
     def reset(self, key, params=None) -> tuple:
         params = self._params(params)
-        return tuple(jax.vmap(lambda k, g=g, p=p: g.reset(k, p))(self._keys(key, i)) for i, (g, p) in enumerate(zip(self.games, params)))
+        return tuple(
+            jax.vmap(lambda k, g=g, p=p: g.reset(k, p))(self._keys(key, i))
+            for i, (g, p) in enumerate(zip(self.games, params))
+        )
 
     def warmup(self, key, params=None, num_moves: dict | None = None, policy: str = "valid") -> tuple:
         """Start states like G1's: reset, then random moves per game (`num_moves` maps a game
@@ -189,13 +196,17 @@ class MultiGame:
     def render(self, states, params=None):
         """uint8 [B, H, W, 3], rows in batch order."""
         params = self._params(params)
-        return jnp.concatenate([jax.vmap(lambda s, g=g, p=p: g.render(s, p))(s) for g, p, s in zip(self.games, params, states)])
+        return jnp.concatenate(
+            [jax.vmap(lambda s, g=g, p=p: g.render(s, p))(s) for g, p, s in zip(self.games, params, states)]
+        )
 
     def render_into(self, frames, states, params=None):
         """`render` written into an existing uint8 [B, H, W, 3] buffer: jit with `frames`
         donated and XLA draws in place (see `envs.render_into`)."""
         if tuple(frames.shape) != (self.size, *self.image_shape) or frames.dtype != jnp.uint8:
-            raise ValueError(f"multigame: frames buffer is {frames.dtype}{list(frames.shape)}, expected uint8{[self.size, *self.image_shape]}")
+            raise ValueError(
+                f"multigame: frames buffer is {frames.dtype}{list(frames.shape)}, expected uint8{[self.size, *self.image_shape]}"
+            )
         return frames.at[...].set(self.render(states, params))
 
     # --- host helpers ------------------------------------------------------------------------

@@ -187,7 +187,9 @@ class BoardLayout:
     strip_h: int
 
     @classmethod
-    def centred(cls, image_size: tuple[int, int], board_size: int, cell: int, scale: float, band: int, strip_h: int) -> "BoardLayout":
+    def centred(
+        cls, image_size: tuple[int, int], board_size: int, cell: int, scale: float, band: int, strip_h: int
+    ) -> BoardLayout:
         """The board, its band and its strip centred in the image together."""
         h, w = image_size
         board = board_size * cell
@@ -206,7 +208,9 @@ def paste_cells(image, atlas, ids, y: int, x: int):
     th, tw = atlas.shape[1:3]
     for i in range(ids.shape[0]):
         for j in range(ids.shape[1]):
-            image = jax.lax.dynamic_update_slice(image, atlas[ids[i, j]].astype(image.dtype), (y + i * th, x + j * tw, 0))
+            image = jax.lax.dynamic_update_slice(
+                image, atlas[ids[i, j]].astype(image.dtype), (y + i * th, x + j * tw, 0)
+            )
     return image
 
 
@@ -225,9 +229,7 @@ def grid_from_atlas(atlas, ids):
 
 def resize(image, height: int, width: int, method: str = "linear"):
     """Resize a [H, W, 3] image (any dtype) with anti-aliasing; returns the input dtype."""
-    out = jax.image.resize(
-        image.astype(jnp.float32), (height, width, image.shape[-1]), method=method, antialias=True
-    )
+    out = jax.image.resize(image.astype(jnp.float32), (height, width, image.shape[-1]), method=method, antialias=True)
     if image.dtype == jnp.uint8:
         return to_uint8(out)
     return out.astype(image.dtype)
@@ -269,7 +271,7 @@ class GlyphAtlas:
         return int(sum(self.advance[c] for c in self.codes(text)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def glyph_atlas(px: int, stroke: int = 0) -> GlyphAtlas:
     """Build (once per size) the glyph atlas from Pillow's bundled FreeType font (Aileron).
     `stroke` > 0 thickens strokes (a bold look) by that many pixels."""
@@ -365,14 +367,16 @@ class DigitTiles:
         return grid_from_atlas(jnp.asarray(self.tiles), digits[None, :])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digit_tiles(px: int, color, background, stroke: int = 0) -> DigitTiles:
     """Build (once per style) the `DigitTiles` of Pillow's bundled font at `px` pixels. Cells
     are line boxes (see `text_alpha(..., crop=False)`), so digits share the baseline of any
     static text drawn as a line box at the same height."""
     lines = [text_alpha(str(d), px, stroke, crop=False) for d in range(10)]
     width = max(a.shape[1] for a in lines)
-    cells = [np.pad(a, ((0, 0), ((width - a.shape[1]) // 2, width - a.shape[1] - (width - a.shape[1]) // 2))) for a in lines]
+    cells = [
+        np.pad(a, ((0, 0), ((width - a.shape[1]) // 2, width - a.shape[1] - (width - a.shape[1]) // 2))) for a in lines
+    ]
     alpha = np.stack(cells + [np.zeros_like(cells[0])])[..., None]
     color, background = np.asarray(color, np.float32), np.asarray(background, np.float32)
     tiles = np.clip(np.round(background * (1 - alpha) + color * alpha), 0, 255).astype(np.uint8)
@@ -399,7 +403,9 @@ def text_alpha(text: str, px: int, stroke: int = 0, crop: bool = True) -> np.nda
     return np.asarray(img, np.float32) / 255.0
 
 
-def coordinate_labels(image, count: int, first_x: float, first_y: float, pitch: float, top_y: float, left_x: float, px: int, color):
+def coordinate_labels(
+    image, count: int, first_x: float, first_y: float, pitch: float, top_y: float, left_x: float, px: int, color
+):
     """Row and column indices 0..count-1 as static text: column j's label centred at
     (first_x + j * pitch, top_y), row i's at (left_x, first_y + i * pitch)."""
     for i in range(count):
@@ -409,7 +415,7 @@ def coordinate_labels(image, count: int, first_x: float, first_y: float, pitch: 
     return image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_metrics(px: int) -> tuple[dict[str, int], int]:
     """(advance of every printable ASCII character, line height) of Pillow's bundled font at
     `px` pixels, as `glyph_atlas(px)` lays text out, without drawing the glyphs."""

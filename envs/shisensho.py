@@ -36,8 +36,18 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import ConfigError, Env, check_bool, check_cell_size, check_choice, check_image_size, check_range, kth_true, register
-from envs.core import random_permutation
+from envs.core import (
+    ConfigError,
+    Env,
+    check_bool,
+    check_cell_size,
+    check_choice,
+    check_image_size,
+    check_range,
+    kth_true,
+    random_permutation,
+    register,
+)
 from envs.grammar import board_text, pair_answer_text, parse_pair_action
 from envs.shisensho_paths import full_board_pairs, joined_pairs, pair_legal
 
@@ -96,7 +106,9 @@ def board_layout(image_size: tuple[int, int], board_size: int, labels: bool) -> 
     band = STRIP if labels else 0.0
     s = min(w / (band + CELL * board_size), h / (band + CELL * board_size + STRIP))
     cell = int(CELL * s)
-    return raster.BoardLayout.centred(image_size, board_size, cell, cell / CELL, int(round(band * s)), int(round(STRIP * s)))
+    return raster.BoardLayout.centred(
+        image_size, board_size, cell, cell / CELL, int(round(band * s)), int(round(STRIP * s))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +174,9 @@ class ShisenShoEngine(Env):
         check_bool(self.name, "coordinate_labels", self.coordinate_labels)
         check_bool(self.name, "solvable", self.solvable)
         g, labels = self.board_size, self.coordinate_labels
-        check_cell_size(self.name, self.image_size, g, lambda size: board_layout(size, g, labels).cell, MIN_CELL_PX, "cells", (9, 8))
+        check_cell_size(
+            self.name, self.image_size, g, lambda size: board_layout(size, g, labels).cell, MIN_CELL_PX, "cells", (9, 8)
+        )
         self._score_line  # the score line must fit: fail at construction, not at the first frame
 
     # --- static facts ------------------------------------------------------------------
@@ -413,8 +427,12 @@ class ShisenShoEngine(Env):
         if remaining_x + remaining_digits * digits.width > self.image_size[1]:
             raise ConfigError(f"{self.name}: image_size {self.image_size} is too narrow for the score line")
         return ScoreLine(
-            labels=tuple(labels), label_x=(x, label_x), y=y, digits=digits,
-            score=(score_x, score_digits), remaining=(remaining_x, remaining_digits),
+            labels=tuple(labels),
+            label_x=(x, label_x),
+            y=y,
+            digits=digits,
+            score=(score_x, score_digits),
+            remaining=(remaining_x, remaining_digits),
         )
 
     @functools.cached_property
@@ -432,7 +450,17 @@ class ShisenShoEngine(Env):
         if self.coordinate_labels:
             px = max(8, int(round(24 * L.scale)))
             first_x, first_y = L.board_x + L.cell / 2, L.board_y + L.cell / 2
-            img = raster.coordinate_labels(img, self.board_size, first_x, first_y, L.cell, L.board_y - L.band / 2, L.board_x - L.band / 2, px, BLACK)
+            img = raster.coordinate_labels(
+                img,
+                self.board_size,
+                first_x,
+                first_y,
+                L.cell,
+                L.board_y - L.band / 2,
+                L.board_x - L.band / 2,
+                px,
+                BLACK,
+            )
         return raster.to_uint8(img)
 
     def render(self, state, params=None):
@@ -485,7 +513,9 @@ class ShisenShoEngine(Env):
         arr = np.asarray(board)
         g, num_types = self.board_size, len(self.type_names) - 1
         if arr.shape != (g, g) or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{self.name}: board must be integer tile types of shape ({g}, {g}), got {arr.dtype} {arr.shape}")
+            raise ValueError(
+                f"{self.name}: board must be integer tile types of shape ({g}, {g}), got {arr.dtype} {arr.shape}"
+            )
         if (arr < 0).any() or (arr > num_types).any():
             raise ValueError(f"{self.name}: tile types must lie in [0, {num_types}] (0 = empty), got {arr.tolist()}")
         return arr.astype(np.int32)

@@ -89,7 +89,10 @@ def joined_pairs(board):
     rows, cols = _line_masks(board)
     i = np.arange(g)
     h, v = _segment(rows[:, None], i[None, :] + 1, p), _segment(cols[None, :], i[:, None] + 1, p)
-    cols_clear, rows_clear = _clear_between(rows, i[:, None], i[None, :], p), _clear_between(cols, i[:, None], i[None, :], p)
+    cols_clear, rows_clear = (
+        _clear_between(rows, i[:, None], i[None, :], p),
+        _clear_between(cols, i[:, None], i[None, :], p),
+    )
     a, b = (slice(None), slice(None), None, None), (None, None, slice(None), slice(None))
     joined = _joined(h[a], v[a], h[b], v[b], cols_clear[:, None, :, None], rows_clear[None, :, None, :])
     return joined.reshape(g * g, g * g)

@@ -62,7 +62,15 @@ def _sun(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
     turn = u[9] * jnp.pi / 4
     rays = [
-        raster.sdf_segment(ys, xs, cx + 17 * s * jnp.cos(a), cy + 17 * s * jnp.sin(a), cx + 27 * s * jnp.cos(a), cy + 27 * s * jnp.sin(a), 1.6 * s)
+        raster.sdf_segment(
+            ys,
+            xs,
+            cx + 17 * s * jnp.cos(a),
+            cy + 17 * s * jnp.sin(a),
+            cx + 27 * s * jnp.cos(a),
+            cy + 27 * s * jnp.sin(a),
+            1.6 * s,
+        )
         for a in [turn + k * jnp.pi / 4 for k in range(8)]
     ]
     img = raster.fill(img, raster.coverage(raster.sdf_union(*rays)), fg)
@@ -81,7 +89,9 @@ def _moon(ys, xs, cx, cy, s, fg, bg, u):
 def _tree(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
     img = raster.fill(img, (ys > cy + 20 * s).astype(jnp.float32), (90, 160, 70))
-    img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, cx - 3 * s, cy + 6 * s, cx + 3 * s, cy + 22 * s)), (110, 70, 35))
+    img = raster.fill(
+        img, raster.coverage(raster.sdf_box(ys, xs, cx - 3 * s, cy + 6 * s, cx + 3 * s, cy + 22 * s)), (110, 70, 35)
+    )
     low = raster.sdf_convex_polygon(ys, xs, [(cx, cy - 14 * s), (cx - 19 * s, cy + 10 * s), (cx + 19 * s, cy + 10 * s)])
     high = raster.sdf_convex_polygon(ys, xs, [(cx, cy - 26 * s), (cx - 15 * s, cy - 2 * s), (cx + 15 * s, cy - 2 * s)])
     return raster.fill(img, raster.coverage(raster.sdf_union(low, high)), fg)
@@ -89,11 +99,17 @@ def _tree(ys, xs, cx, cy, s, fg, bg, u):
 
 def _house(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
-    img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, cx - 16 * s, cy - 4 * s, cx + 16 * s, cy + 20 * s)), fg)
+    img = raster.fill(
+        img, raster.coverage(raster.sdf_box(ys, xs, cx - 16 * s, cy - 4 * s, cx + 16 * s, cy + 20 * s)), fg
+    )
     roof = raster.sdf_convex_polygon(ys, xs, [(cx, cy - 22 * s), (cx - 21 * s, cy - 3 * s), (cx + 21 * s, cy - 3 * s)])
     img = raster.fill(img, raster.coverage(roof), _colour((170, 50, 40), u[9:12], 30))
-    img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, cx - 4 * s, cy + 6 * s, cx + 4 * s, cy + 20 * s)), (90, 60, 40))
-    return raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, cx + 7 * s, cy + 1 * s, cx + 13 * s, cy + 7 * s)), (200, 230, 250))
+    img = raster.fill(
+        img, raster.coverage(raster.sdf_box(ys, xs, cx - 4 * s, cy + 6 * s, cx + 4 * s, cy + 20 * s)), (90, 60, 40)
+    )
+    return raster.fill(
+        img, raster.coverage(raster.sdf_box(ys, xs, cx + 7 * s, cy + 1 * s, cx + 13 * s, cy + 7 * s)), (200, 230, 250)
+    )
 
 
 def _fish(ys, xs, cx, cy, s, fg, bg, u):
@@ -108,7 +124,10 @@ def _flower(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
     img = raster.fill(img, raster.coverage(raster.sdf_segment(ys, xs, cx, cy, cx, cy + 32 * s, 1.8 * s)), (40, 110, 40))
     turn = u[9] * jnp.pi / 3
-    petals = [_disc(ys, xs, cx + 10 * s * jnp.cos(a), cy + 10 * s * jnp.sin(a), 7 * s) for a in [turn + k * jnp.pi / 3 for k in range(6)]]
+    petals = [
+        _disc(ys, xs, cx + 10 * s * jnp.cos(a), cy + 10 * s * jnp.sin(a), 7 * s)
+        for a in [turn + k * jnp.pi / 3 for k in range(6)]
+    ]
     img = raster.fill(img, raster.coverage(raster.sdf_union(*petals)), fg)
     return raster.fill(img, raster.coverage(_disc(ys, xs, cx, cy, 5 * s)), (250, 210, 50))
 
@@ -116,27 +135,45 @@ def _flower(ys, xs, cx, cy, s, fg, bg, u):
 def _sailboat(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
     img = raster.fill(img, (ys > cy + 13 * s).astype(jnp.float32), _colour((30, 90, 170), u[9:12], 25))
-    hull = raster.sdf_convex_polygon(ys, xs, [(cx - 19 * s, cy + 8 * s), (cx + 19 * s, cy + 8 * s), (cx + 12 * s, cy + 17 * s), (cx - 12 * s, cy + 17 * s)])
+    hull = raster.sdf_convex_polygon(
+        ys,
+        xs,
+        [(cx - 19 * s, cy + 8 * s), (cx + 19 * s, cy + 8 * s), (cx + 12 * s, cy + 17 * s), (cx - 12 * s, cy + 17 * s)],
+    )
     img = raster.fill(img, raster.coverage(hull), (120, 70, 40))
-    big = raster.sdf_convex_polygon(ys, xs, [(cx + 1 * s, cy - 24 * s), (cx + 1 * s, cy + 5 * s), (cx + 17 * s, cy + 5 * s)])
-    small = raster.sdf_convex_polygon(ys, xs, [(cx - 1 * s, cy - 18 * s), (cx - 1 * s, cy + 5 * s), (cx - 13 * s, cy + 5 * s)])
+    big = raster.sdf_convex_polygon(
+        ys, xs, [(cx + 1 * s, cy - 24 * s), (cx + 1 * s, cy + 5 * s), (cx + 17 * s, cy + 5 * s)]
+    )
+    small = raster.sdf_convex_polygon(
+        ys, xs, [(cx - 1 * s, cy - 18 * s), (cx - 1 * s, cy + 5 * s), (cx - 13 * s, cy + 5 * s)]
+    )
     return raster.fill(img, raster.coverage(raster.sdf_union(big, small)), fg)
 
 
 def _mountain(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
-    back = raster.sdf_convex_polygon(ys, xs, [(cx - 16 * s, cy - 8 * s), (cx - 40 * s, cy + 26 * s), (cx + 8 * s, cy + 26 * s)])
+    back = raster.sdf_convex_polygon(
+        ys, xs, [(cx - 16 * s, cy - 8 * s), (cx - 40 * s, cy + 26 * s), (cx + 8 * s, cy + 26 * s)]
+    )
     img = raster.fill(img, raster.coverage(back), fg * 0.7)
-    peak = raster.sdf_convex_polygon(ys, xs, [(cx + 4 * s, cy - 22 * s), (cx - 26 * s, cy + 26 * s), (cx + 34 * s, cy + 26 * s)])
+    peak = raster.sdf_convex_polygon(
+        ys, xs, [(cx + 4 * s, cy - 22 * s), (cx - 26 * s, cy + 26 * s), (cx + 34 * s, cy + 26 * s)]
+    )
     img = raster.fill(img, raster.coverage(peak), fg)
-    cap = raster.sdf_convex_polygon(ys, xs, [(cx + 4 * s, cy - 22 * s), (cx - 4.7 * s, cy - 8 * s), (cx + 12.7 * s, cy - 8 * s)])
+    cap = raster.sdf_convex_polygon(
+        ys, xs, [(cx + 4 * s, cy - 22 * s), (cx - 4.7 * s, cy - 8 * s), (cx + 12.7 * s, cy - 8 * s)]
+    )
     return raster.fill(img, raster.coverage(cap), (250, 250, 250))
 
 
 def _heart(ys, xs, cx, cy, s, fg, bg, u):
     img = _plain(ys, xs, bg)
-    point = raster.sdf_convex_polygon(ys, xs, [(cx - 15.6 * s, cy - 1 * s), (cx + 15.6 * s, cy - 1 * s), (cx, cy + 19 * s)])
-    lobes = raster.sdf_union(_disc(ys, xs, cx - 7.5 * s, cy - 6 * s, 9 * s), _disc(ys, xs, cx + 7.5 * s, cy - 6 * s, 9 * s))
+    point = raster.sdf_convex_polygon(
+        ys, xs, [(cx - 15.6 * s, cy - 1 * s), (cx + 15.6 * s, cy - 1 * s), (cx, cy + 19 * s)]
+    )
+    lobes = raster.sdf_union(
+        _disc(ys, xs, cx - 7.5 * s, cy - 6 * s, 9 * s), _disc(ys, xs, cx + 7.5 * s, cy - 6 * s, 9 * s)
+    )
     return raster.fill(img, raster.coverage(raster.sdf_union(lobes, point)), fg)
 
 
@@ -148,8 +185,14 @@ def _car(ys, xs, cx, cy, s, fg, bg, u):
         raster.sdf_box(ys, xs, cx - 13 * s, cy - 13 * s, cx + 10 * s, cy + 1 * s, 3 * s),
     )
     img = raster.fill(img, raster.coverage(body), fg)
-    img = raster.fill(img, raster.coverage(raster.sdf_box(ys, xs, cx - 10 * s, cy - 10 * s, cx + 7 * s, cy - 2 * s, 1.5 * s)), (190, 225, 245))
-    wheels = raster.sdf_union(_disc(ys, xs, cx - 13 * s, cy + 11 * s, 5.5 * s), _disc(ys, xs, cx + 13 * s, cy + 11 * s, 5.5 * s))
+    img = raster.fill(
+        img,
+        raster.coverage(raster.sdf_box(ys, xs, cx - 10 * s, cy - 10 * s, cx + 7 * s, cy - 2 * s, 1.5 * s)),
+        (190, 225, 245),
+    )
+    wheels = raster.sdf_union(
+        _disc(ys, xs, cx - 13 * s, cy + 11 * s, 5.5 * s), _disc(ys, xs, cx + 13 * s, cy + 11 * s, 5.5 * s)
+    )
     return raster.fill(img, raster.coverage(wheels), (20, 20, 20))
 
 
@@ -299,6 +342,8 @@ class ShisenShoPhoto(ShisenShoEngine):
                 faces[idx], seen[t] = seen[t] % self.bank_size, seen[t] + 1
         faces = np.asarray(faces)
         if faces.shape != arr.shape or (faces < 0).any() or (faces >= self.bank_size).any():
-            raise ValueError(f"{self.name}: faces must be picture indices in [0, {self.bank_size}) of shape {arr.shape}")
+            raise ValueError(
+                f"{self.name}: faces must be picture indices in [0, {self.bank_size}) of shape {arr.shape}"
+            )
         atlas_index = np.where(arr > 0, 1 + (arr - 1) * self.bank_size + faces, 0)
         return self._state(arr, atlas_index, self._board_pairs(arr), score, steps)

@@ -60,7 +60,9 @@ def play(env, key, batch: int, steps: int, policy: str, keep_states: bool):
     def body(state, k):
         ka, ks = jnp.split(jax.random.split(k, 2 * batch), 2)
         actions = jax.vmap(choose)(ka, state)
-        state, reward, done, _ = jax.vmap(lambda kk, s, a: envs.auto_reset_step(env, kk, s, a, params))(ks, state, actions)
+        state, reward, done, _ = jax.vmap(lambda kk, s, a: envs.auto_reset_step(env, kk, s, a, params))(
+            ks, state, actions
+        )
         return state, (state if keep_states else None, reward, done)
 
     def run(key):
@@ -89,7 +91,9 @@ def write_gif(path: str, pictures: Iterable[np.ndarray], fps: float, max_side: i
     pictures = shrunk
 
     sample = np.concatenate([pictures[i] for i in np.linspace(0, len(pictures) - 1, 5).astype(int)])
-    palette = Image.fromarray(sample).quantize(colors=TRANSPARENT, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = Image.fromarray(sample).quantize(
+        colors=TRANSPARENT, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
     frames, previous = [], None
     for picture in pictures:
         index = np.asarray(Image.fromarray(picture).quantize(palette=palette, dither=Image.Dither.NONE))
@@ -99,8 +103,14 @@ def write_gif(path: str, pictures: Iterable[np.ndarray], fps: float, max_side: i
         frame.putpalette(palette.getpalette()[: 3 * TRANSPARENT] + [0, 0, 0])
         frames.append(frame)
     frames[0].save(
-        path, save_all=True, append_images=frames[1:], duration=max(10, int(round(1000 / fps))), loop=0,
-        transparency=TRANSPARENT, disposal=1, optimize=False,
+        path,
+        save_all=True,
+        append_images=frames[1:],
+        duration=max(10, int(round(1000 / fps))),
+        loop=0,
+        transparency=TRANSPARENT,
+        disposal=1,
+        optimize=False,
     )
 
 
@@ -151,7 +161,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1, help="boards played in parallel")
     parser.add_argument("--steps", type=int, default=0, help="random moves before the picture")
-    parser.add_argument("--policy", choices=("valid", "uniform"), default="valid", help="random valid moves, or G1's uniform ids")
+    parser.add_argument(
+        "--policy", choices=("valid", "uniform"), default="valid", help="random valid moves, or G1's uniform ids"
+    )
     game = parser.add_argument_group("game options (each game takes the ones it has)")
     game.add_argument("--preset", default=None, help="a named configuration, e.g. shisensho's more_tiles")
     game.add_argument("--board-size", type=int, default=None)
@@ -159,11 +171,15 @@ def main(argv=None):
     game.add_argument("--num-colors", type=int, default=None)
     game.add_argument("--num-shapes", type=int, default=None)
     game.add_argument("--labels", action="store_true", help="draw coordinate labels")
-    game.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other game option (repeatable)")
+    game.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any other game option (repeatable)"
+    )
     parser.add_argument("--out", default="board.png", help="PNG of the final frame(s)")
     parser.add_argument("--gif", default=None, help="GIF of the whole play")
     parser.add_argument("--fps", type=float, default=8.0, help=f"GIF frames per second, in (0, {MAX_FPS}]")
-    parser.add_argument("--gif-max-side", type=int, default=GIF_MAX_SIDE, help="GIF frames are shrunk until their longer side fits")
+    parser.add_argument(
+        "--gif-max-side", type=int, default=GIF_MAX_SIDE, help="GIF frames are shrunk until their longer side fits"
+    )
     args = parser.parse_args(argv)
 
     if args.batch < 1 or args.steps < 0:
@@ -182,7 +198,9 @@ def main(argv=None):
     from PIL import Image
 
     start = time.perf_counter()
-    state, history, rewards, finished = play(env, jax.random.key(args.seed), args.batch, args.steps, args.policy, args.gif is not None)
+    state, history, rewards, finished = play(
+        env, jax.random.key(args.seed), args.batch, args.steps, args.policy, args.gif is not None
+    )
     jax.block_until_ready(state)
     elapsed = time.perf_counter() - start
     render = jax.jit(jax.vmap(lambda s: env.render(s, env.default_params)))
@@ -191,14 +209,19 @@ def main(argv=None):
         return frame_grid(np.asarray(render(states)))
 
     Image.fromarray(picture(state)).save(args.out)
-    print(f"{env!r}: {args.batch} board(s), {args.steps} random {args.policy} moves in {elapsed:.2f} s (compile included)")
+    print(
+        f"{env!r}: {args.batch} board(s), {args.steps} random {args.policy} moves in {elapsed:.2f} s (compile included)"
+    )
     print(f"wrote {args.out}")
     if args.gif:
         history = jax.device_get(history)
-        write_gif(args.gif, (picture(envs.unbatch(history, t)) for t in range(args.steps + 1)), args.fps,
-                  args.gif_max_side)
+        write_gif(
+            args.gif, (picture(envs.unbatch(history, t)) for t in range(args.steps + 1)), args.fps, args.gif_max_side
+        )
         print(f"wrote {args.gif} ({args.steps + 1} frames, {os.path.getsize(args.gif) / 1e6:.1f} MB)")
-    print(f"mean reward per move {float(rewards.mean()) / max(args.steps, 1):+.3f}; finished games: {int(finished.sum())}")
+    print(
+        f"mean reward per move {float(rewards.mean()) / max(args.steps, 1):+.3f}; finished games: {int(finished.sum())}"
+    )
     print(f"board 0 as the model's perception text must read it:\n{env.describe(envs.unbatch(state, 0))}")
     return 0
 

@@ -38,8 +38,19 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import ConfigError, Env, check_bool, check_cell_size, check_image_size, check_range, kth_true, register, smallest_image_size
-from envs.core import random_permutation, uniform_index
+from envs.core import (
+    ConfigError,
+    Env,
+    check_bool,
+    check_cell_size,
+    check_image_size,
+    check_range,
+    kth_true,
+    random_permutation,
+    register,
+    smallest_image_size,
+    uniform_index,
+)
 from envs.grammar import board_text, decode_pair, encode_pair, pair_answer_text, parse_pair_action
 
 OFF_BOARD = -1  # the tile "read" outside the board: equal to no real tile
@@ -105,7 +116,9 @@ def board_layout(image_size: tuple[int, int], board_size: int, labels: bool) -> 
     h, w = image_size
     band = LABEL_CELLS if labels else 0.0
     cell = int(min(w / (board_size + band), h / (board_size + band + STRIP_CELLS)))
-    return raster.BoardLayout.centred(image_size, board_size, cell, cell / CELL_UNITS, int(round(band * cell)), int(round(STRIP_CELLS * cell)))
+    return raster.BoardLayout.centred(
+        image_size, board_size, cell, cell / CELL_UNITS, int(round(band * cell)), int(round(STRIP_CELLS * cell))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +298,9 @@ def random_refill(key, size: int, num_types: int):
     return lambda wave: uniform_tiles(jax.random.fold_in(key, wave), (size, size), num_types)
 
 
-def settle(key, board, wanted, num_types: int, max_waves: int, shuffle_tries: int = SHUFFLE_TRIES, deal_tries: int = DEAL_TRIES):
+def settle(
+    key, board, wanted, num_types: int, max_waves: int, shuffle_tries: int = SHUFFLE_TRIES, deal_tries: int = DEAL_TRIES
+):
     """Reshuffle `board` if `wanted` and it is not playable (a line left at the cascade cap, or
     no legal swap). First the original's shuffle, up to `shuffle_tries` times: a random
     permutation of the tiles whose lines are then cleared wave by wave (unscored); then up to
@@ -393,13 +408,17 @@ class Swap(Env):
     def tile_names(self) -> tuple[str, ...]:
         """Perception-text name of every tile type, e.g. "Red circle"."""
         return tuple(
-            f"{color} {shape}" for color, _ in raster.TILE_COLORS[: self.num_colors] for shape in raster.SHAPES[: self.num_shapes]
+            f"{color} {shape}"
+            for color, _ in raster.TILE_COLORS[: self.num_colors]
+            for shape in raster.SHAPES[: self.num_shapes]
         )
 
     @property
     def prompt(self) -> str:
         colors = ", ".join(name for name, _ in raster.TILE_COLORS[: self.num_colors])
-        lines = [line.format(colors=colors, shapes=", ".join(raster.SHAPES[: self.num_shapes])) for line in PROMPT_LINES]
+        lines = [
+            line.format(colors=colors, shapes=", ".join(raster.SHAPES[: self.num_shapes])) for line in PROMPT_LINES
+        ]
         if self.original_prompt_layout:  # the original's indented triple-quoted string
             return "\n" + "".join(f"        {line}\n" for line in lines) + "        "
         return "\n".join(lines)
@@ -421,7 +440,9 @@ class Swap(Env):
         board = deal(deal_key, self.board_size, self.num_types)
         board, _ = settle(settle_key, board, jnp.bool_(True), self.num_types, self.max_cascades)  # rare: no legal swap
         zero = jnp.int32(0)
-        return State(board=board, score=zero, moves_left=jnp.int32(self.max_moves), shuffles=zero, done=jnp.bool_(False))
+        return State(
+            board=board, score=zero, moves_left=jnp.int32(self.max_moves), shuffles=zero, done=jnp.bool_(False)
+        )
 
     def step(self, key, state, action, params=None):
         g = self.board_size
@@ -478,7 +499,9 @@ class Swap(Env):
     def _tile_atlas(self) -> np.ndarray:
         """uint8 [2 * num_types, cell, cell, 3]: tile type t on a light (2t) or dark (2t + 1)
         checkerboard cell, drawn once."""
-        return raster.bake(lambda: jnp.stack([self._draw_tile(t, parity) for t in range(self.num_types) for parity in (0, 1)]))
+        return raster.bake(
+            lambda: jnp.stack([self._draw_tile(t, parity) for t in range(self.num_types) for parity in (0, 1)])
+        )
 
     def _draw_tile(self, tile: int, parity: int):
         """The original's cell: checkerboard background with a 1-px border, a shadow offset by
@@ -523,7 +546,15 @@ class Swap(Env):
         if self.coordinate_labels:
             first_x, first_y = L.board_x + L.cell / 2, L.board_y + L.cell / 2
             img = raster.coordinate_labels(
-                img, self.board_size, first_x, first_y, L.cell, L.board_y - L.band / 2, L.board_x - L.band / 2, self._label_px, LABEL_COLOR
+                img,
+                self.board_size,
+                first_x,
+                first_y,
+                L.cell,
+                L.board_y - L.band / 2,
+                L.board_x - L.band / 2,
+                self._label_px,
+                LABEL_COLOR,
             )
         return raster.to_uint8(img)
 
@@ -548,7 +579,10 @@ class Swap(Env):
         for num_lines in (1, 2):
             for px in range(max(MIN_TEXT_PX, int(round(0.32 * L.cell))), MIN_TEXT_PX - 1, -1):
                 digit = raster.digit_advance(px)
-                width = max(sum(raster.text_advance(label, px) + digits * digit for label, digits in line) for line in self._counter_lines(num_lines))
+                width = max(
+                    sum(raster.text_advance(label, px) + digits * digit for label, digits in line)
+                    for line in self._counter_lines(num_lines)
+                )
                 if width <= room and num_lines * raster.line_height(px) <= L.strip_h:
                     return px, num_lines
         return None
@@ -570,9 +604,13 @@ class Swap(Env):
         alpha[:, :-1] = raster.glyph_columns(font)  # indexed like raster.text_columns
         for y in ys:
             assert (self._background[y : y + font.cell_h, x:] == 255).all(), "the counters are drawn on white"
-        table = raster.bake(lambda: raster.to_uint8(raster.fill(raster.canvas(*alpha.shape, WHITE), jnp.asarray(alpha), BLACK)))
+        table = raster.bake(
+            lambda: raster.to_uint8(raster.fill(raster.canvas(*alpha.shape, WHITE), jnp.asarray(alpha), BLACK))
+        )
         assert (table == table[..., :1]).all()
-        return CountersLine(font=font, x=x, ys=ys, width=self.image_size[1] - x, table=table[..., 0], blank=alpha.shape[1] - 1)
+        return CountersLine(
+            font=font, x=x, ys=ys, width=self.image_size[1] - x, table=table[..., 0], blank=alpha.shape[1] - 1
+        )
 
     def counters_codes(self, state) -> tuple[jax.Array, ...]:
         """Glyph codes of each counters line ("Score: <score>   Moves: <left>   Shuffles: <n>",
@@ -580,7 +618,13 @@ class Swap(Env):
         font = self._counters_line.font
         values = iter((state.score, state.moves_left, state.shuffles))
         return tuple(
-            raster.concat_codes(*(piece for label, _ in line for piece in (font.codes(label), raster.number_codes(next(values), NUMBER_DIGITS))))
+            raster.concat_codes(
+                *(
+                    piece
+                    for label, _ in line
+                    for piece in (font.codes(label), raster.number_codes(next(values), NUMBER_DIGITS))
+                )
+            )
             for line in self._counter_lines(len(self._counters_line.ys))
         )
 
@@ -588,12 +632,16 @@ class Swap(Env):
         self.check_state(state, "render")
         L = self.layout
         ids = jnp.clip(state.board, 0, self.num_types - 1) * 2 + jnp.asarray(self._parity)
-        img = raster.paste_cells(jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L.board_y, L.board_x)
+        img = raster.paste_cells(
+            jnp.asarray(self._background), jnp.asarray(self._tile_atlas), ids, L.board_y, L.board_x
+        )
         line = self._counters_line
         for codes, y in zip(self.counters_codes(state), line.ys):
             columns, _ = raster.text_columns(line.font, codes, line.width)
             strip = jnp.asarray(line.table)[:, jnp.where(columns >= 0, columns, line.blank)]
-            img = jax.lax.dynamic_update_slice(img, jnp.broadcast_to(strip[..., None], (*strip.shape, 3)), (y, line.x, 0))
+            img = jax.lax.dynamic_update_slice(
+                img, jnp.broadcast_to(strip[..., None], (*strip.shape, 3)), (y, line.x, 0)
+            )
         return img
 
     # --- text ----------------------------------------------------------------------------
@@ -625,7 +673,9 @@ class Swap(Env):
         state_board = jnp.asarray(arr, jnp.int32)
         lines = np.argwhere(np.asarray(line_mask(state_board)))
         if len(lines):
-            raise ValueError(f"swap: the board has a ready-made line of 3 at cells {lines.tolist()}; positions between moves never do")
+            raise ValueError(
+                f"swap: the board has a ready-made line of 3 at cells {lines.tolist()}; positions between moves never do"
+            )
         if not bool(has_legal_swap(state_board)):
             raise ValueError("swap: the board has no legal swap; the game would have reshuffled it")
         moves_left = self.max_moves if moves_left is None else moves_left

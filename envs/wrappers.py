@@ -18,6 +18,7 @@ G1_WARMUP_MOVES = {"2048": 100, "shisensho": 250, "shisensho_photo": 250, "swap"
 def tree_where(pred, on_true, on_false):
     """`jnp.where` over two pytrees of the same structure (two states, two batches of states):
     `pred` of shape [] picks a whole tree, of shape [B] a row of every leaf [B, ...]."""
+
     def pick(a, b):
         return jnp.where(jnp.reshape(pred, jnp.shape(pred) + (1,) * (jnp.ndim(a) - jnp.ndim(pred))), a, b)
 
@@ -105,6 +106,8 @@ def render_into(env: Env, frames, states, params=None):
     a page fault per 4 KiB, which for large frames costs about as much as drawing them."""
     new = render_batch(env, states, params)
     if new.shape != frames.shape or new.dtype != frames.dtype:
-        raise ValueError(f"frames buffer is {frames.dtype}{list(frames.shape)}, the batch renders {new.dtype}{list(new.shape)}")
+        raise ValueError(
+            f"frames buffer is {frames.dtype}{list(frames.shape)}, the batch renders {new.dtype}{list(new.shape)}"
+        )
     # an update of the donated buffer (not a new array) is what lets XLA draw in place
     return frames.at[...].set(new)

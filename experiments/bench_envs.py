@@ -79,8 +79,13 @@ def bench_logic(env, batch: int, repeats: int) -> dict:
     first, runs = timed(fn, jax.random.key(0), repeats=repeats)
     finished = int(fn(jax.random.key(0)))
     return dict(
-        metric="steps_per_s", batch=batch, scan_steps=steps, compile_s=first,
-        median=batch * steps / statistics.median(runs), best=batch * steps / min(runs), episodes=finished,
+        metric="steps_per_s",
+        batch=batch,
+        scan_steps=steps,
+        compile_s=first,
+        median=batch * steps / statistics.median(runs),
+        best=batch * steps / min(runs),
+        episodes=finished,
     )
 
 
@@ -100,8 +105,13 @@ def bench_render(env, batch: int, repeats: int, donate: bool) -> dict:
     else:
         first, runs = timed(jax.jit(lambda s: envs.render_batch(env, s)), states, repeats=repeats)
     return dict(
-        metric="frames_per_s", batch=batch, image=f"{h}x{w}", donated=donate, compile_s=first,
-        median=batch / statistics.median(runs), best=batch / min(runs),
+        metric="frames_per_s",
+        batch=batch,
+        image=f"{h}x{w}",
+        donated=donate,
+        compile_s=first,
+        median=batch / statistics.median(runs),
+        best=batch / min(runs),
     )
 
 
@@ -139,8 +149,14 @@ def bench_g1_step(name: str, repeats: int, policy: str) -> dict:
     first, runs = timed(call, repeats=repeats)
     assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
-        metric="g1_step_s", game=name, warmup_moves=moves, warmup_policy=policy, image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
-        compile_s=first, median=statistics.median(runs), best=min(runs),
+        metric="g1_step_s",
+        game=name,
+        warmup_moves=moves,
+        warmup_policy=policy,
+        image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
+        compile_s=first,
+        median=statistics.median(runs),
+        best=min(runs),
     )
 
 
@@ -192,11 +208,20 @@ def bench_shisensho_check(repeats: int, batch: int = 1024) -> list[dict]:
         finally:
             shisensho.pair_legal = original
         g = env.board_size
-        rows.append(dict(
-            metric="legal_pair_share", game="shisensho", board=f"{g}x{g}", batch=batch, step_us=step_us,
-            legal_pairs_us=update_us, g1_step_cpu_s=real, g1_without_update_cpu_s=without,
-            g1_update_cpu_s=real - without, g1_share=(real - without) / real,
-        ))
+        rows.append(
+            dict(
+                metric="legal_pair_share",
+                game="shisensho",
+                board=f"{g}x{g}",
+                batch=batch,
+                step_us=step_us,
+                legal_pairs_us=update_us,
+                g1_step_cpu_s=real,
+                g1_without_update_cpu_s=without,
+                g1_update_cpu_s=real - without,
+                g1_share=(real - without) / real,
+            )
+        )
     return rows
 
 
@@ -272,8 +297,12 @@ def fmt(v: float) -> str:
 def machine() -> dict:
     dev = jax.devices()[0]
     return dict(
-        platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count(),
-        jax=jax.__version__, backend=jax.default_backend(), device=str(dev.device_kind),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpus=os.cpu_count(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        device=str(dev.device_kind),
     )
 
 
@@ -281,14 +310,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", nargs="*", default=None, help=f"default: all ({', '.join(envs.list_games())})")
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 64, 1024, 4096])
-    parser.add_argument("--g1-batches", nargs="*", type=int, default=[1, 64, 1024], help="batches for frames at 840x644")
+    parser.add_argument(
+        "--g1-batches", nargs="*", type=int, default=[1, 64, 1024], help="batches for frames at 840x644"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="also run pgx / jumanji 2048 if installed")
     parser.add_argument("--g1-step", action="store_true", help="only the G1-step measure")
-    parser.add_argument("--g1-warmup-policy", choices=envs.wrappers.WARMUP_POLICIES, default="uniform",
-                        help="warm-up moves of the G1 step: G1's uniform action ids (default) or valid moves")
-    parser.add_argument("--shisensho-check", action="store_true",
-                        help="only: cost of the Shisen-Sho legal-pair update at 6x6 and 12x12, alone and within a G1 step")
+    parser.add_argument(
+        "--g1-warmup-policy",
+        choices=envs.wrappers.WARMUP_POLICIES,
+        default="uniform",
+        help="warm-up moves of the G1 step: G1's uniform action ids (default) or valid moves",
+    )
+    parser.add_argument(
+        "--shisensho-check",
+        action="store_true",
+        help="only: cost of the Shisen-Sho legal-pair update at 6x6 and 12x12, alone and within a G1 step",
+    )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     games = args.games or envs.list_games()
@@ -303,19 +341,28 @@ def main(argv=None):
         extra = f" image {row['image']}" if "image" in row else ""
         extra += " donated" if row.get("donated") else ""
         if row["metric"] == "g1_step_s":
-            print(f"{label:<34} G1 step ({row['warmup_moves']} {row['warmup_policy']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
-                  f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]", flush=True)
+            print(
+                f"{label:<34} G1 step ({row['warmup_moves']} {row['warmup_policy']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
+                f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]",
+                flush=True,
+            )
         else:
-            print(f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
-                  f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]", flush=True)
+            print(
+                f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
+                f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]",
+                flush=True,
+            )
 
     print(f"# {machine()}")
     if args.shisensho_check:
         for row in bench_shisensho_check(args.repeats):
             rows.append(row)
-            print(f"shisensho {row['board']:<6} CPU per board at batch {row['batch']}: step {row['step_us']:.2f} us, "
-                  f"legal-pair update alone {row['legal_pairs_us']:.2f} us | G1 step (CPU) {row['g1_step_cpu_s']:.3f} s, "
-                  f"of which the update {row['g1_update_cpu_s']:.3f} s = {row['g1_share']:.0%}", flush=True)
+            print(
+                f"shisensho {row['board']:<6} CPU per board at batch {row['batch']}: step {row['step_us']:.2f} us, "
+                f"legal-pair update alone {row['legal_pairs_us']:.2f} us | G1 step (CPU) {row['g1_step_cpu_s']:.3f} s, "
+                f"of which the update {row['g1_update_cpu_s']:.3f} s = {row['g1_share']:.0%}",
+                flush=True,
+            )
         games = []
     elif not args.g1_step:
         for name in games:
@@ -330,16 +377,31 @@ def main(argv=None):
                     emit(dict(game=name, **bench_render(big, b, args.repeats, donate)))
         if args.compare:
             for b in args.batches:
-                ours = next(r for r in rows if r.get("game") == "2048" and r["metric"] == "steps_per_s" and r["batch"] == b) if "2048" in games else None
+                ours = (
+                    next(
+                        r for r in rows if r.get("game") == "2048" and r["metric"] == "steps_per_s" and r["batch"] == b
+                    )
+                    if "2048" in games
+                    else None
+                )
                 for label, fn in compare_rollouts(b).items():
                     first, runs = timed(fn, jax.random.key(0), repeats=args.repeats)
                     n = b * scan_length(b)
-                    row = dict(game=label, metric="steps_per_s", batch=b, compile_s=first, median=n / statistics.median(runs), best=n / min(runs))
+                    row = dict(
+                        game=label,
+                        metric="steps_per_s",
+                        batch=b,
+                        compile_s=first,
+                        median=n / statistics.median(runs),
+                        best=n / min(runs),
+                    )
                     if ours:
                         row["g1jax_ratio_best"] = ours["best"] / row["best"]
                     emit(row)
                     if ours:
-                        print(f"{'':<34} g1jax 2048 (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
+                        print(
+                            f"{'':<34} g1jax 2048 (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)"
+                        )
     for name in games:
         emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy))
     if args.json:

@@ -33,17 +33,27 @@ def speed(game: str, runs: int, steps: int, policies: list[str]) -> dict:
     construct = time.perf_counter() - begin
     rows = [ev.make_policy(spec, env, protocol) for spec in policies]
     begin = time.perf_counter()
-    first = ev.evaluate(protocol, env, rows, runs=runs, steps=steps, key=jax.random.key(0), progress=False,
-                        keep_texts=False)
+    first = ev.evaluate(
+        protocol, env, rows, runs=runs, steps=steps, key=jax.random.key(0), progress=False, keep_texts=False
+    )
     cold, cold_cpu = time.perf_counter() - begin, time.process_time() - cpu
     begin = time.perf_counter()
-    again = ev.evaluate(protocol, env, rows, runs=runs, steps=steps, key=jax.random.key(1), progress=False,
-                        keep_texts=False)
+    again = ev.evaluate(
+        protocol, env, rows, runs=runs, steps=steps, key=jax.random.key(1), progress=False, keep_texts=False
+    )
     warm = time.perf_counter() - begin
-    return {"game": game, "runs": runs, "steps": steps, "construct_s": construct, "compile_s": first[0].compile_seconds,
-            "rows": {r.policy: {"run_s": r.seconds, "avg": r.mean, "se": r.se, "detail": r.detail} for r in first},
-            "rows_again": {r.policy: {"run_s": r.seconds, "avg": r.mean, "se": r.se} for r in again},
-            "cold_total_s": construct + cold, "cold_total_cpu_s": cold_cpu, "warm_total_s": warm}
+    return {
+        "game": game,
+        "runs": runs,
+        "steps": steps,
+        "construct_s": construct,
+        "compile_s": first[0].compile_seconds,
+        "rows": {r.policy: {"run_s": r.seconds, "avg": r.mean, "se": r.se, "detail": r.detail} for r in first},
+        "rows_again": {r.policy: {"run_s": r.seconds, "avg": r.mean, "se": r.se} for r in again},
+        "cold_total_s": construct + cold,
+        "cold_total_cpu_s": cold_cpu,
+        "warm_total_s": warm,
+    }
 
 
 def faithfulness(game: str, runs: int, steps: int) -> list[dict]:
@@ -56,11 +66,22 @@ def faithfulness(game: str, runs: int, steps: int) -> list[dict]:
     out = []
     for label, variant in variants:
         policies = [ev.make_policy(spec, env, variant) for spec in (specs if label == "paper protocol" else ["random"])]
-        for r in ev.evaluate(variant, env, policies, runs=runs, steps=steps, key=jax.random.key(7), progress=False,
-                             keep_texts=False):
-            out.append({"game": game, "policy": r.policy, "protocol": label, "runs": r.runs, "steps": r.steps,
-                        "avg": r.mean, "se": r.se, "sd": float(r.totals.std(ddof=1)),
-                        "paper_random": protocol.paper_scores["Random"]})
+        for r in ev.evaluate(
+            variant, env, policies, runs=runs, steps=steps, key=jax.random.key(7), progress=False, keep_texts=False
+        ):
+            out.append(
+                {
+                    "game": game,
+                    "policy": r.policy,
+                    "protocol": label,
+                    "runs": r.runs,
+                    "steps": r.steps,
+                    "avg": r.mean,
+                    "se": r.se,
+                    "sd": float(r.totals.std(ddof=1)),
+                    "paper_random": protocol.paper_scores["Random"],
+                }
+            )
     return out
 
 
@@ -74,13 +95,24 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    result = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-                          "backend": jax.default_backend(), "load_average": os.getloadavg()},
-              "speed": [], "faithfulness": []}
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "load_average": os.getloadavg(),
+        },
+        "speed": [],
+        "faithfulness": [],
+    }
     total = 0.0
-    print(f"| game | construct s | compile s | {' | '.join(p + ' run s' for p in args.policies)} | cold total s | "
-          f"cold total CPU s | warm total s | {' | '.join(args.policies)} |")
+    print(
+        f"| game | construct s | compile s | {' | '.join(p + ' run s' for p in args.policies)} | cold total s | "
+        f"cold total CPU s | warm total s | {' | '.join(args.policies)} |"
+    )
     print("|" + "---|" * (6 + 2 * len(args.policies)))
     for game in args.games:
         row = speed(game, args.runs, args.steps, args.policies)
@@ -88,8 +120,11 @@ def main(argv=None):
         total += row["cold_total_s"]
         runs = " | ".join(f"{r['run_s']:.3f}" for r in row["rows"].values())
         scores = " | ".join(f"{r['avg']:.4g} ± {r['se']:.3g}" for r in row["rows"].values())
-        print(f"| {game} | {row['construct_s']:.2f} | {row['compile_s']:.2f} | {runs} | {row['cold_total_s']:.2f} | "
-              f"{row['cold_total_cpu_s']:.2f} | {row['warm_total_s']:.3f} | {scores} |", flush=True)
+        print(
+            f"| {game} | {row['construct_s']:.2f} | {row['compile_s']:.2f} | {runs} | {row['cold_total_s']:.2f} | "
+            f"{row['cold_total_cpu_s']:.2f} | {row['warm_total_s']:.3f} | {scores} |",
+            flush=True,
+        )
     result["cold_total_all_games_s"] = total
     print(f"\nall games, cold: {total:.1f} s\n")
 
@@ -99,8 +134,11 @@ def main(argv=None):
         for game in args.games:
             for row in faithfulness(game, args.faithfulness_runs, args.steps):
                 result["faithfulness"].append(row)
-                print(f"| {game} | {row['policy']} | {row['protocol']} | {row['runs']} | {row['avg']:.4g} ± "
-                      f"{row['se']:.2g} | {row['sd']:.3g} | {row['paper_random']:g} |", flush=True)
+                print(
+                    f"| {game} | {row['policy']} | {row['protocol']} | {row['runs']} | {row['avg']:.4g} ± "
+                    f"{row['se']:.2g} | {row['sd']:.3g} | {row['paper_random']:g} |",
+                    flush=True,
+                )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

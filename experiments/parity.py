@@ -103,8 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the parity table as JSON here")
     parser.add_argument("--write-fixture", metavar="DIR", help="(tiny mode) also write checkpoint + goldens to DIR")
-    parser.add_argument("--float32-reference", action="store_true",
-                        help="judge against transformers float32 only (no float64 copy of the model)")
+    parser.add_argument(
+        "--float32-reference",
+        action="store_true",
+        help="judge against transformers float32 only (no float64 copy of the model)",
+    )
     args = parser.parse_args(argv)
     if args.hf_dir and args.write_fixture:
         parser.error("--write-fixture only applies to the built tiny references")
@@ -113,8 +116,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {"checkpoint": args.hf_dir} if args.hf_dir else build_tiny(tmp, args.seed)
         for variant, directory in dirs.items():
-            results[variant] = check_directory(directory, args.max_new_tokens, args.seed,
-                                               float64=not args.float32_reference)
+            results[variant] = check_directory(
+                directory, args.max_new_tokens, args.seed, float64=not args.float32_reference
+            )
             print(R.format_rows(results[variant][0], f"\n== {variant}: {directory}"))
         if args.write_fixture:
             write_fixture(args.write_fixture, dirs, results)

@@ -43,7 +43,8 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self.directory, exist_ok=True)
         self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
 
     def steps(self) -> list[int]:
         self._manager.reload()
@@ -83,15 +84,20 @@ class Checkpointer:
                 continue
             for bad, error in failures:
                 moved = self._set_aside(bad)
-                warnings.warn(f"checkpoint step {bad} in {self.directory} could not be read ({_describe(error)}); "
-                              f"moved it to {moved} and fell back to step {step}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"checkpoint step {bad} in {self.directory} could not be read ({_describe(error)}); "
+                    f"moved it to {moved} and fell back to step {step}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return step, items, meta
         if failures:
             reasons = "; ".join(f"step {step}: {_describe(error)}" for step, error in failures)
             raise CheckpointError(
                 f"none of the {len(steps)} checkpoint(s) in {self.directory} can be restored onto this run ({reasons}). "
                 "If the run's settings changed since they were written (kl_coef, the model, freeze_vision), resume "
-                "with the run's own config.json, or start a new run directory")
+                "with the run's own config.json, or start a new run directory"
+            )
         return None
 
     def _set_aside(self, step: int) -> str:

@@ -117,52 +117,83 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name in ("states_per_step", "max_new_tokens", "steps", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("checkpoint_every", "sample_every", "warmup_steps", "seed", "init_seed", "top_k", "sft_steps",
-                     "eval_states"):
+        for name in (
+            "checkpoint_every",
+            "sample_every",
+            "warmup_steps",
+            "seed",
+            "init_seed",
+            "top_k",
+            "sft_steps",
+            "eval_states",
+        ):
             _check_int(name, getattr(self, name), 0)
         games = len(self.games)
-        _check(self.states_per_step % games == 0,
-               f"states_per_step {self.states_per_step} must split evenly across the {games} games")
-        _check(self.eval_states % games == 0,
-               f"eval_states {self.eval_states} must split evenly across the {games} games")
+        _check(
+            self.states_per_step % games == 0,
+            f"states_per_step {self.states_per_step} must split evenly across the {games} games",
+        )
+        _check(
+            self.eval_states % games == 0, f"eval_states {self.eval_states} must split evenly across the {games} games"
+        )
         if self.micro_batch_states is not None:
             _check_int("micro_batch_states", self.micro_batch_states, 1)
-            _check(self.states_per_step % self.micro_batch_states == 0,
-                   f"micro_batch_states {self.micro_batch_states} must divide states_per_step {self.states_per_step}")
+            _check(
+                self.states_per_step % self.micro_batch_states == 0,
+                f"micro_batch_states {self.micro_batch_states} must divide states_per_step {self.states_per_step}",
+            )
 
     def _check_numbers(self) -> None:
-        _check(_is_number(self.temperature) and self.temperature > 0,
-               f"temperature must be > 0 for training (the policy's log-probs are taken at it), "
-               f"got {self.temperature!r}")
+        _check(
+            _is_number(self.temperature) and self.temperature > 0,
+            f"temperature must be > 0 for training (the policy's log-probs are taken at it), got {self.temperature!r}",
+        )
         _check(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         for name in ("learning_rate", "sft_learning_rate", "grad_clip"):
             value = getattr(self, name)
             _check(_is_number(value) and value > 0, f"{name} must be > 0, got {value!r}")
-        _check(_is_number(self.weight_decay) and self.weight_decay >= 0,
-               f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        _check(all(_is_number(b) and 0 <= b < 1 for b in (self.b1, self.b2)),
-               f"b1, b2 must be in [0, 1), got {self.b1}, {self.b2}")
-        _check(_is_number(self.teacher_epsilon) and 0 <= self.teacher_epsilon <= 1,
-               f"teacher_epsilon must be a probability in [0, 1], got {self.teacher_epsilon!r}")
+        _check(
+            _is_number(self.weight_decay) and self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        _check(
+            all(_is_number(b) and 0 <= b < 1 for b in (self.b1, self.b2)),
+            f"b1, b2 must be in [0, 1), got {self.b1}, {self.b2}",
+        )
+        _check(
+            _is_number(self.teacher_epsilon) and 0 <= self.teacher_epsilon <= 1,
+            f"teacher_epsilon must be a probability in [0, 1], got {self.teacher_epsilon!r}",
+        )
 
     def _check_names(self) -> None:
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check(self.dtype in DTYPES and self.param_dtype in DTYPES,
-               f"dtype / param_dtype must be one of {DTYPES}, got {self.dtype!r} / {self.param_dtype!r}")
-        _check(self.warmup_policy in envs.wrappers.WARMUP_POLICIES,
-               f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}")
-        _check(isinstance(self.model, str) and self.model,
-               f"model must be a preset name, a directory or a hub id, got {self.model!r}")
-        _check(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer),
-               f"tokenizer must be a path or None, got {self.tokenizer!r}")
+        _check(
+            self.dtype in DTYPES and self.param_dtype in DTYPES,
+            f"dtype / param_dtype must be one of {DTYPES}, got {self.dtype!r} / {self.param_dtype!r}",
+        )
+        _check(
+            self.warmup_policy in envs.wrappers.WARMUP_POLICIES,
+            f"warmup_policy must be one of {envs.wrappers.WARMUP_POLICIES}, got {self.warmup_policy!r}",
+        )
+        _check(
+            isinstance(self.model, str) and self.model,
+            f"model must be a preset name, a directory or a hub id, got {self.model!r}",
+        )
+        _check(
+            self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer),
+            f"tokenizer must be a path or None, got {self.tokenizer!r}",
+        )
         _check(isinstance(self.run_dir, str) and self.run_dir, "run_dir must be a non-empty path")
         try:
             parse_mesh_shape(self.mesh)  # its form only: whether it fits the devices is the trainer's check
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        _check(self.teacher is None or isinstance(self.teacher, str) or (
-            isinstance(self.teacher, Mapping) and all(isinstance(kind, str) for kind in self.teacher.values())),
-            f"teacher must be a teacher kind, a mapping of game names to kinds, or None; got {self.teacher!r}")
+        _check(
+            self.teacher is None
+            or isinstance(self.teacher, str)
+            or (isinstance(self.teacher, Mapping) and all(isinstance(kind, str) for kind in self.teacher.values())),
+            f"teacher must be a teacher kind, a mapping of game names to kinds, or None; got {self.teacher!r}",
+        )
 
     def _check_per_game_options(self) -> None:
         per_game_teacher = list(self.teacher) if isinstance(self.teacher, Mapping) else []
@@ -189,8 +220,9 @@ class TrainConfig:
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p)
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+        )
 
     @property
     def micro_batches(self) -> int:

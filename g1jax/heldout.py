@@ -52,8 +52,9 @@ def best_fixed_actions(games: MultiGame, game_rewards, chunk: int = 64) -> dict[
     totals = [np.zeros(game.num_actions) for game in games.games]
     for start in range(0, max(g.num_actions for g in games.games), chunk):
         ids = np.arange(start, start + chunk)
-        actions = np.concatenate([np.tile(np.minimum(ids, g.num_actions - 1), (n, 1))
-                                  for g, n in zip(games.games, games.counts)]).astype(np.int32)
+        actions = np.concatenate(
+            [np.tile(np.minimum(ids, g.num_actions - 1), (n, 1)) for g, n in zip(games.games, games.counts)]
+        ).astype(np.int32)
         rewards = game_rewards(actions)
         for i, game in enumerate(games.games):
             valid = ids < game.num_actions
@@ -120,11 +121,18 @@ def comparison(before: dict, after: dict) -> dict[str, Any]:
     per-state values `rewards`, `game`, `perception_cells` of the policy and of each baseline)."""
     gain, gain_se = paired(after["rewards"], before["rewards"])
     game_gain, game_gain_se = paired(after["game"], before["game"])
-    out = {"before": before["policy"], "after": after["policy"],
-           **{row: after[row] for row in ROWS[1:] if row in after},
-           "gain": gain, "gain_se": gain_se, "gain_over_se": gain / gain_se if gain_se > 0 else float("nan"),
-           "gain_game": game_gain, "gain_game_se": game_gain_se,
-           "perception_chance": after["perception_chance"], "blind_actions": after["blind_actions"]}
+    out = {
+        "before": before["policy"],
+        "after": after["policy"],
+        **{row: after[row] for row in ROWS[1:] if row in after},
+        "gain": gain,
+        "gain_se": gain_se,
+        "gain_over_se": gain / gain_se if gain_se > 0 else float("nan"),
+        "gain_game": game_gain,
+        "gain_game_se": game_gain_se,
+        "perception_chance": after["perception_chance"],
+        "blind_actions": after["blind_actions"],
+    }
     beats = {"before": game_gain > MARGIN_SE * game_gain_se}
     for row in ("random", "blind"):
         diff, se = paired(after["game"], after["per_state"][row]["game"])
@@ -134,8 +142,9 @@ def comparison(before: dict, after: dict) -> dict[str, Any]:
     out["perception_cells_gain"], out["perception_cells_gain_se"] = cells_gain, cells_gain_se
     cells = np.asarray(after["perception_cells"], np.float64)
     cells_mean, cells_se = _mean_se(cells)
-    out["sees"] = bool(cells_mean - out["perception_chance"] > MARGIN_SE * cells_se
-                       and cells_gain > MARGIN_SE * cells_gain_se)
+    out["sees"] = bool(
+        cells_mean - out["perception_chance"] > MARGIN_SE * cells_se and cells_gain > MARGIN_SE * cells_gain_se
+    )
     out["beats"] = beats
     out["learned"] = bool(all(beats.values()))
     return out

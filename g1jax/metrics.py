@@ -26,6 +26,9 @@ def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int
         out[f"{name}/reward"] = float(np.mean(rollout.rewards[sel]))
         out[f"{name}/reward_game"] = float(np.mean(rollout.parts["game"][sel]))
     lengths = np.asarray(rollout.samples.lengths)
-    out.update(length_mean=float(lengths.mean()), length_max=float(lengths.max()),
-               truncated_frac=float(np.mean(np.asarray(rollout.samples.truncated))))
+    out.update(
+        length_mean=float(lengths.mean()),
+        length_max=float(lengths.max()),
+        truncated_frac=float(np.mean(np.asarray(rollout.samples.truncated))),
+    )
     return out

@@ -28,8 +28,10 @@ def check_model_source(model: str) -> None:
         return
     hub_like = model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
     if not hub_like:
-        raise ConfigError(f"model {model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing "
-                          f"directory nor a hub id like 'Qwen/Qwen2.5-VL-3B-Instruct'")
+        raise ConfigError(
+            f"model {model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing "
+            f"directory nor a hub id like 'Qwen/Qwen2.5-VL-3B-Instruct'"
+        )
 
 
 def load_policy(config: TrainConfig, mesh=None) -> tuple[Qwen25VL, Tokenizer]:
@@ -65,12 +67,14 @@ def _preset_tokenizer(config: TrainConfig, model_config: Qwen25VLConfig) -> Toke
 def _game_corpus() -> list[str]:
     from g1jax.tokenizer import _TINY_CORPUS as TINY_CORPUS
 
-    phrases = ["<perception>\n 2 | 4 | - | 8 \n 16 | 32 | 64 | 128 \n</perception>\n<think>\n",
-               "Looking 2 moves ahead (merge points, then room and merges left): Up merges 1 pair for 16 points, "
-               "value 58.0; Right cannot move; Down merges 2 pairs for 8 points; Left merges no pair. "
-               "So I play Down (2).\n</think>\n<answer>2</answer>",
-               "Red circle | Green square | Blue triangle | Yellow diamond | Magenta cross | Cyan star | Empty | - ",
-               "pair (0, 1) (2, 3) leaves 12 legal pairs; swap score points cascade tiles"]
+    phrases = [
+        "<perception>\n 2 | 4 | - | 8 \n 16 | 32 | 64 | 128 \n</perception>\n<think>\n",
+        "Looking 2 moves ahead (merge points, then room and merges left): Up merges 1 pair for 16 points, "
+        "value 58.0; Right cannot move; Down merges 2 pairs for 8 points; Left merges no pair. "
+        "So I play Down (2).\n</think>\n<answer>2</answer>",
+        "Red circle | Green square | Blue triangle | Yellow diamond | Magenta cross | Cyan star | Empty | - ",
+        "pair (0, 1) (2, 3) leaves 12 legal pairs; swap score points cascade tiles",
+    ]
     return [*TINY_CORPUS, *(envs.make(name).prompt for name in envs.list_games()), *phrases]
 
 

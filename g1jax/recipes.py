@@ -17,8 +17,17 @@ from g1jax.models.config import ConfigError
 # ------------------------------------------------------------------------------ the GRPO losses
 # G1 (arXiv 2505.13426), trained with its fork of EasyR1: 5 answers per state, symmetric clip, k3 KL as a
 # loss term with coefficient 0.01, global token mean.
-G1_LOSS = dict(group_size=5, advantage="grpo", clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.01,
-               kl_kind="k3", loss_agg="token-mean", tis_cap=None)
+G1_LOSS = dict(
+    group_size=5,
+    advantage="grpo",
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_clip=None,
+    kl_coef=0.01,
+    kl_kind="k3",
+    loss_agg="token-mean",
+    tis_cap=None,
+)
 # DAPO's loss: clip-higher 0.28, no KL, token mean (its dynamic sampling and overlong shaping would live
 # in the rollout; they are not implemented).
 DAPO_LOSS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.0, loss_agg="token-mean")
@@ -28,28 +37,64 @@ DRGRPO_LOSS = dict(advantage="drgrpo", kl_coef=0.0, loss_agg="sequence-mean-toke
 # ------------------------------------------------------------------------------ runs on a CPU
 # Small settings for a 2-CPU machine: a tiny random-init model on 2048 at a small frame size.
 # max_new_tokens 144: the greedy teacher's full G1 answers on 2048 reach ~130 tokens with the stop token.
-CPU_SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=16, grpo=dict(group_size=4),
-                 max_new_tokens=144, learning_rate=3e-4, checkpoint_every=20, sample_every=20, eval_states=256,
-                 strict_format=True)
+CPU_SMALL = dict(
+    model="tiny",
+    games=("2048",),
+    image_size=(140, 112),
+    states_per_step=16,
+    grpo=dict(group_size=4),
+    max_new_tokens=144,
+    learning_rate=3e-4,
+    checkpoint_every=20,
+    sample_every=20,
+    eval_states=256,
+    strict_format=True,
+)
 # G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
 # start states before and after RL. 2048's teacher is the greedy best-merge player, which with epsilon 0.5
 # makes an imperfect teacher; other games take their default teacher.
-G1_SMALL = dict(CPU_SMALL, sft_steps=60, sft_learning_rate=3e-3, teacher={"2048": "greedy"}, teacher_epsilon=0.5,
-                steps=40, run_dir="runs/default")
+G1_SMALL = dict(
+    CPU_SMALL,
+    sft_steps=60,
+    sft_learning_rate=3e-3,
+    teacher={"2048": "greedy"},
+    teacher_epsilon=0.5,
+    steps=40,
+    run_dir="runs/default",
+)
 # G0: the same RL budget without the cold start.
 G0_SMALL = dict(CPU_SMALL, sft_steps=0, steps=40, run_dir="runs/g0")
 
 # ------------------------------------------------------------------------------ the paper's, for real checkpoints
 # G1's RL recipe (vlm-gym-spec §9; docs/rl.md): 128 states x 5 answers, lr 1e-6, G1's loss, temperature 1,
 # one update per rollout. Meant for Qwen2.5-VL-3B/7B on accelerators.
-PAPER_RL = dict(states_per_step=128, grpo=G1_LOSS, learning_rate=1e-6, temperature=1.0, weight_decay=0.01,
-                grad_clip=1.0, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0, max_new_tokens=2048,
-                # 16 micro-batches of 8 states: one state per device per micro-batch on 8 chips, which is
-                # what fits 80 GB at 3B and 7B (BENCHMARKS.md, learner memory)
-                micro_batch_states=8)
+PAPER_RL = dict(
+    states_per_step=128,
+    grpo=G1_LOSS,
+    learning_rate=1e-6,
+    temperature=1.0,
+    weight_decay=0.01,
+    grad_clip=1.0,
+    b1=0.9,
+    b2=0.999,
+    schedule="constant",
+    warmup_steps=0,
+    max_new_tokens=2048,
+    # 16 micro-batches of 8 states: one state per device per micro-batch on 8 chips, which is
+    # what fits 80 GB at 3B and 7B (BENCHMARKS.md, learner memory)
+    micro_batch_states=8,
+)
 # The cold start's length and step size are not published (docs/rl.md); these are ours.
-G1_PAPER = dict(PAPER_RL, sft_steps=200, sft_learning_rate=2e-5, teacher=None, teacher_epsilon=0.0, steps=400,
-                eval_states=128, run_dir="runs/g1")
+G1_PAPER = dict(
+    PAPER_RL,
+    sft_steps=200,
+    sft_learning_rate=2e-5,
+    teacher=None,
+    teacher_epsilon=0.0,
+    steps=400,
+    eval_states=128,
+    run_dir="runs/g1",
+)
 G0_PAPER = dict(PAPER_RL, steps=400, eval_states=128, run_dir="runs/g0")
 
 RECIPES: dict[str, dict[str, Any]] = {

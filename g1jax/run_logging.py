@@ -22,8 +22,12 @@ class _Progress:
             if metrics.get("phase") == "sft":
                 self.bar.set_postfix(phase="cold start", sft_loss=f"{metrics['sft_loss']:.3f}", refresh=False)
             else:
-                self.bar.set_postfix(reward=f"{metrics['reward']:+.3f}", game=f"{metrics['reward_game']:+.3f}",
-                                     len=f"{metrics['length_mean']:.0f}", refresh=False)
+                self.bar.set_postfix(
+                    reward=f"{metrics['reward']:+.3f}",
+                    game=f"{metrics['reward_game']:+.3f}",
+                    len=f"{metrics['length_mean']:.0f}",
+                    refresh=False,
+                )
             self.bar.update(1)
 
     def close(self) -> None:
@@ -92,12 +96,20 @@ class RunLogger:
         rows = []
         for p, frame in enumerate(frames):
             text = rollout.texts[p * group_size]
-            rows.append({"step": step, "prompt_index": p, "answer": text, "truth": rollout.truths[p],
-                         "reward": float(rollout.rewards[p * group_size])})
+            rows.append(
+                {
+                    "step": step,
+                    "prompt_index": p,
+                    "answer": text,
+                    "truth": rollout.truths[p],
+                    "reward": float(rollout.rewards[p * group_size]),
+                }
+            )
             canvas = Image.new("RGB", (frame.shape[1], frame.shape[0] + 60), "white")
             canvas.paste(Image.fromarray(frame), (0, 0))
-            ImageDraw.Draw(canvas).multiline_text((4, frame.shape[0] + 2), _wrap(text, frame.shape[1] // 7, 4),
-                                                  fill="black")
+            ImageDraw.Draw(canvas).multiline_text(
+                (4, frame.shape[0] + 2), _wrap(text, frame.shape[1] // 7, 4), fill="black"
+            )
             canvas.save(os.path.join(self.run_dir, "samples", f"step{step:06d}_{p}.png"))
         with open(self.samples_path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -147,5 +159,5 @@ def _keep_steps_up_to(path: str, step: int) -> None:
 
 def _wrap(text: str, width: int, lines: int) -> str:
     flat = " ".join(text.split())
-    chunks = [flat[i:i + width] for i in range(0, len(flat), width)][:lines]
+    chunks = [flat[i : i + width] for i in range(0, len(flat), width)][:lines]
     return "\n".join(chunks)

@@ -120,8 +120,18 @@ def _repeat_rows(tree, times: int):
     return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if x.ndim else x, tree)
 
 
-def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row_keys, *, image_grids,
-                  group_size: int, config: SamplingConfig) -> Samples:
+def sample_tokens(
+    model,
+    input_ids,
+    positions,
+    attention_mask,
+    pixel_values,
+    row_keys,
+    *,
+    image_grids,
+    group_size: int,
+    config: SamplingConfig,
+) -> Samples:
     """Traceable body of `sample` (call it inside your own jit, e.g. a fused rollout)."""
     prompts, prompt_len = input_ids.shape
     length = config.max_new_tokens
@@ -130,9 +140,13 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
     cache = init_cache(model.config, prompts, prompt_len + length, cache_dtype)
     logits, cache = model.prefill(input_ids, positions, attention_mask, cache, pixel_values, image_grids)
     # The prompt's cache is computed once and broadcast to its G samples.
-    cache = KVCache(keys=_repeat_rows(cache.keys, group_size), values=_repeat_rows(cache.values, group_size),
-                    valid=_repeat_rows(cache.valid, group_size), index=cache.index,
-                    next_position=_repeat_rows(cache.next_position, group_size))
+    cache = KVCache(
+        keys=_repeat_rows(cache.keys, group_size),
+        values=_repeat_rows(cache.values, group_size),
+        valid=_repeat_rows(cache.valid, group_size),
+        index=cache.index,
+        next_position=_repeat_rows(cache.next_position, group_size),
+    )
     logits = _repeat_rows(logits, group_size)
     stop_ids = jnp.asarray(config.stop_ids, jnp.int32)
 
@@ -141,7 +155,11 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
         step=jnp.ones((), jnp.int32),
         tokens=jnp.full((rows, length), config.pad_id, jnp.int32).at[:, 0].set(token),
         logprobs=jnp.zeros((rows, length), jnp.float32).at[:, 0].set(logp),
-        last=token, done=jnp.isin(token, stop_ids), lengths=jnp.ones((rows,), jnp.int32), cache=cache)
+        last=token,
+        done=jnp.isin(token, stop_ids),
+        lengths=jnp.ones((rows,), jnp.int32),
+        cache=cache,
+    )
 
     def keep_going(s: _LoopState):
         return (s.step < length) & ~jnp.all(s.done)
@@ -153,26 +171,54 @@ def sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row
         logp = jnp.where(s.done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step))
         logprobs = jax.lax.dynamic_update_slice(s.logprobs, logp[:, None], (0, s.step))
-        return _LoopState(step=s.step + 1, tokens=tokens, logprobs=logprobs, last=token,
-                          done=s.done | jnp.isin(token, stop_ids), lengths=s.lengths + (~s.done).astype(jnp.int32),
-                          cache=cache)
+        return _LoopState(
+            step=s.step + 1,
+            tokens=tokens,
+            logprobs=logprobs,
+            last=token,
+            done=s.done | jnp.isin(token, stop_ids),
+            lengths=s.lengths + (~s.done).astype(jnp.int32),
+            cache=cache,
+        )
 
     state = jax.lax.while_loop(keep_going, decode, state)
     mask = jnp.arange(length)[None, :] < state.lengths[:, None]
-    return Samples(tokens=state.tokens, logprobs=state.logprobs, mask=mask, lengths=state.lengths,
-                   truncated=~state.done)
+    return Samples(
+        tokens=state.tokens, logprobs=state.logprobs, mask=mask, lengths=state.lengths, truncated=~state.done
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "image_grids", "group_size", "config"))
-def _sample_jit(graphdef, params, input_ids, positions, attention_mask, pixel_values, row_keys, *, image_grids,
-                group_size, config):
+def _sample_jit(
+    graphdef, params, input_ids, positions, attention_mask, pixel_values, row_keys, *, image_grids, group_size, config
+):
     model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
-    return sample_tokens(model, input_ids, positions, attention_mask, pixel_values, row_keys,
-                         image_grids=image_grids, group_size=group_size, config=config)
+    return sample_tokens(
+        model,
+        input_ids,
+        positions,
+        attention_mask,
+        pixel_values,
+        row_keys,
+        image_grids=image_grids,
+        group_size=group_size,
+        config=config,
+    )
 
 
-def sample(graphdef, params, input_ids, positions, attention_mask, pixel_values, row_keys, *, image_grids,
-           group_size: int, config: SamplingConfig) -> Samples:
+def sample(
+    graphdef,
+    params,
+    input_ids,
+    positions,
+    attention_mask,
+    pixel_values,
+    row_keys,
+    *,
+    image_grids,
+    group_size: int,
+    config: SamplingConfig,
+) -> Samples:
     """Sample `group_size` completions for each of P left-padded prompts (jitted, one compile per shape/config).
 
     graphdef, params: `nnx.split(model)` (params may be a tuple of states, e.g. trainable and frozen
@@ -184,7 +230,19 @@ def sample(graphdef, params, input_ids, positions, attention_mask, pixel_values,
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if row_keys.shape != (prompts * group_size,):
-        raise ValueError(f"row_keys must be a key array of shape [{prompts * group_size}] "
-                         f"(prompts x group_size), got {row_keys.shape}")
-    return _sample_jit(graphdef, params, input_ids, positions, attention_mask, pixel_values, row_keys,
-                       image_grids=tuple(image_grids or ()), group_size=group_size, config=config)
+        raise ValueError(
+            f"row_keys must be a key array of shape [{prompts * group_size}] "
+            f"(prompts x group_size), got {row_keys.shape}"
+        )
+    return _sample_jit(
+        graphdef,
+        params,
+        input_ids,
+        positions,
+        attention_mask,
+        pixel_values,
+        row_keys,
+        image_grids=tuple(image_grids or ()),
+        group_size=group_size,
+        config=config,
+    )

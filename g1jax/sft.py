@@ -26,16 +26,24 @@ from g1jax.tokenizer import Tokenizer
 class TeacherData:
     """Teacher answers for the start states of a MultiGame batch, as completion tokens [P, L]."""
 
-    def __init__(self, games: MultiGame, tokenizer: Tokenizer, max_tokens: int, *,
-                 kind: str | Callable[[str], str | None] | None = None, epsilon: float = 0.0):
+    def __init__(
+        self,
+        games: MultiGame,
+        tokenizer: Tokenizer,
+        max_tokens: int,
+        *,
+        kind: str | Callable[[str], str | None] | None = None,
+        epsilon: float = 0.0,
+    ):
         """kind: the teacher kind of every game, or a function of the game's name giving its kind (None:
         the game's default teacher)."""
         self.games = games
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         kind_of = kind if callable(kind) else (lambda name: kind)
-        self.teachers: tuple[Teacher, ...] = tuple(make_teacher(g, kind_of(g.name) or None, epsilon=epsilon)
-                                                   for g in games.games)
+        self.teachers: tuple[Teacher, ...] = tuple(
+            make_teacher(g, kind_of(g.name) or None, epsilon=epsilon) for g in games.games
+        )
         self._warned = False
 
     def answers(self, key, states) -> tuple[list[str], np.ndarray]:
@@ -51,9 +59,12 @@ class TeacherData:
         rows = [self.tokenizer.encode(t) + [self.tokenizer.im_end_id] for t in texts]
         longest = max(map(len, rows))
         if longest > self.max_tokens and not self._warned:
-            warnings.warn(f"teacher answers reach {longest} tokens but max_new_tokens is {self.max_tokens}: the "
-                          f"cold start trains on truncated answers (raise max_new_tokens)", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"teacher answers reach {longest} tokens but max_new_tokens is {self.max_tokens}: the "
+                f"cold start trains on truncated answers (raise max_new_tokens)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self._warned = True
         completion = np.full((len(rows), self.max_tokens), self.tokenizer.pad_id, np.int32)
         mask = np.zeros((len(rows), self.max_tokens), bool)
@@ -67,8 +78,10 @@ class TeacherData:
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _teacher_actions(teachers: tuple[Teacher, ...], counts: tuple[int, ...], key, states):
     """Each game's teacher over its rows (one compile per teachers and row counts, shared by every TeacherData)."""
-    return tuple(jax.vmap(t.act)(jax.random.split(jax.random.fold_in(key, i), n), s)
-                 for i, (t, n, s) in enumerate(zip(teachers, counts, states)))
+    return tuple(
+        jax.vmap(t.act)(jax.random.split(jax.random.fold_in(key, i), n), s)
+        for i, (t, n, s) in enumerate(zip(teachers, counts, states))
+    )
 
 
 def sft_loss_terms(logp: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

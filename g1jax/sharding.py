@@ -74,10 +74,14 @@ def parse_mesh_shape(shape: str | Sequence[int]) -> tuple[int, int, int]:
             raise ValueError(f"mesh shape must be three sizes 'data,fsdp,tp' such as '2,4,1', got {shape!r}") from None
     else:
         sizes = tuple(shape)
-    if len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and (s >= 1 or s == -1) for s in sizes) \
-            or sizes.count(-1) > 1:
-        raise ValueError(f"mesh shape must be three positive sizes (data, fsdp, tp), one of them may be -1; "
-                         f"got {shape!r}")
+    if (
+        len(sizes) != 3
+        or not all(isinstance(s, (int, np.integer)) and (s >= 1 or s == -1) for s in sizes)
+        or sizes.count(-1) > 1
+    ):
+        raise ValueError(
+            f"mesh shape must be three positive sizes (data, fsdp, tp), one of them may be -1; got {shape!r}"
+        )
     return tuple(int(s) for s in sizes)
 
 
@@ -93,20 +97,24 @@ def make_mesh(shape: str | Sequence[int], devices: Sequence[jax.Device] | None =
     if -1 in sizes:
         rest = math.prod(s for s in sizes if s != -1)
         if len(devices) % rest:
-            raise ValueError(f"mesh shape {shape!r}: the fixed sizes ({rest} devices) do not divide the "
-                             f"{len(devices)} devices")
+            raise ValueError(
+                f"mesh shape {shape!r}: the fixed sizes ({rest} devices) do not divide the {len(devices)} devices"
+            )
         sizes[sizes.index(-1)] = len(devices) // rest
     size = math.prod(sizes)
     if len(devices) % size:
-        raise ValueError(f"mesh shape {tuple(sizes)} needs {size} devices, which does not divide the "
-                         f"{len(devices)} devices present")
-    return jax.make_mesh(tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
-                         devices=devices[:size])
+        raise ValueError(
+            f"mesh shape {tuple(sizes)} needs {size} devices, which does not divide the {len(devices)} devices present"
+        )
+    return jax.make_mesh(
+        tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices[:size]
+    )
 
 
 # ------------------------------------------------------------------------ logical -> mesh
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Mapping[str, MeshAxes] = LOGICAL_RULES) -> PartitionSpec:
+def logical_to_spec(
+    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping[str, MeshAxes] = LOGICAL_RULES
+) -> PartitionSpec:
     """The PartitionSpec of an array of `shape` whose dimensions have the logical names `axes`.
 
     Per dimension: the rule's mesh axes, minus those of size 1 and those an earlier dimension
@@ -209,6 +217,7 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 # experiments/bench_mesh.py (BENCHMARKS.md, "Mesh").
 def on_mesh(fn, mesh: Mesh):
     """`fn` called with `mesh` set (`jax.set_mesh`), so the model's constraints below apply in its traces."""
+
     @functools.wraps(fn)
     def call(*args, **kwargs):
         with jax.set_mesh(mesh):

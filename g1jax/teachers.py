@@ -142,7 +142,9 @@ class Teacher(abc.ABC):
         actions = [self._check_action(a) for a in np.asarray(actions).reshape(-1)]
         facts = self.facts(states, params)
         if len(actions) != len(facts["best"]):
-            raise TeacherError(f"answers needs one action per state: {len(facts['best'])} states, {len(actions)} actions")
+            raise TeacherError(
+                f"answers needs one action per state: {len(facts['best'])} states, {len(actions)} actions"
+            )
         host_states = jax.device_get(states)
         texts = []
         for i, action in enumerate(actions):
@@ -159,7 +161,9 @@ class Teacher(abc.ABC):
         self._check_state(states, batched=True)
         sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
         if len(sizes) != 1 or None in sizes:
-            raise TeacherError(f"expected a batch of states (one leading axis on every field), got leading sizes {sorted(map(str, sizes))}")
+            raise TeacherError(
+                f"expected a batch of states (one leading axis on every field), got leading sizes {sorted(map(str, sizes))}"
+            )
         params = self.env.default_params if params is None else params
         return jax.device_get(_evaluate_batch(dataclasses.replace(self, epsilon=0.0), states, params))
 
@@ -169,10 +173,14 @@ class Teacher(abc.ABC):
 
     def _check_state(self, state, batched: bool = False) -> None:
         if type(state) is not self._state_type:
-            raise TeacherError(f"the {self.env.name} teacher needs a {self.env.name} state, got {type(state).__module__}.{type(state).__name__}")
+            raise TeacherError(
+                f"the {self.env.name} teacher needs a {self.env.name} state, got {type(state).__module__}.{type(state).__name__}"
+            )
         if jnp.ndim(state.board) != 2 + batched:
             want = "a batch of states (leading axis B)" if batched else "one state (jax.vmap act for a batch)"
-            raise TeacherError(f"the {self.env.name} teacher expected {want}, got a board of shape {jnp.shape(state.board)}")
+            raise TeacherError(
+                f"the {self.env.name} teacher expected {want}, got a board of shape {jnp.shape(state.board)}"
+            )
 
     def _check_action(self, action) -> int:
         if not np.issubdtype(np.asarray(action).dtype, np.integer):
@@ -322,7 +330,9 @@ class Expectimax2048(Teacher):
 
     def _best_value(self, board, depth: int, four_prob):
         values, _, _, legal = self._move_values(board, depth, four_prob)
-        return jnp.where(legal.any(), jnp.max(jnp.where(legal, values, -jnp.inf)), self._leaf(board) - GAME_OVER_PENALTY)
+        return jnp.where(
+            legal.any(), jnp.max(jnp.where(legal, values, -jnp.inf)), self._leaf(board) - GAME_OVER_PENALTY
+        )
 
     def evaluate(self, state, params):
         values, after, points, legal = self._move_values(state.board, self.depth, params.spawn_four_prob)
@@ -363,8 +373,13 @@ class LookaheadShisenSho(Teacher):
         score = jnp.where(after.remaining == 0, candidates.shape[0] + 1, follow_ups)
         score = jnp.where(state.legal, score, -1)
         choice = candidates[jnp.argmax(score)]
-        return dict(pairs=candidates, legal=state.legal, follow_ups=follow_ups, cleared=after.remaining == 0,
-                    best=jnp.where(state.legal.any(), choice, env.invalid_action))
+        return dict(
+            pairs=candidates,
+            legal=state.legal,
+            follow_ups=follow_ups,
+            cleared=after.remaining == 0,
+            best=jnp.where(state.legal.any(), choice, env.invalid_action),
+        )
 
     def reasoning(self, state, facts, action):
         env = self.env
@@ -378,7 +393,9 @@ class LookaheadShisenSho(Teacher):
         def outcome(i):
             pair = int(facts["pairs"][i])
             tile = env.type_names[int(board[pair // env.num_cells])]
-            rest = "clears the board" if facts["cleared"][i] else f"leaves {int(facts['follow_ups'][i])} connectable pairs"
+            rest = (
+                "clears the board" if facts["cleared"][i] else f"leaves {int(facts['follow_ups'][i])} connectable pairs"
+            )
             return f"{tile} {env.action_label(pair)} {rest}"
 
         head = f"{_count(len(legal), 'pair')} of matching tiles can be connected. Removing "
@@ -414,12 +431,17 @@ def _listing(legal: np.ndarray, rank: np.ndarray, actions: np.ndarray, action: i
 # ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adjacent_swaps(size: int) -> np.ndarray:
     """int32 [S, 4]: every orthogonally adjacent cell pair (r1, c1, r2, c2), the first cell
     above or left of the second, row-major by the first cell, right neighbour first."""
-    swaps = [(r, c, r + dr, c + dc) for r in range(size) for c in range(size) for dr, dc in ((0, 1), (1, 0))
-             if r + dr < size and c + dc < size]
+    swaps = [
+        (r, c, r + dr, c + dc)
+        for r in range(size)
+        for c in range(size)
+        for dr, dc in ((0, 1), (1, 0))
+        if r + dr < size and c + dc < size
+    ]
     return np.asarray(swaps, np.int32)
 
 
@@ -450,8 +472,14 @@ class BestSwap(Teacher):
         top = legal & (points == jnp.max(jnp.where(legal, points, -1)))
         choice = jnp.argmax(jnp.where(top, r2, -1))  # first of the lowest top-scoring swaps
         actions = encode_pair(r1, c1, r2, c2, g)
-        return dict(actions=actions, legal=legal, cells=cells, points=points, lower_row=r2,
-                    best=jnp.where(legal.any(), actions[choice], self.env.invalid_action))
+        return dict(
+            actions=actions,
+            legal=legal,
+            cells=cells,
+            points=points,
+            lower_row=r2,
+            best=jnp.where(legal.any(), actions[choice], self.env.invalid_action),
+        )
 
     def reasoning(self, state, facts, action):
         env = self.env
@@ -460,8 +488,11 @@ class BestSwap(Teacher):
             return "No swap of adjacent tiles completes a line of three."
         rank = facts["points"] * env.board_size + facts["lower_row"]  # the teacher's order: points, then depth
         shown, more = _listing(legal, rank, facts["actions"], action, env.board_size**2)
-        parts = [f"{env.action_label(int(facts['actions'][i]))} clears {int(facts['cells'][i])} tiles "
-                 f"for {int(facts['points'][i])} points" for i in shown]
+        parts = [
+            f"{env.action_label(int(facts['actions'][i]))} clears {int(facts['cells'][i])} tiles "
+            f"for {int(facts['points'][i])} points"
+            for i in shown
+        ]
         head = f"{_count(len(legal), 'swap')} complete a line. Swapping "
         return head + "; ".join(parts) + more + ". " + self._conclusion(int(facts["best"]), action)
 
@@ -495,7 +526,9 @@ def make_teacher(env_or_name, kind: str | None = None, *, epsilon: float = 0.0, 
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("env", "epsilon")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TeacherError(f"teacher {kind!r} has no option {', '.join(unknown)}; options: {', '.join(allowed) or 'none'}")
+        raise TeacherError(
+            f"teacher {kind!r} has no option {', '.join(unknown)}; options: {', '.join(allowed) or 'none'}"
+        )
     return cls(env, epsilon, **options)
 
 
@@ -532,7 +565,11 @@ def _example(record, env: Env, folder: pathlib.Path, line: int) -> TeacherExampl
         raise ValueError('missing field "board" or "image" (give at least one)')
     answer = record.get("answer")
     if not isinstance(answer, str):
-        raise ValueError('missing field "answer" (a string)' if answer is None else f'"answer" must be a string, got {type(answer).__name__}')
+        raise ValueError(
+            'missing field "answer" (a string)'
+            if answer is None
+            else f'"answer" must be a string, got {type(answer).__name__}'
+        )
     state = image = None
     if "board" in record:
         options = record.get("board_options", {})
@@ -585,5 +622,7 @@ def load_teacher_jsonl(path, env: Env, *, skip_bad: bool = False) -> list[Teache
             bad.append((number, str(err)))
     if bad:
         lines = ", ".join(str(n) for n, _ in bad)
-        warnings.warn(f"{path}: skipped {len(bad)} malformed line(s): {lines} (line {bad[0][0]}: {bad[0][1]})", stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {len(bad)} malformed line(s): {lines} (line {bad[0][0]}: {bad[0][1]})", stacklevel=2
+        )
     return examples

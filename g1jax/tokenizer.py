@@ -21,8 +21,12 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
 
-from g1jax.constants import QWEN25_ADDED_TOKENS, QWEN25_NUM_RANKED_TOKENS, special_token_ids
-from g1jax.constants import STOP_IDS  # noqa: F401  (re-exported: the Qwen2.5 stop ids, for the sampler's default)
+from g1jax.constants import (
+    QWEN25_ADDED_TOKENS,
+    QWEN25_NUM_RANKED_TOKENS,
+    STOP_IDS,  # noqa: F401  (re-exported: the Qwen2.5 stop ids, for the sampler's default)
+    special_token_ids,
+)
 
 # Tokens the library itself relies on; any tokenizer handed to `Tokenizer` must define them.
 REQUIRED_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")

@@ -65,9 +65,11 @@ def build_games(config: TrainConfig, states: int | None = None) -> envs.MultiGam
     sizes) fail as one-line ConfigErrors."""
     states = config.states_per_step if states is None else states
     try:
-        return envs.MultiGame.make({g: states // len(config.games) for g in config.games},
-                                   image_size=config.image_size,
-                                   configs={k: dict(v) for k, v in config.game_options.items()})
+        return envs.MultiGame.make(
+            {g: states // len(config.games) for g in config.games},
+            image_size=config.image_size,
+            configs={k: dict(v) for k, v in config.game_options.items()},
+        )
     except envs.ConfigError as error:
         raise ConfigError(str(error)) from None
 
@@ -78,14 +80,18 @@ def check_teachers(config: TrainConfig, games: envs.MultiGame) -> None:
         for game in games.games:
             make_teacher(game, config.teacher_kind(game.name), epsilon=config.teacher_epsilon)
     except TeacherError as error:
-        hint = (f" (teacher={config.teacher!r} applies to every game: name one per game, e.g. "
-                f"{{{config.games[0]!r}: {config.teacher!r}}}, or None for each game's own default)"
-                if isinstance(config.teacher, str) else "")
+        hint = (
+            f" (teacher={config.teacher!r} applies to every game: name one per game, e.g. "
+            f"{{{config.games[0]!r}: {config.teacher!r}}}, or None for each game's own default)"
+            if isinstance(config.teacher, str)
+            else ""
+        )
         raise ConfigError(f"{error}{hint}") from None
 
 
-def check_buildable(config: TrainConfig, games: envs.MultiGame | None = None, *,
-                    model: bool = True) -> tuple[jax.sharding.Mesh, envs.MultiGame]:
+def check_buildable(
+    config: TrainConfig, games: envs.MultiGame | None = None, *, model: bool = True
+) -> tuple[jax.sharding.Mesh, envs.MultiGame]:
     """The checks a config's values alone cannot make, on this machine: the mesh against its devices, the
     games' own checks, the model source (`model=False`: the trainer is given its policy) and the cold
     start's teachers. Returns what it built on the way: the mesh and the games (`games` when given)."""
@@ -105,9 +111,15 @@ def check_buildable(config: TrainConfig, games: envs.MultiGame | None = None, *,
 class Trainer:
     """Holds a run: policy, rollout, jitted steps, checkpoints, logs. `run()` trains to `config.steps`."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False, games: envs.MultiGame | None = None,
-                 policy: tuple[Qwen25VL, Tokenizer] | None = None,
-                 reward_weights: Mapping[str, Mapping[str, float]] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        games: envs.MultiGame | None = None,
+        policy: tuple[Qwen25VL, Tokenizer] | None = None,
+        reward_weights: Mapping[str, Mapping[str, float]] | None = None,
+    ):
         """games / policy / reward_weights: a custom task instead of `config.games` (a MultiGame of your own
         `envs.Env` subclasses with `states_per_step` rows, and their reward weights by game name) and a
         model + tokenizer instead of `config.model`."""
@@ -115,26 +127,37 @@ class Trainer:
         self.config = config
         if games is None:
             if reward_weights is not None:
-                raise ConfigError("reward_weights= goes with games= (a custom task); weights for the configured "
-                                  "games belong in config.reward_weights, which the run directory keeps")
+                raise ConfigError(
+                    "reward_weights= goes with games= (a custom task); weights for the configured "
+                    "games belong in config.reward_weights, which the run directory keeps"
+                )
             reward_weights = config.reward_weights
         elif games.size != config.states_per_step:
-            raise ConfigError(f"the custom games have {games.size} rows but states_per_step is "
-                              f"{config.states_per_step}")
+            raise ConfigError(
+                f"the custom games have {games.size} rows but states_per_step is {config.states_per_step}"
+            )
         self.mesh, games = check_buildable(config, games, model=policy is None)
         model, self.tokenizer = load_policy(config, self.mesh) if policy is None else policy
         self.model_config = model.config
         self.rollout = GameRollout(
-            games, self.tokenizer, model.config, group_size=config.group_size, sampling=config.sampling,
-            warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
+            games,
+            self.tokenizer,
+            model.config,
+            group_size=config.group_size,
+            sampling=config.sampling,
+            warmup_moves=dict(config.warmup_moves),
+            warmup_policy=config.warmup_policy,
             reward_weights={n: g1_weights(n, w) for n, w in (reward_weights or {}).items()},
-            strict_format=config.strict_format, mesh=self.mesh)
+            strict_format=config.strict_format,
+            mesh=self.mesh,
+        )
         self._init_state(model)
         self._init_steps()
         self.teacher_data = None
         if config.sft_steps:
-            self.teacher_data = TeacherData(games, self.tokenizer, config.max_new_tokens, kind=config.teacher_kind,
-                                            epsilon=config.teacher_epsilon)
+            self.teacher_data = TeacherData(
+                games, self.tokenizer, config.max_new_tokens, kind=config.teacher_kind, epsilon=config.teacher_epsilon
+            )
         self.eval_rollout = self._held_out_rollout(games) if config.eval_states else None
         self.eval_teacher = self._held_out_teacher() if config.eval_states else None
         self.base_key = jax.random.key(config.seed)
@@ -172,17 +195,31 @@ class Trainer:
         """The training games on `eval_states` start states, one answer each."""
         config = self.config
         eval_games = envs.MultiGame(games.games, (config.eval_states // len(games.games),) * len(games.games))
-        return GameRollout(eval_games, self.tokenizer, self.model_config, group_size=1, sampling=config.sampling,
-                           warmup_moves=dict(config.warmup_moves), warmup_policy=config.warmup_policy,
-                           reward_weights=self.rollout.weights, strict_format=config.strict_format, mesh=self.mesh)
+        return GameRollout(
+            eval_games,
+            self.tokenizer,
+            self.model_config,
+            group_size=1,
+            sampling=config.sampling,
+            warmup_moves=dict(config.warmup_moves),
+            warmup_policy=config.warmup_policy,
+            reward_weights=self.rollout.weights,
+            strict_format=config.strict_format,
+            mesh=self.mesh,
+        )
 
     def _held_out_teacher(self) -> TeacherData | None:
         """The cold-start teacher with its epsilon, answering the held-out states as a baseline row (games
         without a teacher, such as a custom task's: no teacher row)."""
         config = self.config
         try:
-            return TeacherData(self.eval_rollout.games, self.tokenizer, config.max_new_tokens,
-                               kind=config.teacher_kind, epsilon=config.teacher_epsilon)
+            return TeacherData(
+                self.eval_rollout.games,
+                self.tokenizer,
+                config.max_new_tokens,
+                kind=config.teacher_kind,
+                epsilon=config.teacher_epsilon,
+            )
         except TeacherError:
             return None
 
@@ -200,8 +237,13 @@ class Trainer:
         return items
 
     def save(self, step: int) -> None:
-        meta = {"step": step, "seed": self.config.seed, "data_cursor": step,
-                "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(), "config": self.config.to_dict()}
+        meta = {
+            "step": step,
+            "seed": self.config.seed,
+            "data_cursor": step,
+            "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(),
+            "config": self.config.to_dict(),
+        }
         self.checkpoints.save(step, self._items(), meta)
 
     def _resume(self) -> None:
@@ -211,11 +253,15 @@ class Trainer:
             return
         step, items, meta = found
         if meta["seed"] != self.config.seed:
-            raise ConfigError(f"the checkpoint at step {step} was written by a run with seed {meta['seed']}, this "
-                              f"config has seed {self.config.seed}: a resumed run continues the same states and "
-                              "samples only with its own seed (or start a new run directory)")
-        self.state = jax.device_put(TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"],
-                                               opt_state=items["opt_state"]), self.state_shardings)
+            raise ConfigError(
+                f"the checkpoint at step {step} was written by a run with seed {meta['seed']}, this "
+                f"config has seed {self.config.seed}: a resumed run continues the same states and "
+                "samples only with its own seed (or start a new run directory)"
+            )
+        self.state = jax.device_put(
+            TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"], opt_state=items["opt_state"]),
+            self.state_shardings,
+        )
         if self.reference is not None:
             self.reference = items["reference"]
         self.start_step = step
@@ -232,10 +278,19 @@ class Trainer:
     def _batch(self, pixel_values, completion, completion_mask, sampler_logprobs, rewards) -> Batch:
         """The update's batch: this run's prompts with one step's images, answers and rewards, split over the mesh."""
         p = self.rollout.prompts
-        return shard_batch(Batch(prompt_ids=jnp.asarray(p.input_ids), prompt_mask=jnp.asarray(p.attention_mask),
-                                 prompt_positions=jnp.asarray(p.positions), pixel_values=pixel_values,
-                                 completion=jnp.asarray(completion), completion_mask=jnp.asarray(completion_mask),
-                                 sampler_logprobs=sampler_logprobs, rewards=jnp.asarray(rewards)), self.mesh)
+        return shard_batch(
+            Batch(
+                prompt_ids=jnp.asarray(p.input_ids),
+                prompt_mask=jnp.asarray(p.attention_mask),
+                prompt_positions=jnp.asarray(p.positions),
+                pixel_values=pixel_values,
+                completion=jnp.asarray(completion),
+                completion_mask=jnp.asarray(completion_mask),
+                sampler_logprobs=sampler_logprobs,
+                rewards=jnp.asarray(rewards),
+            ),
+            self.mesh,
+        )
 
     def batch_of(self, rollout: Rollout) -> Batch:
         samples = rollout.samples
@@ -253,8 +308,14 @@ class Trainer:
         update_time = time.perf_counter() - update_started
         metrics.update(rollout_metrics(rollout, self.rollout.games.game_names, self.config.group_size))
         tokens = float(np.asarray(rollout.samples.lengths).sum())
-        metrics.update(step=step + 1, phase="rl", time_rollout=rollout_time, time_update=update_time,
-                       time_step=rollout_time + update_time, tokens_per_s=tokens / max(rollout_time, 1e-9))
+        metrics.update(
+            step=step + 1,
+            phase="rl",
+            time_rollout=rollout_time,
+            time_update=update_time,
+            time_step=rollout_time + update_time,
+            tokens_per_s=tokens / max(rollout_time, 1e-9),
+        )
         if self.config.sample_every and (step + 1) % self.config.sample_every == 0:
             self.logger.samples(step + 1, rollout, self.config.group_size)
         return metrics
@@ -270,13 +331,22 @@ class Trainer:
         batch = self._batch(pixel_values, completion, mask, zeros, zeros[:, 0])
         self.state, metrics = self._sft_step(self.state, self.frozen, batch)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        return dict(metrics, step=step + 1, phase="sft", answer_tokens=float(mask.sum(1).mean()),
-                    time_step=time.perf_counter() - started)
+        return dict(
+            metrics,
+            step=step + 1,
+            phase="sft",
+            answer_tokens=float(mask.sum(1).mean()),
+            time_step=time.perf_counter() - started,
+        )
 
     def begin_rl(self) -> None:
         """Entering RL: a fresh optimizer state, the reference = the policy entering RL, the 'before' evaluation."""
-        self.state = jax.device_put(TrainState(step=self.state.step, params=self.state.params,
-                                               opt_state=self.optimizer.init(self.state.params)), self.state_shardings)
+        self.state = jax.device_put(
+            TrainState(
+                step=self.state.step, params=self.state.params, opt_state=self.optimizer.init(self.state.params)
+            ),
+            self.state_shardings,
+        )
         if self.reference is not None:
             self.reference = jax.tree.map(jnp.copy, self.state.params)
         if self.eval_rollout is not None:
@@ -295,10 +365,16 @@ class Trainer:
         texts = {"random": heldout.random_texts(games, random_key), "blind": heldout.blind_texts(games, blind)}
         if self.eval_teacher is not None:
             texts["teacher"], _ = self.eval_teacher.answers(jax.random.fold_in(key, 2), result.states)
-        out = {"policy": heldout.row_summary(result.rewards, result.parts, names), "rewards": result.rewards.tolist(),
-               "game": result.parts["game"].tolist(), "perception_cells": result.parts["perception_cells"].tolist(),
-               "answers": list(result.texts), "blind_actions": blind,
-               "perception_chance": heldout.perception_chance(result.truths, names), "per_state": {}}
+        out = {
+            "policy": heldout.row_summary(result.rewards, result.parts, names),
+            "rewards": result.rewards.tolist(),
+            "game": result.parts["game"].tolist(),
+            "perception_cells": result.parts["perception_cells"].tolist(),
+            "answers": list(result.texts),
+            "blind_actions": blind,
+            "perception_chance": heldout.perception_chance(result.truths, names),
+            "per_state": {},
+        }
         for row, row_texts in texts.items():
             _, parts, rewards = rollout.score_texts(score_key, result.states, row_texts)
             out[row] = heldout.row_summary(rewards, parts, names)
@@ -316,8 +392,11 @@ class Trainer:
             metrics = self.sft_step(step) if step < config.sft_steps else self.train_step(step)
             self.logger.metrics(metrics)
             bar.update(metrics)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 in (
-                    total, config.sft_steps):
+            if (
+                config.checkpoint_every
+                and (step + 1) % config.checkpoint_every == 0
+                or step + 1 in (total, config.sft_steps)
+            ):
                 self.save(step + 1)
         bar.close()
         self.logger.reward_curve()

@@ -57,8 +57,16 @@ class Batch:
 
 # The axis of each field that indexes its rows (prompts, patches or completions): what sharding and
 # micro-batching split.
-ROW_AXES = Batch(prompt_ids=0, prompt_mask=0, prompt_positions=1, pixel_values=0, completion=0, completion_mask=0,
-                 sampler_logprobs=0, rewards=0)
+ROW_AXES = Batch(
+    prompt_ids=0,
+    prompt_mask=0,
+    prompt_positions=1,
+    pixel_values=0,
+    completion=0,
+    completion_mask=0,
+    sampler_logprobs=0,
+    rewards=0,
+)
 
 
 def shard_batch(batch: Batch, mesh) -> Batch:
@@ -68,6 +76,7 @@ def shard_batch(batch: Batch, mesh) -> Batch:
 
 def _micro_batches(batch: Batch, count: int) -> Batch:
     """Split a batch into `count` micro-batches of whole groups (stacked on a new leading axis)."""
+
     def split(x, axis):
         moved = jnp.moveaxis(x, axis, 0)
         return jnp.moveaxis(moved.reshape(count, moved.shape[0] // count, *moved.shape[1:]), 1, axis + 1)
@@ -92,23 +101,34 @@ class OptimizerSettings:
     @classmethod
     def of(cls, config: TrainConfig, phase: str = "rl") -> OptimizerSettings:
         """The optimizer of a phase of `config`: "rl" (learning_rate over steps) or "sft" (the cold start's)."""
-        lr, steps = (config.learning_rate, config.steps) if phase == "rl" else (config.sft_learning_rate,
-                                                                                config.sft_steps)
-        return cls(learning_rate=lr, schedule=config.schedule, warmup_steps=config.warmup_steps,
-                   decay_steps=None if config.schedule == "constant" else max(steps, config.warmup_steps + 1),
-                   weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, grad_clip=config.grad_clip)
+        lr, steps = (
+            (config.learning_rate, config.steps) if phase == "rl" else (config.sft_learning_rate, config.sft_steps)
+        )
+        return cls(
+            learning_rate=lr,
+            schedule=config.schedule,
+            warmup_steps=config.warmup_steps,
+            decay_steps=None if config.schedule == "constant" else max(steps, config.warmup_steps + 1),
+            weight_decay=config.weight_decay,
+            b1=config.b1,
+            b2=config.b2,
+            grad_clip=config.grad_clip,
+        )
 
     def build(self) -> optax.GradientTransformation:
         lr, warmup = self.learning_rate, self.warmup_steps
         if self.schedule == "cosine":
             schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, self.decay_steps)
         elif warmup:
-            schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
-                                            [warmup])
+            schedule = optax.join_schedules(
+                [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+            )
         else:
             schedule = optax.constant_schedule(lr)
-        return optax.chain(optax.clip_by_global_norm(self.grad_clip),
-                           optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay))
+        return optax.chain(
+            optax.clip_by_global_norm(self.grad_clip),
+            optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,14 +154,22 @@ class GRPOSettings(UpdateSettings):
 
 
 def grpo_settings(config: TrainConfig, image_grids) -> GRPOSettings:
-    return GRPOSettings(optimizer=OptimizerSettings.of(config, "rl"), micro_batches=config.micro_batches,
-                        image_grids=tuple(image_grids), grpo=config.grpo, temperature=config.temperature,
-                        max_new_tokens=config.max_new_tokens)
+    return GRPOSettings(
+        optimizer=OptimizerSettings.of(config, "rl"),
+        micro_batches=config.micro_batches,
+        image_grids=tuple(image_grids),
+        grpo=config.grpo,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+    )
 
 
 def sft_settings(config: TrainConfig, image_grids) -> UpdateSettings:
-    return UpdateSettings(optimizer=OptimizerSettings.of(config, "sft"), micro_batches=config.micro_batches,
-                          image_grids=tuple(image_grids))
+    return UpdateSettings(
+        optimizer=OptimizerSettings.of(config, "sft"),
+        micro_batches=config.micro_batches,
+        image_grids=tuple(image_grids),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +203,27 @@ def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_siz
     start = jnp.max(jnp.where(valid, batch.prompt_positions, jnp.iinfo(jnp.int32).min), axis=(0, 2)) + 1
     completion_positions = repeat(start)[:, None] + jnp.arange(length)[None, :]
     positions = jnp.concatenate(
-        [jnp.repeat(batch.prompt_positions, group_size, axis=1),
-         jnp.broadcast_to(completion_positions[None], (3, *completion_positions.shape))], axis=2)
+        [
+            jnp.repeat(batch.prompt_positions, group_size, axis=1),
+            jnp.broadcast_to(completion_positions[None], (3, *completion_positions.shape)),
+        ],
+        axis=2,
+    )
     # The features fill the prompt's image slots only: an image-pad id inside an answer is a token.
-    image_slots = jnp.concatenate([repeat(batch.prompt_ids == model.config.image_token_id),
-                                   jnp.zeros(batch.completion.shape, bool)], axis=1)
-    hidden = model.hidden_states(ids, positions, mask, image_features=features.reshape(-1, features.shape[-1]),
-                                 image_slots=image_slots)
-    return token_logprobs(model, hidden[:, prompt_len - 1:prompt_len + length - 1], batch.completion,
-                          temperature=temperature, return_entropy=True, text_only=True)
+    image_slots = jnp.concatenate(
+        [repeat(batch.prompt_ids == model.config.image_token_id), jnp.zeros(batch.completion.shape, bool)], axis=1
+    )
+    hidden = model.hidden_states(
+        ids, positions, mask, image_features=features.reshape(-1, features.shape[-1]), image_slots=image_slots
+    )
+    return token_logprobs(
+        model,
+        hidden[:, prompt_len - 1 : prompt_len + length - 1],
+        batch.completion,
+        temperature=temperature,
+        return_entropy=True,
+        text_only=True,
+    )
 
 
 def _accumulated_gradients(grad_fn, params, batch: Batch, row_values, micro_count: int):
@@ -218,15 +258,26 @@ def _apply(settings: UpdateSettings, placement: Placement, state: TrainState, gr
 
 # ------------------------------------------------------------------------------------------ the steps
 def _grpo_micro_loss(params, frozen, reference, micro: Batch, advantages, *, graphdef, settings: GRPOSettings):
-    logprobs = functools.partial(completion_logprobs, image_grids=settings.micro_grids,
-                                 group_size=settings.grpo.group_size, temperature=settings.temperature)
+    logprobs = functools.partial(
+        completion_logprobs,
+        image_grids=settings.micro_grids,
+        group_size=settings.grpo.group_size,
+        temperature=settings.temperature,
+    )
     logp, entropy = logprobs(nnx.merge(graphdef, params, frozen), micro)
     ref_logp = None
     if settings.grpo.needs_reference:
         ref_logp = jax.lax.stop_gradient(logprobs(nnx.merge(graphdef, reference, frozen), micro)[0])
     loss_sum, loss_count, metrics = grpo.grpo_loss_terms(
-        logp, jax.lax.stop_gradient(logp), advantages, micro.completion_mask, settings.grpo,
-        ref_logp=ref_logp, sampler_logp=micro.sampler_logprobs, max_len=settings.max_new_tokens)
+        logp,
+        jax.lax.stop_gradient(logp),
+        advantages,
+        micro.completion_mask,
+        settings.grpo,
+        ref_logp=ref_logp,
+        sampler_logp=micro.sampler_logprobs,
+        max_len=settings.max_new_tokens,
+    )
     weights = micro.completion_mask.astype(jnp.float32)
     metrics["entropy"] = (jnp.sum(jax.lax.stop_gradient(entropy) * weights), jnp.sum(weights))
     metrics["loss"] = (jax.lax.stop_gradient(loss_sum), loss_count)  # the objective, as loss_agg weighs it
@@ -234,16 +285,17 @@ def _grpo_micro_loss(params, frozen, reference, micro: Batch, advantages, *, gra
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "placement"), donate_argnums=(0,))
-def grpo_update(state: TrainState, frozen, reference, batch: Batch, *, graphdef, settings: GRPOSettings,
-                placement: Placement):
+def grpo_update(
+    state: TrainState, frozen, reference, batch: Batch, *, graphdef, settings: GRPOSettings, placement: Placement
+):
     """One GRPO update on a rollout: group advantages, micro-batched (sum, count) loss, one optimizer step."""
     config = settings.grpo
     advantages = grpo.group_advantages(batch.rewards, config.group_size, config.advantage, config.advantage_eps)
-    loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef,
-                             settings=settings)
+    loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
     grad_fn = jax.grad(lambda p, b, a: loss(p, micro=b, advantages=a), has_aux=True)
-    grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, batch, advantages,
-                                                         settings.micro_batches)
+    grads, (count, metric_sums) = _accumulated_gradients(
+        grad_fn, state.params, batch, advantages, settings.micro_batches
+    )
     state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
     metrics["frac_zero_std"] = jnp.mean(grpo.zero_spread_groups(batch.rewards, config.group_size).astype(jnp.float32))
     return state, metrics
@@ -257,12 +309,12 @@ def _sft_micro_loss(params, frozen, micro: Batch, *, graphdef, settings: UpdateS
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "placement"), donate_argnums=(0,))
-def sft_update(state: TrainState, frozen, batch: Batch, *, graphdef, settings: UpdateSettings,
-               placement: Placement):
+def sft_update(state: TrainState, frozen, batch: Batch, *, graphdef, settings: UpdateSettings, placement: Placement):
     """One cold-start update: masked cross-entropy on the teacher's answer tokens (one answer per prompt)."""
     loss = functools.partial(_sft_micro_loss, frozen=frozen, graphdef=graphdef, settings=settings)
     grad_fn = jax.grad(lambda p, b, unused: loss(p, micro=b), has_aux=True)
     # the rewards ride along as the per-row values the accumulation splits; the loss does not read them
-    grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, batch, batch.rewards,
-                                                         settings.micro_batches)
+    grads, (count, metric_sums) = _accumulated_gradients(
+        grad_fn, state.params, batch, batch.rewards, settings.micro_batches
+    )
     return _apply(settings, placement, state, grads, count, metric_sums)

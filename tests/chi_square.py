@@ -38,10 +38,14 @@ def assert_uniform(samples, categories, what: str, min_expected: float = 20.0):
     assert expected >= min_expected, f"{what}: too few samples ({samples.size}) for {len(categories)} categories"
     counts = (samples[:, None] == categories[None, :]).sum(0)
     stat, limit = statistic(counts, np.full(len(categories), expected)), threshold(len(categories) - 1)
-    assert stat < limit, f"{what}: chi-square {stat:.1f} >= {limit:.1f} over {len(categories)} categories (counts {counts.tolist()})"
+    assert stat < limit, (
+        f"{what}: chi-square {stat:.1f} >= {limit:.1f} over {len(categories)} categories (counts {counts.tolist()})"
+    )
 
 
 def assert_binomial(successes: int, trials: int, p: float, what: str):
     """A success count consistent with probability p: within Z standard deviations."""
     sd = math.sqrt(trials * p * (1 - p))
-    assert abs(successes - trials * p) < Z * sd, f"{what}: {successes} of {trials}, expected {trials * p:.0f} +- {Z * sd:.0f}"
+    assert abs(successes - trials * p) < Z * sd, (
+        f"{what}: {successes} of {trials}, expected {trials * p:.0f} +- {Z * sd:.0f}"
+    )

@@ -20,8 +20,34 @@ from g1jax.tokenizer import Tokenizer
 COLOURS = ("red", "green", "blue", "yellow")
 RGB = np.asarray([(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)], np.uint8)
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
-WORDS = ("[UNK]", "system", "user", "assistant", *COLOURS, "the", "a", "is", "colour", "of", "card", "what",
-         "name", "it", "one", "word", "You", "are", "helpful", "answer", "with", "this", "picture", "shows", "yes", "no")
+WORDS = (
+    "[UNK]",
+    "system",
+    "user",
+    "assistant",
+    *COLOURS,
+    "the",
+    "a",
+    "is",
+    "colour",
+    "of",
+    "card",
+    "what",
+    "name",
+    "it",
+    "one",
+    "word",
+    "You",
+    "are",
+    "helpful",
+    "answer",
+    "with",
+    "this",
+    "picture",
+    "shows",
+    "yes",
+    "no",
+)
 
 
 def word_tokenizer() -> Tokenizer:
@@ -85,9 +111,12 @@ def colour_card_policy(seed: int = 0) -> tuple[Qwen25VL, Tokenizer]:
     video and vision pads it lacks)."""
     tokenizer = word_tokenizer()
     base = preset("tiny")
-    config = base.replace(text=dataclasses.replace(base.text, vocab_size=tokenizer.vocab_size),
-                          image_token_id=tokenizer.image_pad_id, vision_start_token_id=tokenizer.vision_start_id,
-                          vision_end_token_id=tokenizer.vision_end_id,
-                          video_token_id=tokenizer.backend.token_to_id("[UNK]"),
-                          vision_token_id=tokenizer.backend.token_to_id("[UNK]"))
+    config = base.replace(
+        text=dataclasses.replace(base.text, vocab_size=tokenizer.vocab_size),
+        image_token_id=tokenizer.image_pad_id,
+        vision_start_token_id=tokenizer.vision_start_id,
+        vision_end_token_id=tokenizer.vision_end_id,
+        video_token_id=tokenizer.backend.token_to_id("[UNK]"),
+        vision_token_id=tokenizer.backend.token_to_id("[UNK]"),
+    )
     return Qwen25VL(config, rngs=nnx.Rngs(seed)), tokenizer

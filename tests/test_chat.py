@@ -50,7 +50,9 @@ def _processor(tokenizer):
     class ImageOnlyProcessor(Qwen2_5_VLProcessor):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             self.video_processor = None
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+            super().__init__(
+                image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
+            )
 
     return ImageOnlyProcessor(Qwen2VLImageProcessorPil(), tokenizer.to_transformers(), chat_template=REFERENCE_TEMPLATE)
 
@@ -67,23 +69,40 @@ def _images(sizes):
 
 CHATS = [
     ([{"role": "user", "content": "Hello, world!"}], []),
-    ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which move? Answer up/down."}]}],
-     [(56, 84)]),
-    ([{"role": "system", "content": "You play 2048.\n\nBe brief."},
-      {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": " Compare  them\n"}]}],
-     [(56, 84), (112, 56)]),
-    ([{"role": "user", "content": [{"type": "text", "text": "Before: "}, {"type": "image"}, {"type": "text", "text": "?"}]},
-      {"role": "assistant", "content": "<think>left</think><answer>left</answer>"},
-      {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And now 2048?"}]}],
-     [(84, 56), (224, 196)]),
+    (
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which move? Answer up/down."}]}],
+        [(56, 84)],
+    ),
+    (
+        [
+            {"role": "system", "content": "You play 2048.\n\nBe brief."},
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": " Compare  them\n"}],
+            },
+        ],
+        [(56, 84), (112, 56)],
+    ),
+    (
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Before: "}, {"type": "image"}, {"type": "text", "text": "?"}],
+            },
+            {"role": "assistant", "content": "<think>left</think><answer>left</answer>"},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And now 2048?"}]},
+        ],
+        [(84, 56), (224, 196)],
+    ),
 ]
 
 
 @pytest.mark.parametrize("add_vision_id", [False, True])
 @pytest.mark.parametrize("messages,sizes", CHATS)
 def test_template_and_ids_match_the_processor(qwen, processor, messages, sizes, add_vision_id):
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                         add_vision_id=add_vision_id)
+    text = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, add_vision_id=add_vision_id
+    )
     assert render_chat(messages, add_generation_prompt=True, add_vision_id=add_vision_id) == text
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,8 +143,14 @@ def test_left_padding_matches_the_processor(qwen, processor):
     batch = pad_prompts(prompts, length, pad_id=qwen.pad_id)
     assert isinstance(batch, PromptBatch)
     texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in chats]
-    expected = processor(text=texts, images=_images(CHATS[1][1]), padding="max_length", max_length=length,
-                         padding_side="left", return_tensors="np")
+    expected = processor(
+        text=texts,
+        images=_images(CHATS[1][1]),
+        padding="max_length",
+        max_length=length,
+        padding_side="left",
+        return_tensors="np",
+    )
     np.testing.assert_array_equal(batch.input_ids, expected["input_ids"])
     np.testing.assert_array_equal(batch.attention_mask, expected["attention_mask"])
     np.testing.assert_array_equal(batch.mm_token_type_ids, expected["mm_token_type_ids"])
@@ -135,7 +160,9 @@ def test_left_padding_matches_the_processor(qwen, processor):
 
 def test_too_long_prompts_are_named(qwen):
     prompts = [encode_prompt(qwen, "short"), encode_prompt(qwen, "a much longer prompt " * 20)]
-    with pytest.raises(ValueError, match=f"prompt 1 has {len(prompts[1].input_ids)} tokens, more than the bucket length 40"):
+    with pytest.raises(
+        ValueError, match=f"prompt 1 has {len(prompts[1].input_ids)} tokens, more than the bucket length 40"
+    ):
         pad_prompts(prompts, 40, qwen.pad_id)
     with pytest.raises(ValueError, match="longer than every bucket"):
         bucket_length(600, buckets=(128, 512))
@@ -169,7 +196,10 @@ def test_decode_completions_cut_at_stop_and_skip_specials(qwen):
     # Sampler output: fixed-width rows; whatever follows the first stop token is ignored.
     rows = np.array([answer + [IM_END] + [ENDOFTEXT] * 3, answer + [9707] * 4])
     texts = decode_completions(qwen, rows)
-    assert texts == ["<think>2+2</think><answer>up</answer>", "<think>2+2</think><answer>up</answer>HelloHelloHelloHello"]
+    assert texts == [
+        "<think>2+2</think><answer>up</answer>",
+        "<think>2+2</think><answer>up</answer>HelloHelloHelloHello",
+    ]
     assert decode_completions(qwen, [[9707, ENDOFTEXT, 11], [1879, IM_END, 0]]) == ["Hello", " world"]
 
 

@@ -64,10 +64,16 @@ def test_reads_archive_folder_and_parents(tmp_path):
 
 
 def test_per_class_stops_reading_early_and_none_takes_all(tmp_path):
-    path = write_cifar(tmp_path, batches={
-        "data_batch_1": batch_dict(0), "data_batch_2": batch_dict(30),
-        "data_batch_3": b"not a pickle", "data_batch_4": b"", "data_batch_5": b"",
-    })
+    path = write_cifar(
+        tmp_path,
+        batches={
+            "data_batch_1": batch_dict(0),
+            "data_batch_2": batch_dict(30),
+            "data_batch_3": b"not a pickle",
+            "data_batch_4": b"",
+            "data_batch_5": b"",
+        },
+    )
     images, _ = cifar.load_cifar10(path, per_class=6)  # batches 1-2 hold 6 per class
     assert images.shape[1] == 6
     with pytest.raises(ValueError, match="data_batch_3: not a readable CIFAR-10 python pickle"):
@@ -87,7 +93,9 @@ def test_class_names_come_from_the_metadata(tmp_path):
 
 def test_missing_data_names_the_path_and_the_expected_file(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=f"{missing}.*does not exist.*cifar-10-python.tar.gz.*cifar-10-batches-py"):
+    with pytest.raises(
+        FileNotFoundError, match=f"{missing}.*does not exist.*cifar-10-python.tar.gz.*cifar-10-batches-py"
+    ):
         cifar.load_cifar10(missing)
     with pytest.raises(FileNotFoundError, match="no CIFAR-10 data in directory .*cifar-10-python.tar.gz"):
         cifar.load_cifar10(tmp_path)

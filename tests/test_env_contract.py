@@ -71,7 +71,16 @@ def first_move(fns, key):
     pick, step = keys(key, 0)
     actions = fns.random(pick, states)
     new, rewards, dones, info = fns.step(step, states, actions)
-    out = dict(states=states, masks=fns.valid(states), actions=actions, new=new, rewards=rewards, dones=dones, info=info, frames=fns.render(new))
+    out = dict(
+        states=states,
+        masks=fns.valid(states),
+        actions=actions,
+        new=new,
+        rewards=rewards,
+        dones=dones,
+        info=info,
+        frames=fns.render(new),
+    )
     return jax.device_get(out)
 
 
@@ -85,10 +94,22 @@ def episodes(fns, key, states):
         new, reward, done, info = fns.step(step, states, actions)
         after = fns.valid(new)
         chosen = jnp.take_along_axis(mask, actions[:, None], axis=1)[:, 0]
-        facts.append(jax.device_get(dict(
-            was_done=states.done, any_valid=mask.any(1), chosen_valid=chosen, action=actions, legal=info["legal"],
-            reward=reward, raw=info["raw_reward"], done=done, state_done=new.done, valid_after=after.any(1),
-        )))
+        facts.append(
+            jax.device_get(
+                dict(
+                    was_done=states.done,
+                    any_valid=mask.any(1),
+                    chosen_valid=chosen,
+                    action=actions,
+                    legal=info["legal"],
+                    reward=reward,
+                    raw=info["raw_reward"],
+                    done=done,
+                    state_done=new.done,
+                    valid_after=after.any(1),
+                )
+            )
+        )
         states, mask, t = new, after, t + 1
     return jax.tree.map(lambda *xs: np.stack(xs), *facts), states
 
@@ -104,13 +125,18 @@ def every_action(env, fns, key, state):
         legal.append(np.asarray(info["legal"]))
         boards.append(np.asarray(new.board))
     n = env.num_actions
-    return dict(legal=np.concatenate(legal)[:n], boards=np.concatenate(boards)[:n], mask=np.asarray(fns.valid(states)[0]))
+    return dict(
+        legal=np.concatenate(legal)[:n], boards=np.concatenate(boards)[:n], mask=np.asarray(fns.valid(states)[0])
+    )
 
 
 def draws(fns, key, state):
     """DRAWS random valid actions from one state (BATCH per call), with its mask."""
     states = repeat(state)
-    picks = [np.asarray(fns.random(jax.random.split(jax.random.fold_in(key, i), BATCH), states)) for i in range(DRAWS // BATCH)]
+    picks = [
+        np.asarray(fns.random(jax.random.split(jax.random.fold_in(key, i), BATCH), states))
+        for i in range(DRAWS // BATCH)
+    ]
     return np.concatenate(picks), np.asarray(fns.valid(states)[0])
 
 
@@ -126,9 +152,15 @@ def game(request):
     live = envs.unbatch(batched["new"], 0) if not batched["dones"][0] else envs.unbatch(batched["states"], 0)
     facts, final = episodes(fns, jax.random.key(2), batched["states"])
     return dict(
-        env=env, batched=batched, again=first_move(fns, key), other=first_move(fns, jax.random.key(1)),
+        env=env,
+        batched=batched,
+        again=first_move(fns, key),
+        other=first_move(fns, jax.random.key(1)),
         sweeps=[(state, every_action(env, fns, key, state)) for state in (envs.unbatch(batched["states"], 1), live)],
-        facts=facts, final=jax.device_get(final), final_frames=np.asarray(fns.render(final)), draws=draws(fns, jax.random.key(3), live),
+        facts=facts,
+        final=jax.device_get(final),
+        final_frames=np.asarray(fns.render(final)),
+        draws=draws(fns, jax.random.key(3), live),
     )
 
 
@@ -144,7 +176,10 @@ def test_dtypes_and_shapes(game):
     assert out["info"]["raw_reward"].dtype == np.float32 and out["info"]["legal"].dtype == np.bool_
     assert all(np.shape(v)[:1] == (BATCH,) for v in out["info"].values())
     # a step keeps the state's structure, shapes and dtypes
-    before, after = jax.tree.map(lambda x: (x.shape, x.dtype), out["states"]), jax.tree.map(lambda x: (x.shape, x.dtype), out["new"])
+    before, after = (
+        jax.tree.map(lambda x: (x.shape, x.dtype), out["states"]),
+        jax.tree.map(lambda x: (x.shape, x.dtype), out["new"]),
+    )
     assert before == after
     assert 0 <= env.invalid_action < env.num_actions
 
@@ -157,7 +192,9 @@ def test_the_unbatched_functions_trace_to_the_same_shapes(game):
     spec = lambda tree: jax.tree.map(lambda x: (np.shape(x), np.result_type(x)), tree)  # noqa: E731
     key = jax.random.key(0)
     assert spec(jax.eval_shape(env.reset, key)) == spec(row["states"])
-    assert spec(jax.eval_shape(env.step, key, row["states"], row["actions"])) == spec((row["new"], row["rewards"], row["dones"], row["info"]))
+    assert spec(jax.eval_shape(env.step, key, row["states"], row["actions"])) == spec(
+        (row["new"], row["rewards"], row["dones"], row["info"])
+    )
     assert spec(jax.eval_shape(env.render, row["new"])) == spec(row["frames"])
     assert spec(jax.eval_shape(env.valid_actions, row["states"])) == spec(row["masks"])
     assert spec(jax.eval_shape(env.random_valid_action, key, row["states"])) == spec(row["actions"])

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
 import chi_square
+import envs
 from envs import grammar, raster
 
 ENV = envs.make("2048")
@@ -46,7 +46,9 @@ def test_a_game_missing_part_of_the_contract_is_refused():
 
     skip = ("valid_actions", "__dict__", "__weakref__", "__abstractmethods__", "_abc_impl")
     Incomplete = abc.ABCMeta("Incomplete", (envs.Env,), {k: v for k, v in vars(Game2048).items() if k not in skip})
-    with pytest.raises(TypeError, match="game 'incomplete': Incomplete does not implement the env contract: valid_actions"):
+    with pytest.raises(
+        TypeError, match="game 'incomplete': Incomplete does not implement the env contract: valid_actions"
+    ):
         envs.register("incomplete")(Incomplete)
     assert "incomplete" not in envs.list_games()
     with pytest.raises(TypeError, match="abstract method.*valid_actions"):
@@ -162,7 +164,8 @@ def test_parsers_are_linear_time(name, fn, unit, expected):
 def nested_repeats(pattern: str) -> bool:
     """Whether a regular expression repeats something that itself repeats, like (a+)* (what
     lets a backtracking matcher take exponential time)."""
-    from re import _constants as sre, _parser
+    from re import _constants as sre
+    from re import _parser
 
     repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT)
 
@@ -192,8 +195,10 @@ def test_the_answer_patterns_cannot_backtrack_badly():
 
 def test_shape_areas_match_geometry():
     ys, xs = raster.pixel_centres(100, 100)
+
     def area(sdf):
         return float(raster.coverage(sdf).sum())
+
     assert area(raster.sdf_box(ys, xs, 10, 20, 50, 80)) == pytest.approx(40 * 60, rel=1e-3)
     assert area(raster.shape_sdf("circle", ys, xs, 10, 10, 60)) == pytest.approx(np.pi * 30**2, rel=0.01)
     assert area(raster.shape_sdf("triangle", ys, xs, 10, 10, 60)) == pytest.approx(60 * 60 / 2, rel=0.02)
@@ -210,8 +215,10 @@ def test_shape_areas_match_geometry():
 def test_number_codes_and_text():
     atlas = raster.glyph_atlas(16)
     zero = ord("0") - raster.FIRST_CHAR
+
     def digits(v, n):
         return [c - zero if c >= 0 else None for c in np.asarray(raster.number_codes(v, n)).tolist()]
+
     assert digits(0, 4) == [0, None, None, None]
     assert digits(1000, 4) == [1, 0, 0, 0]
     assert digits(99, 4) == [9, 9, None, None]
@@ -222,9 +229,11 @@ def test_number_codes_and_text():
     columns, width = raster.text_columns(atlas, jnp.asarray(atlas.codes("1 1")), 64)
     assert int(width) == atlas.text_width("1 1") == raster.text_advance("1 1", 16)
     ink = np.asarray(columns) >= 0  # columns of the two glyphs, a blank gap between them
-    assert ink[0] and not ink[int(width):].any() and not ink.all()
+    assert ink[0] and not ink[int(width) :].any() and not ink.all()
     assert np.asarray(raster.glyph_columns(atlas)).shape == (atlas.cell_h, atlas.alpha.shape[0] * atlas.cell_w)
-    assert raster.line_height(16) == atlas.cell_h and raster.digit_advance(16) == max(atlas.text_width(d) for d in "0123456789")
+    assert raster.line_height(16) == atlas.cell_h and raster.digit_advance(16) == max(
+        atlas.text_width(d) for d in "0123456789"
+    )
     a, b = raster.text_alpha("2", 20), raster.text_alpha("4", 20)
     assert a.max() == 1.0 and a.shape[0] > 10 and (a.shape != b.shape or (a != b).any())
     img = raster.stamp(jnp.zeros((30, 30, 3), jnp.uint8), a, 15, 15, (255, 255, 255))
@@ -253,7 +262,6 @@ def test_grid_from_atlas_and_resize():
     assert small.shape == (28, 14, 3) and small.dtype == jnp.uint8 and int(small.min()) == 200
 
 
-
 def test_paste_cells_equals_numpy_paste():
     rng = np.random.default_rng(0)
     atlas = rng.integers(0, 256, (5, 3, 4, 3), dtype=np.uint8)
@@ -263,11 +271,14 @@ def test_paste_cells_equals_numpy_paste():
     for i in range(2):
         for j in range(3):
             expected[4 + 3 * i : 7 + 3 * i, 2 + 4 * j : 6 + 4 * j] = atlas[ids[i, j]]
-    out = jax.jit(lambda img, a, k: raster.paste_cells(img, a, k, 4, 2))(jnp.asarray(image), jnp.asarray(atlas), jnp.asarray(ids))
+    out = jax.jit(lambda img, a, k: raster.paste_cells(img, a, k, 4, 2))(
+        jnp.asarray(image), jnp.asarray(atlas), jnp.asarray(ids)
+    )
     assert out.dtype == jnp.uint8
     np.testing.assert_array_equal(np.asarray(out), expected)
     grid = raster.paste(jnp.asarray(image), raster.grid_from_atlas(jnp.asarray(atlas), jnp.asarray(ids)), 4, 2)
     np.testing.assert_array_equal(np.asarray(grid), expected)
+
 
 # --- shared random draws -------------------------------------------------------------------
 
@@ -352,7 +363,9 @@ def test_parallel_step_scores_every_answer_from_the_same_state():
         assert float(rewards[g]) == float(single[1])
     assert np.asarray(rewards).tolist() == [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]
     assert np.asarray(infos["raw_reward"]).tolist() == [0.0, 4.0, 0.0, 4.0, -1.0, 4.0]
-    np.testing.assert_array_equal(state.board, ENV.from_board([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]).board)
+    np.testing.assert_array_equal(
+        state.board, ENV.from_board([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]).board
+    )
 
 
 def test_render_into_reuses_the_buffer_and_checks_its_shape():

@@ -78,7 +78,9 @@ def test_2048_scores_merge_points_with_test_time_fallback_and_next_step_reset():
     step = jax.jit(lambda k, s, a: ev.closed_loop_step(env, protocol, k, s, a))
     left, still = 3, 4
     for seed in range(6):
-        states, played, score = step(jax.random.key(seed), stack([two_pairs, one_pair, stuck]), jnp.array([left, still, left]))
+        states, played, score = step(
+            jax.random.key(seed), stack([two_pairs, one_pair, stuck]), jnp.array([left, still, left])
+        )
         played, score = np.asarray(played), np.asarray(score)
         assert score[0] == 12.0  # 2+2 -> 4 and 4+4 -> 8
         # "still" (an unparsable answer) becomes a uniform move 0..3, never the -1 of "still"
@@ -91,7 +93,7 @@ def test_coordinate_games_count_successful_moves(shisensho):
     protocol, env, _, _ = shisensho
     board = np.zeros((6, 6), np.int32)
     board[0, 0] = board[0, 1] = 1  # an adjacent pair
-    board[5, 5] = board[3, 3] = 2  # a pair that no path joins... 
+    board[5, 5] = board[3, 3] = 2  # a pair that no path joins...
     board[5, 4] = board[4, 5] = 3
     board[5, 3] = board[3, 5] = 3
     state = env.from_board(board)
@@ -107,8 +109,16 @@ def test_coordinate_games_count_successful_moves(shisensho):
 
 def test_every_legal_move_scores_one_and_finished_boards_waste_a_decision(shisensho):
     protocol, env, _, _ = shisensho
-    rollout, = ev.evaluate(protocol, env, [ValidPolicy(env)], runs=RUNS, steps=STEPS, key=jax.random.key(5),
-                           progress=False, on_device=False)
+    (rollout,) = ev.evaluate(
+        protocol,
+        env,
+        [ValidPolicy(env)],
+        runs=RUNS,
+        steps=STEPS,
+        key=jax.random.key(5),
+        progress=False,
+        on_device=False,
+    )
     done_seen = np.asarray(rollout.states.done).T  # [runs, steps]
     np.testing.assert_array_equal(rollout.scores, 1.0 - done_seen)
     assert done_seen.any(), "no board ended: the next-step reset went untested"
@@ -123,7 +133,9 @@ def test_random_draws_are_the_originals(shisensho, aliased):
     policy = ev.RandomPolicy(env, protocol, aliased)
     n = 20000
     choose = jax.jit(jax.vmap(policy.choose, in_axes=(0, None)))
-    actions = np.asarray(choose(jax.random.split(jax.random.key(1), n), jax.tree.map(lambda x: x[0, 0], rows[0].states)))
+    actions = np.asarray(
+        choose(jax.random.split(jax.random.key(1), n), jax.tree.map(lambda x: x[0, 0], rows[0].states))
+    )
     # the share of the 8^4 uniform 0..7 draws that land on the board (aliased: those whose base-6
     # code stays below 6^4; unaliased: all four coordinates below 6)
     on_board = np.mean(draw_table(6, aliased) != env.invalid_action)
@@ -137,8 +149,9 @@ def test_random_row_success_count_within_binomial_bound(shisensho, valid_actions
     # 6 x 1000 decisions: about 30 successes expected unaliased (sd ~5), 60 aliased (sd ~8), so the 4-sd
     # bound also rejects a policy that never succeeds (6 x 20 decisions expected under one success)
     protocol, env, policies, _ = shisensho
-    rows = ev.evaluate(protocol, env, policies[:2], runs=RUNS, steps=1000, key=jax.random.key(4), progress=False,
-                       keep_texts=False)
+    rows = ev.evaluate(
+        protocol, env, policies[:2], runs=RUNS, steps=1000, key=jax.random.key(4), progress=False, keep_texts=False
+    )
     for row in rows:
         masks = np.asarray(valid_actions_of(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), row.states)))
         p = masks[:, draw_table(6, aliased=row.policy == "random:aliased")].mean(axis=1)  # per decision taken
@@ -165,8 +178,9 @@ def test_rows_meet_the_same_boards_and_host_loop_matches_device_loop(shisensho):
     first = jax.tree.map(lambda x: x[0], [r.states for r in rows])
     for other in first[1:]:
         np.testing.assert_array_equal(other.board, first[0].board)
-    host, = ev.evaluate(protocol, env, [policies[0]], runs=RUNS, steps=STEPS, key=jax.random.key(3), progress=False,
-                        on_device=False)
+    (host,) = ev.evaluate(
+        protocol, env, [policies[0]], runs=RUNS, steps=STEPS, key=jax.random.key(3), progress=False, on_device=False
+    )
     np.testing.assert_array_equal(host.actions, rows[0].actions)
     np.testing.assert_array_equal(host.scores, rows[0].scores)
     assert host.texts == rows[0].texts
@@ -188,14 +202,17 @@ def test_rollout_statistics(shisensho):
 # --- the command -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--game", "chess"], "unknown game 'chess'"),
-    (["--game", "all", "2048"], "cannot be combined"),
-    (["--policy", "greedy"], "unknown policy 'greedy'"),
-    (["--game", "all", "--policy", "teacher:greedy"], "no teacher 'greedy' for shisensho"),
-    (["--policy", "model"], "needs --model"),
-    (["--runs", "0"], "--runs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--game", "chess"], "unknown game 'chess'"),
+        (["--game", "all", "2048"], "cannot be combined"),
+        (["--policy", "greedy"], "unknown policy 'greedy'"),
+        (["--game", "all", "--policy", "teacher:greedy"], "no teacher 'greedy' for shisensho"),
+        (["--policy", "model"], "needs --model"),
+        (["--runs", "0"], "--runs must be >= 1"),
+    ],
+)
 def test_command_rejects_bad_input_in_one_line(capsys, argv, message):
     assert cli.main(argv + ["--compile-cache", ""]) == 2
     err = capsys.readouterr().err.strip()
@@ -205,8 +222,25 @@ def test_command_rejects_bad_input_in_one_line(capsys, argv, message):
 def test_command_writes_table_plots_videos_and_answers(shisensho, tmp_path):
     _, env, _, _ = shisensho
     out, table_json = tmp_path / "out", tmp_path / "table.json"
-    argv = ["--game", "shisensho", "--policy", *ROW_SPECS, "--runs", str(RUNS), "--steps", str(STEPS),
-            "--out", str(out), "--json", str(table_json), "--videos", "1", "--no-progress", "--compile-cache", ""]
+    argv = [
+        "--game",
+        "shisensho",
+        "--policy",
+        *ROW_SPECS,
+        "--runs",
+        str(RUNS),
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(out),
+        "--json",
+        str(table_json),
+        "--videos",
+        "1",
+        "--no-progress",
+        "--compile-cache",
+        "",
+    ]
     import matplotlib
 
     backend = matplotlib.get_backend()
@@ -246,20 +280,25 @@ def model_dirs(tmp_path):
     write_json(tmp_path / "fresh_run" / "config.json", run_config)
     write_json(tmp_path / "run" / "config.json", run_config)
     (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)
-    fixture = json.loads(open(os.path.join(os.path.dirname(__file__), "fixtures", "qwen25vl_tiny", "config.json")).read())
+    fixture = json.loads(
+        open(os.path.join(os.path.dirname(__file__), "fixtures", "qwen25vl_tiny", "config.json")).read()
+    )
     fixture["vision_config"]["patch_size"] = 16
     write_json(tmp_path / "patch16" / "config.json", fixture)
     (tmp_path / "patch16" / "model.safetensors").write_bytes(b"")
     return tmp_path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "{tmp}/missing"], "no such directory"),
-    (["--model", "{tmp}/fresh_run"], "a run directory without checkpoints"),
-    (["--model", "{tmp}/run"], "was trained on 140x112 frames but 2048 is evaluated on 840x644"),
-    (["--model", "{tmp}/patch16"], "make a 32-px grid"),
-    (["--model", "tiny", "--max-new-tokens", "5000"], "exceeds its context of 4096"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "{tmp}/missing"], "no such directory"),
+        (["--model", "{tmp}/fresh_run"], "a run directory without checkpoints"),
+        (["--model", "{tmp}/run"], "was trained on 140x112 frames but 2048 is evaluated on 840x644"),
+        (["--model", "{tmp}/patch16"], "make a 32-px grid"),
+        (["--model", "tiny", "--max-new-tokens", "5000"], "exceeds its context of 4096"),
+    ],
+)
 def test_command_rejects_models_that_do_not_fit(capsys, model_dirs, argv, message):
     argv = ["--game", "2048", "--policy", "model", "--compile-cache", ""] + [a.format(tmp=model_dirs) for a in argv]
     assert cli.main(argv) == 2
@@ -280,9 +319,26 @@ def test_model_policy_batches_every_decision_into_one_sampling_call(shisensho, m
     monkeypatch.setattr(g1jax.sampling, "sample", counting)
     table_json = tmp_path / "table.json"
     # the same game and runs as the rows above: the host loop's start, step and render are compiled already
-    argv = ["--game", "shisensho", "--policy", "model", "--model", "tiny", "--runs", str(RUNS), "--steps", "2",
-            "--max-new-tokens", "3", "--json", str(table_json), "--no-progress", "--compile-cache", ""]
+    argv = [
+        "--game",
+        "shisensho",
+        "--policy",
+        "model",
+        "--model",
+        "tiny",
+        "--runs",
+        str(RUNS),
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        str(table_json),
+        "--no-progress",
+        "--compile-cache",
+        "",
+    ]
     assert cli.main(argv) == 0
     assert calls == [RUNS, RUNS]  # one call per decision, all runs in it
-    row, = json.loads(table_json.read_text())["rows"]
+    (row,) = json.loads(table_json.read_text())["rows"]
     assert row["policy"] == "model" and row["scores"]["shisensho"]["runs"] == RUNS

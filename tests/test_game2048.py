@@ -44,19 +44,23 @@ def test_golden_rows_all_directions(row, expected, score):
     row, expected = np.array(row), np.array(expected)
     filler = np.zeros((4, 4), int)
     # LEFT: row 1 as written
-    b = filler.copy(); b[1] = row
+    b = filler.copy()
+    b[1] = row
     moved, s = slide(b, LEFT)
     assert moved[1].tolist() == expected.tolist() and s == score
     # RIGHT: the row reversed, slides toward the right edge
-    b = filler.copy(); b[2] = row[::-1]
+    b = filler.copy()
+    b[2] = row[::-1]
     moved, s = slide(b, RIGHT)
     assert moved[2].tolist() == expected[::-1].tolist() and s == score
     # UP: column 0 top to bottom
-    b = filler.copy(); b[:, 0] = row
+    b = filler.copy()
+    b[:, 0] = row
     moved, s = slide(b, UP)
     assert moved[:, 0].tolist() == expected.tolist() and s == score
     # DOWN: column 3 bottom to top
-    b = filler.copy(); b[:, 3] = row[::-1]
+    b = filler.copy()
+    b[:, 3] = row[::-1]
     moved, s = slide(b, DOWN)
     assert moved[:, 3].tolist() == expected[::-1].tolist() and s == score
 
@@ -133,7 +137,9 @@ def test_spawn_distribution():
     assert ((boards > 0).sum(1) == 2).all()
     chi_square.assert_binomial(int((boards == 2).sum()), 2 * 20000, 0.1, "spawned 4s")
     cells = np.argsort(boards == 0, axis=1, kind="stable")[:, :2]  # the two filled cells, a < b
-    chi_square.assert_uniform(cells[:, 0] * 16 + cells[:, 1], [a * 16 + b for a in range(16) for b in range(a + 1, 16)], "filled pair")
+    chi_square.assert_uniform(
+        cells[:, 0] * 16 + cells[:, 1], [a * 16 + b for a in range(16) for b in range(a + 1, 16)], "filled pair"
+    )
     # a spawn after a move: uniform over the cells the move left empty
     state = ENV.from_board([[1, 2, 3, 4], [0, 0, 0, 0], [4, 3, 2, 1], [0, 0, 0, 0]])
     new = jax.jit(jax.vmap(ENV.step, in_axes=(0, None, None)))(jax.random.split(jax.random.key(1), 8000), state, UP)[0]
@@ -146,11 +152,13 @@ def test_determinism_and_single_compile():
 
     def rollout(key):
         traces.append(1)
+
         def body(state, k):
             k1, k2 = jax.random.split(k)
             action = ENV.random_valid_action(k1, state)
             state, reward, _, _ = envs.auto_reset_step(ENV, k2, state, action)
             return state, reward
+
         return jax.lax.scan(body, ENV.reset(key), jax.random.split(key, 50))
 
     run = jax.jit(rollout)
@@ -202,9 +210,7 @@ def test_parse_rejects_non_strings():
 
 def test_describe_format():
     state = ENV.from_board([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 11, 0], [17, 0, 0, 1]])
-    assert ENV.describe(state) == (
-        " - | 2 | - | 4 \n 8 | - | - | - \n - | - | 2048 | - \n 131072 | - | - | 2 "
-    )
+    assert ENV.describe(state) == (" - | 2 | - | 4 \n 8 | - | - | - \n - | - | 2048 | - \n 131072 | - | - | 2 ")
     values = ENV.from_board([[0, 2, 0, 4], [8, 0, 0, 0], [0, 0, 2048, 0], [131072, 0, 0, 2]], values=True)
     np.testing.assert_array_equal(values.board, state.board)
     with pytest.raises(ValueError, match="powers of two"):

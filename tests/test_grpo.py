@@ -321,8 +321,9 @@ def test_metrics_count_only_active_tokens(loss_terms):
     logp = jnp.log(jnp.array(ratios, jnp.float32))
     ref_logp = logp + jnp.asarray(np.where(np.asarray(mask) == 1, -0.5, 3.0), jnp.float32)
     config = GRPOConfig(kl_coef=0.1, dual_clip=1.5)
-    total, count, metrics = loss_terms(logp, jnp.zeros((4, 4)), jnp.array([1.0, -1.0, 5.0, -1.0]), mask, config,
-                                       ref_logp)
+    total, count, metrics = loss_terms(
+        logp, jnp.zeros((4, 4)), jnp.array([1.0, -1.0, 5.0, -1.0]), mask, config, ref_logp
+    )
     m = {name: float(grpo.ratio_of(*pair)) for name, pair in metrics.items()}
     close(m["clip_frac_high"], 1 / 4)
     close(m["clip_frac_low"], 1 / 4)

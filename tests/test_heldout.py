@@ -21,10 +21,13 @@ def test_per_cell_perception_accuracy_of_known_texts():
     assert perception_cell_accuracy(one_wrong, TRUTH) == pytest.approx(8 / 9)
     # cells are compared stripped: spacing is not part of what was read
     assert perception_cell_accuracy("<perception>2|-|4\n-|8|-\n16|-|2</perception>", TRUTH) == 1.0
-    for garbled in ["<perception> 2 | - | 4 \n - | 8 \n 16 | - | 2 </perception>",  # a row short of a cell
-                    "<perception> 2 | - | 4 \n - | 8 | - </perception>",  # a row missing
-                    "<perception>2 4 8</perception>", "no block at all <answer>1</answer>",
-                    f"<perception>\n{TRUTH}\n"]:  # never closed
+    for garbled in [
+        "<perception> 2 | - | 4 \n - | 8 \n 16 | - | 2 </perception>",  # a row short of a cell
+        "<perception> 2 | - | 4 \n - | 8 | - </perception>",  # a row missing
+        "<perception>2 4 8</perception>",
+        "no block at all <answer>1</answer>",
+        f"<perception>\n{TRUTH}\n",
+    ]:  # never closed
         assert perception_cell_accuracy(garbled, TRUTH) == 0.0, garbled
     # only the first block is read
     assert perception_cell_accuracy(f"<perception>x</perception><perception>{TRUTH}</perception>", TRUTH) == 0.0
@@ -79,9 +82,17 @@ def _evaluation(game, cells, format_reward, per_state_random, per_state_blind, n
     game, cells = np.asarray(game, np.float64), np.asarray(cells, np.float64)
     rewards = game + format_reward
     row = {"reward": rewards.mean(), "n": n}
-    return {"policy": row, "random": {}, "blind": {}, "rewards": rewards.tolist(), "game": game.tolist(),
-            "perception_cells": cells.tolist(), "perception_chance": 0.25, "blind_actions": {"2048": 1},
-            "per_state": {"random": {"game": per_state_random}, "blind": {"game": per_state_blind}}}
+    return {
+        "policy": row,
+        "random": {},
+        "blind": {},
+        "rewards": rewards.tolist(),
+        "game": game.tolist(),
+        "perception_cells": cells.tolist(),
+        "perception_chance": 0.25,
+        "blind_actions": {"2048": 1},
+        "per_state": {"random": {"game": per_state_random}, "blind": {"game": per_state_blind}},
+    }
 
 
 def test_learned_is_false_for_a_policy_that_only_learned_the_format():

@@ -77,7 +77,7 @@ def test_patch_layout_by_hand():
             for my in range(2):
                 for mx in range(2):
                     y0, x0 = by * 28 + my * 14, bx * 28 + mx * 14
-                    patch = (frame[y0:y0 + 14, x0:x0 + 14] / 255.0 - mean) / std  # [14, 14, 3]
+                    patch = (frame[y0 : y0 + 14, x0 : x0 + 14] / 255.0 - mean) / std  # [14, 14, 3]
                     for t in range(2):
                         np.testing.assert_allclose(out[row, :, t], patch.transpose(2, 0, 1), atol=1e-5)
                     row += 1
@@ -150,7 +150,8 @@ def test_smart_resize_matches_transformers():
     for limits in ((56 * 56, 28 * 28 * 1280), HUB_PIXELS, G1_PIXELS):
         for height, width in cases:
             assert smart_resize(height, width, min_pixels=limits[0], max_pixels=limits[1]) == hf_smart_resize(
-                height, width, min_pixels=limits[0], max_pixels=limits[1]), (height, width, limits)
+                height, width, min_pixels=limits[0], max_pixels=limits[1]
+            ), (height, width, limits)
 
 
 def test_smart_resize_output_is_usable():

@@ -11,7 +11,7 @@ import pytest
 from g1jax.models.layers import FUSED_ATTENTION_ENV, attention, cudnn_attention_supports, fused_attention_fits
 
 HEAD_DIM = 8
-SCALE = HEAD_DIM ** -0.5
+SCALE = HEAD_DIM**-0.5
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +36,14 @@ def reference(q, k, v, mask):
 
 def random_qkv(batch, t_len, s_len, heads, kv_heads, seed=0):
     rng = np.random.RandomState(seed)
-    return tuple(jnp.asarray(rng.standard_normal(shape) * 2.0, jnp.float32)
-                 for shape in ((batch, t_len, heads, HEAD_DIM), (batch, s_len, kv_heads, HEAD_DIM),
-                               (batch, s_len, kv_heads, HEAD_DIM)))
+    return tuple(
+        jnp.asarray(rng.standard_normal(shape) * 2.0, jnp.float32)
+        for shape in (
+            (batch, t_len, heads, HEAD_DIM),
+            (batch, s_len, kv_heads, HEAD_DIM),
+            (batch, s_len, kv_heads, HEAD_DIM),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +120,23 @@ def test_bfloat16_error_no_worse_than_transformers_eager(run, causal_case):
     assert ours.mean() <= eager.mean() and ours.max() <= 1.25 * eager.max()
 
 
-@pytest.mark.parametrize("backend, capability, dtype, t_len, s_len, head_dim, fits", [
-    ("gpu", "9.0", jnp.bfloat16, 512, 512, 128, True),
-    ("gpu", "8.0", jnp.float16, 64, 1024, 64, True),
-    ("gpu", "9.0", jnp.bfloat16, 512, 512, 256, True),    # Hopper takes head_dim up to 256
-    ("gpu", "8.6", jnp.bfloat16, 512, 512, 256, False),   # Ampere up to 128
-    ("gpu", "9.0", jnp.float32, 512, 512, 128, False),    # float32: no cuDNN flash attention
-    ("gpu", "9.0", jnp.bfloat16, 1, 1024, 128, False),    # one decoded token: the matrix-vector path
-    ("gpu", "9.0", jnp.bfloat16, 511, 512, 128, False),   # odd length
-    ("gpu", "9.0", jnp.bfloat16, 512, 512, 80 + 4, False),  # head_dim not a multiple of 8
-    ("gpu", "7.5", jnp.bfloat16, 512, 512, 64, False),    # before Ampere
-    ("gpu", None, jnp.bfloat16, 512, 512, 64, False),     # a GPU without CUDA compute capability (ROCm)
-    ("cpu", None, jnp.bfloat16, 512, 512, 64, False),
-    ("tpu", None, jnp.bfloat16, 512, 512, 128, False),
-])
+@pytest.mark.parametrize(
+    "backend, capability, dtype, t_len, s_len, head_dim, fits",
+    [
+        ("gpu", "9.0", jnp.bfloat16, 512, 512, 128, True),
+        ("gpu", "8.0", jnp.float16, 64, 1024, 64, True),
+        ("gpu", "9.0", jnp.bfloat16, 512, 512, 256, True),  # Hopper takes head_dim up to 256
+        ("gpu", "8.6", jnp.bfloat16, 512, 512, 256, False),  # Ampere up to 128
+        ("gpu", "9.0", jnp.float32, 512, 512, 128, False),  # float32: no cuDNN flash attention
+        ("gpu", "9.0", jnp.bfloat16, 1, 1024, 128, False),  # one decoded token: the matrix-vector path
+        ("gpu", "9.0", jnp.bfloat16, 511, 512, 128, False),  # odd length
+        ("gpu", "9.0", jnp.bfloat16, 512, 512, 80 + 4, False),  # head_dim not a multiple of 8
+        ("gpu", "7.5", jnp.bfloat16, 512, 512, 64, False),  # before Ampere
+        ("gpu", None, jnp.bfloat16, 512, 512, 64, False),  # a GPU without CUDA compute capability (ROCm)
+        ("cpu", None, jnp.bfloat16, 512, 512, 64, False),
+        ("tpu", None, jnp.bfloat16, 512, 512, 128, False),
+    ],
+)
 def test_cudnn_selection_rule(backend, capability, dtype, t_len, s_len, head_dim, fits):
     assert cudnn_attention_supports(backend, capability, dtype, t_len, s_len, head_dim) is fits
 
@@ -143,18 +151,23 @@ def test_fused_attention_follows_backend_and_switch(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(jax, "devices", lambda *args: [hopper])
     assert fused_attention_fits(q, k)
-    assert not fused_attention_fits(jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32))
+    assert not fused_attention_fits(
+        jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32)
+    )
     monkeypatch.setenv(FUSED_ATTENTION_ENV, "0")
     assert not fused_attention_fits(q, k)
 
 
-@pytest.mark.parametrize("shapes, match", [
-    (((2, 5, 6, 8), (2, 5, 4, 8), (2, 5, 5)), r"query heads \(6\) must be a multiple of key/value heads \(4\)"),
-    (((2, 5, 6, 8), (2, 5, 2, 4), (2, 5, 5)), "agree on batch and head_dim"),
-    (((2, 5, 6, 8), (3, 5, 2, 8), (2, 5, 5)), "agree on batch and head_dim"),
-    (((2, 5, 48), (2, 5, 2, 8), (2, 5, 5)), r"q \[B, T, N, hd\]"),
-    (((2, 5, 6, 8), (2, 5, 2, 8), (5, 5)), r"mask must be 3-d \[B\|1, T\|1, S\], got shape \(5, 5\)"),
-])
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 5, 6, 8), (2, 5, 4, 8), (2, 5, 5)), r"query heads \(6\) must be a multiple of key/value heads \(4\)"),
+        (((2, 5, 6, 8), (2, 5, 2, 4), (2, 5, 5)), "agree on batch and head_dim"),
+        (((2, 5, 6, 8), (3, 5, 2, 8), (2, 5, 5)), "agree on batch and head_dim"),
+        (((2, 5, 48), (2, 5, 2, 8), (2, 5, 5)), r"q \[B, T, N, hd\]"),
+        (((2, 5, 6, 8), (2, 5, 2, 8), (5, 5)), r"mask must be 3-d \[B\|1, T\|1, S\], got shape \(5, 5\)"),
+    ],
+)
 def test_bad_shapes_raise_one_clear_error(shapes, match):
     q_shape, k_shape, mask_shape = shapes
     with pytest.raises(ValueError, match=match):

@@ -21,12 +21,28 @@ from g1jax.trainer import Trainer
 def test_grpo_learns_to_name_the_colour(tmp_path):
     model, tokenizer = colour_card_policy()
     games = envs.MultiGame(games=(ColourCard(),), counts=(8,))
-    config = TrainConfig(games=("2048",), states_per_step=8, grpo=dict(group_size=8), max_new_tokens=2, steps=60,
-                         learning_rate=3e-3, micro_batch_states=4, weight_decay=0.0, grad_clip=1.0,
-                         run_dir=str(tmp_path / "run"), checkpoint_every=0, sample_every=0, export_hf=False,
-                         progress=False)
-    trainer = Trainer(config, games=games, policy=(model, tokenizer),
-                      reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
+    config = TrainConfig(
+        games=("2048",),
+        states_per_step=8,
+        grpo=dict(group_size=8),
+        max_new_tokens=2,
+        steps=60,
+        learning_rate=3e-3,
+        micro_batch_states=4,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        run_dir=str(tmp_path / "run"),
+        checkpoint_every=0,
+        sample_every=0,
+        export_hf=False,
+        progress=False,
+    )
+    trainer = Trainer(
+        config,
+        games=games,
+        policy=(model, tokenizer),
+        reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}},
+    )
     trainer.run()
     history = trainer.logger.read_metrics()
     rewards = np.asarray([m["reward_game"] for m in history])

@@ -25,8 +25,19 @@ from safetensors.numpy import load_file, save_file
 import envs
 from g1jax.chat import encode_prompt
 from g1jax.image_processing import preprocess
-from g1jax.models import (CheckpointError, ConfigError, Qwen25VL, Qwen25VLConfig, get_rope_index, greedy_generate,
-                          load_pretrained, preset, save_pretrained, token_logprobs, trainable_filter)
+from g1jax.models import (
+    CheckpointError,
+    ConfigError,
+    Qwen25VL,
+    Qwen25VLConfig,
+    get_rope_index,
+    greedy_generate,
+    load_pretrained,
+    preset,
+    save_pretrained,
+    token_logprobs,
+    trainable_filter,
+)
 from g1jax.models import reference as R
 from g1jax.models.qwen25vl import check_inputs, encode_images_jit, forward_jit, hidden_states_jit
 from g1jax.tokenizer import make_tiny_tokenizer
@@ -78,8 +89,9 @@ def write_checkpoint(directory, tensors, config_dict):
 def tied_dir(tmp_path_factory, tensors, hf_config_dict):
     """The tied variant of the goldens: same tensors without lm_head.weight, tie_word_embeddings true."""
     cfg = dict(hf_config_dict, tie_word_embeddings=True)
-    return write_checkpoint(tmp_path_factory.mktemp("tied"), {k: v for k, v in tensors.items()
-                                                              if k != "lm_head.weight"}, cfg)
+    return write_checkpoint(
+        tmp_path_factory.mktemp("tied"), {k: v for k, v in tensors.items() if k != "lm_head.weight"}, cfg
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +106,13 @@ def tied_model(tied_dir):
 
 def run_inputs(golden, dtype=jnp.float32):
     positions, _ = get_rope_index(golden["input_ids"], golden["grids"], golden["attention_mask"], **ROPE_IDS)
-    return (jnp.asarray(golden["input_ids"]), jnp.asarray(positions), jnp.asarray(golden["attention_mask"]),
-            jnp.asarray(golden["pixel_values"], dtype), golden["grids"])
+    return (
+        jnp.asarray(golden["input_ids"]),
+        jnp.asarray(positions),
+        jnp.asarray(golden["attention_mask"]),
+        jnp.asarray(golden["pixel_values"], dtype),
+        golden["grids"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +124,14 @@ def logits(model, golden):
 @pytest.fixture(scope="module")
 def generated(model, golden):
     with jax.default_matmul_precision("highest"):
-        tokens, step_logits = greedy_generate(model, golden["input_ids"], golden["attention_mask"],
-                                              jnp.asarray(golden["pixel_values"]), golden["grids"],
-                                              max_new_tokens=NEW_TOKENS)
+        tokens, step_logits = greedy_generate(
+            model,
+            golden["input_ids"],
+            golden["attention_mask"],
+            jnp.asarray(golden["pixel_values"]),
+            golden["grids"],
+            max_new_tokens=NEW_TOKENS,
+        )
     return np.asarray(tokens), np.asarray(step_logits)
 
 
@@ -143,12 +165,15 @@ def test_rope_index_left_padding_and_text_rows(golden):
     assert (pos[:, 1, valid] == np.arange(n)).all() and (pos[:, 1, ~valid] == 0).all() and delta[1] == 0
 
 
-@pytest.mark.parametrize("grids, ids, match", [
-    ([(1, 4, 6)], [[1, 5, 5, 5, 2]], "does not match image_grid_thw"),
-    ([], [[1, 5, 5, 5, 5, 5, 5, 2]], "lists only 0 image"),
-    ([(1, 4, 6), (1, 4, 4)], [[1, 5, 5, 5, 5, 5, 5, 2]], "contain 1 image run"),
-    ([(1, 4, 5)], [[1, 5, 5, 2]], "not a valid grid"),
-])
+@pytest.mark.parametrize(
+    "grids, ids, match",
+    [
+        ([(1, 4, 6)], [[1, 5, 5, 5, 2]], "does not match image_grid_thw"),
+        ([], [[1, 5, 5, 5, 5, 5, 5, 2]], "lists only 0 image"),
+        ([(1, 4, 6), (1, 4, 4)], [[1, 5, 5, 5, 5, 5, 5, 2]], "contain 1 image run"),
+        ([(1, 4, 5)], [[1, 5, 5, 2]], "not a valid grid"),
+    ],
+)
 def test_rope_index_errors(grids, ids, match):
     with pytest.raises(ValueError, match=match):
         get_rope_index(np.array(ids), grids, image_token_id=5)
@@ -162,8 +187,9 @@ def test_vision_features_match_golden(model, golden):
     np.testing.assert_allclose(features, golden["untied_vision_features"], atol=1e-4, rtol=0)
     # images sharing a grid run as one batched group: twice image B gives image B's features twice
     patches_b = golden["pixel_values"][24:]
-    twice = np.asarray(encode_images_jit(model, jnp.asarray(np.concatenate([patches_b, patches_b])),
-                                         (golden["grids"][1],) * 2))
+    twice = np.asarray(
+        encode_images_jit(model, jnp.asarray(np.concatenate([patches_b, patches_b])), (golden["grids"][1],) * 2)
+    )
     np.testing.assert_allclose(twice, np.tile(golden["untied_vision_features"][6:], (2, 1)), atol=1e-4, rtol=0)
 
 
@@ -175,8 +201,14 @@ def test_tied_logits_and_greedy_match_golden(tied_model, golden):
     assert tied_model.lm_head is None
     logits = np.asarray(forward_jit(tied_model, *run_inputs(golden)))
     assert np.abs(logits[golden["valid"]] - golden["tied_logits_valid"]).max() <= 1e-4
-    tokens, _ = greedy_generate(tied_model, golden["input_ids"], golden["attention_mask"],
-                                jnp.asarray(golden["pixel_values"]), golden["grids"], max_new_tokens=NEW_TOKENS)
+    tokens, _ = greedy_generate(
+        tied_model,
+        golden["input_ids"],
+        golden["attention_mask"],
+        jnp.asarray(golden["pixel_values"]),
+        golden["grids"],
+        max_new_tokens=NEW_TOKENS,
+    )
     np.testing.assert_array_equal(np.asarray(tokens), golden["tied_greedy_tokens"])
 
 
@@ -189,10 +221,18 @@ def test_cached_decoding_matches_uncached_forward(model, golden, generated):
     ids = np.concatenate([golden["input_ids"], tokens], axis=1)
     mask = np.concatenate([golden["attention_mask"], np.ones_like(tokens)], axis=1)
     pos, _ = get_rope_index(ids, golden["grids"], mask, **ROPE_IDS)
-    full = np.asarray(forward_jit(model, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask),
-                                  jnp.asarray(golden["pixel_values"]), golden["grids"]))
+    full = np.asarray(
+        forward_jit(
+            model,
+            jnp.asarray(ids),
+            jnp.asarray(pos),
+            jnp.asarray(mask),
+            jnp.asarray(golden["pixel_values"]),
+            golden["grids"],
+        )
+    )
     start = golden["input_ids"].shape[1] - 1
-    assert np.abs(full[:, start:start + NEW_TOKENS] - step_logits).max() <= 1e-4
+    assert np.abs(full[:, start : start + NEW_TOKENS] - step_logits).max() <= 1e-4
 
 
 def bf16_next_token_logprob_error(logits16, golden):
@@ -227,14 +267,15 @@ def test_causal_block_attention_equals_full():
     from g1jax.models.layers import attention
 
     rng = np.random.RandomState(0)
-    q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
-               for shape in ((2, 23, 4, 8), (2, 23, 2, 8), (2, 23, 2, 8)))
+    q, k, v = (
+        jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((2, 23, 4, 8), (2, 23, 2, 8), (2, 23, 2, 8))
+    )
     valid = np.ones((2, 23), bool)
     valid[1, :9] = False  # left padding
     mask = jnp.asarray(np.tril(np.ones((23, 23), bool))[None] & valid[:, None, :])
     run = jax.jit(attention, static_argnums=(4, 5))
-    full = run(q, k, v, mask, 8 ** -0.5, None)
-    blocked = run(q, k, v, mask, 8 ** -0.5, 5)  # 5 blocks, the last one short
+    full = run(q, k, v, mask, 8**-0.5, None)
+    blocked = run(q, k, v, mask, 8**-0.5, 5)  # 5 blocks, the last one short
     # padding queries see no key at all; their (unused) uniform average differs by block, so compare real rows
     np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(full)[valid], atol=1e-5, rtol=0)
 
@@ -257,8 +298,13 @@ def test_chunked_logprobs_equal_full_log_softmax(model, golden, logits):
 
     # gradients flow through the rematerialised chunks exactly as through the full log-softmax
     g_chunked = jax.jit(jax.grad(lambda h: token_logprobs(model, h, targets, chunk_size=5).sum()))(hidden)
-    g_full = jax.jit(jax.grad(lambda h: jnp.take_along_axis(
-        jax.nn.log_softmax(model.logits(h), axis=-1), targets[..., None], axis=-1).sum()))(hidden)
+    g_full = jax.jit(
+        jax.grad(
+            lambda h: jnp.take_along_axis(
+                jax.nn.log_softmax(model.logits(h), axis=-1), targets[..., None], axis=-1
+            ).sum()
+        )
+    )(hidden)
     np.testing.assert_allclose(np.asarray(g_chunked), np.asarray(g_full), atol=1e-5, rtol=0)
 
 
@@ -282,8 +328,8 @@ def test_image_features_fill_the_given_slots_only(model, golden):
     answer = jnp.full((prompt.shape[0], 3), TINY.image_token_id)
     slots = jnp.concatenate([prompt == TINY.image_token_id, jnp.zeros(answer.shape, bool)], axis=1)
     embeds = model.embed(jnp.concatenate([prompt, answer], axis=1), image_features=features, image_slots=slots)
-    np.testing.assert_array_equal(embeds[:, :prompt.shape[1]], model.embed(prompt, image_features=features))
-    np.testing.assert_array_equal(embeds[:, prompt.shape[1]:], model.model.embed_tokens(answer))
+    np.testing.assert_array_equal(embeds[:, : prompt.shape[1]], model.embed(prompt, image_features=features))
+    np.testing.assert_array_equal(embeds[:, prompt.shape[1] :], model.model.embed_tokens(answer))
 
 
 def test_remat_and_frozen_vision_gradients(model, golden):
@@ -301,8 +347,13 @@ def test_remat_and_frozen_vision_gradients(model, golden):
     g_plain = nnx.jit(nnx.grad(loss, argnums=text_only))(model)
     text_frozen = dict(nnx.to_flat_state(g_frozen["model"]))
     for path, g in nnx.to_flat_state(g_plain["model"]):
-        np.testing.assert_allclose(np.asarray(text_frozen[path].get_value()), np.asarray(g.get_value()),
-                                   atol=1e-4, rtol=1e-4, err_msg=str(path))
+        np.testing.assert_allclose(
+            np.asarray(text_frozen[path].get_value()),
+            np.asarray(g.get_value()),
+            atol=1e-4,
+            rtol=1e-4,
+            err_msg=str(path),
+        )
     assert max(np.abs(np.asarray(v.get_value())).max() for _, v in nnx.to_flat_state(g_plain["model"])) > 0
     assert all((np.asarray(v.get_value()) == 0).all() for _, v in nnx.to_flat_state(g_frozen["visual"]))
     trainable = nnx.state(frozen, trainable_filter(freeze_vision=True))
@@ -312,9 +363,16 @@ def test_remat_and_frozen_vision_gradients(model, golden):
 
 # ---------------------------------------------------------------------------- loader
 def test_loader_accepts_v5_prefixes_and_shards(tmp_path, tensors, hf_config_dict, model):
-    renamed = {("model.visual." + k[len("visual."):] if k.startswith("visual.") else
-                "model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
-               for k, v in tensors.items()}
+    renamed = {
+        (
+            "model.visual." + k[len("visual.") :]
+            if k.startswith("visual.")
+            else "model.language_model." + k[len("model.") :]
+            if k.startswith("model.")
+            else k
+        ): v
+        for k, v in tensors.items()
+    }
     v5_dir = write_checkpoint(tmp_path / "v5", renamed, hf_config_dict)
     # shard across two files with an index, as hub checkpoints are
     sharded = tmp_path / "sharded"
@@ -322,8 +380,10 @@ def test_loader_accepts_v5_prefixes_and_shards(tmp_path, tensors, hf_config_dict
     keys = sorted(tensors)
     half = len(keys) // 2
     weight_map = {}
-    for name, part in (("model-00001-of-00002.safetensors", keys[:half]),
-                       ("model-00002-of-00002.safetensors", keys[half:])):
+    for name, part in (
+        ("model-00001-of-00002.safetensors", keys[:half]),
+        ("model-00002-of-00002.safetensors", keys[half:]),
+    ):
         save_file({k: tensors[k] for k in part}, str(sharded / name))
         weight_map.update({k: name for k in part})
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -343,14 +403,18 @@ def test_loader_places_params_on_given_sharding():
     assert all(leaf.sharding == target for leaf in leaves)
     # an nnx.State of shardings mirroring the parameter tree
     per_param = jax.tree.map(lambda _: target, nnx.state(Qwen25VL(preset("tiny"), rngs=None)))
-    assert all(leaf.sharding == target for leaf in jax.tree.leaves(nnx.state(load_pretrained(
-        FIXTURE, shardings=per_param))))
+    assert all(
+        leaf.sharding == target for leaf in jax.tree.leaves(nnx.state(load_pretrained(FIXTURE, shardings=per_param)))
+    )
     if len(devices) >= 2:
         mesh = jax.sharding.Mesh(np.array(devices[:2]), ("tp",))
 
         def by_key(key, shape):  # column-shard the MLP up projections, replicate the rest
-            spec = jax.sharding.PartitionSpec(None, "tp") if key.endswith("mlp.up_proj.weight") else \
-                jax.sharding.PartitionSpec()
+            spec = (
+                jax.sharding.PartitionSpec(None, "tp")
+                if key.endswith("mlp.up_proj.weight")
+                else jax.sharding.PartitionSpec()
+            )
             return jax.sharding.NamedSharding(mesh, spec)
 
         sharded = load_pretrained(FIXTURE, shardings=by_key)
@@ -397,8 +461,9 @@ def test_loader_tied_checkpoint_with_equal_head_and_bf16_file(tmp_path, tensors,
     assert loaded.lm_head is None
     emb = loaded.model.embed_tokens.embedding[...]
     assert emb.dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(emb), tensors["model.embed_tokens.weight"].astype(
-        ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(emb), tensors["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
+    )
 
 
 def test_loader_path_errors(tmp_path):
@@ -429,8 +494,9 @@ def test_save_pretrained_round_trip(tmp_path, model, tensors):
     assert json.loads((tmp_path / "sharded" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     reloaded = load_pretrained(tmp_path / "sharded")
     emb = np.asarray(reloaded.model.embed_tokens.embedding[...])
-    np.testing.assert_array_equal(emb, tensors["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16)
-                                  .astype(np.float32))
+    np.testing.assert_array_equal(
+        emb, tensors["model.embed_tokens.weight"].astype(ml_dtypes.bfloat16).astype(np.float32)
+    )
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -453,19 +519,51 @@ def test_bad_inputs_raise_clear_errors(model, golden):
 # ---------------------------------------------------------------------------- config
 # config.json of Qwen/Qwen2.5-VL-3B-Instruct as shipped on the hub (legacy flat layout).
 HUB_3B_CONFIG = {
-    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
-    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 128000,
-    "max_window_layers": 70, "model_type": "qwen2_5_vl", "num_attention_heads": 16, "num_hidden_layers": 36,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
-    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 128000,
+    "max_window_layers": 70,
+    "model_type": "qwen2_5_vl",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.41.2",
+    "use_cache": True,
     "use_sliding_window": False,
-    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14,
-                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
-                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 151936,
+    "vision_config": {
+        "depth": 32,
+        "hidden_act": "silu",
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "in_chans": 3,
+        "out_hidden_size": 2048,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "spatial_patch_size": 14,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "temporal_patch_size": 2,
+    },
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vocab_size": 151936,
 }
 
 
@@ -485,13 +583,19 @@ def test_config_layouts_presets_and_validation(hf_config_dict):
         abstract = Qwen25VL(preset(name), rngs=None)
         count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract)))
         assert round(count / 1e9, 3) == billions, (name, count)
-    bad = dict(hf_config_dict, text_config=dict(hf_config_dict["text_config"], rope_parameters={
-        "rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 4]}))
+    bad = dict(
+        hf_config_dict,
+        text_config=dict(
+            hf_config_dict["text_config"],
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 4]},
+        ),
+    )
     with pytest.raises(ConfigError, match="sum\\(mrope_section\\).*must equal head_dim / 2 = 8"):
         Qwen25VLConfig.from_hf_dict(bad)
     with pytest.raises(ConfigError, match="out_hidden_size 32 must equal text hidden_size 64"):
-        Qwen25VLConfig.from_hf_dict(dict(hf_config_dict, vision_config=dict(hf_config_dict["vision_config"],
-                                                                            out_hidden_size=32)))
+        Qwen25VLConfig.from_hf_dict(
+            dict(hf_config_dict, vision_config=dict(hf_config_dict["vision_config"], out_hidden_size=32))
+        )
     with pytest.raises(envs.ConfigError, match="unknown preset"):  # one base class for every config error
         preset("70b")
 
@@ -501,18 +605,24 @@ def test_small_presets_pair_with_the_tiny_tokenizer(name):
     config = preset(name)
     tokenizer = make_tiny_tokenizer(vocab_size=config.text.vocab_size)
     assert (config.image_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
-        tokenizer.image_pad_id, tokenizer.vision_start_id, tokenizer.vision_end_id)
+        tokenizer.image_pad_id,
+        tokenizer.vision_start_id,
+        tokenizer.vision_end_id,
+    )
     assert config.video_token_id == tokenizer.backend.token_to_id("<|video_pad|>")
     assert config.vision_token_id == tokenizer.backend.token_to_id("<|vision_pad|>")
     assert (config.text.bos_token_id, config.text.eos_token_id) == (tokenizer.endoftext_id, tokenizer.im_end_id)
     # a game prompt of the tiny tokenizer is a valid input of the model, with no id argument anywhere
     prompt = encode_prompt(tokenizer, "Which move?", [(56, 84)])
     ids = prompt.input_ids[None]
-    positions, _ = get_rope_index(ids, prompt.image_grid_thw, image_token_id=config.image_token_id,
-                                  vision_start_token_id=config.vision_start_token_id)
+    positions, _ = get_rope_index(
+        ids,
+        prompt.image_grid_thw,
+        image_token_id=config.image_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+    )
     pixel_values = preprocess(jnp.zeros((56, 84, 3), jnp.uint8))
-    assert check_inputs(config, ids, positions, np.ones_like(ids), pixel_values, prompt.image_grid_thw) == (
-        (1, 4, 6),)
+    assert check_inputs(config, ids, positions, np.ones_like(ids), pixel_values, prompt.image_grid_thw) == ((1, 4, 6),)
 
 
 # ---------------------------------------------------------------------------- live transformers
@@ -526,8 +636,9 @@ def live(golden):
     inputs["input_ids"] = inputs["input_ids"].astype(np.int64)
     inputs["attention_mask"] = inputs["attention_mask"].astype(np.int64)
     inputs["image_grid_thw"] = inputs["image_grid_thw"].astype(np.int64)
-    inputs["mm_token_type_ids"] = ((inputs["input_ids"] == TINY.image_token_id).astype(np.int64)
-                                   * inputs["attention_mask"])
+    inputs["mm_token_type_ids"] = (inputs["input_ids"] == TINY.image_token_id).astype(np.int64) * inputs[
+        "attention_mask"
+    ]
     return hf, inputs, R.hf_outputs(hf, inputs, NEW_TOKENS)
 
 
@@ -538,8 +649,9 @@ def test_live_transformers_parity_and_goldens(live, model, golden):
     # goldens are held to the parity promise, not to bit equality; a real change (e.g. transformers
     # falling back to 1-D positions, ~4e-3) is still far outside it.
     np.testing.assert_array_equal(ref["positions"], golden["untied_positions"])
-    np.testing.assert_allclose(ref["logits"][golden["valid"]], golden["untied_logits_valid"], atol=R.LOGIT_BOUND,
-                               rtol=0)
+    np.testing.assert_allclose(
+        ref["logits"][golden["valid"]], golden["untied_logits_valid"], atol=R.LOGIT_BOUND, rtol=0
+    )
     np.testing.assert_array_equal(ref["greedy_tokens"], golden["untied_greedy_tokens"])
     # Every row of the parity table computes both sides: our positions and deltas from our get_rope_index,
     # our cached greedy logits against an uncached forward over prompt + continuation.

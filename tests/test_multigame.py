@@ -28,9 +28,18 @@ def mixed(key):
     new, rewards, dones, info = BATCH.step(jax.random.fold_in(key, 3), states, actions)
     _, group_rewards, _, group_info = BATCH.parallel_step(jax.random.fold_in(key, 4), states, answers)
     return dict(
-        states=states, actions=actions, answers=answers, new=new, rewards=rewards, dones=dones, legal=info["legal"],
-        raw=info["raw_reward"], group_rewards=group_rewards, group_legal=group_info["legal"],
-        frames=BATCH.render(new), masks=BATCH.valid_actions(states),
+        states=states,
+        actions=actions,
+        answers=answers,
+        new=new,
+        rewards=rewards,
+        dones=dones,
+        legal=info["legal"],
+        raw=info["raw_reward"],
+        group_rewards=group_rewards,
+        group_legal=group_info["legal"],
+        frames=BATCH.render(new),
+        masks=BATCH.valid_actions(states),
     )
 
 
@@ -48,8 +57,16 @@ def alone(game, i, count, key, answers):
         keys(jax.random.fold_in(key, 4)), states, answers
     )
     return dict(
-        states=states, actions=actions, new=new, rewards=rewards, dones=dones, legal=info["legal"], raw=info["raw_reward"],
-        group_rewards=group_rewards, group_legal=group_info["legal"], frames=jax.vmap(game.render)(new),
+        states=states,
+        actions=actions,
+        new=new,
+        rewards=rewards,
+        dones=dones,
+        legal=info["legal"],
+        raw=info["raw_reward"],
+        group_rewards=group_rewards,
+        group_legal=group_info["legal"],
+        frames=jax.vmap(game.render)(new),
         masks=jax.vmap(game.valid_actions)(states),
     )
 
@@ -68,7 +85,9 @@ def results():
 def test_layout():
     assert BATCH.size == sum(COUNTS.values())
     assert BATCH.game_names == [name for name, n in COUNTS.items() for _ in range(n)]
-    assert BATCH.prompts == [envs.make(name, image_size=IMAGE_SIZE).prompt for name, n in COUNTS.items() for _ in range(n)]
+    assert BATCH.prompts == [
+        envs.make(name, image_size=IMAGE_SIZE).prompt for name, n in COUNTS.items() for _ in range(n)
+    ]
     assert [BATCH.rows(i) for i in range(len(GAMES))][-1].stop == BATCH.size
     assert BATCH.image_shape == (*IMAGE_SIZE, 3)
 
@@ -175,6 +194,8 @@ def test_bad_layouts_fail_clearly():
     with pytest.raises(envs.UnknownGameError):
         MultiGame.make({"chess": 1})
     with pytest.raises(ValueError, match="must have 5 rows"):
-        MultiGame.make({"2048": 2, "swap": 3}, image_size=IMAGE_SIZE).step(jax.random.key(0), None, jnp.zeros(4, jnp.int32))
+        MultiGame.make({"2048": 2, "swap": 3}, image_size=IMAGE_SIZE).step(
+            jax.random.key(0), None, jnp.zeros(4, jnp.int32)
+        )
     with pytest.raises(ValueError, match="expected 2 answers"):
         MultiGame.make({"swap": 2}).parse(["a"])

@@ -29,9 +29,11 @@ NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 TIMEOUT_S = 1800  # generous: a loaded 2-core machine runs them several times slower than a quiet one
 CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat 4.5's cell id pattern
-CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments"},
-             "raw": {"cell_type", "id", "metadata", "source", "attachments"},
-             "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"}}
+CELL_KEYS = {
+    "markdown": {"cell_type", "id", "metadata", "source", "attachments"},
+    "raw": {"cell_type", "id", "metadata", "source", "attachments"},
+    "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"},
+}
 
 
 def source_text(cell: dict) -> str:
@@ -46,7 +48,11 @@ def format_problems(notebook) -> list[str]:
     problems = []
     if set(notebook) != {"cells", "metadata", "nbformat", "nbformat_minor"}:
         problems.append(f"top-level keys {sorted(notebook)}; nbformat 4 has cells, metadata, nbformat, nbformat_minor")
-    if notebook.get("nbformat") != 4 or not isinstance(notebook.get("nbformat_minor"), int) or notebook["nbformat_minor"] < 5:
+    if (
+        notebook.get("nbformat") != 4
+        or not isinstance(notebook.get("nbformat_minor"), int)
+        or notebook["nbformat_minor"] < 5
+    ):
         problems.append(f"nbformat {notebook.get('nbformat')}.{notebook.get('nbformat_minor')}; expected 4.5 or later")
     if not isinstance(notebook.get("metadata"), dict) or "kernelspec" not in notebook.get("metadata", {}):
         problems.append("notebook metadata has no kernelspec")
@@ -162,8 +168,13 @@ def runs(tmp_path_factory):
     for path in NOTEBOOKS:
         log, report = folder / f"{path.stem}.log", folder / f"{path.stem}.json"
         with open(log, "w") as out:
-            process = subprocess.Popen([sys.executable, __file__, str(path), str(report)], cwd=NOTEBOOK_DIR,
-                                       env=notebook_environment(), stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, __file__, str(path), str(report)],
+                cwd=NOTEBOOK_DIR,
+                env=notebook_environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         started[path.name] = (process, log, report)
     yield started
     for process, _, _ in started.values():
@@ -194,9 +205,21 @@ def test_notebook_is_clean_nbformat(path):
 
 
 def test_format_check_catches_outputs_magics_and_bad_ids():
-    clean = {"cells": [{"cell_type": "code", "id": "a", "metadata": {}, "source": ["x = 1"], "outputs": [],
-                        "execution_count": None}],
-             "metadata": {"kernelspec": {"name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}
+    clean = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "a",
+                "metadata": {},
+                "source": ["x = 1"],
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],
+        "metadata": {"kernelspec": {"name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     assert format_problems(clean) == []
     dirty = json.loads(json.dumps(clean))
     dirty["cells"][0].update(outputs=[{"output_type": "stream", "name": "stdout", "text": "1"}], execution_count=3)
@@ -213,13 +236,29 @@ def test_format_check_catches_outputs_magics_and_bad_ids():
 
 def test_runner_shows_last_expressions_and_names_the_failing_cell(tmp_path, capsys):
     def code(i, source):
-        return {"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": source, "outputs": [],
-                "execution_count": None}
+        return {
+            "cell_type": "code",
+            "id": f"c{i}",
+            "metadata": {},
+            "source": source,
+            "outputs": [],
+            "execution_count": None,
+        }
 
-    sources = ["from PIL import Image\nx = 1", "Image.new('RGB', (2, 2))", "handle = display(x, display_id=True)\nx;",
-               "handle.update(Image.new('RGB', (2, 2)))", "1 / 0", "never = True"]
-    notebook = {"cells": [code(i, s) for i, s in enumerate(sources)], "metadata": {}, "nbformat": 4,
-                "nbformat_minor": 5}
+    sources = [
+        "from PIL import Image\nx = 1",
+        "Image.new('RGB', (2, 2))",
+        "handle = display(x, display_id=True)\nx;",
+        "handle.update(Image.new('RGB', (2, 2)))",
+        "1 / 0",
+        "never = True",
+    ]
+    notebook = {
+        "cells": [code(i, s) for i, s in enumerate(sources)],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path, report = tmp_path / "t.ipynb", tmp_path / "report.json"
     path.write_text(json.dumps(notebook))
     assert run_notebook(path, report) == 1

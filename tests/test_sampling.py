@@ -31,11 +31,12 @@ def setup():
     ids = np.full((PROMPTS, width), PAD, np.int32)
     mask = np.zeros((PROMPTS, width), np.int32)
     for r, row in enumerate(rows):
-        ids[r, width - len(row):], mask[r, width - len(row):] = row, 1
+        ids[r, width - len(row) :], mask[r, width - len(row) :] = row, 1
     pixels = np.asarray(jax.random.normal(jax.random.key(1), (PROMPTS * 16, 1176)), np.float32)
     keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(7), r))(jnp.arange(PROMPTS * GROUP))
-    return dict(cfg=cfg, model=model, graphdef=graphdef, params=params, ids=ids, mask=mask, pixels=pixels,
-                keys=keys, rows=rows)
+    return dict(
+        cfg=cfg, model=model, graphdef=graphdef, params=params, ids=ids, mask=mask, pixels=pixels, keys=keys, rows=rows
+    )
 
 
 def run(s, config, ids=None, mask=None, pixels=None, keys=None):
@@ -43,9 +44,18 @@ def run(s, config, ids=None, mask=None, pixels=None, keys=None):
     mask = s["mask"] if mask is None else mask
     grids = (GRID,) * ids.shape[0]
     positions, _ = get_rope_index(ids, grids, mask, image_token_id=s["cfg"].image_token_id)
-    out = sample(s["graphdef"], s["params"], jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask),
-                 jnp.asarray(s["pixels"] if pixels is None else pixels), s["keys"] if keys is None else keys,
-                 image_grids=grids, group_size=GROUP, config=config)
+    out = sample(
+        s["graphdef"],
+        s["params"],
+        jnp.asarray(ids),
+        jnp.asarray(positions),
+        jnp.asarray(mask),
+        jnp.asarray(s["pixels"] if pixels is None else pixels),
+        s["keys"] if keys is None else keys,
+        image_grids=grids,
+        group_size=GROUP,
+        config=config,
+    )
     return jax.device_get(out)
 
 
@@ -59,12 +69,14 @@ def teacher_forced(s, out, temperature):
     positions, _ = get_rope_index(full, grids, mask, image_token_id=s["cfg"].image_token_id)
     pixels = np.repeat(s["pixels"].reshape(PROMPTS, 16, -1), GROUP, 0).reshape(-1, 1176)
     model = s["model"]
-    hidden = model.hidden_states(jnp.asarray(full), jnp.asarray(positions), jnp.asarray(mask), jnp.asarray(pixels),
-                                 grids)
+    hidden = model.hidden_states(
+        jnp.asarray(full), jnp.asarray(positions), jnp.asarray(mask), jnp.asarray(pixels), grids
+    )
     t = ids.shape[1]
-    logp = token_logprobs(model, hidden[:, t - 1:-1], jnp.asarray(out.tokens), temperature=temperature,
-                          text_only=True)
-    logits = model.logits(hidden[:, t - 1:-1])
+    logp = token_logprobs(
+        model, hidden[:, t - 1 : -1], jnp.asarray(out.tokens), temperature=temperature, text_only=True
+    )
+    logits = model.logits(hidden[:, t - 1 : -1])
     return np.asarray(logp), np.asarray(logits)
 
 
@@ -111,8 +123,9 @@ def vision_heavy(setup):
 def test_the_sampler_never_emits_vision_ids(vision_heavy, temperature):
     s = vision_heavy
     vision = np.asarray(s["cfg"].vision_special_ids)
-    raw, _ = greedy_generate(s["model"], s["ids"], s["mask"], jnp.asarray(s["pixels"]), (GRID,) * PROMPTS,
-                             max_new_tokens=LENGTH)
+    raw, _ = greedy_generate(
+        s["model"], s["ids"], s["mask"], jnp.asarray(s["pixels"]), (GRID,) * PROMPTS, max_new_tokens=LENGTH
+    )
     assert np.isin(raw, vision).mean() > 0.5  # the model's own argmax is mostly a vision id
     out = run(s, SamplingConfig(max_new_tokens=LENGTH, temperature=temperature, stop_ids=STOP, pad_id=PAD))
     assert not np.isin(out.tokens, vision).any()
@@ -129,8 +142,14 @@ def test_rows_do_not_depend_on_padding_or_batch_order(setup, sampled):
     mask = np.concatenate([np.zeros((PROMPTS, extra), np.int32), s["mask"]], 1)[order]
     pixels = s["pixels"].reshape(PROMPTS, 16, -1)[order].reshape(-1, 1176)
     row_order = (order[:, None] * GROUP + np.arange(GROUP)).reshape(-1)
-    moved = run(s, SamplingConfig(max_new_tokens=LENGTH, temperature=0.7, stop_ids=STOP, pad_id=PAD), ids, mask,
-                pixels, s["keys"][row_order])
+    moved = run(
+        s,
+        SamplingConfig(max_new_tokens=LENGTH, temperature=0.7, stop_ids=STOP, pad_id=PAD),
+        ids,
+        mask,
+        pixels,
+        s["keys"][row_order],
+    )
     np.testing.assert_array_equal(moved.tokens, sampled.tokens[row_order])
     np.testing.assert_allclose(moved.logprobs, sampled.logprobs[row_order], atol=1e-5)
 
@@ -140,8 +159,10 @@ def test_a_rematerialised_model_samples_the_same(setup, greedy):
     # (nnx.remat inside the decode while_loop used to fail: "Cannot mutate Param from a different trace level")
     graphdef, params = nnx.split(Qwen25VL(setup["cfg"], remat=True, rngs=nnx.Rngs(0)))
     jax.tree.map(np.testing.assert_array_equal, params, setup["params"])
-    out = run(dict(setup, graphdef=graphdef), SamplingConfig(max_new_tokens=LENGTH, temperature=0.0, stop_ids=STOP,
-                                                             pad_id=PAD))
+    out = run(
+        dict(setup, graphdef=graphdef),
+        SamplingConfig(max_new_tokens=LENGTH, temperature=0.0, stop_ids=STOP, pad_id=PAD),
+    )
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
     np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-5)
 
@@ -162,11 +183,18 @@ def test_stop_tokens_end_rows_and_mask_the_rest(setup, greedy):
 def test_top_k_one_is_greedy_and_config_errors(setup, greedy):
     out = run(setup, SamplingConfig(max_new_tokens=LENGTH, temperature=1.3, top_k=1, stop_ids=STOP, pad_id=PAD))
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
-    for bad, match in [(dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=4, temperature=-1), "temperature"),
-                       (dict(max_new_tokens=4, top_p=0.0), "top_p"), (dict(max_new_tokens=4, top_k=-2), "top_k"),
-                       (dict(max_new_tokens=4, stop_ids=()), "stop_ids")]:
+    for bad, match in [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=4, temperature=-1), "temperature"),
+        (dict(max_new_tokens=4, top_p=0.0), "top_p"),
+        (dict(max_new_tokens=4, top_k=-2), "top_k"),
+        (dict(max_new_tokens=4, stop_ids=()), "stop_ids"),
+    ]:
         with pytest.raises(ValueError, match=match):
             SamplingConfig(**bad)
     with pytest.raises(ValueError, match="row_keys"):
-        run(setup, SamplingConfig(max_new_tokens=LENGTH, temperature=0.0, stop_ids=STOP, pad_id=PAD),
-            keys=setup["keys"][:2])
+        run(
+            setup,
+            SamplingConfig(max_new_tokens=LENGTH, temperature=0.0, stop_ids=STOP, pad_id=PAD),
+            keys=setup["keys"][:2],
+        )

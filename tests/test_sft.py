@@ -19,9 +19,20 @@ from g1jax.sft import TeacherData, sft_loss_terms
 from g1jax.tokenizer import make_tiny_tokenizer
 from g1jax.trainer import Trainer, build_games, make_trainer
 
-SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=4, grpo=dict(group_size=2),
-             max_new_tokens=48, progress=False, export_hf=False, checkpoint_every=0, sample_every=0,
-             teacher="greedy", teacher_epsilon=0.25)
+SMALL = dict(
+    model="tiny",
+    games=("2048",),
+    image_size=(140, 112),
+    states_per_step=4,
+    grpo=dict(group_size=2),
+    max_new_tokens=48,
+    progress=False,
+    export_hf=False,
+    checkpoint_every=0,
+    sample_every=0,
+    teacher="greedy",
+    teacher_epsilon=0.25,
+)
 
 
 def test_teacher_answers_become_masked_tokens_closed_by_the_stop_token():
@@ -52,8 +63,9 @@ def test_sft_loss_is_the_masked_token_mean_of_minus_log_p():
 
 
 def test_a_teacher_per_game():
-    config = TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, "games": ("2048", "shisensho"),
-                            "teacher": {"2048": "greedy"}})
+    config = TrainConfig(
+        **{**SMALL, "run_dir": "unused", "sft_steps": 2, "games": ("2048", "shisensho"), "teacher": {"2048": "greedy"}}
+    )
     assert config.teacher_kind("2048") == "greedy" and config.teacher_kind("shisensho") is None
     games = build_games(config)
     data = TeacherData(games, make_tiny_tokenizer(), 16, kind=config.teacher_kind)
@@ -62,17 +74,23 @@ def test_a_teacher_per_game():
 
 
 def test_bad_cold_start_settings_are_one_clear_error():
-    for changes, match in [(dict(teacher_epsilon=1.5), "epsilon"),
-                           (dict(teacher={"swap": "best_score"}), "options given for 'swap', which is not in games"),
-                           (dict(teacher=3), "teacher must be a teacher kind"),
-                           (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states")]:
+    for changes, match in [
+        (dict(teacher_epsilon=1.5), "epsilon"),
+        (dict(teacher={"swap": "best_score"}), "options given for 'swap', which is not in games"),
+        (dict(teacher=3), "teacher must be a teacher kind"),
+        (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
     # the teachers are built, and so checked, where a trainer is built (before the policy loads)
-    for changes, match in [(dict(teacher="oracle"), "unknown teacher kind"),
-                           (dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
-                            "teacher='greedy' applies to every game: name one per game"),
-                           (dict(teacher={"2048": "oracle"}), "unknown teacher kind 'oracle' for game '2048'")]:
+    for changes, match in [
+        (dict(teacher="oracle"), "unknown teacher kind"),
+        (
+            dict(teacher="greedy", games=("2048", "shisensho"), states_per_step=4),
+            "teacher='greedy' applies to every game: name one per game",
+        ),
+        (dict(teacher={"2048": "oracle"}), "unknown teacher kind 'oracle' for game '2048'"),
+    ]:
         config = TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
         with pytest.raises(ConfigError, match=match):
             make_trainer(config)
@@ -80,8 +98,15 @@ def test_bad_cold_start_settings_are_one_clear_error():
 
 @pytest.mark.filterwarnings("ignore:teacher answers reach")  # short answers keep the test fast
 def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path):
-    config = TrainConfig(**{**SMALL, "export_hf": True}, sft_steps=3, sft_learning_rate=3e-3, steps=2,
-                         learning_rate=1e-4, eval_states=8, run_dir=str(tmp_path / "run"))
+    config = TrainConfig(
+        **{**SMALL, "export_hf": True},
+        sft_steps=3,
+        sft_learning_rate=3e-3,
+        steps=2,
+        learning_rate=1e-4,
+        eval_states=8,
+        run_dir=str(tmp_path / "run"),
+    )
     trainer = Trainer(config)
     initial = trainer.evaluate()  # the random-init policy on the held-out states
     summary = trainer.run()
@@ -106,7 +131,8 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     # "before" is the policy entering RL: the cold start's last checkpoint (step 3) answers exactly as
     # it did, and not as the random-init policy did (the rewards cannot tell: every answer scores -1)
     restored, _ = Checkpointer(tmp_path / "run" / "checkpoints").restore(
-        3, {"params": abstract_like(trainer.state.params)})
+        3, {"params": abstract_like(trainer.state.params)}
+    )
     after_rl = trainer.state
     trainer.state = after_rl.replace(params=restored["params"])
     assert trainer.evaluate()["answers"] == before["answers"] != initial["answers"]

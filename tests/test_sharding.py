@@ -38,14 +38,17 @@ def test_make_mesh_shapes():
     assert S.make_mesh("2,2,1").devices.size == 4
 
 
-@pytest.mark.parametrize("shape, match", [
-    ((3, 1, 1), "needs 3 devices, which does not divide the 8"),
-    ("2,4", "three positive sizes"),
-    ("a,b,c", "three sizes 'data,fsdp,tp'"),
-    ((0, 1, 1), "three positive sizes"),
-    ((-1, -1, 2), "three positive sizes"),
-    ((-1, 3, 1), "fixed sizes \\(3 devices\\) do not divide"),
-])
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((3, 1, 1), "needs 3 devices, which does not divide the 8"),
+        ("2,4", "three positive sizes"),
+        ("a,b,c", "three sizes 'data,fsdp,tp'"),
+        ((0, 1, 1), "three positive sizes"),
+        ((-1, -1, 2), "three positive sizes"),
+        ((-1, 3, 1), "fixed sizes \\(3 devices\\) do not divide"),
+    ],
+)
 def test_make_mesh_errors(shape, match):
     with pytest.raises(ValueError, match=match):
         S.make_mesh(shape)
@@ -75,8 +78,10 @@ def test_logical_to_spec_rules_and_fallback():
 def test_abstract_3b_shardings_follow_the_rules():
     """Specs of the real 3B from its abstract model (nothing allocated); tp 2 matches its 2 KV heads."""
     mesh = S.make_mesh((2, 2, 2))
-    specs = {path: v.get_value().spec for path, v in nnx.to_flat_state(
-        S.state_shardings(Qwen25VL(preset("3b"), rngs=None), mesh))}
+    specs = {
+        path: v.get_value().spec
+        for path, v in nnx.to_flat_state(S.state_shardings(Qwen25VL(preset("3b"), rngs=None), mesh))
+    }
     layer = ("model", "layers", 0)
     assert specs[("model", "embed_tokens", "embedding")] == P("tp", "fsdp")  # tied: also the output head
     assert specs[(*layer, "self_attn", "q_proj", "kernel")] == P("fsdp", "tp")
@@ -160,8 +165,10 @@ def test_sharded_forward_equals_single_device(shape, single_device):
     assert {s.device for s in attention.q_proj.kernel[...].addressable_shards} == set(mesh.devices.flat)
     # shard_model places a model built in memory the same way
     built = S.shard_model(load_pretrained(FIXTURE), mesh)
-    assert built.model.layers[1].mlp.down_proj.kernel[...].sharding == \
-        model.model.layers[1].mlp.down_proj.kernel[...].sharding
+    assert (
+        built.model.layers[1].mlp.down_proj.kernel[...].sharding
+        == model.model.layers[1].mlp.down_proj.kernel[...].sharding
+    )
 
     ids, positions, mask, pixel_values, grids = _inputs()
     rows = S.batch_sharding(mesh)
@@ -220,8 +227,9 @@ def test_the_sampler_on_a_mesh_samples_what_one_device_does(shape):
 
     def answers(model, ids, positions, mask):
         graphdef, params = nnx.split(model)
-        out = sample(graphdef, params, ids, positions, mask, pixel_values, keys, image_grids=grids, group_size=2,
-                     config=config)
+        out = sample(
+            graphdef, params, ids, positions, mask, pixel_values, keys, image_grids=grids, group_size=2, config=config
+        )
         return jax.device_get(out)
 
     with jax.default_matmul_precision("highest"):
@@ -230,8 +238,12 @@ def test_the_sampler_on_a_mesh_samples_what_one_device_does(shape):
         rows = S.batch_sharding(mesh)
         model = load_pretrained(FIXTURE, shardings=mesh)
         assert not model.model.layers[0].mlp.up_proj.kernel[...].sharding.is_fully_replicated
-        got = answers(model, jax.device_put(ids, rows), jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1)),
-                      jax.device_put(mask, rows))
+        got = answers(
+            model,
+            jax.device_put(ids, rows),
+            jax.device_put(positions, S.batch_sharding(mesh, batch_axis=1)),
+            jax.device_put(mask, rows),
+        )
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.lengths, want.lengths)
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

@@ -92,20 +92,32 @@ GOLDEN = {
     "straight": ([EMPTY_ROW] * 3 + ["A . . . . A"] + [EMPTY_ROW] * 2, (3, 0), (3, 5), True, 0),
     "one turn": (
         [EMPTY_ROW, ". A . . . .", ". B C D . .", ". E F G . .", ". . . . A .", EMPTY_ROW],
-        (1, 1), (4, 4), True, 1,
+        (1, 1),
+        (4, 4),
+        True,
+        1,
     ),
     "two turns inside": (
         [EMPTY_ROW, ". H I J K .", ". A B C A .", ". . D E . .", ". . . . . .", ". L M N O ."],
-        (2, 1), (2, 4), True, 2,
+        (2, 1),
+        (2, 4),
+        True,
+        2,
     ),
     "around the border": (["A B A . . .", "C D E . . ."] + [EMPTY_ROW] * 4, (0, 0), (0, 2), True, 2),
     "three turns needed": (
         [EMPTY_ROW, ". B C . . .", ". E A . F .", ". G H I . .", ". . . . J .", "A K . . . ."],
-        (2, 2), (5, 0), False, 3,
+        (2, 2),
+        (5, 0),
+        False,
+        3,
     ),
     "blocked": (
         [EMPTY_ROW, ". . B . . .", ". C A D . .", ". . E . . .", ". . . . A .", EMPTY_ROW],
-        (2, 2), (4, 4), False, None,
+        (2, 2),
+        (4, 4),
+        False,
+        None,
     ),
     "different types": (["A B . . . ."] + [EMPTY_ROW] * 5, (0, 0), (0, 1), False, 0),
 }
@@ -260,12 +272,14 @@ def test_reset_is_deterministic_and_like_the_original():
     counts = np.bincount(np.asarray(a.board).reshape(-1))
     assert counts[0] == 0 and sorted(counts[counts > 0].tolist()) == [4] * 9  # 9 types x 4
     assert int(a.remaining) == 36 and int(a.score) == 0 and not bool(a.done)
+
     # same key and actions -> the same trajectory
     def roll(key):
         state = RESET(key)
         for i in range(5):
             state, *_ = STEP(jax.random.key(i), state, RANDOM_ACTION(jax.random.key(100 + i), state))
         return state
+
     chex.assert_trees_all_equal(roll(jax.random.key(3)), roll(jax.random.key(3)))
 
 
@@ -508,7 +522,10 @@ def test_coordinate_labels_draw_ink_outside_the_board():
 
 def test_presets():
     expected = {
-        "base": (6, 6, 6), "more_shapes_colors": (6, 16, 6), "more_tiles": (12, 6, 6), "composition": (12, 16, 6),
+        "base": (6, 6, 6),
+        "more_shapes_colors": (6, 16, 6),
+        "more_tiles": (12, 6, 6),
+        "composition": (12, 16, 6),
     }
     for preset, (g, colours, shapes) in expected.items():
         env = envs.make("shisensho", preset=preset)

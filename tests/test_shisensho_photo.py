@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_cifar import fake_image, write_cifar
 
 import chi_square
 import envs
 from envs import raster
 from envs.grammar import encode_pair
 from envs.shisensho_photo import PICTURE_CLASSES, procedural_bank
+from test_cifar import fake_image, write_cifar
 
 ENV = envs.make("shisensho_photo")  # 6x6, the procedural bank: 10 classes x 32 pictures
 G, N = ENV.board_size, ENV.bank_size
@@ -77,7 +77,9 @@ def test_describe_prompt_and_round_trip():
     assert text.split("\n")[1] == " - | - | - | - | - | car "
     state = RESET(jax.random.key(2))
     np.testing.assert_array_equal(ENV.from_board(ENV.describe(state)).board, state.board)
-    assert "toy-picture classes: sun, moon, tree, house, fish, flower, sailboat, mountain, heart, and car." in ENV.prompt
+    assert (
+        "toy-picture classes: sun, moon, tree, house, fish, flower, sailboat, mountain, heart, and car." in ENV.prompt
+    )
     assert ENV.parse("<answer>(0, 0) (1, 5)</answer>") == encode_pair(0, 0, 1, 5, G)
     assert ENV.parse("<answer>(0, 6) (1, 5)</answer>") == ENV.invalid_action
 

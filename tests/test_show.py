@@ -12,7 +12,12 @@ from envs import show
 
 def test_show_writes_png_grid_and_gif(tmp_path, capsys):
     png, gif = tmp_path / "b.png", tmp_path / "sub" / "p.gif"
-    assert show.main(["2048", "--batch", "4", "--steps", "3", "--image-size", "224", "196", "--out", str(png), "--gif", str(gif)]) == 0
+    assert (
+        show.main(
+            ["2048", "--batch", "4", "--steps", "3", "--image-size", "224", "196", "--out", str(png), "--gif", str(gif)]
+        )
+        == 0
+    )
     grid = Image.open(png)
     assert grid.size == (2 * 196 + 3 * 4, 2 * 224 + 3 * 4)  # 2x2 grid with 4-px padding
     animation = Image.open(gif)
@@ -30,7 +35,19 @@ def test_show_takes_the_games_options(tmp_path, capsys):
     assert show.main(["shisensho", "--preset", "more_shapes_colors", "--image-size", "168", "140", "--out", png]) == 0
     out = capsys.readouterr().out
     assert "preset='more_shapes_colors'" in out and "num_colors=16" in out
-    args = ["swap", "--board-size", "5", "--num-colors", "2", "--num-shapes", "2", "--set", "max_moves=3", "--set", "max-cascades=4"]
+    args = [
+        "swap",
+        "--board-size",
+        "5",
+        "--num-colors",
+        "2",
+        "--num-shapes",
+        "2",
+        "--set",
+        "max_moves=3",
+        "--set",
+        "max-cascades=4",
+    ]
     assert show.main(args + ["--steps", "4", "--image-size", "336", "280", "--out", png]) == 0
     out = capsys.readouterr().out
     assert "board_size=5, num_colors=2, num_shapes=2" in out and "max_moves=3, max_cascades=4" in out
@@ -73,7 +90,10 @@ def test_the_readme_gif_stays_small(tmp_path):
     """The README's command (16 boards, 200 moves, default frames) writes a GIF of a few MB
     (it was 17.5 MB): frames shrunk to fit 640 px, one palette, unchanged pixels transparent."""
     gif = tmp_path / "2048.gif"
-    assert show.main(["2048", "--batch", "16", "--steps", "200", "--out", str(tmp_path / "2048.png"), "--gif", str(gif)]) == 0
+    assert (
+        show.main(["2048", "--batch", "16", "--steps", "200", "--out", str(tmp_path / "2048.png"), "--gif", str(gif)])
+        == 0
+    )
     animation = Image.open(gif)
     assert animation.n_frames == 201 and max(animation.size) <= show.GIF_MAX_SIDE
     assert gif.stat().st_size < 5e6

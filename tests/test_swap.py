@@ -63,7 +63,7 @@ def table_refill(table):
     return lambda wave: table[jnp.minimum(wave, table.shape[0] - 1)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cascade_fn(max_waves):
     return jax.jit(lambda b, t: swap.cascade(b, swap.line_mask(b), table_refill(t), max_waves))
 
@@ -86,83 +86,104 @@ def act(r1, c1, r2, c2):
 # ---------------------------------------------------------------------------------------
 
 LINE_CASES = {
-    "row of 3": ("""
+    "row of 3": (
+        """
         a a a . .
         . . . . .
         . . . . .
         . . . . .
-        . . . . .""", """
+        . . . . .""",
+        """
         x x x . .
         . . . . .
         . . . . .
         . . . . .
-        . . . . ."""),
-    "column of 3 at the edge": ("""
+        . . . . .""",
+    ),
+    "column of 3 at the edge": (
+        """
         . . . . .
         . . . . .
         . . . . a
         . . . . a
-        . . . . a""", """
+        . . . . a""",
+        """
         . . . . .
         . . . . .
         . . . . x
         . . . . x
-        . . . . x"""),
-    "4 and 5 in a line": ("""
+        . . . . x""",
+    ),
+    "4 and 5 in a line": (
+        """
         b b b b .
         . . . . .
         c c c c c
         . . . . .
-        . . . . .""", """
+        . . . . .""",
+        """
         x x x x .
         . . . . .
         x x x x x
         . . . . .
-        . . . . ."""),
-    "L shape": ("""
+        . . . . .""",
+    ),
+    "L shape": (
+        """
         a . . . .
         a . . . .
         a a a . .
         . . . . .
-        . . . . .""", """
+        . . . . .""",
+        """
         x . . . .
         x . . . .
         x x x . .
         . . . . .
-        . . . . ."""),
-    "T shape": ("""
+        . . . . .""",
+    ),
+    "T shape": (
+        """
         . b b b .
         . . b . .
         . . b . .
         . . . . .
-        . . . . .""", """
+        . . . . .""",
+        """
         . x x x .
         . . x . .
         . . x . .
         . . . . .
-        . . . . ."""),
-    "pairs and gaps are not lines": ("""
+        . . . . .""",
+    ),
+    "pairs and gaps are not lines": (
+        """
         a a . a a
         b . . . .
         b . c . c
         . . . . .
-        a b a b a""", """
+        a b a b a""",
+        """
         . . . . .
         . . . . .
         . . . . .
         . . . . .
-        . . . . ."""),
-    "different types never join": ("""
+        . . . . .""",
+    ),
+    "different types never join": (
+        """
         a a b b b
         a . . . .
         c . . . .
         . . . . .
-        . . . . .""", """
+        . . . . .""",
+        """
         . . x x x
         . . . . .
         . . . . .
         . . . . .
-        . . . . ."""),
+        . . . . .""",
+    ),
 }
 
 
@@ -193,12 +214,15 @@ def test_one_wave_scores_union(name, points):
 
 
 def test_two_disjoint_lines_score_30():
-    board = grid("""
+    board = grid(
+        """
         a a a . .
         . . . . .
         . . . . b
         . . . . b
-        . . . . b""", unique_filler((5, 5)))
+        . . . . b""",
+        unique_filler((5, 5)),
+    )
     assert run_cascade(board, NO_MATCH_REFILLS)[1] == 30
 
 
@@ -228,13 +252,15 @@ def test_cascade_by_gravity_golden():
     assert points == 12 and not capped
     r = NO_MATCH_REFILLS
     f = filler
-    expected = np.array([
-        [r[0, 0, 0], r[1, 0, 1], r[0, 0, 2], f[0, 3], f[0, 4]],
-        [f[0, 0], r[1, 1, 1], f[0, 2], f[1, 3], f[1, 4]],
-        [f[1, 0], r[1, 2, 1], f[1, 2], f[2, 3], f[2, 4]],
-        [f[2, 0], r[0, 0, 1], f[2, 2], f[3, 3], f[3, 4]],
-        [f[4, 0], f[0, 1], f[4, 2], f[4, 3], f[4, 4]],
-    ])
+    expected = np.array(
+        [
+            [r[0, 0, 0], r[1, 0, 1], r[0, 0, 2], f[0, 3], f[0, 4]],
+            [f[0, 0], r[1, 1, 1], f[0, 2], f[1, 3], f[1, 4]],
+            [f[1, 0], r[1, 2, 1], f[1, 2], f[2, 3], f[2, 4]],
+            [f[2, 0], r[0, 0, 1], f[2, 2], f[3, 3], f[3, 4]],
+            [f[4, 0], f[0, 1], f[4, 2], f[4, 3], f[4, 4]],
+        ]
+    )
     np.testing.assert_array_equal(out, expected)
 
 
@@ -319,8 +345,24 @@ def test_cascade_matches_reference(data):
 
 
 def all_swap_actions():
-    ids = sorted({a for r in range(G) for c in range(G) for r2, c2 in ((r, c + 1), (r + 1, c)) if r2 < G and c2 < G for a in swap_ids(r, c, r2, c2)})
-    extra = [encode_pair(0, 0, 0, 0, G), encode_pair(0, 0, 1, 1, G), encode_pair(0, 0, 0, 2, G), ENV.invalid_action, -5, G**4 + 7]
+    ids = sorted(
+        {
+            a
+            for r in range(G)
+            for c in range(G)
+            for r2, c2 in ((r, c + 1), (r + 1, c))
+            if r2 < G and c2 < G
+            for a in swap_ids(r, c, r2, c2)
+        }
+    )
+    extra = [
+        encode_pair(0, 0, 0, 0, G),
+        encode_pair(0, 0, 1, 1, G),
+        encode_pair(0, 0, 0, 2, G),
+        ENV.invalid_action,
+        -5,
+        G**4 + 7,
+    ]
     return np.array(ids + extra, np.int32)
 
 
@@ -330,7 +372,10 @@ BATCH = 8
 # step through this, always with explicit params: the trace counter fails any test that makes
 # it compile a second time.
 STEP_ALL = jax.jit(
-    jax.vmap(chex.assert_max_traces(lambda k, s, p: envs.parallel_step(ENV, k, s, jnp.asarray(ACTIONS), p), n=1), in_axes=(0, 0, None))
+    jax.vmap(
+        chex.assert_max_traces(lambda k, s, p: envs.parallel_step(ENV, k, s, jnp.asarray(ACTIONS), p), n=1),
+        in_axes=(0, 0, None),
+    )
 )
 VALID_ALL = jax.jit(jax.vmap(ENV.valid_actions))
 
@@ -365,7 +410,9 @@ def rollout(env, steps):
         def body(state, k):
             pick, valid_key, any_key, step_key = jax.random.split(k, 4)
             action = jnp.where(
-                jax.random.bernoulli(pick), env.random_valid_action(valid_key, state), jax.random.randint(any_key, (), -2, env.num_actions + 2)
+                jax.random.bernoulli(pick),
+                env.random_valid_action(valid_key, state),
+                jax.random.randint(any_key, (), -2, env.num_actions + 2),
             )
             new, reward, _, info = env.step(step_key, state, action, env.default_params)
             facts = dict(
@@ -398,23 +445,39 @@ ROLL_SMALL = rollout(SMALL, 12)
 
 SWAP_CASES = {
     # a moves right and lands in a row of a's
-    "moved tile extends a row": ("""
-        a b a a . . . .""", (0, 0, 0, 1), 6),
+    "moved tile extends a row": (
+        """
+        a b a a . . . .""",
+        (0, 0, 0, 1),
+        6,
+    ),
     # a moves right into the gap of a vertical a . a
-    "moved tile fills a column gap": ("""
+    "moved tile fills a column gap": (
+        """
         . . . . . . . .
         . . . . a . . .
         . . . a b . . .
-        . . . . a . . .""", (2, 3, 2, 4), 6),
+        . . . . a . . .""",
+        (2, 3, 2, 4),
+        6,
+    ),
     # the OTHER tile (b, moving left) makes the line
-    "the other tile makes the line": ("""
+    "the other tile makes the line": (
+        """
         . . . . . . . .
         . . . . . . . .
-        . b b a b . . .""", (2, 3, 2, 4), 6),
+        . b b a b . . .""",
+        (2, 3, 2, 4),
+        6,
+    ),
     # both tiles complete a line: b b b above, a a a below
-    "both tiles make lines": ("""
+    "both tiles make lines": (
+        """
         a b b . . . . .
-        b a a . . . . .""", (0, 0, 1, 0), 30),
+        b a a . . . . .""",
+        (0, 0, 1, 0),
+        30,
+    ),
 }
 
 
@@ -476,7 +539,9 @@ def test_settle_last_resort_pattern_board():
     assert bool(reshuffled) and bool(swap.playable(board))
     assert len(np.unique(np.asarray(board))) == 3
     for size, types in ((4, 3), (12, 96)):
-        boards = jax.jit(jax.vmap(lambda k: swap.pattern_board(k, size, types)))(jax.random.split(jax.random.key(size), 64))
+        boards = jax.jit(jax.vmap(lambda k: swap.pattern_board(k, size, types)))(
+            jax.random.split(jax.random.key(size), 64)
+        )
         assert bool(jax.jit(jax.vmap(swap.playable))(boards).all())
         assert int(boards.min()) >= 0 and int(boards.max()) < types
 
@@ -525,7 +590,9 @@ def test_valid_actions_agree_with_step_and_invalid_changes_nothing():
 
 def test_random_valid_action_covers_exactly_the_valid_ids():
     state = ENV.from_board(grid("a b a a", background()))
-    actions = jax.jit(jax.vmap(ENV.random_valid_action, in_axes=(0, None)))(jax.random.split(jax.random.key(0), 64), state)
+    actions = jax.jit(jax.vmap(ENV.random_valid_action, in_axes=(0, None)))(
+        jax.random.split(jax.random.key(0), 64), state
+    )
     assert set(np.asarray(actions).tolist()) == swap_ids(0, 0, 0, 1)
 
 
@@ -566,11 +633,15 @@ def test_deals_and_shuffles_are_uniform():
     cells constrained by their neighbours); a reshuffle moves each tile to a uniform cell and
     its neighbour to a uniform offset from it (chi-square)."""
     n = 6000
-    boards = np.asarray(jax.jit(jax.vmap(lambda k: swap.deal(k, G, ENV.num_types)))(jax.random.split(jax.random.key(0), n)))
+    boards = np.asarray(
+        jax.jit(jax.vmap(lambda k: swap.deal(k, G, ENV.num_types)))(jax.random.split(jax.random.key(0), n))
+    )
     chi_square.assert_uniform(boards[:, 0, 0], range(ENV.num_types), "type of the first cell")
     chi_square.assert_uniform(boards[:, -1, -1], range(ENV.num_types), "type of the last cell")
     tiles = jnp.arange(G * G, dtype=jnp.int32).reshape(G, G)
-    shuffled = np.asarray(jax.jit(jax.vmap(lambda k: swap.shuffle_tiles(k, tiles)))(jax.random.split(jax.random.key(1), n)))
+    shuffled = np.asarray(
+        jax.jit(jax.vmap(lambda k: swap.shuffle_tiles(k, tiles)))(jax.random.split(jax.random.key(1), n))
+    )
     where = np.argsort(shuffled.reshape(n, -1), axis=1)  # the cell each tile went to
     chi_square.assert_uniform(where[:, 0], range(G * G), "cell of tile 0")
     chi_square.assert_uniform((where[:, 1] - where[:, 0]) % (G * G), range(1, G * G), "offset of tile 1 from tile 0")
@@ -620,7 +691,10 @@ def test_describe_golden():
     lines = ENV.describe(state).split("\n")
     assert len(lines) == G and all(len(line.split(" | ")) == G for line in lines)
     # types: 0 Red circle, 1 Red square, 2 Red triangle; background 3 + (3r + c) % 9 -> 3 + c at row 0
-    assert lines[0] == "Red circle | Red square | Red circle | Red circle | Red triangle | Blue triangle | Yellow circle | Yellow square"
+    assert (
+        lines[0]
+        == "Red circle | Red square | Red circle | Red circle | Red triangle | Blue triangle | Yellow circle | Yellow square"
+    )
     assert lines[1].startswith("Blue circle | Blue square | Blue triangle | Yellow circle")
     names = envs.make("swap", num_colors=16, num_shapes=6).tile_names
     assert names[0] == "Red circle" and names[6 * 7 + 5] == "Dark green star" and names[-1] == "Pink star"
@@ -638,7 +712,9 @@ def test_prompt():
     original = envs.make("swap", original_prompt_layout=True).prompt
     assert original.startswith("\n        You are playing") and original.endswith("</answer>.\n        ")
     assert original.split("\n")[2] == "        "  # the blank lines keep their 8 spaces
-    assert [line.strip() for line in original.split("\n") if line.strip()] == [line.strip() for line in p.split("\n") if line.strip()]
+    assert [line.strip() for line in original.split("\n") if line.strip()] == [
+        line.strip() for line in p.split("\n") if line.strip()
+    ]
 
 
 @pytest.mark.parametrize(
@@ -803,13 +879,19 @@ def generic_render(env, state):
         columns, _ = raster.text_columns(line.font, codes, line.width)
         alpha = jnp.where(columns >= 0, alphas[:, jnp.maximum(columns, 0)], 0.0)
         window = img[y : y + h, line.x : line.x + line.width].astype(jnp.float32)
-        img = img.at[y : y + h, line.x : line.x + line.width].set(raster.to_uint8(raster.fill(window, alpha, swap.BLACK)))
+        img = img.at[y : y + h, line.x : line.x + line.width].set(
+            raster.to_uint8(raster.fill(window, alpha, swap.BLACK))
+        )
     return img
 
 
 @pytest.mark.parametrize(
     "config",
-    [dict(), dict(board_size=5, image_size=(252, 224)), dict(board_size=6, num_shapes=2, image_size=(336, 280), coordinate_labels=True)],
+    [
+        dict(),
+        dict(board_size=5, image_size=(252, 224)),
+        dict(board_size=6, num_shapes=2, image_size=(336, 280), coordinate_labels=True),
+    ],
 )
 def test_render_matches_generic_drawing(config):
     """Pixel-identical to the generic drawing, on fresh and played boards and on counters from
@@ -821,7 +903,9 @@ def test_render_matches_generic_drawing(config):
     played, _, _, _ = jax.jit(jax.vmap(env.step))(keys, states, actions)
     counters = jnp.asarray([[0, 0, 0], [7, 5, 3], [123456, 999, 42], [2**31 - 1, 2**31 - 1, 2**31 - 1]], jnp.int32)
     states = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), states, played)
-    states = states.replace(score=counters[:, 0].repeat(2), moves_left=counters[:, 1].repeat(2), shuffles=counters[:, 2].repeat(2))
+    states = states.replace(
+        score=counters[:, 0].repeat(2), moves_left=counters[:, 1].repeat(2), shuffles=counters[:, 2].repeat(2)
+    )
     fast = jax.jit(jax.vmap(env.render))(states)
     generic = jax.jit(jax.vmap(lambda s: generic_render(env, s)))(states)
     np.testing.assert_array_equal(np.asarray(fast), np.asarray(generic))

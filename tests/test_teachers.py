@@ -118,7 +118,11 @@ def test_answers_name_what_was_compared(warm_states):
     actions = np.zeros(BATCH, np.int64)
     actions[0] = 3
     text = GREEDY.answers(states, actions)[0]
-    assert "Right merges 1 pair for 4 points" in text and "Left merges 1 pair for 4 points" in text and "Up merges nothing" in text
+    assert (
+        "Right merges 1 pair for 4 points" in text
+        and "Left merges 1 pair for 4 points" in text
+        and "Up merges nothing" in text
+    )
     assert "Right (1) is best by this count, but I play Left (3)." in text and text.endswith("<answer>3</answer>")
     swap, states = TEACHER["swap"], warm_states["swap"]
     text = swap.answers(states, swap.facts(states)["best"])[0]
@@ -171,7 +175,9 @@ def move_board(board, action):
 
 
 def leaf_value(board, empty_weight, merge_weight):
-    pairs = ((board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)).sum() + ((board[1:] == board[:-1]) & (board[1:] > 0)).sum()
+    pairs = ((board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)).sum() + (
+        (board[1:] == board[:-1]) & (board[1:] > 0)
+    ).sum()
     return empty_weight * (board == 0).sum() + merge_weight * pairs
 
 
@@ -389,7 +395,10 @@ def test_registry_covers_every_game():
     [
         (lambda: make_teacher("chess"), "games with teachers: 2048, shisensho, shisensho_photo, swap"),
         (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy"),
-        (lambda: make_teacher(ENVS["2048"], "expectimax", depht=2), "no option depht; options: depth, empty_weight, merge_weight"),
+        (
+            lambda: make_teacher(ENVS["2048"], "expectimax", depht=2),
+            "no option depht; options: depth, empty_weight, merge_weight",
+        ),
         (lambda: make_teacher(ENVS["2048"], "greedy", epsilon=1.5), "epsilon must be a probability"),
         (lambda: make_teacher(ENVS["2048"], "expectimax", depth=4), "depth=4 must be an integer in [1, 3]"),
         (lambda: make_teacher(42), "needs a game name or an env"),
@@ -432,13 +441,20 @@ BOARD_2048 = [[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
 
 def test_jsonl_reads_boards_text_boards_and_images(tmp_path, warm_states):
     Image.fromarray(np.full((8, 6, 3), 200, np.uint8)).save(tmp_path / "frame.png")
-    path = write_lines(tmp_path / "data.jsonl", [
-        {"board": BOARD_2048, "answer": ANSWER_2048},
-        "",
-        {"board": [[2, 0, 0, 0], [0, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]], "board_options": {"values": True}, "image": "frame.png",
-         "answer": "<answer>Down: 2</answer>"},
-        {"image": str(tmp_path / "frame.png"), "answer": ANSWER_2048},
-    ])
+    path = write_lines(
+        tmp_path / "data.jsonl",
+        [
+            {"board": BOARD_2048, "answer": ANSWER_2048},
+            "",
+            {
+                "board": [[2, 0, 0, 0], [0, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]],
+                "board_options": {"values": True},
+                "image": "frame.png",
+                "answer": "<answer>Down: 2</answer>",
+            },
+            {"image": str(tmp_path / "frame.png"), "answer": ANSWER_2048},
+        ],
+    )
     examples = load_teacher_jsonl(path, ENVS["2048"])
     assert [e.line for e in examples] == [1, 3, 4] and [e.action for e in examples] == [2, 2, 2]
     np.testing.assert_array_equal(np.asarray(examples[1].state.board), BOARD_2048)
@@ -477,7 +493,9 @@ def test_jsonl_malformed_line_names_file_and_line(case, tmp_path):
 def test_jsonl_skip_bad_skips_and_reports_line_numbers(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     good = {"board": BOARD_2048, "answer": ANSWER_2048}
-    path = write_lines(tmp_path / "data.jsonl", [good, "{oops", good, {"image": "broken.png", "answer": ANSWER_2048}, good])
+    path = write_lines(
+        tmp_path / "data.jsonl", [good, "{oops", good, {"image": "broken.png", "answer": ANSWER_2048}, good]
+    )
     with pytest.warns(UserWarning, match=r"skipped 2 malformed line\(s\): 2, 4 \(line 2: bad JSON"):
         examples = load_teacher_jsonl(path, ENVS["2048"], skip_bad=True)
     assert [e.line for e in examples] == [1, 3, 5]

@@ -50,10 +50,22 @@ def test_special_token_ids(qwen):
     for offset, (content, _) in enumerate(QWEN25_ADDED_TOKENS):
         assert qwen.backend.token_to_id(content) == 151_643 + offset
         assert qwen.encode(content) == [151_643 + offset]
-    assert (qwen.im_start_id, qwen.im_end_id, qwen.endoftext_id, qwen.pad_id) == (IM_START, IM_END, ENDOFTEXT, ENDOFTEXT)
+    assert (qwen.im_start_id, qwen.im_end_id, qwen.endoftext_id, qwen.pad_id) == (
+        IM_START,
+        IM_END,
+        ENDOFTEXT,
+        ENDOFTEXT,
+    )
     assert (qwen.vision_start_id, qwen.vision_end_id, qwen.image_pad_id) == (VISION_START, VISION_END, IMAGE_PAD)
     assert (IM_START, IM_END, ENDOFTEXT, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD) == (
-        151644, 151645, 151643, 151652, 151653, 151655, 151656)
+        151644,
+        151645,
+        151643,
+        151652,
+        151653,
+        151655,
+        151656,
+    )
     assert special_token_ids() == {content: 151_643 + i for i, (content, _) in enumerate(QWEN25_ADDED_TOKENS)}
     assert qwen.stop_ids == STOP_IDS == (151645, 151643)
 
@@ -62,21 +74,30 @@ def test_skip_special_tokens_follows_the_checkpoint_flags(qwen):
     ids = qwen.encode("<|im_start|>assistant\n<tool_call>go<|vision_start|><|image_pad|><|im_end|><|endoftext|>")
     assert qwen.decode(ids) == "assistant\n<tool_call>go"
     assert qwen.decode(ids, skip_special_tokens=False) == (
-        "<|im_start|>assistant\n<tool_call>go<|vision_start|><|image_pad|><|im_end|><|endoftext|>")
+        "<|im_start|>assistant\n<tool_call>go<|vision_start|><|image_pad|><|im_end|><|endoftext|>"
+    )
     assert qwen.decode_batch([ids[:3], ids[3:5]]) == ["assistant\n", "<tool_call>go"]
 
 
 def test_digits_are_split_one_by_one(qwen):
     digit_ids = [qwen.encode(d)[0] for d in "0123456789"]
     assert qwen.encode("2048") == [digit_ids[2], digit_ids[0], digit_ids[4], digit_ids[8]]
-    assert qwen.encode("x=31415926") [-8:] == [digit_ids[int(d)] for d in "31415926"]
+    assert qwen.encode("x=31415926")[-8:] == [digit_ids[int(d)] for d in "31415926"]
     assert len(qwen.encode("1234567890")) == 10
 
 
 @pytest.mark.parametrize(
     "text",
-    ["héllo wörld", "日本語のテキスト、中文字符。", "emoji 🎉👍🏽 and family 👨‍👩‍👧", "tab\tand\r\nwindows",
-     "e\u0301 decomposed", "Ελληνικά και русский", "   leading and trailing   ", ""],
+    [
+        "héllo wörld",
+        "日本語のテキスト、中文字符。",
+        "emoji 🎉👍🏽 and family 👨‍👩‍👧",
+        "tab\tand\r\nwindows",
+        "e\u0301 decomposed",
+        "Ελληνικά και русский",
+        "   leading and trailing   ",
+        "",
+    ],
 )
 def test_unicode_round_trip(qwen, text):
     # The normaliser is NFC, so decomposed input comes back composed.
@@ -85,11 +106,45 @@ def test_unicode_round_trip(qwen, text):
 
 def _varied_strings(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = ["the", "Board", "tile", "2048", "move", "up", "DOWN", "isn't", "we'll", "I'M", "naïve", "café", "東京",
-             "привет", "مرحبا", "🙂", "🧩", "def", "return", "x_1", "{", "}", "()", "=>", "<answer>", "</think>"]
-    pools = ["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", " \t\n\r",
-             "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "àéîõüßçñ", "你好世界漢字かなカナ한국어", "😀🎉👍🏽❤️🚀",
-             "αβγδεжзийкл", "\u00a0\u2003\u3000"]
+    words = [
+        "the",
+        "Board",
+        "tile",
+        "2048",
+        "move",
+        "up",
+        "DOWN",
+        "isn't",
+        "we'll",
+        "I'M",
+        "naïve",
+        "café",
+        "東京",
+        "привет",
+        "مرحبا",
+        "🙂",
+        "🧩",
+        "def",
+        "return",
+        "x_1",
+        "{",
+        "}",
+        "()",
+        "=>",
+        "<answer>",
+        "</think>",
+    ]
+    pools = [
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "0123456789",
+        " \t\n\r",
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+        "àéîõüßçñ",
+        "你好世界漢字かなカナ한국어",
+        "😀🎉👍🏽❤️🚀",
+        "αβγδεжзийкл",
+        "\u00a0\u2003\u3000",
+    ]
     strings = []
     for _ in range(count):
         kind = rng.randrange(3)
@@ -99,8 +154,13 @@ def _varied_strings(count: int, seed: int = 0) -> list[str]:
             strings.append("".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(1, 40))))
         else:
             strings.append("".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(rng.randrange(1, 25))))
-    strings += ["def f(x):\n    return x  # comment\n\n\n", "a  b   c    d", "\n\n\n  \n", "I'll've 're 'S 'LL",
-                "1.5e-10 + 3,000"]
+    strings += [
+        "def f(x):\n    return x  # comment\n\n\n",
+        "a  b   c    d",
+        "\n\n\n  \n",
+        "I'll've 're 'S 'LL",
+        "1.5e-10 + 3,000",
+    ]
     return strings
 
 
@@ -154,10 +214,16 @@ def test_checkpoint_with_vocab_and_merges_only(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     merges = "\n".join(" ".join(pair) for pair in data["model"]["merges"])
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + merges + "\n")
-    added_decoder = {str(t["id"]): {"content": t["content"], "special": t["special"], "normalized": False}
-                     for t in data["added_tokens"]}
-    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "added_tokens_decoder": added_decoder}
+    added_decoder = {
+        str(t["id"]): {"content": t["content"], "special": t["special"], "normalized": False}
+        for t in data["added_tokens"]
+    }
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "added_tokens_decoder": added_decoder,
+    }
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     loaded = load_tokenizer(tmp_path)
     text = "<|im_start|>system\nYou are a helpful assistant. 2048 héllo 🎉<|im_end|>\n<|vision_start|><|image_pad|>"
@@ -186,8 +252,15 @@ def test_tiny_tokenizer_default_layout():
 
 
 def test_tiny_tokenizer_custom_ids_and_determinism():
-    special_ids = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2,
-                   "<|image_pad|>": 1000, "<|video_pad|>": 1001, "<|vision_start|>": 1002, "<|vision_end|>": 1003}
+    special_ids = {
+        "<|endoftext|>": 0,
+        "<|im_start|>": 1,
+        "<|im_end|>": 2,
+        "<|image_pad|>": 1000,
+        "<|video_pad|>": 1001,
+        "<|vision_start|>": 1002,
+        "<|vision_end|>": 1003,
+    }
     tiny = make_tiny_tokenizer(vocab_size=1024, special_ids=special_ids)
     for content, i in special_ids.items():
         assert tiny.encode(content) == [i]

@@ -29,26 +29,39 @@ from g1jax.trainer import Trainer, check_buildable, make_trainer
 from g1jax.update import completion_logprobs, shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = dict(model="tiny", games=("2048",), image_size=(140, 112), states_per_step=8, grpo=dict(group_size=2),
-             max_new_tokens=4, learning_rate=1e-3, checkpoint_every=1, sample_every=2, progress=False,
-             export_hf=False)
+SMALL = dict(
+    model="tiny",
+    games=("2048",),
+    image_size=(140, 112),
+    states_per_step=8,
+    grpo=dict(group_size=2),
+    max_new_tokens=4,
+    learning_rate=1e-3,
+    checkpoint_every=1,
+    sample_every=2,
+    progress=False,
+    export_hf=False,
+)
 
 
 def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(games=("chess",)), "unknown game"),
-    (dict(grpo=dict(group_size=1)), "group_size"),
-    (dict(grpo=dict(clip_hi=0.3)), "unknown grpo field"),
-    (dict(mesh="a,b"), "mesh"),
-    (dict(model=""), "model must be"),
-    (dict(states_per_step=6, micro_batch_states=4), "micro_batch_states"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(game_options={"swap": {}}), "not in games"),
-    (dict(grpo=dict(loss_agg="mean")), "loss_agg"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(games=("chess",)), "unknown game"),
+        (dict(grpo=dict(group_size=1)), "group_size"),
+        (dict(grpo=dict(clip_hi=0.3)), "unknown grpo field"),
+        (dict(mesh="a,b"), "mesh"),
+        (dict(model=""), "model must be"),
+        (dict(states_per_step=6, micro_batch_states=4), "micro_batch_states"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(game_options={"swap": {}}), "not in games"),
+        (dict(grpo=dict(loss_agg="mean")), "loss_agg"),
+    ],
+)
 def test_bad_config_is_one_clear_error(changes, match):
     with pytest.raises(ConfigError, match=match) as error:
         TrainConfig(**{**SMALL, "run_dir": "unused", **changes})
@@ -59,11 +72,14 @@ def test_bad_config_is_one_clear_error(changes, match):
         TrainConfig.from_dict({"kl_coef": 0.01})  # the flat form of earlier versions
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(mesh="3,1,1"), "mesh '3,1,1'.*8 devices"),
-    (dict(model="/no/such/dir"), "neither a preset"),
-    (dict(game_options={"2048": {"board_size": 99}}), "board_size"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(mesh="3,1,1"), "mesh '3,1,1'.*8 devices"),
+        (dict(model="/no/such/dir"), "neither a preset"),
+        (dict(game_options={"2048": {"board_size": 99}}), "board_size"),
+    ],
+)
 def test_what_the_machine_decides_is_checked_when_a_trainer_is_built(changes, match):
     config = TrainConfig(**{**SMALL, "run_dir": "unused", **changes})  # a value: reading it checks fields only
     with pytest.raises(ConfigError, match=match) as error:
@@ -95,12 +111,28 @@ def colour_card_trainer(run_dir, steps: int, resume: bool = False, init_seed: in
     from other initial weights (init_seed 1): only what it restores can match the straight run.
     remat on, as the G1 recipe at scale runs: rematerialised layers in the sampler and in the KL
     reference's forward inside the update's jax.grad."""
-    config = TrainConfig(games=("2048",), states_per_step=8, grpo=dict(group_size=4, kl_coef=0.05),
-                         max_new_tokens=2, steps=steps, learning_rate=3e-3, remat=True, checkpoint_every=1,
-                         sample_every=2, progress=False, export_hf=False, seed=seed, run_dir=str(run_dir))
-    return Trainer(config, resume=resume, games=envs.MultiGame(games=(ColourCard(),), counts=(8,)),
-                   policy=colour_card_policy(init_seed),
-                   reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}})
+    config = TrainConfig(
+        games=("2048",),
+        states_per_step=8,
+        grpo=dict(group_size=4, kl_coef=0.05),
+        max_new_tokens=2,
+        steps=steps,
+        learning_rate=3e-3,
+        remat=True,
+        checkpoint_every=1,
+        sample_every=2,
+        progress=False,
+        export_hf=False,
+        seed=seed,
+        run_dir=str(run_dir),
+    )
+    return Trainer(
+        config,
+        resume=resume,
+        games=envs.MultiGame(games=(ColourCard(),), counts=(8,)),
+        policy=colour_card_policy(init_seed),
+        reward_weights={"colour_card": {"format": 0.0, "perception": 0.0}},
+    )
 
 
 def test_resume_continues_exactly_and_falls_back_on_a_corrupt_checkpoint(tmp_path):
@@ -164,8 +196,10 @@ def test_checkpoints_that_cannot_be_restored_are_an_error_not_a_fresh_start(tmp_
     assert checkpoints.restore_latest({"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}}) is None
     checkpoints.save(1, {"params": {"w": jnp.arange(2.0)}}, {"step": 1})
     # a run that now wants a KL reference its checkpoints never held
-    wanted = {"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)},
-              "reference": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}}
+    wanted = {
+        "params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)},
+        "reference": {"w": jax.ShapeDtypeStruct((2,), jnp.float32)},
+    }
     with pytest.raises(CheckpointError, match=r"none of the 1 checkpoint\(s\).*step 1: .*config\.json"):
         checkpoints.restore_latest(wanted)
     assert checkpoints.steps() == [1]  # nothing was moved or deleted
@@ -196,8 +230,12 @@ def test_a_resume_trims_the_metrics_and_the_sample_rows_past_its_checkpoint(tmp_
     from g1jax.run_logging import RunLogger
 
     logger = RunLogger(str(tmp_path), {"steps": 4})
-    rollout = SimpleNamespace(frames=np.zeros((2, 28, 28, 3), np.uint8), texts=["a", "b", "c", "d"],
-                              truths=["x", "y"], rewards=np.zeros(4, np.float32))
+    rollout = SimpleNamespace(
+        frames=np.zeros((2, 28, 28, 3), np.uint8),
+        texts=["a", "b", "c", "d"],
+        truths=["x", "y"],
+        rewards=np.zeros(4, np.float32),
+    )
     for step in (1, 2, 3, 4):
         logger.metrics({"step": step, "phase": "rl", "reward": 0.0})
         logger.samples(step, rollout, group_size=2)
@@ -215,8 +253,15 @@ def test_the_step_settings_hold_what_the_update_depends_on():
     base = TrainConfig(**SMALL, steps=3, run_dir="unused")
     settings = update.grpo_settings(base, grids)
     assert update.grpo_settings(base.replace(run_dir="elsewhere", seed=7, steps=9, progress=False), grids) == settings
-    for change in (dict(learning_rate=3e-4), dict(grpo=dict(kl_coef=0.05)), dict(grpo=dict(group_size=4)),
-                   dict(temperature=0.5), dict(max_new_tokens=8), dict(micro_batch_states=2), dict(grad_clip=0.5)):
+    for change in (
+        dict(learning_rate=3e-4),
+        dict(grpo=dict(kl_coef=0.05)),
+        dict(grpo=dict(group_size=4)),
+        dict(temperature=0.5),
+        dict(max_new_tokens=8),
+        dict(micro_batch_states=2),
+        dict(grad_clip=0.5),
+    ):
         assert update.grpo_settings(base.replace(**change), grids) != settings, change
     assert update.grpo_settings(base, grids[:4] + ((1, 8, 8),) * 4) != settings
     cosine = base.replace(schedule="cosine")
@@ -236,8 +281,9 @@ def reference_step():
     rollout = trainer.collect(0)
     batch = jax.device_get(trainer.batch_of(rollout))
     batch = batch.replace(rewards=np.resize(np.asarray([1.0, -1.0, 0.5, -0.25], np.float32), batch.rewards.shape))
-    state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
-                                         shard_batch(batch, trainer.mesh))
+    state, metrics = trainer._train_step(
+        trainer.state, trainer.frozen, trainer.reference, shard_batch(batch, trainer.mesh)
+    )
     metrics = jax.device_get(metrics)
     assert metrics["grad_norm"] > 0.1 and metrics["advantage_nonzero_frac"] == 1.0, metrics
     return batch, leaves(state.params), metrics
@@ -257,15 +303,24 @@ def test_the_update_scores_a_rollout_as_the_sampler_did():
     batch = jax.device_get(trainer.batch_of(rollout))
     prompts = trainer.rollout.prompts
     grids = tuple(prompts.image_grids)
-    hidden = hidden_states_jit(trainer.policy(), jnp.asarray(prompts.input_ids), jnp.asarray(prompts.positions),
-                               jnp.asarray(prompts.attention_mask), rollout.pixel_values, grids)
+    hidden = hidden_states_jit(
+        trainer.policy(),
+        jnp.asarray(prompts.input_ids),
+        jnp.asarray(prompts.positions),
+        jnp.asarray(prompts.attention_mask),
+        rollout.pixel_values,
+        grids,
+    )
     first_token = jax.nn.softmax(trainer.policy().logits(hidden[:, -1]), axis=-1)
     assert (first_token[:, vision].sum(-1) > 0.5).all()
     score = nnx.jit(completion_logprobs, static_argnames=("image_grids", "group_size", "temperature"))
 
     def update_logprobs(batch):
-        return np.asarray(score(trainer.policy(), batch, image_grids=grids, group_size=config.group_size,
-                                temperature=config.temperature)[0])
+        return np.asarray(
+            score(
+                trainer.policy(), batch, image_grids=grids, group_size=config.group_size, temperature=config.temperature
+            )[0]
+        )
 
     mask = batch.completion_mask
     scored = update_logprobs(batch)
@@ -282,8 +337,9 @@ def test_the_update_scores_a_rollout_as_the_sampler_did():
 
 def updated(config, batch):
     trainer = Trainer(config)
-    trainer.state, metrics = trainer._train_step(trainer.state, trainer.frozen, trainer.reference,
-                                                 shard_batch(batch, trainer.mesh))  # the old state is donated
+    trainer.state, metrics = trainer._train_step(
+        trainer.state, trainer.frozen, trainer.reference, shard_batch(batch, trainer.mesh)
+    )  # the old state is donated
     return leaves(trainer.state.params), jax.device_get(metrics), trainer
 
 
@@ -299,8 +355,9 @@ def assert_same_update(got_params, got_metrics, params, metrics):
 
 def test_micro_batches_give_the_same_update(reference_step):
     batch, params, metrics = reference_step
-    got_params, got_metrics, _ = updated(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused",
-                                                     micro_batch_states=2), batch)
+    got_params, got_metrics, _ = updated(
+        TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", micro_batch_states=2), batch
+    )
     assert_same_update(got_params, got_metrics, params, metrics)
 
 
@@ -308,8 +365,9 @@ def test_remat_gives_the_same_update(reference_step):
     # remat recomputes activations in the backward pass and must change no number (the resume test runs
     # remat with a KL reference, whose forward inside jax.grad nnx.remat could not do)
     batch, params, metrics = reference_step
-    got_params, got_metrics, trainer = updated(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused",
-                                                           remat=True), batch)
+    got_params, got_metrics, trainer = updated(
+        TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", remat=True), batch
+    )
     assert trainer.policy().model.remat
     assert_same_update(got_params, got_metrics, params, metrics)
 
@@ -321,7 +379,8 @@ def test_the_logged_loss_is_the_objective_of_the_chosen_aggregation(reference_st
     lengths = np.resize(np.arange(1, SMALL["max_new_tokens"] + 1), batch.completion_mask.shape[0])
     batch = batch.replace(completion_mask=np.arange(batch.completion_mask.shape[1])[None] < lengths[:, None])
     config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused").replace(
-        grpo=dict(loss_agg="sequence-mean-token-sum-norm"))
+        grpo=dict(loss_agg="sequence-mean-token-sum-norm")
+    )
     _, metrics, _ = updated(config, batch)
     advantages = np.asarray(grpo.group_advantages(batch.rewards, config.group_size))
     objective = -np.sum(advantages * lengths) / (len(lengths) * SMALL["max_new_tokens"])
@@ -334,8 +393,9 @@ def test_the_logged_loss_is_the_objective_of_the_chosen_aggregation(reference_st
 @pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2"])
 def test_the_update_is_the_same_on_a_device_mesh(reference_step, mesh):
     batch, params, metrics = reference_step
-    got_params, got_metrics, trainer = updated(TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused",
-                                                           mesh=mesh), batch)
+    got_params, got_metrics, trainer = updated(
+        TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused", mesh=mesh), batch
+    )
     assert trainer.mesh.size == 8
     assert_same_update(got_params, got_metrics, params, metrics)
     if mesh != "8,1,1":  # some parameter really is split over devices
@@ -373,13 +433,21 @@ def test_cli_rejects_bad_values_before_compiling(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
 
     def cli(*args):
-        return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args],
-                              capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
-    for args, match in [(["--game", "chess"], "unknown game"), (["--group-size", "1"], "group_size"),
-                        (["--model", str(tmp_path / "missing")], "neither a preset"),
-                        (["--config", str(tmp_path / "none.yaml")], "does not exist"),
-                        (["--set", "stepz=3"], "unknown config field")]:
+    for args, match in [
+        (["--game", "chess"], "unknown game"),
+        (["--group-size", "1"], "group_size"),
+        (["--model", str(tmp_path / "missing")], "neither a preset"),
+        (["--config", str(tmp_path / "none.yaml")], "does not exist"),
+        (["--set", "stepz=3"], "unknown config field"),
+    ]:
         result = cli(*args, "--run-dir", str(tmp_path / "r"))
         assert result.returncode == 2, (args, result.stderr[-500:])
         lines = result.stderr.strip().splitlines()
@@ -389,12 +457,25 @@ def test_cli_rejects_bad_values_before_compiling(tmp_path):
 def test_cli_overrides_change_only_the_grpo_fields_they_name(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"grpo": {"clip_high": 0.28}, "steps": 3}))
-    args = train_cli.parse_args(["--recipe", "g1-paper", "--config", str(path), "--kl-coef", "0.02",
-                                 "--set", "grpo.tis_cap=2", "--group-size", "6"])
+    args = train_cli.parse_args(
+        [
+            "--recipe",
+            "g1-paper",
+            "--config",
+            str(path),
+            "--kl-coef",
+            "0.02",
+            "--set",
+            "grpo.tis_cap=2",
+            "--group-size",
+            "6",
+        ]
+    )
     config = train_cli.resolve_config(args)
     assert config.steps == 3 and config.micro_batch_states == 8
-    assert config.grpo == dataclasses.replace(recipes.config("g1-paper").grpo, clip_high=0.28, kl_coef=0.02,
-                                              tis_cap=2, group_size=6)
+    assert config.grpo == dataclasses.replace(
+        recipes.config("g1-paper").grpo, clip_high=0.28, kl_coef=0.02, tis_cap=2, group_size=6
+    )
     with pytest.raises(envs.ConfigError, match="a dotted key names a field of grpo"):
         train_cli.resolve_config(train_cli.parse_args(["--set", "games.x=1"]))
 

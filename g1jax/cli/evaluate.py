@@ -32,10 +32,12 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "g1jax", "jax")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--game", nargs="+", default=["all"],
-                        help=f"{', '.join(evaluation.GAMES)} or all (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument(
+        "--game", nargs="+", default=["all"], help=f"{', '.join(evaluation.GAMES)} or all (default: all)"
+    )
     parser.add_argument("--policy", nargs="+", default=["random"], help=", ".join(evaluation.POLICY_NAMES))
     parser.add_argument("--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100)")
     parser.add_argument("--steps", type=int, default=100, help="decisions per board (default 100)")
@@ -44,21 +46,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="results folder: table, plots, videos, answers")
     parser.add_argument("--videos", type=int, help="film only the first K runs of each row (default: every run)")
     parser.add_argument("--fps", type=float, default=2.0, help="video frames per second (default 2)")
-    parser.add_argument("--cifar-path", help="Shisen-Sho-Cifar10: a local CIFAR-10 python archive (default: "
-                                             "the procedural picture bank)")
-    parser.add_argument("--model", help="policy model: a run directory with checkpoints, a Hugging Face directory, "
-                                        "or a preset name (random init, for smoke tests)")
-    parser.add_argument("--temperature", type=float, default=0.5,
-                        help="model sampling temperature (default 0.5, G1's validation setting; 0 = greedy)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024,
-                        help="longest model answer in tokens (default 1024)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="draw every game at H x W instead of the protocol's frame size (multiples of 28)")
-    parser.add_argument("--warmup-moves", type=int, help="random moves before the scored decisions, for every game "
-                                                        "(default: the protocol's, 2048 100, others 0)")
-    parser.add_argument("--compile-cache", default=os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_CACHE),
-                        help="JAX's persistent compilation cache: a second evaluation skips compiling (default "
-                             "%(default)s; '' turns it off)")
+    parser.add_argument(
+        "--cifar-path",
+        help="Shisen-Sho-Cifar10: a local CIFAR-10 python archive (default: the procedural picture bank)",
+    )
+    parser.add_argument(
+        "--model",
+        help="policy model: a run directory with checkpoints, a Hugging Face directory, "
+        "or a preset name (random init, for smoke tests)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.5,
+        help="model sampling temperature (default 0.5, G1's validation setting; 0 = greedy)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=1024, help="longest model answer in tokens (default 1024)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="draw every game at H x W instead of the protocol's frame size (multiples of 28)",
+    )
+    parser.add_argument(
+        "--warmup-moves",
+        type=int,
+        help="random moves before the scored decisions, for every game (default: the protocol's, 2048 100, others 0)",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        default=os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_CACHE),
+        help="JAX's persistent compilation cache: a second evaluation skips compiling (default "
+        "%(default)s; '' turns it off)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -127,8 +150,9 @@ def make_env(protocol: evaluation.GameProtocol, args: argparse.Namespace):
 def make_policies(args, protocol, env, runs, model):
     policy_model = None
     if model is not None:
-        policy_model = evaluation.ModelPolicy(*model, env, runs, temperature=args.temperature,
-                                              max_new_tokens=args.max_new_tokens, detail=args.model)
+        policy_model = evaluation.ModelPolicy(
+            *model, env, runs, temperature=args.temperature, max_new_tokens=args.max_new_tokens, detail=args.model
+        )
     return [evaluation.make_policy(spec, env, protocol, model=policy_model) for spec in args.policy]
 
 
@@ -152,9 +176,16 @@ def main(argv=None) -> int:
     rollouts = []
     for game in games:
         protocol, env = protocols[game], game_envs[game]
-        rows = evaluation.evaluate(protocol, env, policies[game], runs=runs[game], steps=args.steps,
-                                   key=jax.random.fold_in(key, evaluation.GAMES.index(game)),
-                                   progress=not args.no_progress, keep_texts=keep_texts)
+        rows = evaluation.evaluate(
+            protocol,
+            env,
+            policies[game],
+            runs=runs[game],
+            steps=args.steps,
+            key=jax.random.fold_in(key, evaluation.GAMES.index(game)),
+            progress=not args.no_progress,
+            keep_texts=keep_texts,
+        )
         rollouts += rows
         if args.out:
             write_game_outputs(args, rows, env)

@@ -1,7 +1,7 @@
 """The teacher command: a teacher's closed-loop strength against random valid moves (docs/teachers.md).
 
-    python -m g1jax.cli.teacher --game 2048 --kind greedy --option depth=3 --epsilon 0.3 --boards 32 --moves 50
-    python -m g1jax.cli.teacher --game shisensho --config preset=more_tiles --seed 1
+python -m g1jax.cli.teacher --game 2048 --kind greedy --option depth=3 --epsilon 0.3 --boards 32 --moves 50
+python -m g1jax.cli.teacher --game shisensho --config preset=more_tiles --seed 1
 """
 
 from __future__ import annotations
@@ -33,15 +33,18 @@ def _name_values(items: list[str], flag: str, parser) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--game", default="2048", choices=sorted({g for g, _ in TEACHERS}))
-    parser.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                        help="game option, e.g. preset=more_tiles")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="NAME=VALUE", help="game option, e.g. preset=more_tiles"
+    )
     parser.add_argument("--kind", default=None, help="teacher kind (default: the game's default)")
-    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="teacher option, e.g. depth=2")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="teacher option, e.g. depth=2"
+    )
     parser.add_argument("--epsilon", type=float, default=0.0)
     parser.add_argument("--boards", type=int, default=32)
-    parser.add_argument("--moves", type=int, default=None,
-                        help="moves per board (default: 50; Shisen-Sho: a whole game)")
+    parser.add_argument(
+        "--moves", type=int, default=None, help="moves per board (default: 50; Shisen-Sho: a whole game)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.config = _name_values(args.config, "--config", parser)
@@ -61,8 +64,10 @@ def main(argv=None) -> None:
         row = result[name]
         print(f"{name:<10} {row['mean']:>14.2f} {row['se']:>8.2f} {row['legal'].mean():>12.2f}")
     d = result["difference"]
-    print(f"teacher - random: {d['mean']:.2f} +- {d['se']:.2f} (paired se); "
-          f"teacher ahead on {d['wins']} boards, behind on {d['losses']}")
+    print(
+        f"teacher - random: {d['mean']:.2f} +- {d['se']:.2f} (paired se); "
+        f"teacher ahead on {d['wins']} boards, behind on {d['losses']}"
+    )
 
 
 if __name__ == "__main__":

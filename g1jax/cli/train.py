@@ -32,9 +32,18 @@ from g1jax.recipes import RECIPES, recipe
 from g1jax.trainer import make_trainer
 
 FLAGS = {  # flag -> TrainConfig field (a dotted name: a field of a nested section)
-    "model": "model", "game": "games", "states": "states_per_step", "group_size": "grpo.group_size",
-    "max_new_tokens": "max_new_tokens", "mesh": "mesh", "steps": "steps", "run_dir": "run_dir", "lr": "learning_rate",
-    "seed": "seed", "temperature": "temperature", "micro_batch_states": "micro_batch_states",
+    "model": "model",
+    "game": "games",
+    "states": "states_per_step",
+    "group_size": "grpo.group_size",
+    "max_new_tokens": "max_new_tokens",
+    "mesh": "mesh",
+    "steps": "steps",
+    "run_dir": "run_dir",
+    "lr": "learning_rate",
+    "seed": "seed",
+    "temperature": "temperature",
+    "micro_batch_states": "micro_batch_states",
     "kl_coef": "grpo.kl_coef",
 }
 # Fields that hold a nested config (grpo): overrides of them change the fields they name, not the whole section.
@@ -42,12 +51,17 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--config", help="a JSON or YAML file of TrainConfig fields")
-    parser.add_argument("--recipe", choices=list(RECIPES), default="default",
-                        help="preset values the config file and flags override (default: G1 in miniature on CPU; "
-                        "g0 / g1 small CPU settings, g0-paper / g1-paper the paper's for real checkpoints)")
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default="default",
+        help="preset values the config file and flags override (default: G1 in miniature on CPU; "
+        "g0 / g1 small CPU settings, g0-paper / g1-paper the paper's for real checkpoints)",
+    )
     parser.add_argument("--model", help="a preset (tiny, bench, 3b, 7b), a local Hugging Face directory or a hub id")
     parser.add_argument("--game", nargs="+", help="one or several games (" + ", ".join(envs.list_games()) + ")")
     parser.add_argument("--states", type=int, help="start states per step (split across games)")
@@ -62,11 +76,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kl-coef", type=float)
     parser.add_argument("--run-dir", help="where config, metrics, samples and checkpoints go")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any TrainConfig field; grpo.FIELD for a GRPO setting")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any TrainConfig field; grpo.FIELD for a GRPO setting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (run the same command on every host)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (run the same command on every host)",
+    )
     return parser.parse_args(argv)
 
 
@@ -138,29 +160,40 @@ def gain_table(summary: dict) -> str:
     """The held-out evaluation as a table: the policy entering RL, after RL, and the baselines (random, the
     best blind fixed move, the cold-start teacher), then the paired comparisons on the game reward."""
     blind = ", ".join(f"{game} {action}" for game, action in summary.get("blind_actions", {}).items())
-    rows = [("before RL", summary["before"]), ("after RL", summary["after"]), ("random", summary["random"]),
-            (f"blind ({blind})" if blind else "blind", summary["blind"])]
+    rows = [
+        ("before RL", summary["before"]),
+        ("after RL", summary["after"]),
+        ("random", summary["random"]),
+        (f"blind ({blind})" if blind else "blind", summary["blind"]),
+    ]
     if "teacher" in summary:
         rows.append(("teacher", summary["teacher"]))
-    lines = [f"held-out start states: {summary['before']['n']}  (run: {summary['run_dir']}, summary.json)",
-             f"{'policy':<16} {'reward':>7} {'game':>7} {'± SE':>6} {'format':>7} {'strict':>7} {'percept.':>8} "
-             f"{'cells':>6}"]
+    lines = [
+        f"held-out start states: {summary['before']['n']}  (run: {summary['run_dir']}, summary.json)",
+        f"{'policy':<16} {'reward':>7} {'game':>7} {'± SE':>6} {'format':>7} {'strict':>7} {'percept.':>8} "
+        f"{'cells':>6}",
+    ]
     for name, block in rows:
-        lines.append(f"{name:<16} {block['reward']:>+7.3f} {block['reward_game']:>+7.3f} "
-                     f"{block['reward_game_se']:>6.3f} {block['reward_format']:>7.3f} {block['format_strict']:>7.3f} "
-                     f"{block['reward_perception']:>8.3f} {block['perception_cells']:>6.3f}")
-    lines.append(f"perception per cell: chance (best fixed board) {summary['perception_chance']:.3f}; after - before "
-                 f"{summary['perception_cells_gain']:+.3f} ± {summary['perception_cells_gain_se']:.3f}; "
-                 f"sees: {summary['sees']}")
+        lines.append(
+            f"{name:<16} {block['reward']:>+7.3f} {block['reward_game']:>+7.3f} "
+            f"{block['reward_game_se']:>6.3f} {block['reward_format']:>7.3f} {block['format_strict']:>7.3f} "
+            f"{block['reward_perception']:>8.3f} {block['perception_cells']:>6.3f}"
+        )
+    lines.append(
+        f"perception per cell: chance (best fixed board) {summary['perception_chance']:.3f}; after - before "
+        f"{summary['perception_cells_gain']:+.3f} ± {summary['perception_cells_gain_se']:.3f}; "
+        f"sees: {summary['sees']}"
+    )
     ratio = summary["gain_over_se"]
     ratio = f"{ratio:.1f} SE" if math.isfinite(ratio) else "no spread to measure it in SE"
     lines.append(f"total reward after - before: {summary['gain']:+.3f} ± {summary['gain_se']:.3f} = {ratio}")
-    lines.append(f"game reward after - before: {summary['gain_game']:+.3f} ± {summary['gain_game_se']:.3f}; after - "
-                 f"random {summary['game_over_random']:+.3f} ± {summary['game_over_random_se']:.3f}; after - blind "
-                 f"{summary['game_over_blind']:+.3f} ± {summary['game_over_blind_se']:.3f} (SEs of paired "
-                 f"differences); learned: {summary['learned']}")
+    lines.append(
+        f"game reward after - before: {summary['gain_game']:+.3f} ± {summary['gain_game_se']:.3f}; after - "
+        f"random {summary['game_over_random']:+.3f} ± {summary['game_over_random_se']:.3f}; after - blind "
+        f"{summary['game_over_blind']:+.3f} ± {summary['game_over_blind_se']:.3f} (SEs of paired "
+        f"differences); learned: {summary['learned']}"
+    )
     return "\n".join(lines)
-
 
 
 def main(argv=None) -> int:

@@ -13,15 +13,15 @@ One job per module:
 from g1jax.evaluation.closed_loop import Rollout, closed_loop_step, evaluate, loop_functions, play, start_states
 from g1jax.evaluation.model_source import ModelSource, check_model_fits, load_model, resolve_model
 from g1jax.evaluation.policies import (
-                                       ORIGINAL_RANDOM_COORDINATES,
-                                       POLICY_NAMES,
-                                       DevicePolicy,
-                                       ModelPolicy,
-                                       Policy,
-                                       RandomPolicy,
-                                       TeacherPolicy,
-                                       check_policy_spec,
-                                       make_policy,
+    ORIGINAL_RANDOM_COORDINATES,
+    POLICY_NAMES,
+    DevicePolicy,
+    ModelPolicy,
+    Policy,
+    RandomPolicy,
+    TeacherPolicy,
+    check_policy_spec,
+    make_policy,
 )
 from g1jax.evaluation.protocols import GAMES, PAPER_ROWS, PROTOCOLS, EvalError, GameProtocol, protocol_for
 from g1jax.evaluation.report import figure1_table, plot_cumulative, table_markdown, write_answers, write_table

@@ -141,8 +141,18 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
 
 
-def evaluate(protocol: GameProtocol, env: envs.Env, policies: Sequence[Policy], *, runs: int, steps: int, key,
-             progress: bool = True, keep_texts: bool = True, on_device: bool = True) -> list[Rollout]:
+def evaluate(
+    protocol: GameProtocol,
+    env: envs.Env,
+    policies: Sequence[Policy],
+    *,
+    runs: int,
+    steps: int,
+    key,
+    progress: bool = True,
+    keep_texts: bool = True,
+    on_device: bool = True,
+) -> list[Rollout]:
     """Play `runs` boards for `steps` decisions with each policy; one Rollout per policy, in order.
 
     Every policy meets the same start boards and the same game randomness (the keys depend only
@@ -171,8 +181,17 @@ def evaluate(protocol: GameProtocol, env: envs.Env, policies: Sequence[Policy], 
             if keep_texts:
                 per_step = [policy.answers(jax.tree.map(lambda x: x[t], seen), chosen[t]) for t in range(steps)]
                 texts = [list(row) for row in zip(*per_step)]
-            rollouts[id(policy)] = Rollout(protocol.game, policy.name, scores.T, played.T, seen, texts, seconds,
-                                           compile_seconds if index == 0 else 0.0, policy.detail)
+            rollouts[id(policy)] = Rollout(
+                protocol.game,
+                policy.name,
+                scores.T,
+                played.T,
+                seen,
+                texts,
+                seconds,
+                compile_seconds if index == 0 else 0.0,
+                policy.detail,
+            )
     for policy in policies:
         if id(policy) not in rollouts:
             rollouts[id(policy)] = _host_loop(env, protocol, policy, runs, start_key, step_keys, progress, keep_texts)
@@ -231,8 +250,9 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
         actions, answers = policy.act(policy_key, states, frames)
         actions = np.asarray(actions)
         if actions.shape != (runs,) or len(answers) != runs:
-            raise EvalError(f"policy {policy.name!r} returned {actions.shape} actions and {len(answers)} answers "
-                            f"for {runs} boards")
+            raise EvalError(
+                f"policy {policy.name!r} returned {actions.shape} actions and {len(answers)} answers for {runs} boards"
+            )
         seen.append(jax.device_get(states))
         states, moves, score = step(env_key, states, jnp.asarray(actions, jnp.int32))
         played.append(np.asarray(moves))
@@ -243,5 +263,13 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
     bar.close()
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *seen)
     runs_texts = [list(row) for row in zip(*texts)] if keep_texts else None
-    return Rollout(protocol.game, policy.name, np.stack(scores).T, np.stack(played).T, stacked, runs_texts, seconds,
-                   detail=getattr(policy, "detail", ""))
+    return Rollout(
+        protocol.game,
+        policy.name,
+        np.stack(scores).T,
+        np.stack(played).T,
+        stacked,
+        runs_texts,
+        seconds,
+        detail=getattr(policy, "detail", ""),
+    )

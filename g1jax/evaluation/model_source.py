@@ -54,8 +54,9 @@ def resolve_model(path: str) -> ModelSource:
         raise EvalError(f"--model {path}: no such directory (a training run directory or a Hugging Face directory)")
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise EvalError(f"--model {path}: no config.json there, so neither a run directory nor a Hugging Face "
-                        "directory")
+        raise EvalError(
+            f"--model {path}: no config.json there, so neither a run directory nor a Hugging Face directory"
+        )
     with open(config_path) as f:
         values = json.load(f)
     try:
@@ -71,8 +72,10 @@ def resolve_model(path: str) -> ModelSource:
             return ModelSource(path, "run", model_config, values)
     except ConfigError as error:
         raise EvalError(f"--model {path}: {error}") from None
-    raise EvalError(f"--model {path}: config.json is neither a run's config (model, games, ...) nor a "
-                    "Hugging Face Qwen2.5-VL config (vision_config, ...)")
+    raise EvalError(
+        f"--model {path}: config.json is neither a run's config (model, games, ...) nor a "
+        "Hugging Face Qwen2.5-VL config (vision_config, ...)"
+    )
 
 
 def check_model_fits(source: ModelSource, image_size: tuple[int, int], max_new_tokens: int, game: str) -> None:
@@ -82,18 +85,24 @@ def check_model_fits(source: ModelSource, image_size: tuple[int, int], max_new_t
     factor = vision.patch_size * vision.spatial_merge_size
     height, width = image_size
     if factor != FACTOR:
-        raise EvalError(f"--model {source.path}: {vision.patch_size}-px patches merged {vision.spatial_merge_size}x"
-                        f"{vision.spatial_merge_size} make a {factor}-px grid; g1jax's image pipeline is "
-                        f"Qwen2.5-VL's {FACTOR}-px one")
+        raise EvalError(
+            f"--model {source.path}: {vision.patch_size}-px patches merged {vision.spatial_merge_size}x"
+            f"{vision.spatial_merge_size} make a {factor}-px grid; g1jax's image pipeline is "
+            f"Qwen2.5-VL's {FACTOR}-px one"
+        )
     trained = source.train_image_size
     if trained is not None and trained != (height, width):
-        raise EvalError(f"--model {source.path} was trained on {trained[0]}x{trained[1]} frames but {game} is "
-                        f"evaluated on {height}x{width}; pass --image-size {trained[0]} {trained[1]} to evaluate at "
-                        "the training size")
+        raise EvalError(
+            f"--model {source.path} was trained on {trained[0]}x{trained[1]} frames but {game} is "
+            f"evaluated on {height}x{width}; pass --image-size {trained[0]} {trained[1]} to evaluate at "
+            "the training size"
+        )
     image_tokens = (height // FACTOR) * (width // FACTOR)
     if image_tokens + max_new_tokens > text.max_position_embeddings:
-        raise EvalError(f"--model {source.path}: a {height}x{width} frame ({image_tokens} image tokens) plus "
-                        f"{max_new_tokens} new tokens exceeds its context of {text.max_position_embeddings} positions")
+        raise EvalError(
+            f"--model {source.path}: a {height}x{width} frame ({image_tokens} image tokens) plus "
+            f"{max_new_tokens} new tokens exceeds its context of {text.max_position_embeddings} positions"
+        )
 
 
 def load_model(source: ModelSource):

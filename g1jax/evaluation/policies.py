@@ -170,29 +170,52 @@ class ModelPolicy:
 
     uses_frames = True
 
-    def __init__(self, model, tokenizer, env: envs.Env, runs: int, *, temperature: float, max_new_tokens: int,
-                 name: str = "model", detail: str = ""):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        env: envs.Env,
+        runs: int,
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        name: str = "model",
+        detail: str = "",
+    ):
         self.env, self.runs, self.tokenizer, self.name, self.detail = env, runs, tokenizer, name, detail
         try:
-            self.sampling_config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                           stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+            self.sampling_config = sampling.SamplingConfig(
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                stop_ids=tokenizer.stop_ids,
+                pad_id=tokenizer.pad_id,
+            )
             self.prompts = build_prompts(envs.MultiGame((env,), (runs,)), tokenizer, model.config)
         except ValueError as error:
             raise EvalError(f"model policy on {env.name}: {error}") from None
         context = model.config.text.max_position_embeddings
         if self.prompts.length + max_new_tokens > context:
-            raise EvalError(f"model policy on {env.name}: the {self.prompts.length}-token prompt plus {max_new_tokens} "
-                            f"new tokens exceeds the model's context of {context} positions")
+            raise EvalError(
+                f"model policy on {env.name}: the {self.prompts.length}-token prompt plus {max_new_tokens} "
+                f"new tokens exceeds the model's context of {context} positions"
+            )
         self.graphdef, self.params = nnx.split(model)
         self._patches = jax.jit(lambda frames: jax.vmap(preprocess)(frames).reshape(-1, PATCH_DIM))
 
     def act(self, key, states, frames):
         p = self.prompts
         # sampling.sample looked up at call time: tests count the calls by patching the module
-        samples = sampling.sample(self.graphdef, self.params, jnp.asarray(p.input_ids), jnp.asarray(p.positions),
-                                  jnp.asarray(p.attention_mask), self._patches(frames),
-                                  jax.random.split(key, self.runs), image_grids=p.image_grids, group_size=1,
-                                  config=self.sampling_config)
+        samples = sampling.sample(
+            self.graphdef,
+            self.params,
+            jnp.asarray(p.input_ids),
+            jnp.asarray(p.positions),
+            jnp.asarray(p.attention_mask),
+            self._patches(frames),
+            jax.random.split(key, self.runs),
+            image_grids=p.image_grids,
+            group_size=1,
+            config=self.sampling_config,
+        )
         texts = decode_completions(self.tokenizer, np.asarray(jax.device_get(samples.tokens)))
         return np.asarray([self.env.parse(t) for t in texts], np.int32), texts
-

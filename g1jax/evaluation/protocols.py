@@ -48,15 +48,43 @@ PROTOCOLS: dict[str, GameProtocol] = {
     p.game: p
     for p in (
         # 640x840 (W x H) frames, which Qwen2.5-VL's processor turns into 644x840: drawn at that size.
-        GameProtocol("2048", "2048", (("image_size", (840, 644)),), 100, 10, "merge", True, None,
-                     (1070, 892, 759, 539, 243, 620, 701)),
+        GameProtocol(
+            "2048",
+            "2048",
+            (("image_size", (840, 644)),),
+            100,
+            10,
+            "merge",
+            True,
+            None,
+            (1070, 892, 759, 539, 243, 620, 701),
+        ),
         # 640x640 frames -> 644x644 after the processor.
-        GameProtocol("shisensho", "Shisen-Sho", (("preset", "base"), ("image_size", (644, 644))), 0, 10, "success",
-                     False, 6, (17.5, 15.3, 12.8, 3.9, 2.6, 1.5, 0.4)),
-        GameProtocol("shisensho_photo", "Shisen-Sho-Cifar10", (("image_size", (644, 644)),), 0, 10, "success",
-                     False, 6, (14.1, 8.7, 8.0, 5.4, 0.8, 4.7, 0.4)),
-        GameProtocol("swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8,
-                     (78, 43, 5, 4, 6, 1, 1)),
+        GameProtocol(
+            "shisensho",
+            "Shisen-Sho",
+            (("preset", "base"), ("image_size", (644, 644))),
+            0,
+            10,
+            "success",
+            False,
+            6,
+            (17.5, 15.3, 12.8, 3.9, 2.6, 1.5, 0.4),
+        ),
+        GameProtocol(
+            "shisensho_photo",
+            "Shisen-Sho-Cifar10",
+            (("image_size", (644, 644)),),
+            0,
+            10,
+            "success",
+            False,
+            6,
+            (14.1, 8.7, 8.0, 5.4, 0.8, 4.7, 0.4),
+        ),
+        GameProtocol(
+            "swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8, (78, 43, 5, 4, 6, 1, 1)
+        ),
     )
 }
 GAMES = tuple(PROTOCOLS)

@@ -21,13 +21,25 @@ def figure1_table(rollouts: Sequence[Rollout]) -> dict:
     ours: dict[str, dict] = {}
     for r in rollouts:
         ours.setdefault(r.policy, {})[r.game] = {
-            "avg": r.mean, "se": r.se, "runs": r.runs, "steps": r.steps, "detail": r.detail,
-            "seconds": round(r.seconds, 3), "compile_seconds": round(r.compile_seconds, 3)}
+            "avg": r.mean,
+            "se": r.se,
+            "runs": r.runs,
+            "steps": r.steps,
+            "detail": r.detail,
+            "seconds": round(r.seconds, 3),
+            "compile_seconds": round(r.compile_seconds, 3),
+        }
     return {
         "games": [{"game": g, "title": PROTOCOLS[g].title, "paper_runs": PROTOCOLS[g].runs} for g in games],
         "rows": [{"policy": name, "source": "ours", "scores": scores} for name, scores in ours.items()],
-        "paper": [{"policy": name, "source": "paper (Figure 1)",
-                   "scores": {g: PROTOCOLS[g].paper_scores[name] for g in games}} for name in PAPER_ROWS],
+        "paper": [
+            {
+                "policy": name,
+                "source": "paper (Figure 1)",
+                "scores": {g: PROTOCOLS[g].paper_scores[name] for g in games},
+            }
+            for name in PAPER_ROWS
+        ],
     }
 
 
@@ -50,8 +62,10 @@ def table_markdown(table: dict) -> str:
         cells = [f"{row['scores'][g['game']]:g}" for g in games]
         lines.append(f"| {row['policy']} | paper | " + " | ".join(cells) + " |")
     steps = sorted({s["steps"] for row in table["rows"] for s in row["scores"].values()})
-    note = (f"\nOurs: mean ± standard error over N runs of {', '.join(map(str, steps))} decisions each "
-            "(2048: merge points; the other games: successful moves). Protocol: docs/eval.md.\n")
+    note = (
+        f"\nOurs: mean ± standard error over N runs of {', '.join(map(str, steps))} decisions each "
+        "(2048: merge points; the other games: successful moves). Protocol: docs/eval.md.\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -76,8 +90,9 @@ def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
         for curve in curves:
             ax.plot(steps, curve, color=color, alpha=0.2, linewidth=0.8)
         se = "" if r.se is None else f" ± {r.se:.3g}"
-        ax.plot(steps, curves.mean(axis=0), color=color, linewidth=2.2,
-                label=f"{r.policy}: {r.mean:.4g}{se} (N={r.runs})")
+        ax.plot(
+            steps, curves.mean(axis=0), color=color, linewidth=2.2, label=f"{r.policy}: {r.mean:.4g}{se} (N={r.runs})"
+        )
     protocol = PROTOCOLS[rollouts[0].game]
     ax.set_title(f"{protocol.title}: cumulative score per run (paper Random: {protocol.paper_scores['Random']:g})")
     ax.set_xlabel("decision")
@@ -96,8 +111,14 @@ def write_answers(rollouts: Sequence[Rollout], env_by_game: dict[str, envs.Env],
             for run in range(r.runs):
                 for step in range(r.steps):
                     action = int(r.actions[run, step])
-                    record = {"game": r.game, "policy": r.policy, "run": run, "step": step,
-                              "answer": None if r.texts is None else r.texts[run][step],
-                              "action": action, "move": env.action_label(action),
-                              "score": float(r.scores[run, step])}
+                    record = {
+                        "game": r.game,
+                        "policy": r.policy,
+                        "run": run,
+                        "step": step,
+                        "answer": None if r.texts is None else r.texts[run][step],
+                        "action": action,
+                        "move": env.action_label(action),
+                        "score": float(r.scores[run, step]),
+                    }
                     f.write(json.dumps(record) + "\n")

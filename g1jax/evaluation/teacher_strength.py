@@ -59,8 +59,9 @@ def start_states(env: envs.Env, key, boards: int, params=None, warmup_moves: int
     return _warmup_states(env, key, boards, params, default_moves(env)[0] if warmup_moves is None else warmup_moves)
 
 
-def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None,
-             params=None) -> dict:
+def strength(
+    teacher: Teacher, key, *, boards: int = 32, moves: int | None = None, warmup_moves: int | None = None, params=None
+) -> dict:
     """The teacher (with its epsilon) against random valid play, in closed loop from the same
     start states (G1 warm-up states, `default_moves`) with the same randomness per board, in
     one compiled run.
@@ -83,6 +84,10 @@ def strength(teacher: Teacher, key, *, boards: int = 32, moves: int | None = Non
         p = points[rows]
         out[name] = dict(points=p, legal=legal[rows], mean=float(p.mean()), se=float(p.std(ddof=1) / np.sqrt(boards)))
     diff = out["teacher"]["points"] - out["random"]["points"]
-    out["difference"] = dict(mean=float(diff.mean()), se=float(diff.std(ddof=1) / np.sqrt(boards)),
-                             wins=int((diff > 0).sum()), losses=int((diff < 0).sum()))
+    out["difference"] = dict(
+        mean=float(diff.mean()),
+        se=float(diff.std(ddof=1) / np.sqrt(boards)),
+        wins=int((diff > 0).sum()),
+        losses=int((diff < 0).sum()),
+    )
     return out

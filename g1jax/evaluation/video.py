@@ -61,8 +61,14 @@ class _VideoWriter:
             self.path = path_without_suffix + ".mp4"
             # x264's fastest preset: a game's frames change little, so the files stay small, and encoding
             # at the default preset took most of an evaluation's time (BENCHMARKS.md, "Evaluation")
-            self._writer = imageio.get_writer(self.path, fps=fps, codec="libx264", macro_block_size=1,
-                                              ffmpeg_log_level="error", output_params=["-preset", "ultrafast"])
+            self._writer = imageio.get_writer(
+                self.path,
+                fps=fps,
+                codec="libx264",
+                macro_block_size=1,
+                ffmpeg_log_level="error",
+                output_params=["-preset", "ultrafast"],
+            )
         except ImportError:
             self.path, self._writer = path_without_suffix + ".gif", None
 
@@ -81,8 +87,9 @@ class _VideoWriter:
         return self.path
 
 
-def write_videos(rollout: Rollout, env: envs.Env, directory: str, *, max_runs: int | None = None,
-                 fps: float = 2.0) -> list[str]:
+def write_videos(
+    rollout: Rollout, env: envs.Env, directory: str, *, max_runs: int | None = None, fps: float = 2.0
+) -> list[str]:
     """One video per run (the first `max_runs`): each frame the board the policy saw, with its
     answer, the move played and the score below it."""
     runs = rollout.runs if max_runs is None else min(max_runs, rollout.runs)
@@ -105,8 +112,10 @@ def _write_videos(rollout: Rollout, env: envs.Env, directory: str, runs: int, fp
         frames = np.asarray(render(seen))
         for run, writer in enumerate(writers):
             action = int(rollout.actions[run, step])
-            status = (f"{rollout.policy} | step {step + 1}/{rollout.steps} | move {env.action_label(action)} | "
-                      f"+{rollout.scores[run, step]:g} | total {totals[run, step]:g}")
+            status = (
+                f"{rollout.policy} | step {step + 1}/{rollout.steps} | move {env.action_label(action)} | "
+                f"+{rollout.scores[run, step]:g} | total {totals[run, step]:g}"
+            )
             answer = "" if rollout.texts is None else " ".join(rollout.texts[run][step].split())
             writer.append(caption_frame(frames[run], [status, answer]))
     return [w.close() for w in writers]

@@ -21,8 +21,20 @@ import os
 from typing import Any
 
 from envs.core import ConfigError as ProjectConfigError
-from g1jax.constants import (CHANNELS, ENDOFTEXT, IM_END, IMAGE_PAD, MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE,
-                             VIDEO_PAD, VISION_END, VISION_PAD, VISION_START, special_token_ids)
+from g1jax.constants import (
+    CHANNELS,
+    ENDOFTEXT,
+    IM_END,
+    IMAGE_PAD,
+    MERGE_SIZE,
+    PATCH_SIZE,
+    TEMPORAL_PATCH_SIZE,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_PAD,
+    VISION_START,
+    special_token_ids,
+)
 
 # Default M-RoPE split used by transformers when a config names none (fits head_dim 128 only).
 _HF_DEFAULT_MROPE_SECTION = (16, 24, 24)
@@ -108,12 +120,17 @@ class Qwen25VLConfig:
     @property
     def vision_special_ids(self) -> tuple[int, ...]:
         """The ids that mark image and video content: they belong in prompts, never in an answer."""
-        return (self.vision_start_token_id, self.vision_end_token_id, self.vision_token_id, self.image_token_id,
-                self.video_token_id)
+        return (
+            self.vision_start_token_id,
+            self.vision_end_token_id,
+            self.vision_token_id,
+            self.image_token_id,
+            self.video_token_id,
+        )
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any]) -> "Qwen25VLConfig":
+    def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen25VLConfig:
         """Build from a parsed HF `config.json` (legacy flat or v5 nested layout)."""
         if not isinstance(hf, dict):
             raise ConfigError(f"config must be a JSON object, got {type(hf).__name__}")
@@ -206,7 +223,7 @@ class Qwen25VLConfig:
         )
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "Qwen25VLConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> Qwen25VLConfig:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
@@ -272,7 +289,7 @@ class Qwen25VLConfig:
             },
         }
 
-    def replace(self, **changes) -> "Qwen25VLConfig":
+    def replace(self, **changes) -> Qwen25VLConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -286,21 +303,32 @@ def _missing(name: str):
 def validate(cfg: Qwen25VLConfig) -> None:
     """Raise ConfigError naming the first inconsistency found."""
     t, v = cfg.text, cfg.vision
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads", "num_key_value_heads"):
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    ):
         if getattr(t, name) <= 0:
             raise ConfigError(f"text {name} must be positive, got {getattr(t, name)}")
     if t.hidden_size % t.num_attention_heads:
-        raise ConfigError(f"text hidden_size {t.hidden_size} is not divisible by num_attention_heads "
-                          f"{t.num_attention_heads}")
+        raise ConfigError(
+            f"text hidden_size {t.hidden_size} is not divisible by num_attention_heads {t.num_attention_heads}"
+        )
     if t.num_attention_heads % t.num_key_value_heads:
-        raise ConfigError(f"num_attention_heads {t.num_attention_heads} is not a multiple of num_key_value_heads "
-                          f"{t.num_key_value_heads}")
+        raise ConfigError(
+            f"num_attention_heads {t.num_attention_heads} is not a multiple of num_key_value_heads "
+            f"{t.num_key_value_heads}"
+        )
     if t.head_dim % 2:
         raise ConfigError(f"text head_dim {t.head_dim} must be even for rotary embeddings")
     if sum(t.mrope_section) != t.head_dim // 2:
-        raise ConfigError(f"sum(mrope_section) = sum({list(t.mrope_section)}) = {sum(t.mrope_section)} must equal "
-                          f"head_dim / 2 = {t.head_dim // 2}")
+        raise ConfigError(
+            f"sum(mrope_section) = sum({list(t.mrope_section)}) = {sum(t.mrope_section)} must equal "
+            f"head_dim / 2 = {t.head_dim // 2}"
+        )
     if len(t.mrope_section) != 3 or min(t.mrope_section) < 0:
         raise ConfigError(f"mrope_section must be three non-negative sizes (t, h, w), got {list(t.mrope_section)}")
     if v.hidden_size % v.num_heads:
@@ -310,8 +338,10 @@ def validate(cfg: Qwen25VLConfig) -> None:
     if v.out_hidden_size != t.hidden_size:
         raise ConfigError(f"vision out_hidden_size {v.out_hidden_size} must equal text hidden_size {t.hidden_size}")
     if v.window_merge_units < 1:
-        raise ConfigError(f"vision window_size {v.window_size} px is smaller than one merge unit "
-                          f"({v.spatial_merge_size * v.patch_size} px)")
+        raise ConfigError(
+            f"vision window_size {v.window_size} px is smaller than one merge unit "
+            f"({v.spatial_merge_size * v.patch_size} px)"
+        )
     bad = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
     if bad:
         raise ConfigError(f"fullatt_block_indexes {bad} out of range for vision depth {v.depth}")
@@ -324,8 +354,14 @@ def validate(cfg: Qwen25VLConfig) -> None:
 # ---------------------------------------------------------------------- presets
 def _preset_3b() -> Qwen25VLConfig:
     return Qwen25VLConfig(
-        text=TextConfig(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                        num_attention_heads=16, num_key_value_heads=2),
+        text=TextConfig(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+        ),
         vision=VisionConfig(out_hidden_size=2048),
         tie_word_embeddings=True,
     )
@@ -333,8 +369,14 @@ def _preset_3b() -> Qwen25VLConfig:
 
 def _preset_7b() -> Qwen25VLConfig:
     return Qwen25VLConfig(
-        text=TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                        num_attention_heads=28, num_key_value_heads=4),
+        text=TextConfig(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+        ),
         vision=VisionConfig(out_hidden_size=3584),
         tie_word_embeddings=False,
     )
@@ -343,11 +385,16 @@ def _preset_7b() -> Qwen25VLConfig:
 def _small_vocab_ids(vocab_size: int) -> tuple[dict, dict]:
     """(text, model) id fields of a small vocabulary: the special-token layout of `make_tiny_tokenizer(vocab_size)`."""
     ids = special_token_ids(vocab_size)
-    text = dict(vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=None)
-    model = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-                 vision_token_id=ids["<|vision_pad|>"])
+    text = dict(
+        vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=None
+    )
+    model = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vision_token_id=ids["<|vision_pad|>"],
+    )
     return text, model
 
 
@@ -356,11 +403,27 @@ def _preset_tiny() -> Qwen25VLConfig:
     # merge-unit windows) and full-attention blocks at small indexes (docs/model.md, "Presets").
     text_ids, model_ids = _small_vocab_ids(1024)
     return Qwen25VLConfig(
-        text=TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, mrope_section=(2, 3, 3), max_position_embeddings=4096, **text_ids),
-        vision=VisionConfig(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                            window_size=56, fullatt_block_indexes=(1, 3)),
-        tie_word_embeddings=False, **model_ids,
+        text=TextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=(2, 3, 3),
+            max_position_embeddings=4096,
+            **text_ids,
+        ),
+        vision=VisionConfig(
+            depth=4,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=(1, 3),
+        ),
+        tie_word_embeddings=False,
+        **model_ids,
     )
 
 
@@ -369,11 +432,27 @@ def _preset_small() -> Qwen25VLConfig:
     # CPU learning runs where tiny cannot read the board (BENCHMARKS.md, "G1 in miniature").
     text_ids, model_ids = _small_vocab_ids(1024)
     return Qwen25VLConfig(
-        text=TextConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=2, mrope_section=(4, 6, 6), max_position_embeddings=4096, **text_ids),
-        vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-                            window_size=56, fullatt_block_indexes=(1, 3)),
-        tie_word_embeddings=False, **model_ids,
+        text=TextConfig(
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=(4, 6, 6),
+            max_position_embeddings=4096,
+            **text_ids,
+        ),
+        vision=VisionConfig(
+            depth=4,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=128,
+            window_size=56,
+            fullatt_block_indexes=(1, 3),
+        ),
+        tie_word_embeddings=False,
+        **model_ids,
     )
 
 
@@ -381,11 +460,27 @@ def _preset_bench() -> Qwen25VLConfig:
     # ~34M parameters: the CPU benchmark config (Flax vs PyTorch) of experiments/bench_model.py.
     text_ids, model_ids = _small_vocab_ids(8192)
     return Qwen25VLConfig(
-        text=TextConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
-                        num_key_value_heads=2, mrope_section=(8, 12, 12), max_position_embeddings=4096, **text_ids),
-        vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=640, num_heads=4, out_hidden_size=512,
-                            window_size=112, fullatt_block_indexes=(1, 3)),
-        tie_word_embeddings=False, **model_ids,
+        text=TextConfig(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=6,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            mrope_section=(8, 12, 12),
+            max_position_embeddings=4096,
+            **text_ids,
+        ),
+        vision=VisionConfig(
+            depth=4,
+            hidden_size=256,
+            intermediate_size=640,
+            num_heads=4,
+            out_hidden_size=512,
+            window_size=112,
+            fullatt_block_indexes=(1, 3),
+        ),
+        tie_word_embeddings=False,
+        **model_ids,
     )
 
 

@@ -55,8 +55,17 @@ class Linear(nnx.Module):
     axes: logical names of (input, output) features; the bias takes the output's.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, axes: tuple[str, str], dtype,
-                 param_dtype, rngs: nnx.Rngs | None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        axes: tuple[str, str],
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs | None,
+    ):
         self.kernel = make_param(rngs, _normal, (in_features, out_features), param_dtype, axes)
         self.bias = make_param(rngs, _zeros, (out_features,), param_dtype, axes[1:]) if bias else None
         self.dtype = dtype
@@ -99,8 +108,9 @@ class SwiGLU(nnx.Module):
     axes: logical names of (model features, hidden features).
     """
 
-    def __init__(self, dim: int, hidden: int, *, bias: bool, axes: tuple[str, str], dtype, param_dtype,
-                 rngs: nnx.Rngs | None):
+    def __init__(
+        self, dim: int, hidden: int, *, bias: bool, axes: tuple[str, str], dtype, param_dtype, rngs: nnx.Rngs | None
+    ):
         layer = dict(bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.gate_proj = Linear(dim, hidden, axes=axes, **layer)
         self.up_proj = Linear(dim, hidden, axes=axes, **layer)
@@ -150,8 +160,9 @@ def inverse_frequencies(base: float, dim: int) -> np.ndarray:
 _MASKED_BIAS = float(np.finfo(np.float32).min)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-              causal_block: int | None = None) -> jax.Array:
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, causal_block: int | None = None
+) -> jax.Array:
     """Grouped-query attention softmax(q k^T * scale, masked) v -> [B, T, N * hd].
 
     q [B, T, N, hd]; k, v [B, S, K, hd] with N a multiple of K (query head n uses key head n // (N/K));
@@ -169,8 +180,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: 
     and sums over the cache as it lies for a single decoded token.
     """
     if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-        raise ValueError(f"attention needs q [B, T, N, hd] and k, v [B, S, K, hd] of one shape; got q {q.shape}, "
-                         f"k {k.shape}, v {v.shape}")
+        raise ValueError(
+            f"attention needs q [B, T, N, hd] and k, v [B, S, K, hd] of one shape; got q {q.shape}, "
+            f"k {k.shape}, v {v.shape}"
+        )
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {q.shape} and k {k.shape} must agree on batch and head_dim")
     if q.shape[2] % k.shape[2]:
@@ -200,11 +213,19 @@ def _attention(q, k, v, mask, scale, causal_block):
         out = _attention_heads_major(qh, kh, vh, mask, scale)
     else:
         mask = jnp.broadcast_to(mask, (mask.shape[0], t_len, s_len))
-        out = jnp.concatenate([
-            _attention_heads_major(qh[:, :, :, start:start + causal_block], kh[:, :, :start + causal_block],
-                                   vh[:, :, :start + causal_block],
-                                   mask[:, start:start + causal_block, :start + causal_block], scale)
-            for start in range(0, t_len, causal_block)], axis=3)
+        out = jnp.concatenate(
+            [
+                _attention_heads_major(
+                    qh[:, :, :, start : start + causal_block],
+                    kh[:, :, : start + causal_block],
+                    vh[:, :, : start + causal_block],
+                    mask[:, start : start + causal_block, : start + causal_block],
+                    scale,
+                )
+                for start in range(0, t_len, causal_block)
+            ],
+            axis=3,
+        )
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, t_len, n_heads * head_dim)
 
 
@@ -227,8 +248,9 @@ def _attention_heads_major(q, k, v, mask, scale):
     # The scale goes on q where that rounds no worse than on the float32 scores (float32 q, or a power
     # of two): on the scores, XLA's CPU backend materialises it as a full-size operand of the kernel.
     on_q = q.dtype == jnp.float32 or math.frexp(scale)[0] == 0.5
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q * jnp.asarray(scale, q.dtype) if on_q else q, k,
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum(
+        "bkgtd,bksd->bkgts", q * jnp.asarray(scale, q.dtype) if on_q else q, k, preferred_element_type=jnp.float32
+    )
     scores = (scores if on_q else scores * scale) + _mask_bias(mask)[:, None, None]
     probs, total = _softmax_parts(scores)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
@@ -262,8 +284,7 @@ _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 FUSED_ATTENTION_ENV = "G1JAX_FUSED_ATTENTION"
 
 
-def cudnn_attention_supports(backend: str, compute_capability, dtype, t_len: int, s_len: int,
-                             head_dim: int) -> bool:
+def cudnn_attention_supports(backend: str, compute_capability, dtype, t_len: int, s_len: int, head_dim: int) -> bool:
     """The rule behind `fused_attention_fits`, on plain values (compute_capability like "9.0", or None).
 
     More than one query per row is required: a decoded token's attention is a matrix-vector product
@@ -273,8 +294,15 @@ def cudnn_attention_supports(backend: str, compute_capability, dtype, t_len: int
         return False
     major = int(str(compute_capability).split(".")[0])
     max_head_dim = 256 if major >= 9 else 128
-    return (major >= 8 and jnp.dtype(dtype) in _CUDNN_DTYPES and t_len > 1 and t_len % 2 == 0
-            and s_len % 2 == 0 and head_dim % 8 == 0 and head_dim <= max_head_dim)
+    return (
+        major >= 8
+        and jnp.dtype(dtype) in _CUDNN_DTYPES
+        and t_len > 1
+        and t_len % 2 == 0
+        and s_len % 2 == 0
+        and head_dim % 8 == 0
+        and head_dim <= max_head_dim
+    )
 
 
 def fused_attention_fits(q, k) -> bool:

@@ -83,7 +83,7 @@ def canonical_key(key: str) -> str:
     """Map transformers-v5 in-memory names to the hub names used by this module tree."""
     for old, new in _V5_PREFIXES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return key
 
 
@@ -93,8 +93,9 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> str:
     path = os.fspath(path_or_hub_id)
     if os.path.exists(path):
         if not os.path.isdir(path):
-            raise NotADirectoryError(f"checkpoint path {path} is a file; pass the directory holding config.json "
-                                     f"and the *.safetensors files")
+            raise NotADirectoryError(
+                f"checkpoint path {path} is a file; pass the directory holding config.json and the *.safetensors files"
+            )
         return path
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
     if not looks_like_hub_id:
@@ -104,8 +105,10 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> str:
     try:
         return snapshot_download(path, allow_patterns=["*.json", "*.safetensors"])
     except Exception as e:  # offline machines, unknown repos, gated repos
-        raise FileNotFoundError(f"{path} is not a local directory and could not be fetched from the Hugging Face "
-                                f"hub ({type(e).__name__}: {e})") from e
+        raise FileNotFoundError(
+            f"{path} is not a local directory and could not be fetched from the Hugging Face "
+            f"hub ({type(e).__name__}: {e})"
+        ) from e
 
 
 def checkpoint_files(directory: str) -> dict[str, str]:
@@ -155,8 +158,13 @@ def _tensor_meta(files: dict[str, str]) -> dict[str, tuple[tuple[int, ...], str]
 
 
 # ------------------------------------------------------------------------ loading
-ShardingSpec = (jax.sharding.Mesh | jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding.Sharding]
-                | nnx.State | None)
+ShardingSpec = (
+    jax.sharding.Mesh
+    | jax.sharding.Sharding
+    | Callable[[str, tuple[int, ...]], jax.sharding.Sharding]
+    | nnx.State
+    | None
+)
 
 
 def _sharding_lookup(shardings: ShardingSpec, state: nnx.State) -> Callable[[ParamSpec], jax.sharding.Sharding]:
@@ -168,18 +176,28 @@ def _sharding_lookup(shardings: ShardingSpec, state: nnx.State) -> Callable[[Par
     if isinstance(shardings, jax.sharding.Sharding):
         return lambda spec: shardings
     if isinstance(shardings, nnx.State):
-        table = {tuple(p): (v.get_value() if isinstance(v, nnx.Variable) else v)
-                 for p, v in nnx.to_flat_state(shardings)}
+        table = {
+            tuple(p): (v.get_value() if isinstance(v, nnx.Variable) else v) for p, v in nnx.to_flat_state(shardings)
+        }
         return lambda spec: table[spec.path]
     if callable(shardings):
         return lambda spec: shardings(spec.key, spec.shape)
-    raise TypeError(f"shardings must be None, a Mesh, a jax Sharding, a callable (key, shape) -> Sharding or an "
-                    f"nnx.State of shardings; got {type(shardings).__name__}")
+    raise TypeError(
+        f"shardings must be None, a Mesh, a jax Sharding, a callable (key, shape) -> Sharding or an "
+        f"nnx.State of shardings; got {type(shardings).__name__}"
+    )
 
 
-def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
-                    config: Qwen25VLConfig | None = None, shardings: ShardingSpec = None, remat: bool = False,
-                    freeze_vision: bool = False) -> Qwen25VL:
+def load_pretrained(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    param_dtype=None,
+    config: Qwen25VLConfig | None = None,
+    shardings: ShardingSpec = None,
+    remat: bool = False,
+    freeze_vision: bool = False,
+) -> Qwen25VL:
     """Load a Qwen2.5-VL checkpoint into a `Qwen25VL` module.
 
     dtype: compute dtype; param_dtype: storage dtype (defaults to dtype). config: overrides the
@@ -195,8 +213,9 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
             raise FileNotFoundError(f"no config.json in checkpoint directory {directory}")
         config = Qwen25VLConfig.from_json_file(config_path)
     param_dtype = dtype if param_dtype is None else param_dtype
-    abstract = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, remat=remat, freeze_vision=freeze_vision,
-                        rngs=None)
+    abstract = Qwen25VL(
+        config, dtype=dtype, param_dtype=param_dtype, remat=remat, freeze_vision=freeze_vision, rngs=None
+    )
     graphdef, state = nnx.split(abstract)
     specs = param_specs(state, config)
 
@@ -210,25 +229,35 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, dtype=jnp.float32, par
     tied_head = config.tie_word_embeddings and "lm_head.weight" in by_canonical
     unexpected = sorted(k for k in by_canonical if k not in specs and not (tied_head and k == "lm_head.weight"))
     if unexpected:
-        raise CheckpointError(f"unexpected key(s) in {directory} with no matching parameter: "
-                              f"{', '.join(repr(by_canonical[k]) for k in unexpected[:10])}"
-                              + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+        raise CheckpointError(
+            f"unexpected key(s) in {directory} with no matching parameter: "
+            f"{', '.join(repr(by_canonical[k]) for k in unexpected[:10])}"
+            + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else "")
+        )
     missing = sorted(k for k in specs if k not in by_canonical)
     if missing:
-        hint = (" (config.json has tie_word_embeddings=false; a tied checkpoint has no lm_head.weight)"
-                if missing == ["lm_head.weight"] else "")
-        raise CheckpointError(f"missing key(s) in {directory}: {', '.join(repr(k) for k in missing[:10])}"
-                              + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "") + hint)
+        hint = (
+            " (config.json has tie_word_embeddings=false; a tied checkpoint has no lm_head.weight)"
+            if missing == ["lm_head.weight"]
+            else ""
+        )
+        raise CheckpointError(
+            f"missing key(s) in {directory}: {', '.join(repr(k) for k in missing[:10])}"
+            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+            + hint
+        )
     meta = _tensor_meta(files)
     for canon, (spec, _) in specs.items():
         key = by_canonical[canon]
         shape, file_dtype = meta[key]
         if file_dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"key {key!r} has dtype {file_dtype} in {files[key]}; expected a floating dtype "
-                                  f"(F32, F16 or BF16)")
+            raise CheckpointError(
+                f"key {key!r} has dtype {file_dtype} in {files[key]}; expected a floating dtype (F32, F16 or BF16)"
+            )
         if shape != spec.hf_shape:
-            raise CheckpointError(f"key {key!r} has shape {list(shape)} in {files[key]}, expected "
-                                  f"{list(spec.hf_shape)}")
+            raise CheckpointError(
+                f"key {key!r} has shape {list(shape)} in {files[key]}, expected {list(spec.hf_shape)}"
+            )
     if tied_head:
         _check_tied_head(files, by_canonical, directory)
     sharding_of = _sharding_lookup(shardings, state)
@@ -246,13 +275,21 @@ def _check_tied_head(files, by_canonical, directory):
     tensors = dict(_read_tensors(files, [head_key, embed_key]))
     head, embed = tensors[head_key], tensors[embed_key]
     if head.shape != embed.shape or not np.array_equal(head, embed):
-        raise CheckpointError(f"config.json sets tie_word_embeddings=true but {head_key!r} in {directory} differs "
-                              f"from {embed_key!r}; set tie_word_embeddings=false to load a separate lm_head")
+        raise CheckpointError(
+            f"config.json sets tie_word_embeddings=true but {head_key!r} in {directory} differs "
+            f"from {embed_key!r}; set tie_word_embeddings=false to load a separate lm_head"
+        )
 
 
 # ------------------------------------------------------------------------ saving
-def save_pretrained(model: Qwen25VL, out_dir: str | os.PathLike, *, config: Qwen25VLConfig | None = None,
-                    dtype=None, max_shard_bytes: int = 4 * 1024**3) -> list[str]:
+def save_pretrained(
+    model: Qwen25VL,
+    out_dir: str | os.PathLike,
+    *,
+    config: Qwen25VLConfig | None = None,
+    dtype=None,
+    max_shard_bytes: int = 4 * 1024**3,
+) -> list[str]:
     """Write HF-layout safetensors (hub key names, [out, in] weights) and config.json into out_dir.
 
     dtype: storage dtype (default: each parameter's own dtype). Files above max_shard_bytes are split
@@ -297,8 +334,15 @@ def save_pretrained(model: Qwen25VL, out_dir: str | os.PathLike, *, config: Qwen
         with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     stored = {np.dtype(t.dtype) for shard in shards for t in shard.values()}
-    torch_dtype = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16",
-                   np.dtype(np.float16): "float16"}.get(stored.pop(), "float32") if len(stored) == 1 else "float32"
+    torch_dtype = (
+        {
+            np.dtype(np.float32): "float32",
+            np.dtype(ml_dtypes.bfloat16): "bfloat16",
+            np.dtype(np.float16): "float16",
+        }.get(stored.pop(), "float32")
+        if len(stored) == 1
+        else "float32"
+    )
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(torch_dtype=torch_dtype), f, indent=2)
     return written

@@ -47,8 +47,9 @@ def get_rope_index(
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
         mask = mask.astype(bool)
-    grids = [] if image_grid_thw is None else \
-        [tuple(int(x) for x in g) for g in np.asarray(image_grid_thw).reshape(-1, 3)]
+    grids = (
+        [] if image_grid_thw is None else [tuple(int(x) for x in g) for g in np.asarray(image_grid_thw).reshape(-1, 3)]
+    )
     m = int(spatial_merge_size)
     for k, (t, h, w) in enumerate(grids):
         if t < 1 or h % m or w % m or h < m or w < m:
@@ -75,16 +76,22 @@ def get_rope_index(
                 current += j - i
             else:
                 if next_image >= len(grids):
-                    raise ValueError(f"row {b} has an image run at valid token {i} but image_grid_thw lists only "
-                                     f"{len(grids)} image(s)")
+                    raise ValueError(
+                        f"row {b} has an image run at valid token {i} but image_grid_thw lists only "
+                        f"{len(grids)} image(s)"
+                    )
                 t, h, w = grids[next_image]
                 gh, gw = h // m, w // m
                 if j - i != t * gh * gw:
-                    raise ValueError(f"row {b}: image run of {j - i} <|image_pad|> tokens at valid token {i} does not "
-                                     f"match image_grid_thw[{next_image}] = {(t, h, w)} -> {t * gh * gw} tokens")
+                    raise ValueError(
+                        f"row {b}: image run of {j - i} <|image_pad|> tokens at valid token {i} does not "
+                        f"match image_grid_thw[{next_image}] = {(t, h, w)} -> {t * gh * gw} tokens"
+                    )
                 if vision_start_token_id is not None and (i == 0 or row[i - 1] != vision_start_token_id):
-                    raise ValueError(f"row {b}: image run at valid token {i} is not preceded by vision_start "
-                                     f"token {vision_start_token_id}")
+                    raise ValueError(
+                        f"row {b}: image run at valid token {i} is not preceded by vision_start "
+                        f"token {vision_start_token_id}"
+                    )
                 tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
                 row_pos[0, i:j] = current + tt.reshape(-1)
                 row_pos[1, i:j] = current + hh.reshape(-1)
@@ -97,4 +104,3 @@ def get_rope_index(
     if next_image != len(grids):
         raise ValueError(f"image_grid_thw lists {len(grids)} image(s) but input_ids contain {next_image} image run(s)")
     return positions.astype(np.int32), deltas.astype(np.int32)
-

@@ -34,8 +34,16 @@ from g1jax.sharding import gathered
 
 
 class Qwen25VL(nnx.Module):
-    def __init__(self, config: Qwen25VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: bool = False, freeze_vision: bool = False, rngs: nnx.Rngs | None):
+    def __init__(
+        self,
+        config: Qwen25VLConfig,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        freeze_vision: bool = False,
+        rngs: nnx.Rngs | None,
+    ):
         """dtype: activation/compute dtype; param_dtype: storage dtype of the parameters.
 
         remat: rematerialise each vision block and decoder layer in the backward pass.
@@ -52,8 +60,15 @@ class Qwen25VL(nnx.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False, axes=("embed", "vocab"),
-                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.lm_head = Linear(
+                config.text.hidden_size,
+                config.text.vocab_size,
+                bias=False,
+                axes=("embed", "vocab"),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
 
     # ---------------------------------------------------------------- pieces
     def encode_images(self, pixel_values: jax.Array, image_grids) -> jax.Array:
@@ -61,8 +76,9 @@ class Qwen25VL(nnx.Module):
         features = self.visual(pixel_values, image_grids)
         return jax.lax.stop_gradient(features) if self.freeze_vision else features
 
-    def embed(self, input_ids: jax.Array, pixel_values=None, image_grids=(), image_features=None,
-              image_slots=None) -> jax.Array:
+    def embed(
+        self, input_ids: jax.Array, pixel_values=None, image_grids=(), image_features=None, image_slots=None
+    ) -> jax.Array:
         """Token embeddings with the image features written, in order, over the image slots.
 
         image_features: already encoded features [image tokens, D] (row-major over the batch) instead of
@@ -98,8 +114,16 @@ class Qwen25VL(nnx.Module):
         return jnp.dot(hidden, weight, preferred_element_type=jnp.float32)
 
     # ---------------------------------------------------------------- full-sequence forward
-    def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, image_grids=(),
-                      image_features=None, image_slots=None) -> jax.Array:
+    def hidden_states(
+        self,
+        input_ids,
+        positions,
+        attention_mask,
+        pixel_values=None,
+        image_grids=(),
+        image_features=None,
+        image_slots=None,
+    ) -> jax.Array:
         """Causal forward over whole sequences; returns the final-normed hidden states [B, T, D]."""
         embeds = self.embed(input_ids, pixel_values, image_grids, image_features, image_slots)
         t = input_ids.shape[1]
@@ -112,7 +136,7 @@ class Qwen25VL(nnx.Module):
         return self.logits(self.hidden_states(input_ids, positions, attention_mask, pixel_values, image_grids))
 
     # ---------------------------------------------------------------- KV-cache path
-    def prefill(self, input_ids, positions, attention_mask, cache: "KVCache", pixel_values=None, image_grids=()):
+    def prefill(self, input_ids, positions, attention_mask, cache: KVCache, pixel_values=None, image_grids=()):
         """Write a (left-padded) prompt chunk into the cache at `cache.index`.
 
         positions [3, B, T] from `get_rope_index`. Returns (float32 logits of the last column [B, V], cache).
@@ -124,18 +148,28 @@ class Qwen25VL(nnx.Module):
         valid = jax.lax.dynamic_update_slice(cache.valid, prompt_valid, (0, cache.index))
         hidden, kv = self._cached_forward(embeds, positions, valid, cache, t)
         last_pos = jnp.max(jnp.where(prompt_valid[None], positions, jnp.iinfo(jnp.int32).min), axis=(0, 2))
-        cache = KVCache(keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv), valid=valid,
-                        index=cache.index + t, next_position=jnp.maximum(cache.next_position, last_pos + 1))
+        cache = KVCache(
+            keys=tuple(k for k, _ in kv),
+            values=tuple(v for _, v in kv),
+            valid=valid,
+            index=cache.index + t,
+            next_position=jnp.maximum(cache.next_position, last_pos + 1),
+        )
         return self.logits(hidden[:, -1]), cache
 
-    def decode_step(self, tokens: jax.Array, cache: "KVCache"):
+    def decode_step(self, tokens: jax.Array, cache: KVCache):
         """One new token per row [B] at slot `cache.index`, position `cache.next_position` on all 3 axes."""
         embeds = self.model.embed_tokens(tokens[:, None])
         positions = jnp.broadcast_to(cache.next_position[None, :, None], (3, tokens.shape[0], 1))
         valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((tokens.shape[0], 1), bool), (0, cache.index))
         hidden, kv = self._cached_forward(embeds, positions, valid, cache, 1)
-        cache = KVCache(keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv), valid=valid,
-                        index=cache.index + 1, next_position=cache.next_position + 1)
+        cache = KVCache(
+            keys=tuple(k for k, _ in kv),
+            values=tuple(v for _, v in kv),
+            valid=valid,
+            index=cache.index + 1,
+            next_position=cache.next_position + 1,
+        )
         return self.logits(hidden[:, 0]), cache
 
     def _cached_forward(self, embeds, positions, valid, cache, t):
@@ -165,10 +199,13 @@ def init_cache(config: Qwen25VLConfig, batch: int, max_len: int, dtype=jnp.float
     t = config.text
     shape = (batch, max_len, t.num_key_value_heads, t.head_dim)
     layers = range(t.num_hidden_layers)
-    return KVCache(keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
-                   values=tuple(jnp.zeros(shape, dtype) for _ in layers),
-                   valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
-                   next_position=jnp.zeros((batch,), jnp.int32))
+    return KVCache(
+        keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        values=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        valid=jnp.zeros((batch, max_len), bool),
+        index=jnp.zeros((), jnp.int32),
+        next_position=jnp.zeros((batch,), jnp.int32),
+    )
 
 
 # -------------------------------------------------------------------- log-probs
@@ -183,8 +220,16 @@ def without_vision_ids(config: Qwen25VLConfig, logits: jax.Array) -> jax.Array:
     return jnp.where(is_vision, jnp.finfo(jnp.float32).min, logits)
 
 
-def token_logprobs(model: Qwen25VL, hidden: jax.Array, targets: jax.Array, *, chunk_size: int = 256,
-                   temperature: float = 1.0, return_entropy: bool = False, text_only: bool = False):
+def token_logprobs(
+    model: Qwen25VL,
+    hidden: jax.Array,
+    targets: jax.Array,
+    *,
+    chunk_size: int = 256,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    text_only: bool = False,
+):
     """log p(targets[b, t] | hidden[b, t]) in float32, [B, T] (and the entropy [B, T] if asked).
 
     A scan over sequence chunks applies lm_head + log-softmax to [B, chunk, V] at a time; the chunk
@@ -231,8 +276,9 @@ def trainable_filter(freeze_vision: bool = False):
 
 
 # -------------------------------------------------------------------- host-side input checks
-def check_inputs(config: Qwen25VLConfig, input_ids, positions=None, attention_mask=None, pixel_values=None,
-                 image_grids=()) -> tuple[tuple[int, int, int], ...]:
+def check_inputs(
+    config: Qwen25VLConfig, input_ids, positions=None, attention_mask=None, pixel_values=None, image_grids=()
+) -> tuple[tuple[int, int, int], ...]:
     """Validate shapes and the image-token count on the host (a clear error instead of a trace failure).
 
     Returns the normalised grids. Values that are already traced are only shape-checked.
@@ -251,14 +297,18 @@ def check_inputs(config: Qwen25VLConfig, input_ids, positions=None, attention_ma
         layouts = [layout_for(config.vision, g) for g in grids]
         patches = sum(l.num_patches for l in layouts)
         if tuple(pixel_values.shape) != (patches, config.vision.patch_features):
-            raise ValueError(f"pixel_values must be [{patches}, {config.vision.patch_features}] for image grids "
-                             f"{grids}, got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be [{patches}, {config.vision.patch_features}] for image grids "
+                f"{grids}, got {tuple(pixel_values.shape)}"
+            )
         if not isinstance(input_ids, jax.core.Tracer):
             found = int((np.asarray(input_ids) == config.image_token_id).sum())
             expected = sum(l.num_tokens for l in layouts)
             if found != expected:
-                raise ValueError(f"input_ids hold {found} image tokens (id {config.image_token_id}) but the image "
-                                 f"grids {grids} produce {expected} features")
+                raise ValueError(
+                    f"input_ids hold {found} image tokens (id {config.image_token_id}) but the image "
+                    f"grids {grids} produce {expected} features"
+                )
     elif pixel_values is not None:
         raise ValueError("pixel_values given without image_grids")
     return grids
@@ -304,8 +354,9 @@ def encode_images_jit(model: Qwen25VL, pixel_values, image_grids):
 
 # -------------------------------------------------------------------- greedy generation
 @functools.partial(nnx.jit, static_argnames=("image_grids", "max_new_tokens", "cache_len", "cache_dtype"))
-def _greedy_jit(model, input_ids, positions, attention_mask, pixel_values, image_grids, max_new_tokens, cache_len,
-                cache_dtype):
+def _greedy_jit(
+    model, input_ids, positions, attention_mask, pixel_values, image_grids, max_new_tokens, cache_len, cache_dtype
+):
     cache = init_cache(model.config, input_ids.shape[0], cache_len, cache_dtype)
     logits, cache = model.prefill(input_ids, positions, attention_mask, cache, pixel_values, image_grids)
     first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -322,8 +373,18 @@ def _greedy_jit(model, input_ids, positions, attention_mask, pixel_values, image
     return tokens, all_logits
 
 
-def greedy_generate(model: Qwen25VL, input_ids, attention_mask=None, pixel_values=None, image_grids=(), *,
-                    max_new_tokens: int, positions=None, cache_len: int | None = None, cache_dtype=None):
+def greedy_generate(
+    model: Qwen25VL,
+    input_ids,
+    attention_mask=None,
+    pixel_values=None,
+    image_grids=(),
+    *,
+    max_new_tokens: int,
+    positions=None,
+    cache_len: int | None = None,
+    cache_dtype=None,
+):
     """Greedy continuation of left-padded prompts through the KV cache (no stop tokens: a fixed length).
 
     Returns (tokens int32 [B, max_new_tokens], logits float32 [B, max_new_tokens, V]) where logits[:, i]
@@ -335,13 +396,26 @@ def greedy_generate(model: Qwen25VL, input_ids, attention_mask=None, pixel_value
         raise ValueError("greedy_generate needs left-padded prompts: the last column must be a real token in every row")
     grids = check_inputs(model.config, input_ids, positions, attention_mask, pixel_values, image_grids)
     if positions is None:
-        positions, _ = get_rope_index(input_ids, grids, attention_mask, image_token_id=model.config.image_token_id,
-                                      spatial_merge_size=model.config.vision.spatial_merge_size)
+        positions, _ = get_rope_index(
+            input_ids,
+            grids,
+            attention_mask,
+            image_token_id=model.config.image_token_id,
+            spatial_merge_size=model.config.vision.spatial_merge_size,
+        )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     cache_len = input_ids.shape[1] + max_new_tokens if cache_len is None else cache_len
     if cache_len < input_ids.shape[1] + max_new_tokens - 1:
         raise ValueError(f"cache_len {cache_len} cannot hold {input_ids.shape[1]} prompt + {max_new_tokens} new tokens")
-    return _greedy_jit(model, jnp.asarray(input_ids, jnp.int32), jnp.asarray(positions, jnp.int32),
-                       jnp.asarray(attention_mask, jnp.int32), pixel_values, grids, max_new_tokens, cache_len,
-                       jnp.dtype(cache_dtype or model.dtype))
+    return _greedy_jit(
+        model,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(positions, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        pixel_values,
+        grids,
+        max_new_tokens,
+        cache_len,
+        jnp.dtype(cache_dtype or model.dtype),
+    )

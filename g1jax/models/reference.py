@@ -34,22 +34,41 @@ def hf_config(config: Qwen25VLConfig):
     t, v = config.text, config.vision
     return transformers.Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads, rms_norm_eps=t.rms_norm_eps,
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads,
+            rms_norm_eps=t.rms_norm_eps,
             max_position_embeddings=t.max_position_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                             "mrope_section": list(t.mrope_section)},
-            bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "mrope_section": list(t.mrope_section),
+            },
+            bos_token_id=t.bos_token_id,
+            eos_token_id=t.eos_token_id,
+            pad_token_id=t.pad_token_id,
         ),
         vision_config=dict(
-            depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-            in_channels=v.in_channels, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-            spatial_merge_size=v.spatial_merge_size, window_size=v.window_size, out_hidden_size=v.out_hidden_size,
-            fullatt_block_indexes=list(v.fullatt_block_indexes), tokens_per_second=v.tokens_per_second,
+            depth=v.depth,
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_heads=v.num_heads,
+            in_channels=v.in_channels,
+            patch_size=v.patch_size,
+            temporal_patch_size=v.temporal_patch_size,
+            spatial_merge_size=v.spatial_merge_size,
+            window_size=v.window_size,
+            out_hidden_size=v.out_hidden_size,
+            fullatt_block_indexes=list(v.fullatt_block_indexes),
+            tokens_per_second=v.tokens_per_second,
         ),
-        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
-        vision_start_token_id=config.vision_start_token_id, vision_end_token_id=config.vision_end_token_id,
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        vision_end_token_id=config.vision_end_token_id,
         tie_word_embeddings=config.tie_word_embeddings,
     )
 
@@ -87,7 +106,8 @@ def random_hf_model(config: Qwen25VLConfig, seed: int = 0):
 def load_hf_model(directory: str, dtype: str = "float32"):
     torch, transformers = _torch()
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        directory, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
+        directory, dtype=getattr(torch, dtype), attn_implementation="eager"
+    ).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
@@ -104,8 +124,7 @@ def parity_inputs(config: Qwen25VLConfig, seed: int = 0) -> dict[str, np.ndarray
     rng = np.random.RandomState(seed)
     merge = config.vision.spatial_merge_size
     grids = parity_grids(config)
-    special = {config.image_token_id, config.video_token_id, config.vision_start_token_id,
-               config.vision_end_token_id}
+    special = {config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id}
     text_vocab = min(config.text.vocab_size, QWEN25_NUM_RANKED_TOKENS)  # keep clear of the real special tokens
 
     def text(n):
@@ -118,8 +137,11 @@ def parity_inputs(config: Qwen25VLConfig, seed: int = 0) -> dict[str, np.ndarray
 
     def image(grid):
         t, h, w = grid
-        return [config.vision_start_token_id] + [config.image_token_id] * (t * h * w // merge**2) + \
-            [config.vision_end_token_id]
+        return (
+            [config.vision_start_token_id]
+            + [config.image_token_id] * (t * h * w // merge**2)
+            + [config.vision_end_token_id]
+        )
 
     row0 = text(3) + image(grids[0]) + text(3) + image(grids[1]) + text(4)
     row1 = text(11)
@@ -128,8 +150,8 @@ def parity_inputs(config: Qwen25VLConfig, seed: int = 0) -> dict[str, np.ndarray
     attention_mask = np.zeros((2, length), np.int64)
     input_ids[0] = row0
     attention_mask[0] = 1
-    input_ids[1, length - len(row1):] = row1
-    attention_mask[1, length - len(row1):] = 1
+    input_ids[1, length - len(row1) :] = row1
+    attention_mask[1, length - len(row1) :] = 1
     patches = sum(t * h * w for t, h, w in grids)
     # float16-representable values: the fixture can store them exactly at half the size.
     pixel_values = rng.standard_normal((patches, config.vision.patch_features)).astype(np.float16).astype(np.float32)
@@ -153,28 +175,42 @@ def hf_outputs(model, inputs: dict[str, np.ndarray], max_new_tokens: int = 16) -
     has_images = len(inputs["image_grid_thw"]) > 0
     images = dict(pixel_values=t["pixel_values"], image_grid_thw=t["image_grid_thw"]) if has_images else {}
     with torch.no_grad():
-        positions, deltas = model.model.get_rope_index(t["input_ids"], t["mm_token_type_ids"],
-                                                       image_grid_thw=images.get("image_grid_thw"),
-                                                       attention_mask=t["attention_mask"])
+        positions, deltas = model.model.get_rope_index(
+            t["input_ids"],
+            t["mm_token_type_ids"],
+            image_grid_thw=images.get("image_grid_thw"),
+            attention_mask=t["attention_mask"],
+        )
         if has_images:
             vision = model.model.get_image_features(t["pixel_values"], t["image_grid_thw"]).pooler_output
             vision = torch.cat(list(vision), dim=0).numpy()
         else:
             vision = np.zeros((0, model.config.text_config.hidden_size), np.float32)
-        out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                    mm_token_type_ids=t["mm_token_type_ids"], **images)
+        out = model(
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            mm_token_type_ids=t["mm_token_type_ids"],
+            **images,
+        )
         model.model.rope_deltas = None  # never let a stale delta leak into generate (transformers PR #43952)
-        generated = model.generate(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                                   mm_token_type_ids=t["mm_token_type_ids"], max_new_tokens=max_new_tokens,
-                                   min_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
-                                   return_dict_in_generate=True, **images)
+        generated = model.generate(
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            mm_token_type_ids=t["mm_token_type_ids"],
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **images,
+        )
         model.model.rope_deltas = None
     return {
         "positions": positions.numpy().astype(np.int32),
         "rope_deltas": deltas.numpy().reshape(-1).astype(np.int32),
         "vision_features": vision,
         "logits": out.logits.numpy(),
-        "greedy_tokens": generated.sequences[:, t["input_ids"].shape[1]:].numpy().astype(np.int32),
+        "greedy_tokens": generated.sequences[:, t["input_ids"].shape[1] :].numpy().astype(np.int32),
         "greedy_logits": torch.stack(generated.logits, dim=1).numpy(),  # [B, new tokens, V]
     }
 
@@ -196,12 +232,15 @@ def hf_float64_outputs(model64, inputs: dict[str, np.ndarray], max_new_tokens: i
         row = ids[b, mask[b]][None]
         is_image = np.concatenate([[False], row[0] == image_id])
         images = int((is_image[1:] & ~is_image[:-1]).sum())  # image runs in this row
-        row_grids = grids[next_image:next_image + images]
+        row_grids = grids[next_image : next_image + images]
         row_inputs = {
-            "input_ids": row, "attention_mask": np.ones_like(row),
-            "pixel_values": np.asarray(inputs["pixel_values"])[patch_starts[next_image]:
-                                                              patch_starts[next_image + images]],
-            "image_grid_thw": row_grids, "mm_token_type_ids": (row == image_id).astype(np.int64),
+            "input_ids": row,
+            "attention_mask": np.ones_like(row),
+            "pixel_values": np.asarray(inputs["pixel_values"])[
+                patch_starts[next_image] : patch_starts[next_image + images]
+            ],
+            "image_grid_thw": row_grids,
+            "mm_token_type_ids": (row == image_id).astype(np.int64),
         }
         next_image += images
         out = hf_outputs(model64, row_inputs, max_new_tokens)
@@ -211,8 +250,12 @@ def hf_float64_outputs(model64, inputs: dict[str, np.ndarray], max_new_tokens: i
         vision.append(out["vision_features"])
         tokens.append(out["greedy_tokens"][0])
         step_logits.append(out["greedy_logits"][0])
-    return {"vision_features": np.concatenate(vision), "logits": logits, "greedy_tokens": np.stack(tokens),
-            "greedy_logits": np.stack(step_logits)}
+    return {
+        "vision_features": np.concatenate(vision),
+        "logits": logits,
+        "greedy_tokens": np.stack(tokens),
+        "greedy_logits": np.stack(step_logits),
+    }
 
 
 def save_reference(model, directory: str) -> None:
@@ -234,20 +277,30 @@ def jax_outputs(model, inputs: dict[str, np.ndarray], max_new_tokens: int = 16) 
     grids = tuple(tuple(int(x) for x in g) for g in inputs["image_grid_thw"])
     ids, mask = np.asarray(inputs["input_ids"]), np.asarray(inputs["attention_mask"])
     pixel_values = jnp.asarray(inputs["pixel_values"], model.dtype)
-    rope = dict(image_token_id=config.image_token_id, vision_start_token_id=config.vision_start_token_id,
-                spatial_merge_size=config.vision.spatial_merge_size)
+    rope = dict(
+        image_token_id=config.image_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        spatial_merge_size=config.vision.spatial_merge_size,
+    )
     positions, deltas = get_rope_index(ids, grids, mask, **rope)
     features = encode_images_jit(model, pixel_values, grids)
-    logits = forward_jit(model, jnp.asarray(ids, jnp.int32), jnp.asarray(positions), jnp.asarray(mask, jnp.int32),
-                         pixel_values, grids)
+    logits = forward_jit(
+        model, jnp.asarray(ids, jnp.int32), jnp.asarray(positions), jnp.asarray(mask, jnp.int32), pixel_values, grids
+    )
     tokens, step_logits = greedy_generate(model, ids, mask, pixel_values, grids, max_new_tokens=max_new_tokens)
     tokens = np.asarray(tokens)
     # Teacher-forced, uncached pass over prompt + continuation: must reproduce the cached step logits.
     full_ids = np.concatenate([ids, tokens], axis=1)
     full_mask = np.concatenate([mask, np.ones_like(tokens)], axis=1)
     full_positions, _ = get_rope_index(full_ids, grids, full_mask, **rope)
-    full_logits = forward_jit(model, jnp.asarray(full_ids, jnp.int32), jnp.asarray(full_positions),
-                              jnp.asarray(full_mask, jnp.int32), pixel_values, grids)
+    full_logits = forward_jit(
+        model,
+        jnp.asarray(full_ids, jnp.int32),
+        jnp.asarray(full_positions),
+        jnp.asarray(full_mask, jnp.int32),
+        pixel_values,
+        grids,
+    )
     start = ids.shape[1] - 1
     return {
         "positions": positions,
@@ -256,7 +309,7 @@ def jax_outputs(model, inputs: dict[str, np.ndarray], max_new_tokens: int = 16) 
         "logits": np.asarray(logits),
         "greedy_tokens": tokens,
         "greedy_logits": np.asarray(step_logits),
-        "uncached_greedy_logits": np.asarray(full_logits[:, start:start + max_new_tokens]),
+        "uncached_greedy_logits": np.asarray(full_logits[:, start : start + max_new_tokens]),
     }
 
 
@@ -267,8 +320,9 @@ CACHE_BOUND = 1e-4
 FLOAT32_SLACK = 2.0
 
 
-def compare(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], attention_mask,
-            exact: dict[str, np.ndarray] | None = None) -> list[dict]:
+def compare(
+    ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], attention_mask, exact: dict[str, np.ndarray] | None = None
+) -> list[dict]:
     """Rows of {name, value, bound, ok}: the parity table. Padding positions are excluded from logits.
 
     ref: transformers in float32. Without `exact`, our float quantities must lie within the absolute
@@ -291,8 +345,11 @@ def compare(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], attention_m
         if exact is None:
             row(f"{name} (max abs diff)", distance(key, ref, ours), bound)
         else:
-            row(f"{name} vs float64 (max abs diff)", distance(key, exact, ours),
-                max(bound, FLOAT32_SLACK * distance(key, exact, ref)))
+            row(
+                f"{name} vs float64 (max abs diff)",
+                distance(key, exact, ours),
+                max(bound, FLOAT32_SLACK * distance(key, exact, ref)),
+            )
 
     row("position ids (max abs diff)", np.abs(ref["positions"].astype(np.int64) - ours["positions"]).max(), 0)
     row("rope deltas (max abs diff)", np.abs(ref["rope_deltas"].astype(np.int64) - ours["rope_deltas"]).max(), 0)
@@ -301,12 +358,18 @@ def compare(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], attention_m
     if exact is None:
         row("greedy tokens (mismatches)", int((ref["greedy_tokens"] != ours["greedy_tokens"]).sum()), 0)
     else:
-        row("greedy tokens vs float64 (mismatches)", int((exact["greedy_tokens"] != ours["greedy_tokens"]).sum()),
-            int((exact["greedy_tokens"] != ref["greedy_tokens"]).sum()))
+        row(
+            "greedy tokens vs float64 (mismatches)",
+            int((exact["greedy_tokens"] != ours["greedy_tokens"]).sum()),
+            int((exact["greedy_tokens"] != ref["greedy_tokens"]).sum()),
+        )
     if "greedy_logits" in ref:
         float_row("greedy step logits", "greedy_logits", LOGIT_BOUND)
-    row("cached vs uncached decoding logits (max abs diff)",
-        np.abs(ours["greedy_logits"] - ours["uncached_greedy_logits"]).max(), CACHE_BOUND)
+    row(
+        "cached vs uncached decoding logits (max abs diff)",
+        np.abs(ours["greedy_logits"] - ours["uncached_greedy_logits"]).max(),
+        CACHE_BOUND,
+    )
     return rows
 
 

@@ -26,12 +26,17 @@ def synthetic_inputs(config, batch: int, seq: int, image_px: int, seed: int = 0)
     ids = rng.randint(0, min(vocab, config.image_token_id), size=(batch, seq))
     before = text // 2
     ids[:, before] = config.vision_start_token_id
-    ids[:, before + 1:before + 1 + image_tokens] = config.image_token_id
+    ids[:, before + 1 : before + 1 + image_tokens] = config.image_token_id
     ids[:, before + 1 + image_tokens] = config.vision_end_token_id
     mask = np.ones_like(ids)
     grids = [grid] * batch
-    positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id,
-                                  spatial_merge_size=merge)
+    positions, _ = get_rope_index(ids, grids, mask, image_token_id=config.image_token_id, spatial_merge_size=merge)
     pixel_values = rng.standard_normal((batch * side * side, config.vision.patch_features)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "positions": positions, "pixel_values": pixel_values,
-            "grids": tuple(grids), "image_tokens": image_tokens}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "positions": positions,
+        "pixel_values": pixel_values,
+        "grids": tuple(grids),
+        "image_tokens": image_tokens,
+    }

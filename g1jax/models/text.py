@@ -7,8 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.models.layers import (Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies,
-                                 remat_call)
+from g1jax.models.layers import Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, remat_call
 from g1jax.sharding import constrain_rows
 
 # Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
@@ -30,7 +29,7 @@ def mrope_cos_sin(positions: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Arr
     bounds = [0]
     for size in cfg.mrope_section:
         bounds.append(bounds[-1] + size)
-    angles = jnp.concatenate([angles[axis, ..., bounds[axis]:bounds[axis + 1]] for axis in range(3)], axis=-1)
+    angles = jnp.concatenate([angles[axis, ..., bounds[axis] : bounds[axis + 1]] for axis in range(3)], axis=-1)
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
 
@@ -65,18 +64,25 @@ class Qwen2Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             kv = (cache_k, cache_v)
             k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-            out = attention(q, k, v, mask, self.head_dim ** -0.5)
+            out = attention(q, k, v, mask, self.head_dim**-0.5)
         else:
             block = max(MIN_CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS))
-            out = attention(q, k, v, mask, self.head_dim ** -0.5, causal_block=block)
+            out = attention(q, k, v, mask, self.head_dim**-0.5, causal_block=block)
         return self.o_proj(out), kv
 
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.self_attn = Qwen2Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, axes=("embed", "mlp"), dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            bias=False,
+            axes=("embed", "mlp"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
@@ -93,16 +99,17 @@ def _call_layer(layer, x, cos, sin, mask, kv, write_index):
 
 
 class Qwen2Model(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs | None):
+    def __init__(
+        self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs | None
+    ):
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs)
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, embeds, positions, mask, kv_caches=None, write_index=None):
         """embeds [B, T, D], positions [3, B, T], mask bool [B, T, S] -> (normed hidden [B, T, D], new caches).

@@ -38,13 +38,13 @@ class VisionLayout:
 
     grid: tuple[int, int, int]
     num_patches: int
-    num_tokens: int              # merged tokens fed to the language model = t * h * w / merge**2
+    num_tokens: int  # merged tokens fed to the language model = t * h * w / merge**2
     slots_per_window: int
     windows_per_frame: int
-    slot_patch: np.ndarray       # [slots] int32: index of the patch (processor order) in each slot, 0 if empty
-    slot_filled: np.ndarray      # [slots] bool
-    token_unit: np.ndarray       # [num_tokens] int32: merge unit (slot // 4) of each output token, processor order
-    cos: np.ndarray              # [slots, head_dim] float32, rotary tables already in slot order
+    slot_patch: np.ndarray  # [slots] int32: index of the patch (processor order) in each slot, 0 if empty
+    slot_filled: np.ndarray  # [slots] bool
+    token_unit: np.ndarray  # [num_tokens] int32: merge unit (slot // 4) of each output token, processor order
+    cos: np.ndarray  # [slots, head_dim] float32, rotary tables already in slot order
     sin: np.ndarray
 
     @property
@@ -53,12 +53,14 @@ class VisionLayout:
 
 
 @functools.lru_cache(maxsize=64)
-def vision_layout(grid: tuple[int, int, int], merge: int, window_units: int, head_dim: int,
-                  rope_theta: float) -> VisionLayout:
+def vision_layout(
+    grid: tuple[int, int, int], merge: int, window_units: int, head_dim: int, rope_theta: float
+) -> VisionLayout:
     t, h, w = (int(x) for x in grid)
     if t < 1 or h < merge or w < merge or h % merge or w % merge:
-        raise ValueError(f"image grid {grid} must have t >= 1 and h, w positive multiples of spatial_merge_size "
-                         f"{merge}")
+        raise ValueError(
+            f"image grid {grid} must have t >= 1 and h, w positive multiples of spatial_merge_size {merge}"
+        )
     gh, gw = h // merge, w // merge
     unit = merge * merge
     # Windows that contain at least one merge unit (transformers pads to a multiple of the window and
@@ -67,8 +69,16 @@ def vision_layout(grid: tuple[int, int, int], merge: int, window_units: int, hea
     wp = window_units * window_units * unit
     slots = t * nwh * nww * wp
 
-    f, a, b, r, c, i, j = np.meshgrid(np.arange(t), np.arange(nwh), np.arange(nww), np.arange(window_units),
-                                      np.arange(window_units), np.arange(merge), np.arange(merge), indexing="ij")
+    f, a, b, r, c, i, j = np.meshgrid(
+        np.arange(t),
+        np.arange(nwh),
+        np.arange(nww),
+        np.arange(window_units),
+        np.arange(window_units),
+        np.arange(merge),
+        np.arange(merge),
+        indexing="ij",
+    )
     unit_row, unit_col = a * window_units + r, b * window_units + c
     filled = (unit_row < gh) & (unit_col < gw)
     patch = f * (h * w) + (unit_row * gw + unit_col) * unit + i * merge + j
@@ -89,22 +99,39 @@ def vision_layout(grid: tuple[int, int, int], merge: int, window_units: int, hea
     angles = np.concatenate([hpos[:, None] * inv_freq, wpos[:, None] * inv_freq], axis=-1)
     angles = np.where(slot_filled[:, None], angles, 0.0).astype(np.float32)
     angles = np.concatenate([angles, angles], axis=-1)
-    return VisionLayout(grid=(t, h, w), num_patches=t * h * w, num_tokens=t * gh * gw, slots_per_window=wp,
-                        windows_per_frame=nwh * nww, slot_patch=slot_patch, slot_filled=slot_filled,
-                        token_unit=unit_of_patch.astype(np.int32), cos=np.cos(angles), sin=np.sin(angles))
+    return VisionLayout(
+        grid=(t, h, w),
+        num_patches=t * h * w,
+        num_tokens=t * gh * gw,
+        slots_per_window=wp,
+        windows_per_frame=nwh * nww,
+        slot_patch=slot_patch,
+        slot_filled=slot_filled,
+        token_unit=unit_of_patch.astype(np.int32),
+        cos=np.cos(angles),
+        sin=np.sin(angles),
+    )
 
 
 def layout_for(cfg: VisionConfig, grid) -> VisionLayout:
-    return vision_layout(tuple(int(x) for x in grid), cfg.spatial_merge_size, cfg.window_merge_units,
-                         cfg.head_dim, float(cfg.rope_theta))
+    return vision_layout(
+        tuple(int(x) for x in grid), cfg.spatial_merge_size, cfg.window_merge_units, cfg.head_dim, float(cfg.rope_theta)
+    )
 
 
 class PatchEmbed(nnx.Module):
     """Conv3d with kernel = stride = (2, 14, 14) is a matmul over the 1176 features of each patch."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
-        self.proj = Linear(cfg.patch_features, cfg.hidden_size, bias=False, axes=("vision_patch", "vision_embed"),
-                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj = Linear(
+            cfg.patch_features,
+            cfg.hidden_size,
+            bias=False,
+            axes=("vision_patch", "vision_embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, patches: jax.Array) -> jax.Array:
         return self.proj(patches)
@@ -118,8 +145,9 @@ class VisionAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_filled: jax.Array,
-                 segment_slots: int) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_filled: jax.Array, segment_slots: int
+    ) -> jax.Array:
         """x [G, S, D]; attention inside consecutive segments of `segment_slots` slots (a window or a frame)."""
         images, slots, dim = x.shape
         qkv = self.qkv(x).reshape(images, slots, 3, self.num_heads, self.head_dim)
@@ -135,7 +163,7 @@ class VisionAttention(nnx.Module):
         mask = key_filled.reshape(-1, 1, segment_slots)
         if mask.shape[0] > 1:
             mask = jnp.tile(mask, (images, 1, 1))
-        out = attention(split(q), split(k), split(v), mask, self.head_dim ** -0.5)
+        out = attention(split(q), split(k), split(v), mask, self.head_dim**-0.5)
         return self.proj(out.reshape(images, slots, dim))
 
 
@@ -145,8 +173,15 @@ class VisionBlock(nnx.Module):
         self.norm1 = RMSNorm(cfg.hidden_size, **norm)
         self.norm2 = RMSNorm(cfg.hidden_size, **norm)
         self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=True, axes=("vision_embed", "vision_mlp"),
-                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            bias=True,
+            axes=("vision_embed", "vision_mlp"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, key_filled, segment_slots: int):
         x = x + self.attn(self.norm1(x), cos, sin, key_filled, segment_slots)
@@ -165,14 +200,15 @@ class PatchMerger(nnx.Module):
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         merged = cfg.hidden_size * cfg.spatial_merge_size**2
-        self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs)
+        self.ln_q = RMSNorm(cfg.hidden_size, eps=VISION_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layer = dict(bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = nnx.List([
-            Linear(merged, merged, axes=("vision_merged", "vision_mlp"), **layer),
-            ExactGELU(),
-            Linear(merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"), **layer),
-        ])
+        self.mlp = nnx.List(
+            [
+                Linear(merged, merged, axes=("vision_merged", "vision_mlp"), **layer),
+                ExactGELU(),
+                Linear(merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"), **layer),
+            ]
+        )
         self.merged = merged
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -184,22 +220,32 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs | None):
+    def __init__(
+        self,
+        cfg: VisionConfig,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs | None,
+    ):
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.blocks = nnx.List([VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(cfg.depth)])
+        self.blocks = nnx.List(
+            [VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.depth)]
+        )
         self.merger = PatchMerger(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def encode_group(self, patches: jax.Array, grid) -> jax.Array:
         """patches [G, t*h*w, 1176] for G images of one grid (processor order) -> [G, tokens, out_hidden]."""
         layout = layout_for(self.config, grid)
         if patches.ndim != 3 or patches.shape[1:] != (layout.num_patches, self.config.patch_features):
-            raise ValueError(f"patches for grid {layout.grid} must be [images, {layout.num_patches}, "
-                             f"{self.config.patch_features}], got {patches.shape}")
+            raise ValueError(
+                f"patches for grid {layout.grid} must be [images, {layout.num_patches}, "
+                f"{self.config.patch_features}], got {patches.shape}"
+            )
         filled = jnp.asarray(layout.slot_filled)
         slots = jnp.take(patches.astype(self.dtype), jnp.asarray(layout.slot_patch), axis=1)
         slots = jnp.where(filled[None, :, None], slots, 0)
@@ -221,17 +267,19 @@ class VisionTransformer(nnx.Module):
         layouts = [layout_for(self.config, g) for g in grids]
         total = sum(l.num_patches for l in layouts)
         if pixel_values.ndim != 2 or pixel_values.shape != (total, self.config.patch_features):
-            raise ValueError(f"pixel_values must be [{total}, {self.config.patch_features}] for grids {grids}, "
-                             f"got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be [{total}, {self.config.patch_features}] for grids {grids}, "
+                f"got {tuple(pixel_values.shape)}"
+            )
         starts = np.cumsum([0] + [l.num_patches for l in layouts])
         per_image: list[jax.Array | None] = [None] * len(grids)
         for grid in dict.fromkeys(grids):  # distinct grids, first-seen order
             members = [k for k, g in enumerate(grids) if g == grid]
             n = layouts[members[0]].num_patches
             if members == list(range(members[0], members[-1] + 1)):  # consecutive (always, for one grid): reshape
-                patches = pixel_values[starts[members[0]]:starts[members[-1] + 1]].reshape(len(members), n, -1)
+                patches = pixel_values[starts[members[0]] : starts[members[-1] + 1]].reshape(len(members), n, -1)
             else:
-                patches = jnp.stack([pixel_values[starts[k]:starts[k + 1]] for k in members])
+                patches = jnp.stack([pixel_values[starts[k] : starts[k + 1]] for k in members])
             features = self.encode_group(patches, grid)
             if len(members) == len(grids):
                 return features.reshape(-1, features.shape[-1])

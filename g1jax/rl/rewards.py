@@ -59,8 +59,9 @@ def text_parts(texts: Sequence[str], truths: Sequence[str], strict_format: bool 
         "format": strict.astype(np.float32) if strict_format else np.asarray([format_ok(t) for t in texts], np.float32),
         "perception": np.asarray([perception_ok(t, truth) for t, truth in zip(texts, truths)], np.float32),
         "perception_exact": np.asarray([perception_block(t) == truth for t, truth in zip(texts, truths)], bool),
-        "perception_cells": np.asarray([perception_cell_accuracy(t, truth) for t, truth in zip(texts, truths)],
-                                       np.float32),
+        "perception_cells": np.asarray(
+            [perception_cell_accuracy(t, truth) for t, truth in zip(texts, truths)], np.float32
+        ),
         "format_strict": strict,
     }
 

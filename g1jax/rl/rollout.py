@@ -26,7 +26,7 @@ from g1jax.chat import decode_completions, encode_prompt, pad_prompts
 from g1jax.image_processing import grid_thw, preprocess
 from g1jax.models.config import Qwen25VLConfig
 from g1jax.models.positions import get_rope_index
-from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
+from g1jax.rl.rewards import g1_weights, text_parts, total_reward
 from g1jax.sampling import Samples, SamplingConfig, sample
 from g1jax.sharding import constrain_rows, shard_rows
 from g1jax.tokenizer import Tokenizer
@@ -48,15 +48,19 @@ class PromptArrays:
 
 def check_tokenizer_matches(tokenizer: Tokenizer, config: Qwen25VLConfig) -> None:
     """The model's special ids must be the tokenizer's, or image features land on the wrong tokens."""
-    pairs = {"image_token_id": tokenizer.image_pad_id, "vision_start_token_id": tokenizer.vision_start_id,
-             "vision_end_token_id": tokenizer.vision_end_id}
+    pairs = {
+        "image_token_id": tokenizer.image_pad_id,
+        "vision_start_token_id": tokenizer.vision_start_id,
+        "vision_end_token_id": tokenizer.vision_end_id,
+    }
     wrong = {name: (getattr(config, name), ids) for name, ids in pairs.items() if getattr(config, name) != ids}
     if wrong:
         listing = ", ".join(f"{name} {model_id} vs tokenizer {tok_id}" for name, (model_id, tok_id) in wrong.items())
         raise ValueError(f"the model config and the tokenizer disagree on special tokens: {listing}")
     if tokenizer.vocab_size > config.text.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only "
-                         f"{config.text.vocab_size}")
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only {config.text.vocab_size}"
+        )
 
 
 def build_prompts(games: MultiGame, tokenizer: Tokenizer, config: Qwen25VLConfig) -> PromptArrays:
@@ -66,9 +70,13 @@ def build_prompts(games: MultiGame, tokenizer: Tokenizer, config: Qwen25VLConfig
     per_game = [encode_prompt(tokenizer, game.prompt, [(height, width)]) for game in games.games]
     rows = [per_game[i] for i in games.game_index]
     batch = pad_prompts(rows, max(len(p.input_ids) for p in per_game), tokenizer.pad_id)
-    positions, _ = get_rope_index(batch.input_ids, batch.image_grid_thw, batch.attention_mask,
-                                  image_token_id=config.image_token_id,
-                                  spatial_merge_size=config.vision.spatial_merge_size)
+    positions, _ = get_rope_index(
+        batch.input_ids,
+        batch.image_grid_thw,
+        batch.attention_mask,
+        image_token_id=config.image_token_id,
+        spatial_merge_size=config.vision.spatial_merge_size,
+    )
     grids = tuple(grid_thw(height, width) for _ in rows)
     return PromptArrays(batch.input_ids, batch.attention_mask, positions, grids)
 
@@ -108,9 +116,20 @@ class Rollout:
 class GameRollout:
     """Draws G1 training batches from a MultiGame: `rollout(graphdef, params, key)`."""
 
-    def __init__(self, games: MultiGame, tokenizer: Tokenizer, model_config: Qwen25VLConfig, *, group_size: int,
-                 sampling: SamplingConfig, warmup_moves: dict | None = None, warmup_policy: str = "uniform",
-                 reward_weights: dict | None = None, strict_format: bool = False, mesh=None):
+    def __init__(
+        self,
+        games: MultiGame,
+        tokenizer: Tokenizer,
+        model_config: Qwen25VLConfig,
+        *,
+        group_size: int,
+        sampling: SamplingConfig,
+        warmup_moves: dict | None = None,
+        warmup_policy: str = "uniform",
+        reward_weights: dict | None = None,
+        strict_format: bool = False,
+        mesh=None,
+    ):
         """mesh: a device mesh whose ("data", "fsdp") axes the rows are split over (start states, frames,
         patches, the sampler's prompts and row keys); without one they go where JAX puts them."""
         self.games = games
@@ -147,16 +166,26 @@ class GameRollout:
             inputs = [jnp.asarray(x) for x, _ in inputs]
         else:  # rows split over the devices: each samples its own (left alone, every device samples all rows)
             inputs = [shard_rows(x, self.mesh, axis) for x, axis in inputs]
-        samples = sample(graphdef, params, *inputs, image_grids=p.image_grids, group_size=self.group_size,
-                         config=self.sampling)
+        samples = sample(
+            graphdef, params, *inputs, image_grids=p.image_grids, group_size=self.group_size, config=self.sampling
+        )
         return self.score(score_key, states, frames, pixel_values, samples)
 
     def score(self, key, states, frames, pixel_values, samples: Samples) -> Rollout:
         """Host text checks + device game rewards for sampled completions."""
         texts = decode_completions(self.tokenizer, np.asarray(jax.device_get(samples.tokens)))
         actions, parts, rewards, truths = self.score_texts(key, states, texts, return_truths=True)
-        return Rollout(states=states, frames=frames, pixel_values=pixel_values, samples=samples, texts=texts,
-                       truths=truths, actions=actions, parts=parts, rewards=rewards)
+        return Rollout(
+            states=states,
+            frames=frames,
+            pixel_values=pixel_values,
+            samples=samples,
+            texts=texts,
+            truths=truths,
+            actions=actions,
+            parts=parts,
+            rewards=rewards,
+        )
 
     def game_rewards(self, key, states, actions) -> np.ndarray:
         """Game reward float32 [P, K] of K given actions int32 [P, K] from each row's state."""
