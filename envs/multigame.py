@@ -38,7 +38,8 @@ def _shared_info(infos: list[dict], exclude=()) -> dict:
         if len({(p.shape[1:], p.dtype) for p in pieces}) > 1:
             listing = ", ".join(f"{p.dtype}{list(p.shape[1:])}" for p in pieces)
             raise ValueError(
-                f"multigame: info[{k!r}] differs in shape or dtype between the games ({listing}); it cannot be one batch"
+                f"multigame: info[{k!r}] differs in shape or dtype between the games ({listing}); "
+                "it cannot be one batch"
             )
         out[k] = jnp.concatenate(pieces)
     return out
@@ -148,8 +149,8 @@ class MultiGame:
 
     def step(self, key, states, actions, params=None, auto_reset: bool = False):
         """One action per row (int32 [B]) -> (states, rewards f32 [B], dones bool [B], info: every
-        key the games' infos share, e.g. raw_reward [B] and legal [B]). auto_reset=True replaces finished games by fresh ones
-        (`envs.auto_reset_step`; the finished states are in info["final_state"], per game)."""
+        key the games' infos share, e.g. raw_reward [B] and legal [B]). auto_reset=True replaces finished
+        games by fresh ones (`envs.auto_reset_step`; the finished states are in info["final_state"], per game)."""
         params = self._params(params)
         outs = []
         for i, (g, p, s, a) in enumerate(zip(self.games, params, states, self._split(actions, "actions"))):
@@ -205,7 +206,8 @@ class MultiGame:
         donated and XLA draws in place (see `envs.render_into`)."""
         if tuple(frames.shape) != (self.size, *self.image_shape) or frames.dtype != jnp.uint8:
             raise ValueError(
-                f"multigame: frames buffer is {frames.dtype}{list(frames.shape)}, expected uint8{[self.size, *self.image_shape]}"
+                f"multigame: frames buffer is {frames.dtype}{list(frames.shape)}, "
+                f"expected uint8{[self.size, *self.image_shape]}"
             )
         return frames.at[...].set(self.render(states, params))
 

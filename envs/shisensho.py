@@ -177,7 +177,7 @@ class ShisenShoEngine(Env):
         check_cell_size(
             self.name, self.image_size, g, lambda size: board_layout(size, g, labels).cell, MIN_CELL_PX, "cells", (9, 8)
         )
-        self._score_line  # the score line must fit: fail at construction, not at the first frame
+        _ = self._score_line  # the score line must fit: fail at construction, not at the first frame
 
     # --- static facts ------------------------------------------------------------------
     @property

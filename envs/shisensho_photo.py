@@ -234,7 +234,7 @@ def procedural_bank(per_class: int, size: int = PROCEDURAL_SIZE, seed: int = 0) 
     images = []
     for name in PICTURE_CLASSES:
         uniforms = jnp.asarray(rng.random((per_class, 12)), jnp.float32)
-        drawn = np.asarray(raster.bake(lambda: _draw_class(name, uniforms, size)))
+        drawn = np.asarray(raster.bake(lambda name=name, uniforms=uniforms: _draw_class(name, uniforms, size)))
         noise = rng.normal(0.0, 6.0, drawn.shape)
         images.append(np.clip(np.round(drawn + noise), 0, 255).astype(np.uint8))
     return TileBank(np.stack(images), tuple(PICTURE_CLASSES), "toy-picture")

@@ -74,7 +74,8 @@ NUMBER_DIGITS = 10  # int32 counters have at most 10 digits
 MIN_TEXT_PX = 8  # the counters line shrinks to fit the frame, but not below this
 
 PROMPT_LINES = (
-    "You are playing a Match-3 Game where you need to swap adjacent tiles to create matches of 3 or more identical tiles.",
+    "You are playing a Match-3 Game where you need to swap adjacent tiles "
+    "to create matches of 3 or more identical tiles.",
     "",
     "Rules:",
     "- Tiles are identified by color ({colors}) and shape ({shapes})",
@@ -674,7 +675,8 @@ class Swap(Env):
         lines = np.argwhere(np.asarray(line_mask(state_board)))
         if len(lines):
             raise ValueError(
-                f"swap: the board has a ready-made line of 3 at cells {lines.tolist()}; positions between moves never do"
+                f"swap: the board has a ready-made line of 3 at cells {lines.tolist()}; "
+                "positions between moves never do"
             )
         if not bool(has_legal_swap(state_board)):
             raise ValueError("swap: the board has no legal swap; the game would have reshuffled it")

@@ -190,7 +190,7 @@ def bench_shisensho_check(repeats: int, batch: int = 1024) -> list[dict]:
         update = jax.jit(jax.vmap(shisensho.pair_legal))
         update_us = cpu_seconds(update, states.board, states.pairs, repeats=repeats) / batch * 1e6
 
-        def g1_cpu():
+        def g1_cpu(env=env):
             fn = g1_step_fn(env, G1_WARMUP_MOVES["shisensho"], "uniform")
             frames = [jnp.zeros((G1_STATES, *G1_FRAME, 3), jnp.uint8)]
 
@@ -342,7 +342,8 @@ def main(argv=None):
         extra += " donated" if row.get("donated") else ""
         if row["metric"] == "g1_step_s":
             print(
-                f"{label:<34} G1 step ({row['warmup_moves']} {row['warmup_policy']} warm-up moves, 128 frames{extra}, 5x128 rewards): "
+                f"{label:<34} G1 step ({row['warmup_moves']} {row['warmup_policy']} warm-up moves, "
+                f"128 frames{extra}, 5x128 rewards): "
                 f"median {row['median']:.3f} s, best {row['best']:.3f} s  [compile {row['compile_s']:.1f} s]",
                 flush=True,
             )
@@ -400,7 +401,8 @@ def main(argv=None):
                     emit(row)
                     if ours:
                         print(
-                            f"{'':<34} g1jax 2048 (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)"
+                            f"{'':<34} g1jax 2048 (with auto-reset) / {label}: "
+                            f"{row['g1jax_ratio_best']:.2f}x (best vs best)"
                         )
     for name in games:
         emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy))

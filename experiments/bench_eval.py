@@ -1,7 +1,7 @@
 """Evaluation speed and faithfulness: the random and teacher rows of every G1 game.
 
-    python experiments/bench_eval.py --json out/bench_eval.json              # speed at N = 10, then N = 1000 random rows
-    python experiments/bench_eval.py --faithfulness-runs 0                   # speed only
+    python experiments/bench_eval.py --json out/bench_eval.json  # speed at N = 10, then N = 1000 random rows
+    python experiments/bench_eval.py --faithfulness-runs 0       # speed only
 
 Speed: per game, the env's construction, the one compile of the game's device loop (random and
 teacher rows share it), each row's run, and the whole game again with the compiled loop cached

@@ -188,7 +188,9 @@ def attention_from_revision(rev: str):
             ["git", "show", f"{rev}:g1jax/models/layers.py"], cwd=REPO, check=True, capture_output=True, text=True
         ).stdout
     except (OSError, subprocess.CalledProcessError) as err:
-        raise SystemExit(f"--attention-from {rev}: cannot read g1jax/models/layers.py at that revision ({err})")
+        raise SystemExit(
+            f"--attention-from {rev}: cannot read g1jax/models/layers.py at that revision ({err})"
+        ) from None
     module = types.ModuleType(f"layers_at_{rev}")
     exec(compile(source, f"{rev}:g1jax/models/layers.py", "exec"), module.__dict__)
     return module.attention
@@ -279,10 +281,10 @@ def kernel_categories(hlo_text: str) -> dict[str, str]:
         body = bodies.get(called.group(1), []) if called else [line]
         # A fused kernel counts where its result comes from (its root), e.g. the last layer's MLP fused
         # into the lm_head matmul counts as lm_head.
-        root = next((l for l in body if l.lstrip().startswith("ROOT ")), line)
+        root = next((body_line for body_line in body if body_line.lstrip().startswith("ROOT ")), line)
         scope = next((name for name in PROFILE_SCOPES if f"/{name}/" in root), None)
         categories[instruction.group(1)] = scope or (
-            "other matmuls" if any(re.search(r"\bdot\(", l) for l in body) else "other"
+            "other matmuls" if any(re.search(r"\bdot\(", body_line) for body_line in body) else "other"
         )
     return categories
 
@@ -409,10 +411,10 @@ def matmul_table(config, rows: int, threads: int, skip_torch: bool, calls: int =
         flops = 2.0 * rows * n_in * n_out
         jx, jw = jnp.asarray(x), jnp.asarray(w)
         compiled = jax.jit(jnp.matmul).lower(jx, jw).compile()
-        runs = {"jax": lambda: compiled(jx, jw).block_until_ready()}
+        runs = {"jax": lambda compiled=compiled, jx=jx, jw=jw: compiled(jx, jw).block_until_ready()}
         if not skip_torch:
             tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-            runs["torch"] = lambda: torch.matmul(tx, tw)
+            runs["torch"] = lambda tx=tx, tw=tw: torch.matmul(tx, tw)
         row = {"name": name, "shape": [rows, n_in, n_out], "xla_library": dot_library(compiled.as_text())}
         for label, call in runs.items():
             call()
@@ -653,7 +655,8 @@ def main(argv=None) -> int:
                 f"{what}, attention@{args.attention_from} -> this tree: median {old['median_s']:.3f} -> "
                 f"{new['median_s']:.3f} s ({old['median_s'] / new['median_s']:.2f}x), best {old['best_s']:.3f} -> "
                 f"{new['best_s']:.3f} s ({old['best_s'] / new['best_s']:.2f}x), process CPU time "
-                f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s ({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)"
+                f"{old['cpu_median_s']:.3f} -> {new['cpu_median_s']:.3f} s "
+                f"({old['cpu_median_s'] / new['cpu_median_s']:.2f}x)"
             )
         print(
             f"max |logit diff| between the two forwards: {b['max_abs_logit_diff']:.2e}; XLA peak memory "

@@ -506,7 +506,8 @@ def print_grpo(result: dict) -> None:
     s = result["setup"]
     print(
         f"\n2. GRPO step: {s['preset']} preset ({s['params'] / 1e6:.1f}M params, {s['dtype']} compute, "
-        f"{s['param_dtype']} params, on {s['device']}), 2048 frames {s['image_size'][1]} px wide x {s['image_size'][0]} high "
+        f"{s['param_dtype']} params, on {s['device']}), 2048 frames {s['image_size'][1]} px wide "
+        f"x {s['image_size'][0]} high "
         f"({s['prompt_len']}-token prompts), {s['states']} states x {s['group']} answers, {s['length']} new tokens, "
         f"median of "
         f"{s['steps']} steps after the first"

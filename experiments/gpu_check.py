@@ -129,7 +129,7 @@ def part_attention(args) -> dict:
         ("key padding (vision)", key_padding, False, np.ones_like(valid)),
     ):
 
-        def loss_and_grads(dtype):
+        def loss_and_grads(dtype, mask=mask, is_causal=is_causal):
             def f(q, k, v):
                 out = attention(q, k, v, jnp.asarray(mask), head_dim**-0.5, 64 if is_causal else None)
                 return out, jnp.sum(out.astype(jnp.float32) * cotangent)

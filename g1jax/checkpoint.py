@@ -94,7 +94,8 @@ class Checkpointer:
         if failures:
             reasons = "; ".join(f"step {step}: {_describe(error)}" for step, error in failures)
             raise CheckpointError(
-                f"none of the {len(steps)} checkpoint(s) in {self.directory} can be restored onto this run ({reasons}). "
+                f"none of the {len(steps)} checkpoint(s) in {self.directory} can be restored onto this run "
+                f"({reasons}). "
                 "If the run's settings changed since they were written (kl_coef, the model, freeze_vision), resume "
                 "with the run's own config.json, or start a new run directory"
             )

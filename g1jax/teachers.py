@@ -148,7 +148,7 @@ class Teacher(abc.ABC):
         host_states = jax.device_get(states)
         texts = []
         for i, action in enumerate(actions):
-            state = jax.tree.map(lambda x: x[i], host_states)
+            state = jax.tree.map(lambda x, i=i: x[i], host_states)
             row = {name: value[i] for name, value in facts.items()}
             think = self.reasoning(state, row, action)
             texts.append(full_answer(self.env.describe(state), think, answer_block(self.env, action)))
@@ -162,7 +162,8 @@ class Teacher(abc.ABC):
         sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
         if len(sizes) != 1 or None in sizes:
             raise TeacherError(
-                f"expected a batch of states (one leading axis on every field), got leading sizes {sorted(map(str, sizes))}"
+                "expected a batch of states (one leading axis on every field), "
+                f"got leading sizes {sorted(map(str, sizes))}"
             )
         params = self.env.default_params if params is None else params
         return jax.device_get(_evaluate_batch(dataclasses.replace(self, epsilon=0.0), states, params))
@@ -174,7 +175,8 @@ class Teacher(abc.ABC):
     def _check_state(self, state, batched: bool = False) -> None:
         if type(state) is not self._state_type:
             raise TeacherError(
-                f"the {self.env.name} teacher needs a {self.env.name} state, got {type(state).__module__}.{type(state).__name__}"
+                f"the {self.env.name} teacher needs a {self.env.name} state, "
+                f"got {type(state).__module__}.{type(state).__name__}"
             )
         if jnp.ndim(state.board) != 2 + batched:
             want = "a batch of states (leading axis B)" if batched else "one state (jax.vmap act for a batch)"

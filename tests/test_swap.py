@@ -539,7 +539,7 @@ def test_settle_last_resort_pattern_board():
     assert bool(reshuffled) and bool(swap.playable(board))
     assert len(np.unique(np.asarray(board))) == 3
     for size, types in ((4, 3), (12, 96)):
-        boards = jax.jit(jax.vmap(lambda k: swap.pattern_board(k, size, types)))(
+        boards = jax.jit(jax.vmap(lambda k, size=size, types=types: swap.pattern_board(k, size, types)))(
             jax.random.split(jax.random.key(size), 64)
         )
         assert bool(jax.jit(jax.vmap(swap.playable))(boards).all())
@@ -692,8 +692,8 @@ def test_describe_golden():
     assert len(lines) == G and all(len(line.split(" | ")) == G for line in lines)
     # types: 0 Red circle, 1 Red square, 2 Red triangle; background 3 + (3r + c) % 9 -> 3 + c at row 0
     assert (
-        lines[0]
-        == "Red circle | Red square | Red circle | Red circle | Red triangle | Blue triangle | Yellow circle | Yellow square"
+        lines[0] == "Red circle | Red square | Red circle | Red circle | Red triangle | "
+        "Blue triangle | Yellow circle | Yellow square"
     )
     assert lines[1].startswith("Blue circle | Blue square | Blue triangle | Yellow circle")
     names = envs.make("swap", num_colors=16, num_shapes=6).tile_names

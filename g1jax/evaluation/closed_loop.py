@@ -179,7 +179,7 @@ def evaluate(
             bar.close()
             texts = None
             if keep_texts:
-                per_step = [policy.answers(jax.tree.map(lambda x: x[t], seen), chosen[t]) for t in range(steps)]
+                per_step = [policy.answers(jax.tree.map(lambda x, t=t: x[t], seen), chosen[t]) for t in range(steps)]
                 texts = [list(row) for row in zip(*per_step)]
             rollouts[id(policy)] = Rollout(
                 protocol.game,

@@ -295,7 +295,7 @@ def check_inputs(
         if pixel_values is None:
             raise ValueError("image_grids given without pixel_values")
         layouts = [layout_for(config.vision, g) for g in grids]
-        patches = sum(l.num_patches for l in layouts)
+        patches = sum(layout.num_patches for layout in layouts)
         if tuple(pixel_values.shape) != (patches, config.vision.patch_features):
             raise ValueError(
                 f"pixel_values must be [{patches}, {config.vision.patch_features}] for image grids "
@@ -303,7 +303,7 @@ def check_inputs(
             )
         if not isinstance(input_ids, jax.core.Tracer):
             found = int((np.asarray(input_ids) == config.image_token_id).sum())
-            expected = sum(l.num_tokens for l in layouts)
+            expected = sum(layout.num_tokens for layout in layouts)
             if found != expected:
                 raise ValueError(
                     f"input_ids hold {found} image tokens (id {config.image_token_id}) but the image "

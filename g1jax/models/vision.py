@@ -157,7 +157,10 @@ class VisionAttention(nnx.Module):
         q = apply_rotary(q.astype(jnp.float32), cos32, sin32).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos32, sin32).astype(x.dtype)
         segments = images * (slots // segment_slots)
-        split = lambda a: a.reshape(segments, segment_slots, self.num_heads, self.head_dim)
+
+        def split(a):
+            return a.reshape(segments, segment_slots, self.num_heads, self.head_dim)
+
         # Key mask per segment; frame-wide segments share one mask across images (broadcast, not tiled,
         # so a fused kernel's bias stays [1, 1, S, S] instead of one per image).
         mask = key_filled.reshape(-1, 1, segment_slots)
@@ -265,13 +268,13 @@ class VisionTransformer(nnx.Module):
         -> merged features [sum of tokens, out_hidden] in image order, as transformers' `pooler_output`."""
         grids = normalize_grids(image_grids)
         layouts = [layout_for(self.config, g) for g in grids]
-        total = sum(l.num_patches for l in layouts)
+        total = sum(layout.num_patches for layout in layouts)
         if pixel_values.ndim != 2 or pixel_values.shape != (total, self.config.patch_features):
             raise ValueError(
                 f"pixel_values must be [{total}, {self.config.patch_features}] for grids {grids}, "
                 f"got {tuple(pixel_values.shape)}"
             )
-        starts = np.cumsum([0] + [l.num_patches for l in layouts])
+        starts = np.cumsum([0] + [layout.num_patches for layout in layouts])
         per_image: list[jax.Array | None] = [None] * len(grids)
         for grid in dict.fromkeys(grids):  # distinct grids, first-seen order
             members = [k for k, g in enumerate(grids) if g == grid]
