@@ -103,6 +103,7 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> str:
         """Move an unreadable step's folder out of the manager's directory; returns where it went."""
+        _sync_processes(f"g1jax: setting checkpoint step {step} aside")  # every process sees the same folders
         aside = self.directory + "-unreadable"
         target = os.path.join(aside, str(step))
         copy = 1
@@ -111,15 +112,20 @@ class Checkpointer:
         if jax.process_index() == 0:  # one host moves it; the others wait for the move
             os.makedirs(aside, exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"g1jax: checkpoint step {step} set aside")
+        _sync_processes(f"g1jax: checkpoint step {step} set aside")
         self._manager.reload()
         return target
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _sync_processes(name: str) -> None:
+    """Wait until every process reaches this point (nothing to wait for on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _describe(error: Exception) -> str:
