@@ -1,0 +1,164 @@
+"""Two processes joined by jax.distributed (2 CPU devices each, one 4-device mesh) run the tiny G1 recipe end
+to end, cold start, RL, held-out evaluation, checkpoints, export, and match one process with 4 devices;
+then one process resumes the two-process run's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from envs import ConfigError
+from g1jax.cli import train as train_cli
+from g1jax.trainer import make_trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# fsdp 4: rows and parameters are split across both processes, so the row gathers, the update's
+# collectives, the multi-host checkpoint and the export's weight gather all cross the process boundary.
+# kl_coef 0: these untrained answers all score the same, so the RL advantages are 0 and the RL gradient is
+# exactly 0; with the KL term it would be ~1e-9 of summation noise, which Adam scales up to a step of ~lr.
+RUN = [
+    "--recipe", "g1", "--steps", "1", "--states", "4", "--group-size", "2", "--max-new-tokens", "16",
+    "--mesh", "1,4,1", "--kl-coef", "0", "--no-progress",
+    "--set", "sft_steps=1", "--set", "eval_states=4", "--set", "export_hf=true",
+]  # fmt: skip
+TIMEOUT_S = 420  # the whole two-process run; a hang fails the test instead of stalling the suite
+# Float32 collectives that sum in another order (gloo across processes vs. in-process) differ in the last bits.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(run_dir, count: int, logs) -> list[subprocess.Popen]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+    )
+    processes = []
+    for index in range(count):
+        distributed = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", str(count)]
+        command = [sys.executable, "-m", "g1jax.cli", "train", *RUN, "--run-dir", str(run_dir), *distributed]
+        log = open(logs / f"process{index}.log", "w")
+        command += ["--process-id", str(index)]
+        processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        log.close()
+    return processes
+
+
+def wait_all(processes: list[subprocess.Popen], logs, deadline: float) -> None:
+    for index, process in enumerate(processes):
+        try:
+            code = process.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            code = "timed out"
+        if code != 0:
+            tail = (logs / f"process{index}.log").read_text()[-3000:]
+            pytest.fail(f"process {index} of the two-process run: exit {code}\n{tail}")
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def assert_close_metrics(got: list[dict], expected: list[dict]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in expected]
+    for a, b in zip(got, expected):
+        for key, value in b.items():
+            if isinstance(value, float) and not key.startswith("time") and key != "tokens_per_s":
+                np.testing.assert_allclose(a[key], value, rtol=RTOL, atol=ATOL, err_msg=f"step {b['step']} {key}")
+            elif not isinstance(value, float):
+                assert a[key] == value, (b["step"], key)
+
+
+def host_leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def config_of(run_dir, *extra):
+    return train_cli.resolve_config(train_cli.parse_args([*RUN, "--run-dir", str(run_dir), *extra]))
+
+
+@pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 CPU devices for the one-process run")
+def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
+    started = time.monotonic()
+    two, one, logs = tmp_path / "two", tmp_path / "one", tmp_path / "logs"
+    logs.mkdir()
+    processes = start_processes(two, 2, logs)
+    try:
+        # meanwhile the same run in this process, on the first 4 of its devices
+        single = make_trainer(config_of(one))
+        single.run()
+        wait_all(processes, logs, started + TIMEOUT_S)
+    finally:
+        stop(processes)
+    two_processes_s = time.monotonic() - started
+
+    # written once, by process 0: one metrics line per step (cold start + RL)
+    assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
+    assert len(read_jsonl(two / "metrics.jsonl")) == 2
+    # the held-out evaluation: the same answers, and the same rewards for the policy and each baseline
+    for name in ("eval_before.json", "summary.json"):
+        got, expected = json.loads((two / name).read_text()), json.loads((one / name).read_text())
+        for row in ("policy", "before", "after", "random", "blind", "teacher"):
+            if row in expected:
+                assert got[row]["reward"] == pytest.approx(expected[row]["reward"], rel=RTOL, abs=ATOL), (name, row)
+        if "answers" in expected:
+            assert got["answers"] == expected["answers"]
+            np.testing.assert_allclose(got["rewards"], expected["rewards"], rtol=RTOL, atol=ATOL)
+    exported = sorted(os.listdir(two / "hf"))
+    assert exported == sorted(os.listdir(one / "hf")) and "model.safetensors" in exported
+    assert not any(name.endswith(".tmp") for name in os.listdir(two))
+
+    # the two-process checkpoint resumes in one process: its parameters are the one-process run's
+    resumed = make_trainer(config_of(two, "--steps", "2"), resume=True)
+    assert resumed.start_step == 2
+    for a, b in zip(host_leaves(resumed.state.params), host_leaves(single.state.params)):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    resumed.run()
+    assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
+    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resume: "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--coordinator", "localhost:1234"], "go with --distributed"),
+        (["--distributed", "--coordinator", "localhost:1234", "--num-processes", "2"], "missing: --process-id"),
+        (["--distributed", "--coordinator", "host0", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+        (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], r"0 \.\. 1"),
+    ],
+)
+def test_a_bad_process_layout_is_one_line(flags, match, monkeypatch):
+    for variable in train_cli.DISTRIBUTED_FLAGS.values():
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigError, match=match):
+        train_cli.join_processes(train_cli.parse_args(flags))
+
+
+def test_an_unreachable_coordinator_fails_within_the_timeout(capsys):
+    started = time.monotonic()
+    flags = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--process-id", "1"]
+    assert train_cli.main(["--distributed", *flags, "--join-timeout", "2"]) == 2
+    assert time.monotonic() - started < 10
+    assert "did not answer within 2 s" in capsys.readouterr().err
