@@ -129,12 +129,16 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     assert exported == sorted(os.listdir(one / "hf")) and "model.safetensors" in exported
     assert not any(name.endswith(".tmp") for name in os.listdir(two))
 
-    # the two-process checkpoint resumes in one process: its parameters are the one-process run's
+    # the two-process checkpoint restores in one process, on another mesh too: the one-process run's parameters
+    expected = host_leaves(single.state.params)
+    other_mesh = make_trainer(config_of(two, "--steps", "2", "--mesh", "2,1,1"), resume=True)
+    other_mesh.checkpoints.close()
     resumed = make_trainer(config_of(two, "--steps", "2"), resume=True)
-    assert resumed.start_step == 2
-    for a, b in zip(host_leaves(resumed.state.params), host_leaves(single.state.params)):
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-    resumed.run()
+    for trainer in (other_mesh, resumed):
+        assert trainer.start_step == 2
+        for a, b in zip(host_leaves(trainer.state.params), expected):
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    resumed.run()  # and continues (on the run's own mesh: its compiled steps are this process's already)
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
     print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resume: "
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
