@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from envs import ConfigError
 from g1jax.cli import train as train_cli
@@ -125,8 +126,12 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
         if "answers" in expected:
             assert got["answers"] == expected["answers"]
             np.testing.assert_allclose(got["rewards"], expected["rewards"], rtol=RTOL, atol=ATOL)
-    exported = sorted(os.listdir(two / "hf"))
-    assert exported == sorted(os.listdir(one / "hf")) and "model.safetensors" in exported
+    # the export: the whole weights, gathered from both processes' shards
+    assert sorted(os.listdir(two / "hf")) == sorted(os.listdir(one / "hf"))
+    got, expected = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=name)
     assert not any(name.endswith(".tmp") for name in os.listdir(two))
 
     # the two-process checkpoint restores in one process, on another mesh too: the one-process run's parameters
