@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 META = "meta"
@@ -75,6 +76,7 @@ class Checkpointer:
         run whose settings no longer match what its checkpoints hold (a KL reference that was never
         saved, another model), and starting again from step 0 would silently drop the run's work."""
         steps = self.steps()
+        _check_same_steps(self.directory, steps)
         failures = []
         for step in reversed(steps):
             try:
@@ -126,6 +128,23 @@ def _sync_processes(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def _check_same_steps(directory: str, steps: list[int]) -> None:
+    """Every process sees the same checkpoint steps (so all resume from the same one): a CheckpointError
+    when they do not, as when the run directory is not on a file system shared by the hosts."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray([len(steps), max(steps, default=-1)], np.int64)
+    seen = multihost_utils.process_allgather(mine)
+    if not (seen == mine).all():
+        listing = ", ".join(f"process {i}: {n} up to step {last}" for i, (n, last) in enumerate(seen.tolist()))
+        raise CheckpointError(
+            f"the processes see different checkpoints in {directory} ({listing}): the run directory must be on "
+            "a file system every host sees"
+        )
 
 
 def _describe(error: Exception) -> str:

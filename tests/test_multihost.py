@@ -17,6 +17,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from envs import ConfigError
+from g1jax.checkpoint import Checkpointer
 from g1jax.cli import train as train_cli
 from g1jax.trainer import make_trainer
 
@@ -41,22 +42,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_processes(run_dir, count: int, logs) -> list[subprocess.Popen]:
-    port = free_port()
+def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
+    """One process per command (its log in logs/process<i>.log), each with 2 CPU devices."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
     )
     processes = []
-    for index in range(count):
-        distributed = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", str(count)]
-        command = [sys.executable, "-m", "g1jax.cli", "train", *RUN, "--run-dir", str(run_dir), *distributed]
-        log = open(logs / f"process{index}.log", "w")
-        command += ["--process-id", str(index)]
-        processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-        log.close()
+    for index, command in enumerate(commands):
+        with open(logs / f"process{index}.log", "w") as log:
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
     return processes
+
+
+def train_commands(run_dir, count: int) -> list[list[str]]:
+    layout = ["--distributed", "--coordinator", f"localhost:{free_port()}", "--num-processes", str(count)]
+    command = [sys.executable, "-m", "g1jax.cli", "train", *RUN, "--run-dir", str(run_dir), *layout]
+    return [[*command, "--process-id", str(index)] for index in range(count)]
 
 
 def wait_all(processes: list[subprocess.Popen], logs, deadline: float) -> None:
@@ -67,7 +70,7 @@ def wait_all(processes: list[subprocess.Popen], logs, deadline: float) -> None:
             code = "timed out"
         if code != 0:
             tail = (logs / f"process{index}.log").read_text()[-3000:]
-            pytest.fail(f"process {index} of the two-process run: exit {code}\n{tail}")
+            pytest.fail(f"process {index}: exit {code}\n{tail}")
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -105,7 +108,7 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     started = time.monotonic()
     two, one, logs = tmp_path / "two", tmp_path / "one", tmp_path / "logs"
     logs.mkdir()
-    processes = start_processes(two, 2, logs)
+    processes = start_processes(train_commands(two, 2), logs)
     try:
         # meanwhile the same run in this process, on the first 4 of its devices
         single = make_trainer(config_of(one))
@@ -148,6 +151,39 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
     print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resume: "
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+
+# process I restores from the checkpoint directory argv[I + 1]
+DIFFERENT_CHECKPOINTS = """
+import sys, jax
+index = int(sys.argv[1])
+jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=index, initialization_timeout=60)
+from g1jax.checkpoint import Checkpointer, CheckpointError
+try:
+    Checkpointer(sys.argv[3 + index]).restore_latest({})
+except CheckpointError as error:
+    print(error)
+"""
+
+
+def test_processes_that_see_different_checkpoints_refuse_to_resume(tmp_path):
+    """A run directory that is not shared (each host its own copy): the hosts would resume from different steps."""
+    shared = Checkpointer(tmp_path / "host0")
+    shared.save(3, {"x": np.zeros(2)}, {"step": 3})
+    shared.close()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    port = str(free_port())
+    dirs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
+    processes = start_processes(
+        [[sys.executable, "-c", DIFFERENT_CHECKPOINTS, str(i), port, *dirs] for i in (0, 1)], logs
+    )
+    try:
+        wait_all(processes, logs, time.monotonic() + 120)
+    finally:
+        stop(processes)
+    for index in (0, 1):
+        assert "process 0: 1 up to step 3, process 1: 0 up to step -1" in (logs / f"process{index}.log").read_text()
 
 
 @pytest.mark.parametrize(
