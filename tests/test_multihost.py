@@ -1,6 +1,6 @@
 """Two processes joined by jax.distributed (2 CPU devices each, one 4-device mesh) run the tiny G1 recipe end
 to end, cold start, RL, held-out evaluation, checkpoints, export, and match one process with 4 devices;
-then one process resumes the two-process run's checkpoint."""
+then one process resumes the two-process run's checkpoint and two processes the one-process run's."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
     return processes
 
 
-def train_commands(run_dir, count: int) -> list[list[str]]:
+def train_commands(run_dir, count: int, *extra: str) -> list[list[str]]:
     layout = ["--distributed", "--coordinator", f"localhost:{free_port()}", "--num-processes", str(count)]
-    command = [sys.executable, "-m", "g1jax.cli", "train", *RUN, "--run-dir", str(run_dir), *layout]
+    command = [sys.executable, "-m", "g1jax.cli", "train", *RUN, *extra, "--run-dir", str(run_dir), *layout]
     return [[*command, "--process-id", str(index)] for index in range(count)]
 
 
@@ -104,7 +104,7 @@ def config_of(run_dir, *extra):
 
 @pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 CPU devices for the one-process run")
 @pytest.mark.filterwarnings("ignore:teacher answers reach")  # 16 new tokens: the cold start's answers are cut
-def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
+def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
     started = time.monotonic()
     two, one, logs = tmp_path / "two", tmp_path / "one", tmp_path / "logs"
     logs.mkdir()
@@ -147,9 +147,17 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
         assert trainer.start_step == 2
         for a, b in zip(host_leaves(trainer.state.params), expected):
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-    resumed.run()  # and continues (on the run's own mesh: its compiled steps are this process's already)
+    # and the reverse, at the same time: two processes resume the one-process run's checkpoint, while this
+    # process continues the two-process run's; both take the same third step
+    processes = start_processes(train_commands(one, 2, "--steps", "2", "--resume"), logs)
+    try:
+        resumed.run()
+        wait_all(processes, logs, time.monotonic() + TIMEOUT_S)
+    finally:
+        stop(processes)
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
-    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resume: "
+    assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
+    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resumes: "
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
 
 
