@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -161,17 +162,24 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
 
 
-# process I restores from the checkpoint directory argv[I + 1]
-DIFFERENT_CHECKPOINTS = """
+# the start of a script run as `python -c SCRIPT PROCESS_ID PORT ...`: join the other process
+JOIN = """
 import sys, jax
-index = int(sys.argv[1])
-jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=index, initialization_timeout=60)
+jax.distributed.initialize(
+    f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]), initialization_timeout=60
+)
+"""
+# process I restores from the checkpoint directory argv[3 + I]
+DIFFERENT_CHECKPOINTS = (
+    JOIN
+    + """
 from g1jax.checkpoint import Checkpointer, CheckpointError
 try:
-    Checkpointer(sys.argv[3 + index]).restore_latest({})
+    Checkpointer(sys.argv[3 + jax.process_index()]).restore_latest({})
 except CheckpointError as error:
     print(error)
 """
+)
 
 
 def test_processes_that_see_different_checkpoints_refuse_to_resume(tmp_path):
@@ -192,6 +200,46 @@ def test_processes_that_see_different_checkpoints_refuse_to_resume(tmp_path):
         stop(processes)
     for index in (0, 1):
         assert "process 0: 1 up to step 3, process 1: 0 up to step -1" in (logs / f"process{index}.log").read_text()
+
+
+# both processes restore the newest readable checkpoint of argv[3] onto their 4-device mesh
+FALL_BACK = (
+    JOIN
+    + """
+import warnings, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from g1jax.checkpoint import Checkpointer
+whole = NamedSharding(jax.make_mesh((4,), ("data",)), PartitionSpec())
+target = {"x": jax.ShapeDtypeStruct((2,), np.float32, sharding=whole)}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    step, items, _ = Checkpointer(sys.argv[3]).restore_latest(target)
+print("restored step", step, "x", float(items["x"].addressable_data(0)[0]), "warned", len(caught))
+"""
+)
+
+
+def test_processes_fall_back_together_past_a_damaged_checkpoint(tmp_path):
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    for step in (1, 2):
+        checkpoints.save(step, {"x": np.full(2, step, np.float32)}, {"step": step})
+    checkpoints.close()
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "x"):
+        for name in files:
+            (Path(root) / name).write_bytes(b"garbage")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    port = str(free_port())
+    command = [sys.executable, "-c", FALL_BACK]
+    processes = start_processes([[*command, str(i), port, str(tmp_path / "checkpoints")] for i in (0, 1)], logs)
+    try:
+        wait_all(processes, logs, time.monotonic() + 120)
+    finally:
+        stop(processes)
+    for index in (0, 1):
+        assert "restored step 1 x 1.0 warned 1" in (logs / f"process{index}.log").read_text()
+    assert os.listdir(tmp_path / "checkpoints-unreadable") == ["2"]
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
 
 @pytest.mark.parametrize(
