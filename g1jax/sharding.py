@@ -17,6 +17,7 @@ metadata onto its moments), the loader, the train step and the sampler:
     shardings = state_shardings(nnx.state(model), mesh)    # nnx.State of NamedShardings (jit in/out_shardings)
     ids = jax.device_put(ids, batch_sharding(mesh))        # rows over ("data", "fsdp")
     ids = shard_rows(ids, mesh)                            # the same, replicated when the rows do not divide
+    rows = place(host_rows, batch_sharding(mesh))          # device_put that also works under jax.distributed
     tokens = to_host(sampled)                              # whole on every process (gathered across hosts)
     step = on_mesh(jitted_update, mesh)                    # model inside pins activation rows, gathers weights
 

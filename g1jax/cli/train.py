@@ -5,6 +5,7 @@
     g1jax train --recipe g0                                       # the same RL budget without the cold start
     g1jax train --model Qwen/Qwen2.5-VL-7B-Instruct --recipe g1-paper --game swap --mesh 1,8,1
     g1jax train --run-dir runs/x --resume                         # continue a run exactly where it stopped
+    g1jax train --distributed --coordinator host0:1234 --num-processes 2 --process-id I ...   # on host I
 
 (`python experiments/train.py ...` is the same command.) Settings are read in this order, each overriding
 the last: the recipe (g1jax/recipes.py), the run directory's config.json on --resume, --config, the flags,
