@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 META = "meta"
@@ -75,6 +76,7 @@ class Checkpointer:
         run whose settings no longer match what its checkpoints hold (a KL reference that was never
         saved, another model), and starting again from step 0 would silently drop the run's work."""
         steps = self.steps()
+        _check_same_steps(self.directory, steps)
         failures = []
         for step in reversed(steps):
             try:
@@ -103,6 +105,7 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> str:
         """Move an unreadable step's folder out of the manager's directory; returns where it went."""
+        _sync_processes(f"g1jax: setting checkpoint step {step} aside")  # every process sees the same folders
         aside = self.directory + "-unreadable"
         target = os.path.join(aside, str(step))
         copy = 1
@@ -111,15 +114,37 @@ class Checkpointer:
         if jax.process_index() == 0:  # one host moves it; the others wait for the move
             os.makedirs(aside, exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"g1jax: checkpoint step {step} set aside")
+        _sync_processes(f"g1jax: checkpoint step {step} set aside")
         self._manager.reload()
         return target
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _sync_processes(name: str) -> None:
+    """Wait until every process reaches this point (nothing to wait for on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _check_same_steps(directory: str, steps: list[int]) -> None:
+    """Every process sees the same checkpoint steps (so all resume from the same one): a CheckpointError
+    when they do not, as when the run directory is not on a file system shared by the hosts."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray([len(steps), max(steps, default=-1)], np.int64)
+    seen = multihost_utils.process_allgather(mine)
+    if not (seen == mine).all():
+        listing = ", ".join(f"process {i}: {n} up to step {last}" for i, (n, last) in enumerate(seen.tolist()))
+        raise CheckpointError(
+            f"the processes see different checkpoints in {directory} ({listing}): the run directory must be on "
+            "a file system every host sees"
+        )
 
 
 def _describe(error: Exception) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from g1jax.rl.rewards import PARTS
 from g1jax.rl.rollout import Rollout
+from g1jax.sharding import to_host
 
 
 def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int) -> dict[str, float]:
@@ -25,10 +26,10 @@ def rollout_metrics(rollout: Rollout, game_names: Sequence[str], group_size: int
         sel = rows == name
         out[f"{name}/reward"] = float(np.mean(rollout.rewards[sel]))
         out[f"{name}/reward_game"] = float(np.mean(rollout.parts["game"][sel]))
-    lengths = np.asarray(rollout.samples.lengths)
+    lengths, truncated = to_host((rollout.samples.lengths, rollout.samples.truncated))
     out.update(
         length_mean=float(lengths.mean()),
         length_max=float(lengths.max()),
-        truncated_frac=float(np.mean(np.asarray(rollout.samples.truncated))),
+        truncated_frac=float(np.mean(truncated)),
     )
     return out

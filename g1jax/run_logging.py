@@ -1,4 +1,8 @@
-"""Run directory: resolved config, metrics JSONL, sample frames with answers, reward curve, progress bar."""
+"""Run directory: resolved config, metrics JSONL, sample frames with answers, reward curve, progress bar.
+
+On several processes (jax.distributed) every process calls the same methods, and process 0 alone
+writes (and prints): the files are written once, and no two processes race on a file.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import json
 import math
 import os
 
-import numpy as np
+import jax
+
+from g1jax.sharding import to_host
 
 
 class _Progress:
@@ -40,12 +46,15 @@ class RunLogger:
 
     def __init__(self, run_dir: str, config: dict, *, tensorboard: bool = False):
         self.run_dir = run_dir
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.samples_path = os.path.join(run_dir, "samples", "samples.jsonl")
+        self.writes = jax.process_index() == 0
+        self.writer = None
+        if not self.writes:
+            return
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        self.samples_path = os.path.join(run_dir, "samples", "samples.jsonl")
-        self.writer = None
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -55,10 +64,13 @@ class RunLogger:
             self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
     def note(self, text: str) -> None:
-        print(f"[g1jax] {text}", flush=True)
+        if self.writes:
+            print(f"[g1jax] {text}", flush=True)
 
     def write_json(self, name: str, value) -> None:
         """A JSON file in the run directory, written atomically."""
+        if not self.writes:
+            return
         path = os.path.join(self.run_dir, name)
         with open(path + ".tmp", "w") as f:
             json.dump(value, f, indent=2)
@@ -69,9 +81,11 @@ class RunLogger:
             return json.load(f)
 
     def progress(self, start: int, total: int, enabled: bool = True) -> _Progress:
-        return _Progress(start, total, enabled)
+        return _Progress(start, total, enabled and self.writes)
 
     def metrics(self, metrics: dict) -> None:
+        if not self.writes:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(clean) + "\n")
@@ -85,6 +99,8 @@ class RunLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop logged steps and sample rows after `step` (a resumed run logs them again)."""
+        if not self.writes:
+            return
         for path in (self.metrics_path, self.samples_path):
             _keep_steps_up_to(path, step)
 
@@ -92,7 +108,9 @@ class RunLogger:
         """A few start frames with the first answer of their group, as PNG + JSONL."""
         from PIL import Image, ImageDraw
 
-        frames = np.asarray(rollout.frames[:count])
+        frames = to_host(rollout.frames)[:count]  # gathered by every process, drawn by process 0
+        if not self.writes:
+            return
         rows = []
         for p, frame in enumerate(frames):
             text = rollout.texts[p * group_size]
@@ -115,7 +133,9 @@ class RunLogger:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def reward_curve(self) -> str | None:
-        """reward_curve.png: total and game reward per step."""
+        """reward_curve.png: total and game reward per step (None on processes other than 0)."""
+        if not self.writes:
+            return None
         history = self.read_metrics()
         if not history:
             return None

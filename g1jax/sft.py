@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import MultiGame
+from g1jax.sharding import to_host
 from g1jax.teachers import Teacher, make_teacher
 from g1jax.tokenizer import Tokenizer
 
@@ -48,9 +49,9 @@ class TeacherData:
 
     def answers(self, key, states) -> tuple[list[str], np.ndarray]:
         """The teachers' answer texts (one per start state, batch order) and their actions [P]."""
-        actions = jax.device_get(_teacher_actions(self.teachers, self.games.counts, key, states))
+        actions = to_host(_teacher_actions(self.teachers, self.games.counts, key, states))
         texts = []
-        for teacher, state, action in zip(self.teachers, states, actions):
+        for teacher, state, action in zip(self.teachers, to_host(states), actions):
             texts.extend(teacher.answers(state, action))
         return texts, np.concatenate([np.asarray(a).reshape(-1) for a in actions]).astype(np.int32)
 

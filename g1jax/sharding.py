@@ -17,6 +17,8 @@ metadata onto its moments), the loader, the train step and the sampler:
     shardings = state_shardings(nnx.state(model), mesh)    # nnx.State of NamedShardings (jit in/out_shardings)
     ids = jax.device_put(ids, batch_sharding(mesh))        # rows over ("data", "fsdp")
     ids = shard_rows(ids, mesh)                            # the same, replicated when the rows do not divide
+    rows = place(host_rows, batch_sharding(mesh))          # device_put that also works under jax.distributed
+    tokens = to_host(sampled)                              # whole on every process (gathered across hosts)
     step = on_mesh(jitted_update, mesh)                    # model inside pins activation rows, gathers weights
 
 Inside the model, `constrain_rows` (hidden states) and `gathered` (weights) act only while a mesh is
@@ -165,7 +167,7 @@ def state_shardings(tree, mesh: Mesh, rules: Mapping[str, MeshAxes] = LOGICAL_RU
 
 def shard_state(state, mesh: Mesh, rules: Mapping[str, MeshAxes] = LOGICAL_RULES):
     """`state` (an nnx.State of arrays) placed on `mesh` by `state_shardings`."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
+    return place(state, state_shardings(state, mesh, rules))
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, MeshAxes] = LOGICAL_RULES) -> nnx.Module:
@@ -188,7 +190,44 @@ def shard_rows(x, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
     """`x` placed on `mesh` with its rows (`batch_axis`) split over ("data", "fsdp"), or replicated when
     they do not divide (or the mesh has one row shard)."""
     x = x if hasattr(x, "shape") else np.asarray(x)
-    return jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape, batch_axis)))
+    return place(x, NamedSharding(mesh, _rows_spec(mesh, x.shape, batch_axis)))
+
+
+# ------------------------------------------------------------------------ several processes
+# Under jax.distributed each process addresses only its own devices, and every process runs the same
+# program on the same keys: each can compute the whole (global) value of every host array, so placing
+# one means each process hands its own devices their shards, and reading one back means gathering the
+# shards of the other processes. On one process both are the plain device_put / device_get.
+def place(tree, shardings):
+    """`tree`'s arrays (host arrays, this process's arrays, or arrays already spread over the processes)
+    on `shardings` (one sharding, or a matching tree of them), also when they span other processes'
+    devices. Every process must pass the same values."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: _place_one(x, shardings), tree)
+    return jax.tree.map(_place_one, tree, shardings)
+
+
+def _place_one(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)  # already global: XLA moves the shards between the layouts
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree):
+    """`tree`'s arrays as numpy on this process, whole: on several processes the shards held by the
+    others are gathered (a collective: every process must call it at the same point)."""
+    return jax.tree.map(_to_host_one, tree)
+
+
+def _to_host_one(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:

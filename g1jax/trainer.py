@@ -164,6 +164,7 @@ class Trainer:
         self.checkpoints = Checkpointer(os.path.join(config.run_dir, "checkpoints"), keep=config.keep_checkpoints)
         self.logger = RunLogger(config.run_dir, config.to_dict(), tensorboard=config.tensorboard)
         self.start_step = 0
+        self.eval_before = None
         if resume:
             self._resume()
 
@@ -176,7 +177,7 @@ class Trainer:
         # Pin every leaf's sharding (the optimizer moments follow their parameters, counters are
         # replicated), in and out of the jitted step: a changed input sharding would recompile it.
         self.state_shardings = jax.tree.map(self._sharding_of, state)
-        self.state = jax.device_put(state, self.state_shardings)
+        self.state = mesh_lib.place(state, self.state_shardings)
         self.frozen = frozen
         self.reference = jax.tree.map(jnp.copy, params) if self.config.grpo.needs_reference else None
 
@@ -258,7 +259,7 @@ class Trainer:
                 f"config has seed {self.config.seed}: a resumed run continues the same states and "
                 "samples only with its own seed (or start a new run directory)"
             )
-        self.state = jax.device_put(
+        self.state = mesh_lib.place(
             TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"], opt_state=items["opt_state"]),
             self.state_shardings,
         )
@@ -304,10 +305,10 @@ class Trainer:
         rollout_time = time.perf_counter() - started
         update_started = time.perf_counter()
         self.state, metrics = self._train_step(self.state, self.frozen, self.reference, self.batch_of(rollout))
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
         update_time = time.perf_counter() - update_started
         metrics.update(rollout_metrics(rollout, self.rollout.games.game_names, self.config.group_size))
-        tokens = float(np.asarray(rollout.samples.lengths).sum())
+        tokens = float(mesh_lib.to_host(rollout.samples.lengths).sum())
         metrics.update(
             step=step + 1,
             phase="rl",
@@ -330,7 +331,7 @@ class Trainer:
         zeros = jnp.zeros(completion.shape, jnp.float32)
         batch = self._batch(pixel_values, completion, mask, zeros, zeros[:, 0])
         self.state, metrics = self._sft_step(self.state, self.frozen, batch)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
         return dict(
             metrics,
             step=step + 1,
@@ -341,7 +342,7 @@ class Trainer:
 
     def begin_rl(self) -> None:
         """Entering RL: a fresh optimizer state, the reference = the policy entering RL, the 'before' evaluation."""
-        self.state = jax.device_put(
+        self.state = mesh_lib.place(
             TrainState(
                 step=self.state.step, params=self.state.params, opt_state=self.optimizer.init(self.state.params)
             ),
@@ -350,7 +351,8 @@ class Trainer:
         if self.reference is not None:
             self.reference = jax.tree.map(jnp.copy, self.state.params)
         if self.eval_rollout is not None:
-            self.logger.write_json("eval_before.json", self.evaluate())
+            self.eval_before = self.evaluate()
+            self.logger.write_json("eval_before.json", self.eval_before)
 
     def evaluate(self) -> dict[str, Any]:
         """The current policy and the baselines (g1jax.heldout: random, best blind, teacher) on the held-out
@@ -402,7 +404,9 @@ class Trainer:
         self.logger.reward_curve()
         summary = {"steps": total, "final": metrics, "run_dir": config.run_dir}
         if self.eval_rollout is not None:
-            summary.update(heldout.comparison(self.logger.read_json("eval_before.json"), self.evaluate()))
+            # every process holds the 'before' evaluation of this run; a run resumed past it reads it back
+            before = self.eval_before if self.eval_before is not None else self.logger.read_json("eval_before.json")
+            summary.update(heldout.comparison(before, self.evaluate()))
             # wall time of this process (set-up, compiles, training, both evaluations; a resumed run counts its part)
             summary["wall_s"] = time.perf_counter() - self._created
             self.logger.write_json("summary.json", {k: v for k, v in summary.items() if k != "final"})
@@ -415,10 +419,15 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state.params, self.frozen)
 
     def export(self, directory: str) -> None:
+        """The policy as Hugging Face safetensors + tokenizer: the whole weights, gathered on every process
+        (a collective), written by process 0."""
         from g1jax.models.loading import save_pretrained
 
-        save_pretrained(self.policy(), directory)
-        self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+        model = self.policy()
+        nnx.update(model, mesh_lib.to_host(nnx.state(model)))
+        if jax.process_index() == 0:
+            save_pretrained(model, directory)
+            self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
 
 
 def make_trainer(config: TrainConfig, *, resume: bool = False) -> Trainer:

@@ -5,6 +5,7 @@
     g1jax train --recipe g0                                       # the same RL budget without the cold start
     g1jax train --model Qwen/Qwen2.5-VL-7B-Instruct --recipe g1-paper --game swap --mesh 1,8,1
     g1jax train --run-dir runs/x --resume                         # continue a run exactly where it stopped
+    g1jax train --distributed --coordinator host0:1234 --num-processes 2 --process-id I ...   # on host I
 
 (`python experiments/train.py ...` is the same command.) Settings are read in this order, each overriding
 the last: the recipe (g1jax/recipes.py), the run directory's config.json on --resume, --config, the flags,
@@ -20,7 +21,9 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,9 +90,102 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (run the same command on every host)",
+        help="join a multi-process run first (jax.distributed.initialize; run the same command on every host): "
+        "the cluster (Cloud TPU, SLURM, Open MPI) is detected, or --coordinator, --num-processes and "
+        "--process-id name it",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="process 0's address (or $JAX_COORDINATOR_ADDRESS); with --distributed",
+    )
+    parser.add_argument("--num-processes", type=int, help="processes in the run (or $JAX_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1 (or $JAX_PROCESS_ID)")
+    parser.add_argument(
+        "--join-timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a process waits for all the others to reach the coordinator (default 60)",
     )
     return parser.parse_args(argv)
+
+
+DISTRIBUTED_FLAGS = {  # flag -> the environment variable that may stand in for it
+    "coordinator": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
+
+
+def process_layout(args: argparse.Namespace) -> dict[str, Any]:
+    """jax.distributed.initialize's coordinator_address, num_processes and process_id from the flags (or
+    their environment variables); empty when none is given (the cluster is then detected)."""
+    given = {}
+    for flag, variable in DISTRIBUTED_FLAGS.items():
+        value = getattr(args, flag)
+        given[flag] = value if value is not None else os.environ.get(variable)
+    if all(value is None for value in given.values()):
+        return {}
+    missing = [f"--{flag.replace('_', '-')}" for flag, value in given.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"--distributed without a cluster to detect needs --coordinator, --num-processes and --process-id "
+            f"(or {', '.join(DISTRIBUTED_FLAGS.values())}); missing: {', '.join(missing)}"
+        )
+    host, colon, port = str(given["coordinator"]).rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--coordinator must be HOST:PORT, e.g. host0:1234, got {given['coordinator']!r}")
+    try:
+        count, index = int(given["num_processes"]), int(given["process_id"])
+    except ValueError:
+        raise ConfigError(
+            f"--num-processes and --process-id must be integers, got {given['num_processes']!r} and "
+            f"{given['process_id']!r}"
+        ) from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--process-id must be in 0 .. {count - 1} for --num-processes {count}, got {index}")
+    return dict(coordinator_address=given["coordinator"], num_processes=count, process_id=index)
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Return once `address` (HOST:PORT) accepts a connection; a one-line error after `timeout` seconds.
+
+    Checked here because XLA's own client, when the coordinator does not answer, aborts the process with
+    a C++ stack trace instead of raising."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=max(deadline - time.monotonic(), 0.1)).close()
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"--distributed: the coordinator {address} did not answer within {timeout:g} s ({error}); "
+                    "start process 0 first, or check the address and --join-timeout"
+                ) from None
+            time.sleep(0.5)
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize with this run's process layout, processes waiting --join-timeout seconds
+    for each other: an unreachable coordinator is a one-line error, not a hang."""
+    if not args.distributed:
+        named = [f"--{flag.replace('_', '-')}" for flag in DISTRIBUTED_FLAGS if getattr(args, flag) is not None]
+        if named:
+            raise ConfigError(f"{', '.join(named)} go with --distributed")
+        return
+    if args.join_timeout < 1:
+        raise ConfigError(f"--join-timeout must be at least 1 second, got {args.join_timeout}")
+    layout = process_layout(args)
+    if layout and layout["process_id"] > 0:
+        wait_for_coordinator(layout["coordinator_address"], args.join_timeout)
+    import jax
+
+    # Past this point a process that misses the others (process 0 waiting for a host that never
+    # comes) is aborted by XLA after the timeout, with DEADLINE_EXCEEDED in its log.
+    jax.distributed.initialize(**layout, initialization_timeout=args.join_timeout)
 
 
 def read_config_file(path: str) -> dict:
@@ -198,11 +294,8 @@ def gain_table(summary: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()  # Cloud TPU: no arguments; GPU clusters: from SLURM / Open MPI variables
     try:
+        join_processes(args)
         config = resolve_config(args)
         trainer = make_trainer(config, resume=args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError) as error:

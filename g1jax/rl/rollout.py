@@ -2,7 +2,8 @@
 
     device  warm-up start states (reset + random moves, vmapped), render, Qwen patchify      `_start`
     device  prefill each prompt once, decode G samples per prompt                             `sampling.sample`
-    host    detokenise, parse answers, format / perception checks (small: B strings)
+    host    detokenise, parse answers, format / perception checks (small: B strings); on several
+            processes every process gathers all B token rows and parses them all (docs/rl.md)
     device  score all G answers from the same immutable state (`parallel_step`)              `_score`
 
 Rows are laid out prompt-major: row p*G + g is sample g of state p, so GRPO groups are contiguous.
@@ -28,7 +29,7 @@ from g1jax.models.config import Qwen25VLConfig
 from g1jax.models.positions import get_rope_index
 from g1jax.rl.rewards import g1_weights, text_parts, total_reward
 from g1jax.sampling import Samples, SamplingConfig, sample
-from g1jax.sharding import constrain_rows, shard_rows
+from g1jax.sharding import constrain_rows, shard_rows, to_host
 from g1jax.tokenizer import Tokenizer
 
 
@@ -173,7 +174,7 @@ class GameRollout:
 
     def score(self, key, states, frames, pixel_values, samples: Samples) -> Rollout:
         """Host text checks + device game rewards for sampled completions."""
-        texts = decode_completions(self.tokenizer, np.asarray(jax.device_get(samples.tokens)))
+        texts = decode_completions(self.tokenizer, to_host(samples.tokens))
         actions, parts, rewards, truths = self.score_texts(key, states, texts, return_truths=True)
         return Rollout(
             states=states,
@@ -189,8 +190,8 @@ class GameRollout:
 
     def game_rewards(self, key, states, actions) -> np.ndarray:
         """Game reward float32 [P, K] of K given actions int32 [P, K] from each row's state."""
-        rewards, _ = jax.device_get(_score(key, states, jnp.asarray(actions, jnp.int32), games=self.games))
-        return np.asarray(rewards, np.float32)
+        rewards, _ = to_host(_score(key, states, jnp.asarray(actions, jnp.int32), games=self.games))
+        return rewards.astype(np.float32)
 
     def score_texts(self, key, states, texts, return_truths: bool = False):
         """(actions [P, G], reward parts [B], total rewards [B]) of B = P * G answer texts from `states`."""
@@ -201,8 +202,8 @@ class GameRollout:
         game_of_row = np.repeat(self.games.game_index, g)
         actions = np.asarray([self.games.games[i].parse(t) for i, t in zip(game_of_row, texts)], np.int32)
         actions = actions.reshape(self.num_prompts, g)
-        game_reward, legal = jax.device_get(_score(key, states, jnp.asarray(actions), games=self.games))
-        truths = self.games.describe(states)
+        game_reward, legal = to_host(_score(key, states, jnp.asarray(actions), games=self.games))
+        truths = self.games.describe(to_host(states))
         parts = text_parts(texts, np.repeat(np.asarray(truths, dtype=object), g).tolist(), self.strict_format)
         parts["game"] = np.asarray(game_reward, np.float32).reshape(-1)
         parts["legal"] = np.asarray(legal, bool).reshape(-1)
