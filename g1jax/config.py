@@ -136,11 +136,18 @@ class TrainConfig:
         _check(
             self.eval_states % games == 0, f"eval_states {self.eval_states} must split evenly across the {games} games"
         )
+        minibatches = self.grpo.ppo_minibatches
+        _check(
+            self.states_per_step % minibatches == 0,
+            f"grpo.ppo_minibatches {minibatches} must divide states_per_step {self.states_per_step}",
+        )
         if self.micro_batch_states is not None:
             _check_int("micro_batch_states", self.micro_batch_states, 1)
+            minibatch_states = self.states_per_step // minibatches
             _check(
-                self.states_per_step % self.micro_batch_states == 0,
-                f"micro_batch_states {self.micro_batch_states} must divide states_per_step {self.states_per_step}",
+                minibatch_states % self.micro_batch_states == 0,
+                f"micro_batch_states {self.micro_batch_states} must divide the {minibatch_states} states of a "
+                f"mini-batch (states_per_step {self.states_per_step} / grpo.ppo_minibatches {minibatches})",
             )
 
     def _check_numbers(self) -> None:

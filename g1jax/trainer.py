@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -153,6 +154,12 @@ class Trainer:
         )
         self._init_state(model)
         self._init_steps()
+        if config.grpo.clip_is_inert:
+            warnings.warn(
+                "grpo clip_low / clip_high / dual_clip do nothing with one optimizer step per rollout (the ratio "
+                "is always 1); set grpo.ppo_epochs or grpo.ppo_minibatches above 1 to make them act",
+                stacklevel=2,
+            )
         self.teacher_data = None
         if config.sft_steps:
             self.teacher_data = TeacherData(

@@ -75,7 +75,7 @@ def shard_batch(batch: Batch, mesh) -> Batch:
 
 
 def _micro_batches(batch: Batch, count: int) -> Batch:
-    """Split a batch into `count` micro-batches of whole groups (stacked on a new leading axis)."""
+    """Split a batch into `count` micro- (or mini-) batches of whole groups (stacked on a new leading axis)."""
 
     def split(x, axis):
         moved = jnp.moveaxis(x, axis, 0)
@@ -104,11 +104,13 @@ class OptimizerSettings:
         lr, steps = (
             (config.learning_rate, config.steps) if phase == "rl" else (config.sft_learning_rate, config.sft_steps)
         )
+        # the schedule counts rollouts, as warmup_steps and steps do, whatever the optimizer steps per rollout
+        per_step = config.grpo.updates_per_rollout if phase == "rl" else 1
         return cls(
             learning_rate=lr,
             schedule=config.schedule,
-            warmup_steps=config.warmup_steps,
-            decay_steps=None if config.schedule == "constant" else max(steps, config.warmup_steps + 1),
+            warmup_steps=config.warmup_steps * per_step,
+            decay_steps=None if config.schedule == "constant" else max(steps, config.warmup_steps + 1) * per_step,
             weight_decay=config.weight_decay,
             b1=config.b1,
             b2=config.b2,
@@ -156,7 +158,8 @@ class GRPOSettings(UpdateSettings):
 def grpo_settings(config: TrainConfig, image_grids) -> GRPOSettings:
     return GRPOSettings(
         optimizer=OptimizerSettings.of(config, "rl"),
-        micro_batches=config.micro_batches,
+        # at least one micro-batch per mini-batch (config's check makes micro-batches split mini-batches evenly)
+        micro_batches=max(config.micro_batches, config.grpo.ppo_minibatches),
         image_grids=tuple(image_grids),
         grpo=config.grpo,
         temperature=config.temperature,
@@ -226,15 +229,20 @@ def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_siz
     )
 
 
+def _split_rows(row_values, count: int):
+    """Per-completion values (arrays whose leading axis indexes completions) in `count` stacked parts."""
+    return jax.tree.map(lambda x: x.reshape(count, -1, *x.shape[1:]), row_values)
+
+
 def _accumulated_gradients(grad_fn, params, batch: Batch, row_values, micro_count: int):
     """Sum `grad_fn(params, micro_batch, micro_row_values)` -> (grads, (count, metric sums)) over
     micro-batches of whole groups (a scan: one micro-batch's activations live at a time)."""
     if micro_count == 1:
         return grad_fn(params, batch, row_values)
     micro = _micro_batches(batch, micro_count)
-    rows = row_values.reshape(micro_count, -1)
-    first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(lambda: grad_fn(params, first, rows[0]))
+    rows = _split_rows(row_values, micro_count)
+    first, first_rows = jax.tree.map(lambda x: x[0], (micro, rows))
+    shapes = jax.eval_shape(lambda: grad_fn(params, first, first_rows))
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
     def accumulate(carry, xs):
@@ -257,20 +265,28 @@ def _apply(settings: UpdateSettings, placement: Placement, state: TrainState, gr
 
 
 # ------------------------------------------------------------------------------------------ the steps
-def _grpo_micro_loss(params, frozen, reference, micro: Batch, advantages, *, graphdef, settings: GRPOSettings):
-    logprobs = functools.partial(
+def _micro_logprobs(settings: GRPOSettings):
+    return functools.partial(
         completion_logprobs,
         image_grids=settings.micro_grids,
         group_size=settings.grpo.group_size,
         temperature=settings.temperature,
     )
+
+
+def _grpo_micro_loss(params, frozen, reference, micro: Batch, rows, *, graphdef, settings: GRPOSettings):
+    """rows: (advantages [b], old log-probs [b, L] or None: one update per rollout, old = current)."""
+    advantages, old_logp = rows
+    logprobs = _micro_logprobs(settings)
     logp, entropy = logprobs(nnx.merge(graphdef, params, frozen), micro)
+    if old_logp is None:
+        old_logp = jax.lax.stop_gradient(logp)
     ref_logp = None
     if settings.grpo.needs_reference:
         ref_logp = jax.lax.stop_gradient(logprobs(nnx.merge(graphdef, reference, frozen), micro)[0])
     loss_sum, loss_count, metrics = grpo.grpo_loss_terms(
         logp,
-        jax.lax.stop_gradient(logp),
+        old_logp,
         advantages,
         micro.completion_mask,
         settings.grpo,
@@ -284,19 +300,51 @@ def _grpo_micro_loss(params, frozen, reference, micro: Batch, advantages, *, gra
     return loss_sum, (loss_count, metrics)
 
 
+def _old_logprobs(params, frozen, batch: Batch, *, graphdef, settings: GRPOSettings) -> jax.Array:
+    """The sampling policy's teacher-forced log-probs [B, L] (one forward per micro-batch, no gradient):
+    exact old log-probs whatever the sampler's precision."""
+    model = nnx.merge(graphdef, params, frozen)
+    micro = _micro_batches(batch, settings.micro_batches)
+    old = jax.lax.map(lambda b: _micro_logprobs(settings)(model, b)[0], micro)
+    return jax.lax.stop_gradient(old.reshape(-1, old.shape[-1]))
+
+
+def _ppo_epochs(state: TrainState, batch: Batch, rows, grad_fn, *, settings: GRPOSettings, placement: Placement):
+    """ppo_epochs passes over the rollout, each one optimizer step per mini-batch of whole groups (in a
+    fixed order); the metrics are the mean over those steps."""
+    config = settings.grpo
+    minibatches = (_micro_batches(batch, config.ppo_minibatches), _split_rows(rows, config.ppo_minibatches))
+    micro_count = settings.micro_batches // config.ppo_minibatches
+
+    def minibatch_step(state, minibatch):
+        grads, (count, metric_sums) = _accumulated_gradients(grad_fn, state.params, *minibatch, micro_count)
+        return _apply(settings, placement, state, grads, count, metric_sums)
+
+    def epoch(state, _):
+        return jax.lax.scan(minibatch_step, state, minibatches)
+
+    state, metrics = jax.lax.scan(epoch, state, None, length=config.ppo_epochs)
+    return state, jax.tree.map(jnp.mean, metrics)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "placement"), donate_argnums=(0,))
 def grpo_update(
     state: TrainState, frozen, reference, batch: Batch, *, graphdef, settings: GRPOSettings, placement: Placement
 ):
-    """One GRPO update on a rollout: group advantages, micro-batched (sum, count) loss, one optimizer step."""
+    """GRPO on a rollout: group advantages, micro-batched (sum, count) loss, and one optimizer step, or
+    with PPO epochs / mini-batches `updates_per_rollout` steps against the sampling policy's log-probs."""
     config = settings.grpo
     advantages = grpo.group_advantages(batch.rewards, config.group_size, config.advantage, config.advantage_eps)
     loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
-    grad_fn = jax.grad(lambda p, b, a: loss(p, micro=b, advantages=a), has_aux=True)
-    grads, (count, metric_sums) = _accumulated_gradients(
-        grad_fn, state.params, batch, advantages, settings.micro_batches
-    )
-    state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
+    grad_fn = jax.grad(lambda p, b, r: loss(p, micro=b, rows=r), has_aux=True)
+    if config.updates_per_rollout == 1:  # old = current: no extra forward pass (and G1's numbers exactly)
+        grads, (count, metric_sums) = _accumulated_gradients(
+            grad_fn, state.params, batch, (advantages, None), settings.micro_batches
+        )
+        state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
+    else:
+        old_logp = _old_logprobs(state.params, frozen, batch, graphdef=graphdef, settings=settings)
+        state, metrics = _ppo_epochs(state, batch, (advantages, old_logp), grad_fn, settings=settings, placement=placement)
     metrics["frac_zero_std"] = jnp.mean(grpo.zero_spread_groups(batch.rewards, config.group_size).astype(jnp.float32))
     return state, metrics
 

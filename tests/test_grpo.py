@@ -462,6 +462,8 @@ def test_loss_terms_errors():
         ("loss_agg", "mean"),
         ("tis_cap", 0.5),
         ("tis_cap", float("nan")),
+        ("ppo_epochs", 0),
+        ("ppo_minibatches", 1.5),
     ],
 )
 def test_config_rejects_bad_values(field, value):

@@ -13,6 +13,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -57,6 +58,9 @@ def leaves(tree):
         (dict(mesh="a,b"), "mesh"),
         (dict(model=""), "model must be"),
         (dict(states_per_step=6, micro_batch_states=4), "micro_batch_states"),
+        (dict(grpo=dict(group_size=2, ppo_minibatches=3)), "ppo_minibatches 3 must divide states_per_step 8"),
+        (dict(grpo=dict(group_size=2, ppo_minibatches=2), micro_batch_states=8), "states of a mini-batch"),
+        (dict(grpo=dict(ppo_epochs=0)), "ppo_epochs"),
         (dict(temperature=0.0), "temperature"),
         (dict(game_options={"swap": {}}), "not in games"),
         (dict(grpo=dict(loss_agg="mean")), "loss_agg"),
@@ -261,6 +265,8 @@ def test_the_step_settings_hold_what_the_update_depends_on():
         dict(max_new_tokens=8),
         dict(micro_batch_states=2),
         dict(grad_clip=0.5),
+        dict(grpo=dict(group_size=2, ppo_epochs=2)),
+        dict(grpo=dict(group_size=2, ppo_minibatches=2)),
     ):
         assert update.grpo_settings(base.replace(**change), grids) != settings, change
     assert update.grpo_settings(base, grids[:4] + ((1, 8, 8),) * 4) != settings
@@ -388,6 +394,48 @@ def test_the_logged_loss_is_the_objective_of_the_chosen_aggregation(reference_st
     assert abs(objective - token_mean) > 1e-3
     np.testing.assert_allclose(metrics["loss"], objective, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(metrics["policy_loss"], token_mean, rtol=1e-5, atol=1e-7)
+
+
+def optimizer_counts(trainer) -> set[int]:
+    """The optimizer's own counts of the updates it made (AdamW's and its schedule's)."""
+    return {int(count) for _, count in optax.tree_utils.tree_get_all_with_path(trainer.state.opt_state, "count")}
+
+
+def test_one_ppo_epoch_keeps_the_old_policy_the_current_one(reference_step):
+    # mu = 1, one mini-batch: no extra pass, old = stop_gradient(current), so the ratio is exactly 1
+    _, _, metrics = reference_step
+    assert metrics["ratio_mean"] == 1.0 and metrics["abs_log_ratio_mean"] == 0.0
+    assert metrics["clip_frac_low"] == metrics["clip_frac_high"] == 0.0
+
+
+@pytest.mark.parametrize("mesh", ["1,1,1", "2,2,2"])
+def test_ppo_epochs_and_minibatches_step_several_times_and_the_clip_acts(reference_step, mesh):
+    """2 epochs x 2 mini-batches (each of 2 micro-batches): 4 optimizer steps on one rollout. With a large
+    learning rate the later steps move the policy away from the sampling one: the ratio leaves 1 and the
+    clip holds tokens."""
+    batch, params, _ = reference_step
+    config = TrainConfig(
+        **{**SMALL, "learning_rate": 0.05},
+        steps=1,
+        run_dir="/tmp/g1jax-test-unused",
+        mesh=mesh,
+        micro_batch_states=2,
+    ).replace(grpo=dict(ppo_epochs=2, ppo_minibatches=2))
+    got_params, metrics, trainer = updated(config, batch)
+    assert int(trainer.state.step) == 4 and optimizer_counts(trainer) == {4}
+    assert metrics["abs_log_ratio_mean"] > 1e-3 and metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0
+    # the extra pass scores the rollout as the sampler did
+    np.testing.assert_allclose(metrics["sampler_abs_logp_diff"], 0.0, atol=1e-4)
+    assert any(np.abs(a - b).max() > 0.05 for a, b in zip(params, got_params))
+
+
+def test_a_clip_setting_that_cannot_act_warns_once():
+    config = TrainConfig(**SMALL, steps=1, run_dir="/tmp/g1jax-test-unused").replace(grpo=dict(clip_high=0.28))
+    with pytest.warns(UserWarning, match="ppo_epochs") as caught:
+        Trainer(config)
+    assert len([w for w in caught if "clip_low / clip_high" in str(w.message)]) == 1
+    assert not config.replace(grpo=dict(ppo_epochs=2)).grpo.clip_is_inert
+    assert not config.replace(grpo=dict(clip_high=0.2)).grpo.clip_is_inert
 
 
 @pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2"])

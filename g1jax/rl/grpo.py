@@ -44,6 +44,11 @@ def _check_group_size(group_size) -> None:
         raise ValueError(f"group_size must be an integer >= 2 (a group of one has no baseline), got {group_size!r}")
 
 
+def _check_count(name: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def _check_clip_args(clip_low, clip_high, dual_clip) -> None:
     if not (_is_real(clip_low) and 0 < clip_low < 1):
         raise ValueError(f"clip_low must be a number in (0, 1) (so that 1 - clip_low > 0), got {clip_low!r}")
@@ -272,6 +277,8 @@ class GRPOConfig:
     kl_kind: str = "k3"  # one of KL_KINDS
     loss_agg: str = "token-mean"  # one of AGGREGATION_MODES
     tis_cap: float | None = None  # truncated importance sampling sampler -> trainer; None: off
+    ppo_epochs: int = 1  # mu: passes over each rollout (verl's ppo_epochs, TRL's num_iterations)
+    ppo_minibatches: int = 1  # mini-batches of whole groups per pass, one optimizer step each
 
     def __post_init__(self):
         _check_group_size(self.group_size)
@@ -284,11 +291,25 @@ class GRPOConfig:
         _check_choice("loss_agg", self.loss_agg, AGGREGATION_MODES)
         if self.tis_cap is not None:
             _check_tis_cap("tis_cap", self.tis_cap)
+        _check_count("ppo_epochs", self.ppo_epochs)
+        _check_count("ppo_minibatches", self.ppo_minibatches)
 
     @property
     def needs_reference(self) -> bool:
         """Whether the loss uses the reference policy (otherwise its forward pass can be skipped)."""
         return self.kl_coef > 0
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps per rollout: ppo_epochs passes of ppo_minibatches mini-batches each."""
+        return self.ppo_epochs * self.ppo_minibatches
+
+    @property
+    def clip_is_inert(self) -> bool:
+        """Whether clip settings other than the defaults are set but cannot act: with one optimizer step
+        per rollout the ratio is exactly 1, so no bound is ever reached."""
+        changed = (self.clip_low, self.clip_high, self.dual_clip) != (0.2, 0.2, None)
+        return changed and self.updates_per_rollout == 1
 
 
 def grpo_loss_terms(
@@ -306,7 +327,7 @@ def grpo_loss_terms(
 
     Per token: policy loss (times the TIS weight when config.tis_cap is set) + kl_coef * KL,
     aggregated by config.loss_agg. With one update per rollout pass old_logp =
-    stop_gradient(logp). Metrics (token means unless noted): policy_loss, clip_frac_low/high/dual,
+    stop_gradient(logp); with several, the log-probs of the policy that sampled. Metrics (token means unless noted): policy_loss, clip_frac_low/high/dual,
     ratio_mean, abs_log_ratio_mean (|logp - old_logp|), kl (when ref_logp is given),
     sampler_abs_logp_diff (when sampler_logp is given), tis_weight_mean (when TIS is on), and over
     sequences with an active token advantage_mean, advantage_sq_mean, advantage_nonzero_frac.
