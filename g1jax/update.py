@@ -344,7 +344,8 @@ def grpo_update(
         state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
     else:
         old_logp = _old_logprobs(state.params, frozen, batch, graphdef=graphdef, settings=settings)
-        state, metrics = _ppo_epochs(state, batch, (advantages, old_logp), grad_fn, settings=settings, placement=placement)
+        rows = (advantages, old_logp)
+        state, metrics = _ppo_epochs(state, batch, rows, grad_fn, settings=settings, placement=placement)
     metrics["frac_zero_std"] = jnp.mean(grpo.zero_spread_groups(batch.rewards, config.group_size).astype(jnp.float32))
     return state, metrics
 

@@ -327,7 +327,8 @@ def grpo_loss_terms(
 
     Per token: policy loss (times the TIS weight when config.tis_cap is set) + kl_coef * KL,
     aggregated by config.loss_agg. With one update per rollout pass old_logp =
-    stop_gradient(logp); with several, the log-probs of the policy that sampled. Metrics (token means unless noted): policy_loss, clip_frac_low/high/dual,
+    stop_gradient(logp); with several, the log-probs of the policy that sampled. Metrics (token
+    means unless noted): policy_loss, clip_frac_low/high/dual,
     ratio_mean, abs_log_ratio_mean (|logp - old_logp|), kl (when ref_logp is given),
     sampler_abs_logp_diff (when sampler_logp is given), tis_weight_mean (when TIS is on), and over
     sequences with an active token advantage_mean, advantage_sq_mean, advantage_nonzero_frac.
