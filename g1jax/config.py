@@ -69,7 +69,7 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.999
     grad_clip: float = 1.0
-    micro_batch_states: int | None = None  # prompts per micro-batch (None: the whole batch at once)
+    micro_batch_states: int | None = None  # prompts per micro-batch (None: a whole (mini-)batch at once)
     # G1's perception cold start (SFT on a programmatic teacher) and the held-out evaluation
     sft_steps: int = 0  # teacher-answer SFT steps before RL (0: the G0 recipe, RL only)
     sft_learning_rate: float = 1e-4

@@ -9,7 +9,7 @@ One step, as data flows (every arrow on the device unless marked; module of each
                                                so a resumed run continues exactly
     rollout   start states -> frames -> prompts -> G samples -> (host) parse -> rewards   rl/rollout.py
     batch     prompts + samples + rewards, rows split over the mesh                      update.Batch
-    update    advantages -> micro-batched (sum, count) GRPO loss -> one optax update    update.grpo_update
+    update    advantages -> micro-batched (sum, count) GRPO loss -> optax update(s)     update.grpo_update
     log       rollout metrics, samples, checkpoint every N steps             metrics.py, run_logging.py
 
 The cold start (`sft_steps` > 0) runs first on the same loop, with teacher answers in place of the samples
