@@ -278,6 +278,13 @@ def test_the_step_settings_hold_what_the_update_depends_on():
     hash((settings, sft))  # static arguments of jit
 
 
+def test_the_schedule_counts_rollouts_whatever_the_optimizer_steps_per_rollout():
+    config = TrainConfig(**SMALL, steps=10, warmup_steps=2, schedule="cosine", run_dir="unused")
+    ppo = update.OptimizerSettings.of(config.replace(grpo=dict(ppo_epochs=2, ppo_minibatches=2)))
+    one = update.OptimizerSettings.of(config)
+    assert (one.warmup_steps, one.decay_steps) == (2, 10) and (ppo.warmup_steps, ppo.decay_steps) == (8, 40)
+
+
 @pytest.fixture(scope="module")
 def reference_step():
     """One rollout on one device and the update it gives. The tiny model's 4-token answers never parse
