@@ -30,7 +30,9 @@ G1_LOSS = dict(
 )
 # DAPO's loss: clip-higher 0.28, no KL, token mean (its dynamic sampling and overlong shaping would live
 # in the rollout; they are not implemented).
-DAPO_LOSS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.0, loss_agg="token-mean")
+# Two mini-batches per rollout (two optimizer steps), so that the second step's ratio departs from 1 and
+# clip-higher acts, as in DAPO's own several mini-batches per rollout.
+DAPO_LOSS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.0, loss_agg="token-mean", ppo_minibatches=2)
 # Dr. GRPO's loss: advantages without the std division, no KL, a constant length normaliser.
 DRGRPO_LOSS = dict(advantage="drgrpo", kl_coef=0.0, loss_agg="sequence-mean-token-sum-norm")
 
