@@ -50,7 +50,9 @@ def best_fixed_actions(games: MultiGame, game_rewards, chunk: int = 64) -> dict[
     them is highest (ties: the lowest id). `game_rewards(actions int32 [P, K]) -> float [P, K]` scores
     K actions from every row's state; the ids are tried `chunk` at a time (one compiled shape)."""
     totals = [np.zeros(game.num_actions) for game in games.games]
-    for start in range(0, max(g.num_actions for g in games.games), chunk):
+    most = max(g.num_actions for g in games.games)
+    chunk = min(chunk, most)  # 2048's five ids are one chunk of five, not of 64
+    for start in range(0, most, chunk):
         ids = np.arange(start, start + chunk)
         actions = np.concatenate(
             [np.tile(np.minimum(ids, g.num_actions - 1), (n, 1)) for g, n in zip(games.games, games.counts)]
