@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 
 import jax
@@ -123,7 +124,8 @@ class Episodes:
     parts: dict  # host float32 / bool [N, T]: game, format, perception, legal, invalid
     actions: np.ndarray  # int32 [N, T] as parsed (the invalid action for unreadable answers)
     texts: list  # texts[t][n]: the answer of trajectory n at turn t
-    solved: np.ndarray  # bool [N]: the game reported success (info["solved"]) at some turn
+    solved: np.ndarray | None  # bool [N]: the game reported success (info["solved"]) at some turn; None: no such notion
+    host_seconds: float = 0.0  # wall time of the host's part: decoding and parsing the answers
 
     @property
     def played(self) -> int:
@@ -348,7 +350,7 @@ class EpisodeRollout:
         active = ~states.done  # a start state whose game is already over never acts
 
         turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved = [], [], [], [], [], [], None
-        texts_all, actions_all = [], []
+        texts_all, actions_all, host_seconds = [], [], 0.0
         for t in range(turns):
             if t and not bool(jax.device_get(jnp.any(active))):
                 break  # every board has finished: nothing is left to act
@@ -374,11 +376,14 @@ class EpisodeRollout:
                 config=self.sampling,
             )
             # host: only the answers' tokens come over; they are decoded and parsed here
+            host_started = time.perf_counter()
             texts = decode_completions(self.tokenizer, to_host(samples.tokens))
             actions = np.asarray([env.parse(text) for text in texts], np.int32)
             truths = None
-            if self.weights.perception:
-                truths = [env.describe(envs.unbatch(to_host(states), n)) for n in range(rows)]
+            if self.weights.perception:  # the perception reward reads the boards' ground truth (a few ints each)
+                boards = to_host(states)
+                truths = [env.describe(envs.unbatch(boards, n)) for n in range(rows)]
+            host_seconds += time.perf_counter() - host_started
             turn_rows.append(
                 TurnRows(ids, mask, positions, images.shape[1], samples.replace(mask=samples.mask & active[:, None]))
             )
@@ -392,9 +397,11 @@ class EpisodeRollout:
             game_all.append(game)
             legal_all.append(legal)
             solved = solved_now if solved is None else solved | solved_now
-        return self._collect(
+        episodes = self._collect(
             turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved, texts_all, actions_all
         )
+        episodes.host_seconds = host_seconds
+        return episodes
 
     def _collect(
         self, turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved, texts_all, actions_all
@@ -442,3 +449,26 @@ class EpisodeRollout:
             texts=texts,
             solved=solved_any if self.reports_solved else None,
         )
+
+
+@functools.partial(jax.jit, static_argnames=("env", "group_size", "turns"))
+def random_play(env: envs.Env, key, starts, *, group_size: int, turns: int):
+    """The random baseline on the same start states: G trajectories of up to T uniformly random moves (any
+    id but the invalid action) each. Returns (game rewards float32 [N, T], active bool [N, T], legal bool
+    [N, T]), finished boards masked as in the rollout."""
+    states = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), starts)
+    rows = states.done.shape[0]
+
+    def turn(carry, turn_key):
+        states, active = carry
+        draw_key, step_key = jax.random.split(turn_key)
+        # uniform over the num_actions - 1 real moves: skip over the invalid action's id
+        actions = jax.random.randint(draw_key, (rows,), 0, env.num_actions - 1)
+        actions = jnp.where(actions >= env.invalid_action, actions + 1, actions).astype(jnp.int32)
+        stepped, reward, done, info = jax.vmap(env.step)(jax.random.split(step_key, rows), states, actions)
+        states = envs.tree_where(active, stepped, states)
+        out = (jnp.where(active, reward, 0.0), active, info["legal"] & active)
+        return (states, active & ~done), out
+
+    _, (rewards, active, legal) = jax.lax.scan(turn, (states, ~states.done), jax.random.split(key, turns))
+    return rewards.T, active.T, legal.T
