@@ -24,13 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from g1jax import heldout
 from g1jax import sharding as mesh_lib
 from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
-from g1jax.rl import credit, grpo
+from g1jax.rl import credit
 from g1jax.rl.episodes import EpisodeConfig, EpisodeRollout, Episodes, random_play
 from g1jax.trainer import HELD_OUT_STREAM, Trainer
 from g1jax.update import (
@@ -41,7 +40,7 @@ from g1jax.update import (
     TrainState,
     _accumulated_gradients,
     _apply,
-    completion_logprobs,
+    _grpo_micro_loss,
     shard_batch,
 )
 
@@ -49,34 +48,13 @@ from g1jax.update import (
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TurnSettings(GRPOSettings):
     """What the multi-turn step reads besides its arrays: the GRPO step's settings (image_grids: one per
-    frame of every turn row) and the credit assignment."""
+    frame of every turn row; grpo.group_size: trajectories per start state) and the credit assignment."""
 
     credit: credit.CreditConfig
 
-
-def _turn_micro_loss(params, frozen, reference, micro: Batch, advantages, *, graphdef, settings: TurnSettings):
-    """One micro-batch of turn rows (one answer per prompt): the GRPO loss terms with per-row advantages."""
-    logprobs = functools.partial(
-        completion_logprobs, image_grids=settings.micro_grids, group_size=1, temperature=settings.temperature
-    )
-    logp, entropy = logprobs(nnx.merge(graphdef, params, frozen), micro)
-    ref_logp = None
-    if settings.grpo.needs_reference:
-        ref_logp = jax.lax.stop_gradient(logprobs(nnx.merge(graphdef, reference, frozen), micro)[0])
-    loss_sum, loss_count, metrics = grpo.grpo_loss_terms(
-        logp,
-        jax.lax.stop_gradient(logp),  # one update per rollout: the sampling policy is the current one
-        advantages,
-        micro.completion_mask,
-        settings.grpo,
-        ref_logp=ref_logp,
-        sampler_logp=micro.sampler_logprobs,
-        max_len=settings.max_new_tokens,
-    )
-    weights = micro.completion_mask.astype(jnp.float32)
-    metrics["entropy"] = (jnp.sum(jax.lax.stop_gradient(entropy) * weights), jnp.sum(weights))
-    metrics["loss"] = (jax.lax.stop_gradient(loss_sum), loss_count)
-    return loss_sum, (loss_count, metrics)
+    @property
+    def answers_per_prompt(self) -> int:
+        return 1  # a turn row is its own prompt; the G trajectories' prompts differ after turn 0
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "placement"), donate_argnums=(0,))
@@ -97,10 +75,11 @@ def multiturn_update(
     trajectory n): advantages from rewards / active [N, T] and state keys [N, T, 2] by `settings.credit`,
     then the micro-batched (sum, count) loss over every turn's answer tokens and one optimizer step."""
     advantages = credit.turn_advantages(rewards, active, keys, settings.grpo.group_size, settings.credit)
-    loss = functools.partial(_turn_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
-    grad_fn = jax.grad(lambda p, b, a: loss(p, micro=b, advantages=a), has_aux=True)
+    # the GRPO step's micro-batch loss; no old log-probs: one update per rollout, old = current
+    loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
+    grad_fn = jax.grad(lambda p, b, r: loss(p, micro=b, rows=r), has_aux=True)
     grads, (count, metric_sums) = _accumulated_gradients(
-        grad_fn, state.params, batch, advantages.reshape(-1), settings.micro_batches
+        grad_fn, state.params, batch, (advantages.reshape(-1), None), settings.micro_batches
     )
     state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
     played = jnp.maximum(jnp.sum(active), 1)

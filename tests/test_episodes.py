@@ -17,7 +17,14 @@ from g1jax.models import get_rope_index
 from g1jax.models.config import preset
 from g1jax.models.qwen25vl import Qwen25VL
 from g1jax.rl import credit, grpo
-from g1jax.rl.episodes import PAST_LABEL, PAST_LABEL_NO_FRAME, EpisodeConfig, EpisodeRollout, rope_positions
+from g1jax.rl.episodes import (
+    PAST_LABEL,
+    PAST_LABEL_NO_FRAME,
+    EpisodeConfig,
+    EpisodeRollout,
+    random_play,
+    rope_positions,
+)
 from g1jax.sampling import SamplingConfig
 from g1jax.tokenizer import make_tiny_tokenizer
 from g1jax.update import completion_logprobs
@@ -225,3 +232,17 @@ def test_bad_config_is_one_line(kwargs, words):
     with pytest.raises(ValueError, match=words) as excinfo:
         EpisodeConfig(**kwargs)
     assert "\n" not in str(excinfo.value)
+
+
+def test_the_random_player_never_answers_the_invalid_action_and_masks_finished_boards(setup):
+    env = setup["env"]
+    rewards, active, legal = jax.device_get(
+        random_play(env, jax.random.key(0), setup["starts"], group_size=GROUP, turns=3)
+    )
+    assert rewards.shape == active.shape == legal.shape == (2 * GROUP, 3)
+    assert active[:GROUP].all() and not active[GROUP:].any()  # an open board cannot end in 3 moves
+    assert np.array_equal(rewards[GROUP:], np.zeros((GROUP, 3)))
+    # every move of 2048's training reward is +1 (merged) or -1; "still" never comes up, so legal <=> moved
+    assert set(np.unique(rewards[:GROUP])) <= {-1.0, 1.0}
+    again = jax.device_get(random_play(env, jax.random.key(0), setup["starts"], group_size=GROUP, turns=3))
+    np.testing.assert_array_equal(again[0], rewards)
