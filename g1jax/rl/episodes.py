@@ -37,6 +37,7 @@ import numpy as np
 
 import envs
 from g1jax.chat import DEFAULT_SYSTEM_PROMPT, IMAGE_PLACEHOLDER, decode_completions
+from g1jax.constants import FACTOR
 from g1jax.image_processing import grid_thw, num_image_tokens, preprocess
 from g1jax.models.config import Qwen25VLConfig
 from g1jax.rl.credit import state_hash
@@ -224,7 +225,7 @@ class EpisodeRollout:
         self.strict_format = strict_format
         height, width = env.image_shape[:2]
         self.grid = grid_thw(height, width)
-        self.merged_grid = (height // 28, width // 28)
+        self.merged_grid = (height // FACTOR, width // FACTOR)  # image tokens per side (one per 28 px)
         self.image_token_id = model_config.image_token_id
         self.pieces = self._pieces(height, width)
         # whether the game says when an episode is won (info["solved"]); otherwise success = no illegal move
