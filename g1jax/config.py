@@ -22,6 +22,7 @@ from typing import Any
 
 import envs
 from g1jax.models.config import ConfigError
+from g1jax.rl.credit import CREDIT_MODES, CreditConfig
 from g1jax.rl.grpo import GRPOConfig
 from g1jax.rl.rewards import g1_weights
 from g1jax.sampling import SamplingConfig
@@ -31,6 +32,41 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 # A trainer's GRPO defaults: rl.grpo's, with 4 answers per state (a CPU-sized group; the G1 recipes say 5).
 DEFAULT_GRPO = GRPOConfig(group_size=4)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultiTurnConfig:
+    """Multi-turn episodes (g1jax/rl/episodes.py) and their credit (g1jax/rl/credit.py): grpo.group_size
+    trajectories of up to max_turns turns from each start state, each turn's prompt holding the last
+    `history` answers. credit: one of rl.credit.CREDIT_MODES; estimator, gamma, step_weight as CreditConfig."""
+
+    max_turns: int = 4
+    history: int = 2
+    history_frames: bool = False
+    credit: str = "episode"
+    estimator: str = "grpo"
+    gamma: float = 0.95
+    step_weight: float = 1.0
+
+    def __post_init__(self):
+        _check_int("multiturn.max_turns", self.max_turns, 1)
+        _check_int("multiturn.history", self.history, 0)
+        _check(
+            self.history_frames is False,
+            "multiturn.history_frames is not supported by the trainer yet (turns before `history` would hold "
+            "fewer frames and need batches of their own); keep it False",
+        )
+        _check(
+            self.credit in CREDIT_MODES, f"multiturn.credit must be one of {list(CREDIT_MODES)}, got {self.credit!r}"
+        )
+        try:
+            self.credit_config.__post_init__()  # its own checks of estimator, gamma, step_weight
+        except ValueError as error:
+            raise ConfigError(f"multiturn: {error}") from None
+
+    @property
+    def credit_config(self) -> CreditConfig:
+        return CreditConfig(mode=self.credit, estimator=self.estimator, gamma=self.gamma, step_weight=self.step_weight)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +97,9 @@ class TrainConfig:
     top_p: float = 1.0
     # the GRPO loss and group size (rl/grpo.py); a mapping given here is read onto DEFAULT_GRPO
     grpo: GRPOConfig = DEFAULT_GRPO
+    # multi-turn episodes instead of G1's one answer per state (None: single-turn); a mapping is read onto
+    # MultiTurnConfig
+    multiturn: MultiTurnConfig | None = None
     # optimiser
     learning_rate: float = 1e-6
     schedule: str = "constant"
@@ -107,6 +146,18 @@ class TrainConfig:
         if isinstance(self.grpo, Mapping):
             set_field("grpo", grpo_from_mapping(self.grpo))
         _check(isinstance(self.grpo, GRPOConfig), f"grpo must be a GRPOConfig or a mapping, got {self.grpo!r}")
+        if isinstance(self.multiturn, Mapping):
+            set_field("multiturn", multiturn_from_mapping(self.multiturn))
+        _check(
+            self.multiturn is None or isinstance(self.multiturn, MultiTurnConfig),
+            f"multiturn must be None, a MultiTurnConfig or a mapping, got {self.multiturn!r}",
+        )
+        if self.multiturn is not None:
+            _check(len(self.games) == 1, f"multiturn episodes play one game, got games {list(self.games)}")
+            _check(
+                self.grpo.updates_per_rollout == 1,
+                "multiturn runs take one optimizer step per rollout (grpo.ppo_epochs = grpo.ppo_minibatches = 1)",
+            )
 
     def _check_games(self) -> None:
         _check(bool(self.games), "games must name at least one game")
@@ -263,6 +314,17 @@ class TrainConfig:
 
 
 _GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
+_MULTITURN_FIELDS = {f.name for f in dataclasses.fields(MultiTurnConfig)}
+
+
+def multiturn_from_mapping(values: Mapping[str, Any]) -> MultiTurnConfig:
+    """A MultiTurnConfig from a mapping; an unknown or bad field is a one-line ConfigError."""
+    unknown = sorted(set(values) - _MULTITURN_FIELDS)
+    _check(not unknown, f"unknown multiturn field(s) {unknown}; valid: {', '.join(sorted(_MULTITURN_FIELDS))}")
+    try:
+        return MultiTurnConfig(**values)
+    except TypeError as error:
+        raise ConfigError(f"multiturn: {error}") from None
 
 
 def grpo_from_mapping(values: Mapping[str, Any], base: GRPOConfig = DEFAULT_GRPO) -> GRPOConfig:

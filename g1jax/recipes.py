@@ -69,6 +69,18 @@ G1_SMALL = dict(
 )
 # G0: the same RL budget without the cold start.
 G0_SMALL = dict(CPU_SMALL, sft_steps=0, steps=40, run_dir="runs/g0")
+# Multi-turn agent RL (issue #23) after G1's cold start: 4 start states x 4 trajectories of 4 turns, each
+# turn's prompt holding the previous answer (history 1, as short windows do better: docs/multiturn.md),
+# GiGPO's credit with its published settings (gamma 0.95, omega 1, mean_norm = drgrpo). Whether this
+# measurably learns on 2 CPUs within 15 minutes is not yet measured.
+MULTITURN_SMALL = dict(
+    G1_SMALL,
+    states_per_step=4,
+    steps=20,
+    eval_states=32,
+    multiturn=dict(max_turns=4, history=1, credit="gigpo", estimator="drgrpo", gamma=0.95, step_weight=1.0),
+    run_dir="runs/multiturn",
+)
 
 # ------------------------------------------------------------------------------ the paper's, for real checkpoints
 # G1's RL recipe (vlm-gym-spec §9; docs/rl.md): 128 states x 5 answers, lr 1e-6, G1's loss, temperature 1,
@@ -108,6 +120,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "g0": G0_SMALL,
     "g0-dapo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DAPO_LOSS), run_dir="runs/g0-dapo"),
     "g0-drgrpo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DRGRPO_LOSS), run_dir="runs/g0-drgrpo"),
+    "multiturn": MULTITURN_SMALL,
     "g1-paper": G1_PAPER,
     "g0-paper": G0_PAPER,
 }

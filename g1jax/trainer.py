@@ -438,4 +438,8 @@ class Trainer:
 
 
 def make_trainer(config: TrainConfig, *, resume: bool = False) -> Trainer:
+    if config.multiturn is not None:  # multi-turn episodes: g1jax/multiturn_trainer.py
+        from g1jax.multiturn_trainer import MultiTurnTrainer
+
+        return MultiTurnTrainer(config, resume=resume)
     return Trainer(config, resume=resume)

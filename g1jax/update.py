@@ -154,6 +154,11 @@ class GRPOSettings(UpdateSettings):
     temperature: float
     max_new_tokens: int
 
+    @property
+    def answers_per_prompt(self) -> int:
+        """Completions per prompt row of the batch (each prompt's image is encoded once for all of them)."""
+        return self.grpo.group_size
+
 
 def grpo_settings(config: TrainConfig, image_grids) -> GRPOSettings:
     return GRPOSettings(
@@ -269,7 +274,7 @@ def _micro_logprobs(settings: GRPOSettings):
     return functools.partial(
         completion_logprobs,
         image_grids=settings.micro_grids,
-        group_size=settings.grpo.group_size,
+        group_size=settings.answers_per_prompt,
         temperature=settings.temperature,
     )
 

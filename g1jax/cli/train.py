@@ -49,8 +49,9 @@ FLAGS = {  # flag -> TrainConfig field (a dotted name: a field of a nested secti
     "micro_batch_states": "micro_batch_states",
     "kl_coef": "grpo.kl_coef",
 }
-# Fields that hold a nested config (grpo): overrides of them change the fields they name, not the whole section.
-SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default))
+# Fields that hold a nested config (grpo; multiturn, None unless set): overrides of them change the fields they
+# name, not the whole section.
+SECTIONS = (*(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default)), "multiturn")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -304,6 +305,10 @@ def main(argv=None) -> int:
     summary = trainer.run()
     if "before" in summary:
         print(gain_table(summary))
+    elif "before_game_return" in summary:  # a multi-turn run's held-out episodes
+        from g1jax.multiturn_trainer import episode_table
+
+        print(episode_table(summary))
     else:
         final = summary["final"]
         print(f"{summary['steps']} steps in {summary['run_dir']}: last reward {final.get('reward', float('nan')):+.3f}")
