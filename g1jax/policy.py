@@ -64,6 +64,10 @@ def _preset_tokenizer(config: TrainConfig, model_config: Qwen25VLConfig) -> Toke
     return make_tiny_tokenizer(vocab_size=model_config.text.vocab_size, corpus=_game_corpus())
 
 
+# The games whose prompts the tiny tokenizer was learned on (G1's four); fixed, see _game_corpus.
+TOKENIZER_GAMES = ("2048", "shisensho", "shisensho_photo", "swap")
+
+
 def _game_corpus() -> list[str]:
     from g1jax.tokenizer import _TINY_CORPUS as TINY_CORPUS
 
@@ -75,7 +79,9 @@ def _game_corpus() -> list[str]:
         "Red circle | Green square | Blue triangle | Yellow diamond | Magenta cross | Cyan star | Empty | - ",
         "pair (0, 1) (2, 3) leaves 12 legal pairs; swap score points cascade tiles",
     ]
-    return [*TINY_CORPUS, *(envs.make(name).prompt for name in envs.list_games()), *phrases]
+    # The corpus names its games rather than reading the registry: a game registered later must not change
+    # the vocabulary, or the token ids of every saved tiny run would move under it.
+    return [*TINY_CORPUS, *(envs.make(name).prompt for name in TOKENIZER_GAMES), *phrases]
 
 
 def _tokenizer_source(directory: str) -> str | None:
