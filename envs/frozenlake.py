@@ -24,10 +24,11 @@ dropped); each move is one gymnasium step (it counts toward max_steps). The last
 invalid action (an unreadable answer): no move, but it costs one step, so an episode of bad
 answers still ends.
 
-Legal moves: a move is legal when it is intended onto the board (valid_actions masks the moves
-into the edge); a sequence when every move of it is, judged along its intended path up to where
-that path would end the episode. An illegal move is still played as gymnasium plays it (a step
-spent; on slippery ice it may slide sideways), but `info["legal"]` is False.
+Legal moves (`valid_actions`, `info["legal"]`): on a live board, every move on slippery ice
+(each direction can move the player, if only by slipping sideways; gymnasium's optimal slippery
+policies do aim at the edge); on ice that does not slip, a move intended onto the board, and a
+sequence when every move of it is, judged along its path up to where the episode would end. A
+move into the edge there only spends a step; it is played as gymnasium plays it, but is not legal.
 """
 
 from __future__ import annotations
@@ -242,6 +243,12 @@ def next_cells(n: int) -> np.ndarray:
     return cells
 
 
+def move_uniforms(key, k: int):
+    """float32 [k]: the uniforms a step draws from its key, one per move of the answer (the slip
+    of move i is drawn from the i-th)."""
+    return jax.random.uniform(key, (k,))
+
+
 def slip_direction(direction, u, success_rate):
     """The direction actually taken on slippery ice, from one uniform u in [0, 1): gymnasium's
     `categorical_sample` over [(a - 1) % 4, a, (a + 1) % 4] with probabilities [f, s, f],
@@ -249,6 +256,112 @@ def slip_direction(direction, u, success_rate):
     fail = (1.0 - success_rate) / 2.0
     turn = jnp.where(u < fail, -1, jnp.where(u < fail + success_rate, 0, 1))
     return (direction + turn) % 4
+
+
+class Pen:
+    """Vector drawing of the original's sprites in a cell of `cell` pixels, in the sprites' own
+    32-unit coordinates. `put` composites a shape onto an image (float [c, c, 3]) or onto a
+    layer (float [c, c, 4]: premultiplied colour and coverage, drawn once and laid `over`
+    several tiles)."""
+
+    def __init__(self, cell: int):
+        self.cell = cell
+        self.u = cell / 32.0  # the original's sprites are 32 px
+        self.ys, self.xs = raster.pixel_centres(cell, cell)
+
+    def box(self, x0, y0, x1, y1, r=0.0):
+        u = self.u
+        return raster.sdf_box(self.ys, self.xs, x0 * u, y0 * u, x1 * u, y1 * u, r * u)
+
+    def ellipse(self, x0, y0, x1, y1):
+        u = self.u
+        return raster.sdf_ellipse(self.ys, self.xs, x0 * u, y0 * u, x1 * u, y1 * u)
+
+    def segment(self, x0, y0, x1, y1, width):
+        u = self.u
+        return raster.sdf_segment(self.ys, self.xs, x0 * u, y0 * u, x1 * u, y1 * u, 0.5 * width * u)
+
+    def poly(self, *points):
+        return raster.sdf_convex_polygon(self.ys, self.xs, [(x * self.u, y * self.u) for x, y in points])
+
+    def put(self, img, sdf, color):
+        mask = raster.coverage(sdf)
+        if img.shape[-1] == 3:
+            return raster.fill(img, mask, color)
+        m = mask[..., None]
+        paint = jnp.concatenate([jnp.asarray(color, jnp.float32), jnp.ones(1)])
+        return img * (1.0 - m) + paint * m
+
+    def over(self, img, layer):
+        return img * (1.0 - layer[..., 3:]) + layer[..., :3]
+
+    def ice(self):
+        """Ice, streaked like the original's: under every tile."""
+        img = raster.canvas(self.cell, self.cell, ICE)
+        for x0, y0, x1, y1 in ((2, 9, 14, 3), (10, 22, 26, 13), (18, 30, 30, 23)):
+            img = self.put(img, self.segment(x0, y0, x1, y1, 2.5), ICE_LIGHT)
+        for x0, y0, x1, y1 in ((4, 17, 9, 14), (21, 7, 27, 4), (3, 28, 7, 26)):
+            img = self.put(img, self.segment(x0, y0, x1, y1, 1.2), ICE_SHADE)
+        return img
+
+    def outline(self, img):
+        """The original's 1-px cell outline."""
+        return raster.fill(img, raster.inner_outline(self.box(0, 0, 32, 32), 1.0 / self.u), GRID_LINE)
+
+    def decorate(self, img, tile: int, fell: bool = False):
+        """A hole (broken, dark water and cracks, where the player fell in), the goal's gift box
+        with an orange ribbon, the start's stool, on the ice; frozen ice stays bare."""
+        put, box, ellipse, segment = self.put, self.box, self.ellipse, self.segment
+        if tile == HOLE:
+            img = put(img, box(2.5, 3.5, 29.5, 28.5, 9), HOLE_RIM)
+            img = put(img, box(4, 5, 28, 27, 8), CRACK_WATER if fell else HOLE_WATER)
+            if fell:
+                img = put(img, self.poly((10, 12), (18, 8), (24, 14), (21, 22), (12, 23)), CRACK_DARK)
+                for x0, y0, x1, y1 in ((10, 12, 5, 8), (24, 14, 28, 10), (21, 22, 25, 26), (12, 23, 7, 25)):
+                    img = put(img, segment(x0, y0, x1, y1, 1.3), CRACK_DARK)
+            else:
+                for x0, y0, x1, y1 in ((8, 15, 14, 9), (12, 22, 22, 12), (19, 23, 24, 18)):
+                    img = put(img, segment(x0, y0, x1, y1, 1.8), HOLE_LIGHT)
+                img = put(img, segment(9, 11, 11, 9, 1.5), HOLE_GLINT)
+        elif tile == GOAL:
+            img = put(img, box(6, 13, 26, 29, 1.5), GIFT_EDGE)
+            img = put(img, box(7, 14, 25, 28, 1), GIFT_BOX)
+            img = put(img, box(5, 10, 27, 15, 1.5), GIFT_EDGE)
+            img = put(img, box(6, 11, 26, 14, 1), GIFT_LID)
+            img = put(img, box(14.5, 11, 17.5, 28), RIBBON)
+            img = put(img, ellipse(9.5, 5, 16.5, 11.5), RIBBON)
+            img = put(img, ellipse(15.5, 5, 22.5, 11.5), RIBBON)
+            img = put(img, ellipse(11, 6.5, 15.5, 10), BOW)
+            img = put(img, ellipse(16.5, 6.5, 21, 10), BOW)
+        elif tile == START:
+            img = put(img, ellipse(9, 24, 23, 28), SHADOW)
+            img = put(img, box(10.5, 15, 13, 26, 0.5), DARK_BROWN)
+            img = put(img, box(19, 15, 21.5, 26, 0.5), DARK_BROWN)
+            img = put(img, box(11, 15, 12.5, 25.5), STOOL_LEG)
+            img = put(img, box(19.5, 15, 21, 25.5), STOOL_LEG)
+            img = put(img, box(8.5, 11, 23.5, 17.5, 2.5), DARK_BROWN)
+            img = put(img, box(9.5, 12, 22.5, 16.5, 2), STOOL_SEAT)
+        return img
+
+    def elf(self, facing: int):
+        """The elf as a layer: pointed green hat bent the way it faces, a face (its back, hair,
+        facing up), a red tunic, dark boots."""
+        put, box, ellipse = self.put, self.box, self.ellipse
+        img = jnp.zeros((self.cell, self.cell, 4), jnp.float32)
+        img = put(img, ellipse(9, 27, 23, 31), SHADOW)
+        img = put(img, box(10.5, 25, 15.5, 30, 1), DARK_BROWN)  # boots
+        img = put(img, box(16.5, 25, 21.5, 30, 1), DARK_BROWN)
+        img = put(img, box(9, 16, 23, 27, 3), DARK_BROWN)  # tunic, outlined
+        img = put(img, box(10, 17, 22, 26, 2.5), TUNIC)
+        img = put(img, box(10, 22, 22, 23.5), TUNIC_DARK)  # belt
+        img = put(img, ellipse(8.5, 6.5, 23.5, 19.5), DARK_BROWN)  # head, outlined
+        img = put(img, ellipse(9.5, 7.5, 22.5, 18.5), DARK_BROWN if facing == UP else SKIN)
+        tip = {LEFT: (5, 1), RIGHT: (27, 1), DOWN: (16, 0), UP: (16, 0)}[facing]
+        img = put(img, self.poly((8, 10), (24, 10), tip), HAT)
+        img = put(img, box(8, 8.5, 24, 11.5, 1), HAT_BRIM)
+        for x in {LEFT: (11, 15), DOWN: (13, 19), RIGHT: (17, 21)}.get(facing, ()):
+            img = put(img, ellipse(x - 1.1, 12.5, x + 1.1, 15.5), SHADOW)
+        return img
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,11 +510,14 @@ class FrozenLake(Env):
         return dirs[index], jnp.where(is_move, lengths[index], 0)
 
     def _legal(self, state, dirs, length):
-        """Every move of the sequence intended onto the board, along its intended path up to
-        where that path would end the episode; nothing is legal on a finished board."""
+        """Slippery ice: any move on a live board. Otherwise every move of the sequence intended
+        onto the board, along its path up to where it would end the episode. Nothing is legal on
+        a finished board."""
         n = self.board_size
         cells = jnp.asarray(next_cells(n))
         ok, ended = ~state.done & (length > 0), jnp.bool_(False)
+        if self.is_slippery:
+            return ok
         pos, steps = state.pos, state.steps
         for i in range(self.actions_per_turn):
             active = (i < length) & ~ended
@@ -418,7 +534,7 @@ class FrozenLake(Env):
         action = self.checked_action(state, action)
         dirs, length = self._sequence(action)
         legal = self._legal(state, dirs, length)
-        u = jax.random.uniform(key, (self.actions_per_turn,))
+        u = move_uniforms(key, self.actions_per_turn)
         pos, steps, last, done, terminated = state.pos, state.steps, state.last_action, state.done, jnp.bool_(False)
         reward = jnp.float32(0.0)
         for i in range(self.actions_per_turn):
@@ -439,6 +555,8 @@ class FrozenLake(Env):
 
     def valid_actions(self, state, params=None):
         self.check_state(state, "valid_actions")
+        if self.is_slippery:
+            return jnp.concatenate([jnp.full(self.num_moves, ~state.done), jnp.zeros(1, bool)])
         if self.actions_per_turn == 1:
             on_board = jnp.asarray(next_cells(self.board_size))[state.pos] != state.pos
             return jnp.concatenate([on_board & ~state.done, jnp.zeros(1, bool)])
@@ -461,94 +579,18 @@ class FrozenLake(Env):
     def _tile_atlas(self) -> np.ndarray:
         """uint8 [17, cell, cell, 3]: F, H, S, G; the elf facing each direction (gymnasium's
         order) on F, S and G (ids 4 + 4 * (0 F, 1 S, 2 G) + direction); the cracked hole of a
-        player who fell in (16)."""
+        player who fell in (16). The ice and each elf are drawn once and composited."""
 
         def draw():
-            tiles = [self._draw_tile(t) for t in range(4)]
-            tiles += [self._draw_tile(t, facing=d) for t in (FROZEN, START, GOAL) for d in range(4)]
-            tiles.append(self._draw_tile(HOLE, facing=DOWN))
+            pen = Pen(self.layout.cell)
+            ice = pen.ice()
+            tiles = [pen.outline(pen.decorate(ice, t)) for t in range(4)]
+            elves = [pen.elf(d) for d in range(4)]
+            tiles += [pen.over(tiles[t], elf) for t in (FROZEN, START, GOAL) for elf in elves]
+            tiles.append(pen.outline(pen.decorate(ice, HOLE, fell=True)))
             return jnp.stack([raster.to_uint8(t) for t in tiles])
 
         return raster.bake(draw)
-
-    def _draw_tile(self, tile: int, facing: int | None = None):
-        c = self.layout.cell
-        u = c / 32.0  # the original's sprites are 32 px
-        ys, xs = raster.pixel_centres(c, c)
-
-        def box(x0, y0, x1, y1, r=0.0):
-            return raster.sdf_box(ys, xs, x0 * u, y0 * u, x1 * u, y1 * u, r * u)
-
-        def ellipse(x0, y0, x1, y1):
-            return raster.sdf_ellipse(ys, xs, x0 * u, y0 * u, x1 * u, y1 * u)
-
-        def segment(x0, y0, x1, y1, w):
-            return raster.sdf_segment(ys, xs, x0 * u, y0 * u, x1 * u, y1 * u, 0.5 * w * u)
-
-        def poly(*points):
-            return raster.sdf_convex_polygon(ys, xs, [(x * u, y * u) for x, y in points])
-
-        def put(img, sdf, color):
-            return raster.fill(img, raster.coverage(sdf), color)
-
-        img = raster.canvas(c, c, ICE)  # ice under every tile, streaked like the original's
-        for x0, y0, x1, y1 in ((2, 9, 14, 3), (10, 22, 26, 13), (18, 30, 30, 23)):
-            img = put(img, segment(x0, y0, x1, y1, 2.5), ICE_LIGHT)
-        for x0, y0, x1, y1 in ((4, 17, 9, 14), (21, 7, 27, 4), (3, 28, 7, 26)):
-            img = put(img, segment(x0, y0, x1, y1, 1.2), ICE_SHADE)
-        fell = tile == HOLE and facing is not None
-        if tile == HOLE:
-            img = put(img, box(2.5, 3.5, 29.5, 28.5, 9), HOLE_RIM)
-            img = put(img, box(4, 5, 28, 27, 8), CRACK_WATER if fell else HOLE_WATER)
-            if fell:  # the ice broke: dark water, cracks
-                img = put(img, poly((10, 12), (18, 8), (24, 14), (21, 22), (12, 23)), CRACK_DARK)
-                for x0, y0, x1, y1 in ((10, 12, 5, 8), (24, 14, 28, 10), (21, 22, 25, 26), (12, 23, 7, 25)):
-                    img = put(img, segment(x0, y0, x1, y1, 1.3), CRACK_DARK)
-            else:
-                for x0, y0, x1, y1 in ((8, 15, 14, 9), (12, 22, 22, 12), (19, 23, 24, 18)):
-                    img = put(img, segment(x0, y0, x1, y1, 1.8), HOLE_LIGHT)
-                img = put(img, segment(9, 11, 11, 9, 1.5), HOLE_GLINT)
-        elif tile == GOAL:  # a gift box with an orange ribbon and bow
-            img = put(img, box(6, 13, 26, 29, 1.5), GIFT_EDGE)
-            img = put(img, box(7, 14, 25, 28, 1), GIFT_BOX)
-            img = put(img, box(5, 10, 27, 15, 1.5), GIFT_EDGE)
-            img = put(img, box(6, 11, 26, 14, 1), GIFT_LID)
-            img = put(img, box(14.5, 11, 17.5, 28), RIBBON)
-            img = put(img, ellipse(9.5, 5, 16.5, 11.5), RIBBON)
-            img = put(img, ellipse(15.5, 5, 22.5, 11.5), RIBBON)
-            img = put(img, ellipse(11, 6.5, 15.5, 10), BOW)
-            img = put(img, ellipse(16.5, 6.5, 21, 10), BOW)
-        elif tile == START:  # a small stool
-            img = put(img, ellipse(9, 24, 23, 28), SHADOW)
-            img = put(img, box(10.5, 15, 13, 26, 0.5), DARK_BROWN)
-            img = put(img, box(19, 15, 21.5, 26, 0.5), DARK_BROWN)
-            img = put(img, box(11, 15, 12.5, 25.5), STOOL_LEG)
-            img = put(img, box(19.5, 15, 21, 25.5), STOOL_LEG)
-            img = put(img, box(8.5, 11, 23.5, 17.5, 2.5), DARK_BROWN)
-            img = put(img, box(9.5, 12, 22.5, 16.5, 2), STOOL_SEAT)
-        img = raster.fill(img, raster.inner_outline(box(0, 0, 32, 32), 1.0 / u), GRID_LINE)  # 1-px cell outline
-        if facing is not None and not fell:
-            img = self._draw_elf(img, facing, box, ellipse, poly, put)
-        return img
-
-    def _draw_elf(self, img, facing: int, box, ellipse, poly, put):
-        """The elf: pointed green hat bent the way it faces, a face (its back, hair, facing up),
-        a red tunic, dark boots."""
-        img = put(img, ellipse(9, 27, 23, 31), SHADOW)
-        img = put(img, box(10.5, 25, 15.5, 30, 1), DARK_BROWN)  # boots
-        img = put(img, box(16.5, 25, 21.5, 30, 1), DARK_BROWN)
-        img = put(img, box(9, 16, 23, 27, 3), DARK_BROWN)  # tunic, outlined
-        img = put(img, box(10, 17, 22, 26, 2.5), TUNIC)
-        img = put(img, box(10, 22, 22, 23.5), TUNIC_DARK)  # belt
-        img = put(img, ellipse(8.5, 6.5, 23.5, 19.5), DARK_BROWN)  # head, outlined
-        img = put(img, ellipse(9.5, 7.5, 22.5, 18.5), DARK_BROWN if facing == UP else SKIN)
-        tip = {LEFT: (5, 1), RIGHT: (27, 1), DOWN: (16, 0), UP: (16, 0)}[facing]
-        img = put(img, poly((8, 10), (24, 10), tip), HAT)
-        img = put(img, box(8, 8.5, 24, 11.5, 1), HAT_BRIM)
-        eyes = {LEFT: (11, 15), DOWN: (13, 19), RIGHT: (17, 21)}.get(facing, ())
-        for x in eyes:
-            img = put(img, ellipse(x - 1.1, 12.5, x + 1.1, 15.5), SHADOW)
-        return img
 
     @functools.cached_property
     def _background(self) -> np.ndarray:
