@@ -498,3 +498,35 @@ def test_slippery_teacher_maximises_the_chance_of_success():
     start = teacher.facts(jax.tree.map(lambda x: jnp.asarray(x)[None], env.reset(jax.random.key(0))))
     assert abs(start["value"][0].max() - 0.74) < 0.005
     assert "chance of reaching the goal within the 100 moves left" in teacher.answer(env.reset(jax.random.key(0)), 0)
+
+
+# --- closed-loop evaluation ---------------------------------------------------------------------
+
+
+def test_closed_loop_reports_success_rate_and_steps_to_solve():
+    """`experiments/eval.py --game frozenlake`'s loop: every goal scores 1; the teacher solves every
+    episode in its start's shortest-path length; the host loop reports the same as the device loop."""
+    from g1jax import evaluation as ev
+
+    protocol = ev.PROTOCOLS["frozenlake"]
+    env = protocol.make_env(image_size=(56, 56))
+    policies = [ev.make_policy(name, env, protocol) for name in ("random", "teacher")]
+    args = dict(runs=6, steps=24, key=jax.random.key(0), progress=False, keep_texts=False)
+    rows = ev.evaluate(protocol, env, policies, **args)
+    for row in rows:
+        episodes = row.episodes
+        assert episodes["solved"] == row.totals.sum() and episodes["episodes"] >= episodes["solved"]
+        assert episodes["episodes"] == row.ended.sum()
+    teacher = rows[1]
+    assert teacher.episodes["success_rate"] == 1.0
+    starts = [(r, t) for r in range(6) for t in range(24) if t == 0 or teacher.states.done[t - 1, r]]
+    lengths = [
+        int(goal_distances(jnp.asarray(teacher.states.board[t, r]))[int(teacher.states.pos[t, r])])
+        for r, t in starts
+        if teacher.ended[r, t:].any()
+    ]
+    assert teacher.episodes["steps_to_solve"] == pytest.approx(np.mean(lengths))
+    host = ev.evaluate(protocol, env, policies[1:], **args, on_device=False)[0]
+    assert host.episodes == teacher.episodes
+    table = ev.table_markdown(ev.figure1_table(rows))
+    assert "FrozenLake (not in the paper)" in table and "success 1 ± 0 of" in table and "| paper |" not in table
