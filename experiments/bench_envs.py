@@ -182,7 +182,7 @@ def bench_g1_step(name: str, repeats: int, policy: str, config: dict | None = No
     assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
         metric="g1_step_s",
-        game=name,
+        game=name + "".join(f" {k}={v}" for k, v in (config or {}).items()),
         warmup_moves=moves,
         warmup_policy=policy,
         image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
