@@ -7,7 +7,9 @@ player goes the intended way with probability `success_rate` (1/3) and to either
 (1 - success_rate) / 2 each, drawn the way gymnasium draws it (one uniform against the
 cumulative probabilities of [(a - 1) % 4, a, (a + 1) % 4]). Entering a hole or the goal ends
 the episode (terminated), so does the `max_steps`-th move (gymnasium's TimeLimit: 100 on 4x4,
-200 on 8x8); raw reward = training reward = `reward_schedule` (goal, hole, frozen) = (1, 0, 0).
+200 on 8x8); raw reward = training reward = gymnasium's `reward_schedule` (goal, hole, frozen),
+(1, 0, 0) by default (`Params.reward_goal`, `reward_hole`, `reward_frozen`). Ice that does not
+slip is the default here (the anchors' VAGEN setting; gymnasium's default is slippery).
 
 Maps: random by default, drawn on the device as gymnasium's `generate_random_map` draws them:
 every cell frozen with probability `frozen_prob` (0.8), S at the top-left, G at the bottom-right,
