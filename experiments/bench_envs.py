@@ -4,6 +4,7 @@ mask), rendered frames/s, and the env work of one G1 training step, for every re
     python experiments/bench_envs.py                       # all games, batch 1/64/1024/4096
     python experiments/bench_envs.py --games 2048 --compare --json out/bench_envs.json
     python experiments/bench_envs.py --g1-step             # only the G1-step measure
+    python experiments/bench_envs.py --games frozenlake --config board_size=8 --resets   # an option, resets/s
 
 Timings: each measured function is jitted once (compile time reported separately), then run
 `--repeats` times; the table shows the median (and best) of those runs. On a shared machine
@@ -13,6 +14,7 @@ best-of-N is the better estimate of what the code can do; both are in the JSON.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -67,6 +69,36 @@ def logic_rollout(env, batch: int, steps: int):
         return finished.sum()
 
     return jax.jit(run)
+
+
+def bench_reset(env, batch: int, repeats: int) -> dict:
+    """Fresh games per second: a vmapped `reset` of B boards (where a game draws its board on the
+    device, as FrozenLake's random maps, that is the generation cost)."""
+    fn = jax.jit(jax.vmap(lambda k: env.reset(k, env.default_params)))
+    keys = jax.random.split(jax.random.key(0), batch)
+    first, runs = timed(fn, keys, repeats=repeats)
+    return dict(
+        metric="resets_per_s",
+        batch=batch,
+        compile_s=first,
+        median=batch / statistics.median(runs),
+        best=batch / min(runs),
+    )
+
+
+def parse_config(items) -> dict:
+    """--config key=value pairs; values are read as Python literals where they parse (8, True,
+    "4x4"), else kept as strings."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--config expects key=value, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
 def warm_batch(env, batch: int, moves: int = 20):
@@ -135,8 +167,8 @@ def g1_step_fn(env, warmup_moves: int, policy: str):
     return jax.jit(step, donate_argnums=0)
 
 
-def bench_g1_step(name: str, repeats: int, policy: str) -> dict:
-    env = envs.make(name, image_size=G1_FRAME)
+def bench_g1_step(name: str, repeats: int, policy: str, config: dict | None = None) -> dict:
+    env = envs.make(name, **{**(config or {}), "image_size": G1_FRAME})
     moves = G1_WARMUP_MOVES.get(name, 0)
     fn = g1_step_fn(env, moves, policy)
     frames = [jnp.zeros((G1_STATES, *G1_FRAME, 3), jnp.uint8)]
@@ -150,7 +182,7 @@ def bench_g1_step(name: str, repeats: int, policy: str) -> dict:
     assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
         metric="g1_step_s",
-        game=name,
+        game=name + "".join(f" {k}={v}" for k, v in (config or {}).items()),
         warmup_moves=moves,
         warmup_policy=policy,
         image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
@@ -327,9 +359,14 @@ def main(argv=None):
         action="store_true",
         help="only: cost of the Shisen-Sho legal-pair update at 6x6 and 12x12, alone and within a G1 step",
     )
+    parser.add_argument(
+        "--config", nargs="*", default=None, help="game options for every game measured, as key=value (board_size=8)"
+    )
+    parser.add_argument("--resets", action="store_true", help="also fresh games per second (reset alone)")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     games = args.games or envs.list_games()
+    config = parse_config(args.config)
     for g in games:
         if g not in envs.list_games():
             parser.error(f"unknown game {g!r}; available: {', '.join(envs.list_games())}")
@@ -367,15 +404,19 @@ def main(argv=None):
         games = []
     elif not args.g1_step:
         for name in games:
-            env = envs.make(name)
+            env = envs.make(name, **config)
+            label = name + "".join(f" {k}={v}" for k, v in config.items())
             for b in args.batches:
-                emit(dict(game=name, **bench_logic(env, b, args.repeats)))
-            big = envs.make(name, image_size=G1_FRAME)
+                emit(dict(game=label, **bench_logic(env, b, args.repeats)))
+            if args.resets:
+                for b in args.batches:
+                    emit(dict(game=label, **bench_reset(env, b, args.repeats)))
+            big = envs.make(name, **{**config, "image_size": G1_FRAME})
             for donate in (False, True):
                 for b in args.batches:
-                    emit(dict(game=name, **bench_render(env, b, args.repeats, donate)))
+                    emit(dict(game=label, **bench_render(env, b, args.repeats, donate)))
                 for b in args.g1_batches:
-                    emit(dict(game=name, **bench_render(big, b, args.repeats, donate)))
+                    emit(dict(game=label, **bench_render(big, b, args.repeats, donate)))
         if args.compare:
             for b in args.batches:
                 ours = (
@@ -405,7 +446,7 @@ def main(argv=None):
                             f"{row['g1jax_ratio_best']:.2f}x (best vs best)"
                         )
     for name in games:
-        emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy))
+        emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy, config))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

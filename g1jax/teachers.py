@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 import envs
+from envs import frozenlake
 from envs.core import Env
 from envs.grammar import encode_pair
 from envs.swap import line_mask
@@ -500,13 +501,174 @@ class BestSwap(Teacher):
 
 
 # ---------------------------------------------------------------------------------------
+# FrozenLake
+# ---------------------------------------------------------------------------------------
+
+UNREACHABLE = 1 << 20  # goal distance of a hole, or of a cell with no path around the holes
+VALUE_TIE = 1e-6  # success probabilities this close count as equal (the nearer move wins)
+
+
+def goal_distances(board):
+    """int32 [n * n]: the fewest moves from each cell to a goal without entering a hole (a
+    breadth-first search from the goals, as a bounded `lax.while_loop` of relaxations: at most
+    n * n rounds); 0 on a goal, UNREACHABLE on holes and where no such path exists."""
+    n = board.shape[0]
+    cells = jnp.asarray(frozenlake.next_cells(n))
+    flat = board.reshape(-1)
+    goal, hole = flat == frozenlake.GOAL, flat == frozenlake.HOLE
+
+    def relaxing(carry):
+        changed, i, _ = carry
+        return changed & (i < n * n)
+
+    def relax(carry):
+        _, i, dist = carry
+        closer = jnp.minimum(dist, dist[cells].min(axis=1) + 1)
+        new = jnp.where(goal, 0, jnp.where(hole, UNREACHABLE, jnp.minimum(closer, UNREACHABLE)))
+        return (new != dist).any(), i + 1, new
+
+    start = jnp.where(goal, 0, UNREACHABLE).astype(jnp.int32)
+    return jax.lax.while_loop(relaxing, relax, (jnp.bool_(True), jnp.int32(0), start))[2]
+
+
+def _first_step(dist, cells, flat, pos):
+    """The move (gymnasium's order breaks ties) that gets nearest the goal from `pos`: onto the
+    board, not into a hole, fewest moves left; with no path, the first move that stays safe."""
+    targets = cells[pos]
+    on_board = targets != pos
+    hole = flat[targets] == frozenlake.HOLE
+    score = jnp.where(on_board, jnp.where(hole, 2 * UNREACHABLE, dist[targets]), 3 * UNREACHABLE)
+    return jnp.argmin(score).astype(jnp.int32)
+
+
+def _sequence_id(moves, length):
+    """`frozenlake.sequence_id` of the first `length` of `moves` (int32 [k]), traced."""
+    k = moves.shape[0]
+    offsets = jnp.asarray([0] + [sum(4**m for m in range(1, size)) for size in range(1, k + 1)], jnp.int32)
+    value = jnp.int32(0)
+    for i in range(k):
+        value = jnp.where(i < length, value * 4 + moves[i], value)
+    return offsets[length] + value
+
+
+def _slippery_values(env, board, steps, params):
+    """float32 [n * n, 4]: the probability of reaching the goal within the moves left
+    (max_steps - steps) after each intended move from each cell: finite-horizon value iteration
+    over gymnasium's slip probabilities (a hole scores 0, the goal 1), `max_steps - 1` rounds of
+    which those beyond the moves left change nothing."""
+    n = env.board_size
+    cells = jnp.asarray(frozenlake.next_cells(n))
+    flat = board.reshape(-1)
+    goal, hole = flat == frozenlake.GOAL, flat == frozenlake.HOLE
+    s = params.success_rate
+    f = (1.0 - s) / 2.0
+
+    def after_move(value):  # [n * n, 4]: intended direction a slips to a - 1, a, a + 1
+        taken = value[cells]
+        return s * taken + f * jnp.roll(taken, 1, axis=1) + f * jnp.roll(taken, -1, axis=1)
+
+    def round_(h, value):
+        new = jnp.where(goal, 1.0, jnp.where(hole, 0.0, after_move(value).max(axis=1)))
+        return jnp.where(h < env.max_steps - steps - 1, new, value)
+
+    value = jax.lax.fori_loop(0, env.max_steps - 1, round_, goal.astype(jnp.float32))
+    return after_move(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimalFrozenLake(Teacher):
+    """The optimal move. Ice that does not slip: a shortest path to the goal around the holes
+    (breadth-first search; gymnasium's action order breaks ties); with actions_per_turn k > 1 it
+    answers the first min(k, distance) moves of that path at once. Slippery ice: the move with
+    the highest probability of reaching the goal within the moves left (finite-horizon value
+    iteration over the slip probabilities), ties within VALUE_TIE going to the move whose
+    expected goal distance is smallest; one move per answer, since where the player lands is
+    only known after it. With no path left, a move that does not fall into a hole; on a
+    finished board, the invalid action ("none")."""
+
+    games: ClassVar = ("frozenlake",)
+    kind: ClassVar = "optimal"
+
+    def evaluate(self, state, params):
+        env = self.env
+        n, k = env.board_size, env.actions_per_turn
+        cells = jnp.asarray(frozenlake.next_cells(n))
+        flat = state.board.reshape(-1)
+        dist = goal_distances(state.board)
+        targets = cells[state.pos]
+        on_board = targets != state.pos
+        if env.is_slippery:
+            value = _slippery_values(env, state.board, state.steps, params)[state.pos]
+            near = jnp.where(dist < UNREACHABLE, dist, 4 * n * n).astype(jnp.float32)[cells[state.pos]]
+            s, f = params.success_rate, (1.0 - params.success_rate) / 2.0
+            expected = s * near + f * jnp.roll(near, 1) + f * jnp.roll(near, -1)
+            top = value >= value.max() - VALUE_TIE
+            best = jnp.argmin(jnp.where(top, expected, jnp.inf)).astype(jnp.int32)
+        else:
+            moves, pos = [], state.pos
+            for _ in range(k):
+                move = _first_step(dist, cells, flat, pos)
+                moves.append(move)
+                pos = cells[pos, move]
+            length = jnp.where(dist[state.pos] < UNREACHABLE, jnp.clip(dist[state.pos], 1, k), 1)
+            best = _sequence_id(jnp.stack(moves), length)
+            value = jnp.where(on_board, dist[targets] + 1, UNREACHABLE).astype(jnp.float32)
+        best = jnp.where(state.done, env.invalid_action, best)
+        return dict(dist=dist, value=value, on_board=on_board, best=best)
+
+    def reasoning(self, state, facts, action):
+        env = self.env
+        n = env.board_size
+        if bool(state.done):
+            return "The episode is over: no move is left."
+        pos = int(state.pos)
+        where = f"I am at row {pos // n}, column {pos % n}."
+        if env.is_slippery:
+            left = env.max_steps - int(state.steps)
+            odds = ", ".join(f"{frozenlake.MOVE_NAMES[a]} {facts['value'][a]:.2f}" for a in range(4))
+            lead = f"{where} The ice is slippery; chance of reaching the goal within the {left} moves left: {odds}."
+        else:
+            path = self._path(facts["dist"], pos)
+            if path is None:
+                lead = f"{where} No path reaches the goal without crossing a hole, so I only avoid falling in."
+            else:
+                steps = ", ".join(frozenlake.MOVE_NAMES[a] for a in path)
+                lead = f"{where} The shortest path to the goal around the holes takes {_count(len(path), 'move')}: "
+                lead += f"{steps}."
+        best = int(facts["best"])
+        if action == best:
+            return f"{lead} So I play {env.action_label(action)}."
+        return f"{lead} {env.action_label(best)} is best, but I play {env.action_label(action)}."
+
+    def _path(self, dist: np.ndarray, pos: int) -> list[int] | None:
+        """The moves of the shortest path from `pos` the teacher follows (host), None if none."""
+        if dist[pos] >= UNREACHABLE:
+            return None
+        cells = frozenlake.next_cells(self.env.board_size)
+        path = []
+        while dist[pos] > 0:
+            move = next(a for a in range(4) if cells[pos, a] != pos and dist[cells[pos, a]] == dist[pos] - 1)
+            path.append(move)
+            pos = int(cells[pos, move])
+        return path
+
+
+# ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
 
 TEACHERS: dict[tuple[str, str], type[Teacher]] = {
-    (game, cls.kind): cls for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap) for game in cls.games
+    (game, cls.kind): cls
+    for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap, OptimalFrozenLake)
+    for game in cls.games
 }
-DEFAULT_KIND = {"2048": "expectimax", "shisensho": "lookahead", "shisensho_photo": "lookahead", "swap": "best_score"}
+DEFAULT_KIND = {
+    "2048": "expectimax",
+    "shisensho": "lookahead",
+    "shisensho_photo": "lookahead",
+    "swap": "best_score",
+    "frozenlake": "optimal",
+}
 
 
 def make_teacher(env_or_name, kind: str | None = None, *, epsilon: float = 0.0, **options) -> Teacher:

@@ -5,11 +5,12 @@
     python -m g1jax.cli.evaluate --game 2048 --policy random --runs 10 --steps 100 --json out/2048.json
     python -m g1jax.cli.evaluate --game shisensho --policy model --model runs/x --out out/eval_x
     python -m g1jax.cli.evaluate --game swap --policy random random:aliased teacher:best_score --out out/swap
+    python -m g1jax.cli.evaluate --game frozenlake --policy random teacher    # + success rate, steps to solve
 
 Policies: random (G1's random baselines), random:aliased (the original's coordinate aliasing),
 teacher (each game's default programmatic teacher) or teacher:KIND, model (--model DIR: a run
 directory with checkpoints or a Hugging Face directory). --runs defaults to the paper's N (10;
-Swap 100). Every value is checked before anything compiles; a bad one is a one-line error (exit
+Swap 100; FrozenLake, not in the paper, 100). Every value is checked before anything compiles; a bad one is a one-line error (exit
 status 2). The protocol and what was matched: docs/eval.md. It runs in one process on one host: a run
 trained on several hosts is evaluated from its checkpoints or its hf/ export on one machine.
 
@@ -40,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--game", nargs="+", default=["all"], help=f"{', '.join(evaluation.GAMES)} or all (default: all)"
     )
     parser.add_argument("--policy", nargs="+", default=["random"], help=", ".join(evaluation.POLICY_NAMES))
-    parser.add_argument("--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100)")
+    parser.add_argument(
+        "--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100; FrozenLake 100)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="decisions per board (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the Figure-1 table as JSON here")

@@ -72,6 +72,16 @@ def closed_loop_step(env: envs.Env, protocol: GameProtocol, key, states, actions
     return next_states, actions, score
 
 
+def episode_ends(env: envs.Env, states, next_states):
+    """(ended, solved) bool [N]: the decision ended its board's episode, and ended it in success
+    (games that define `solved(state)`, e.g. FrozenLake's goal; never for the others). A board
+    that was already over before the decision (it restarts now) ends nothing."""
+    ended = ~states.done & next_states.done
+    if not hasattr(env, "solved"):
+        return ended, jnp.zeros_like(ended)
+    return ended, ended & jax.vmap(env.solved)(next_states)
+
+
 def _decision_keys(key):
     """(policy key, game key) of one decision's key, or of a key per board ([B] -> two [B])."""
     pair = jax.random.split(key) if key.ndim == 0 else jax.vmap(jax.random.split)(key)
@@ -98,7 +108,9 @@ class Rollout:
     it; actions as played); states: the states the policy saw, a pytree of host arrays
     [steps, runs, ...]; texts[run][step]: the answers (None when not kept); seconds: the row's
     wall time without compile_seconds (the device program, compiled once per game for all device
-    rows, is counted on the first of them; the host loop compiles inside its first steps)."""
+    rows, is counted on the first of them; the host loop compiles inside its first steps); ended,
+    solved: [runs, steps] bool, the decision ended an episode / ended it in success (`episode_ends`;
+    solved is None for games without success)."""
 
     game: str
     policy: str
@@ -109,6 +121,8 @@ class Rollout:
     seconds: float
     compile_seconds: float = 0.0
     detail: str = ""
+    ended: np.ndarray | None = None
+    solved: np.ndarray | None = None
 
     @property
     def runs(self) -> int:
@@ -135,6 +149,37 @@ class Rollout:
 
     def states_at(self, step: int):
         return jax.tree.map(lambda x: x[step], self.states)
+
+    @property
+    def episodes(self) -> dict | None:
+        """Episode metrics of a game that ends in success (None for the others), over the episodes
+        that ended within the window (one still running at the last decision is not counted):
+        their number, how many were solved, the success rate with its binomial standard error,
+        and the mean number of decisions to solve (from an episode's first decision to the one
+        that solved it, inclusive; the wasted decision that restarts a finished board is not
+        part of either episode)."""
+        if self.solved is None or self.ended is None:
+            return None
+        restarts = np.asarray(self.states.done).T  # [runs, steps]
+        outcomes, lengths = [], []
+        for run in range(self.runs):
+            start = 0
+            for t in range(self.steps):
+                if restarts[run, t]:
+                    start = t + 1
+                elif self.ended[run, t]:
+                    outcomes.append(bool(self.solved[run, t]))
+                    lengths.append(t - start + 1)
+        solved = [n for n, ok in zip(lengths, outcomes) if ok]
+        count = len(outcomes)
+        rate = len(solved) / count if count else None
+        return {
+            "episodes": count,
+            "solved": len(solved),
+            "success_rate": rate,
+            "success_se": None if rate is None else math.sqrt(rate * (1.0 - rate) / count),
+            "steps_to_solve": float(np.mean(solved)) if solved else None,
+        }
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -174,7 +219,7 @@ def evaluate(
         for index, policy in enumerate(device):
             bar = shared["bar"] = _progress(steps, f"{protocol.game} {policy.name}", progress)
             begin = time.perf_counter()
-            seen, chosen, played, scores = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
+            seen, chosen, played, scores, ended, solved = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
             seconds = time.perf_counter() - begin
             bar.close()
             texts = None
@@ -191,6 +236,8 @@ def evaluate(
                 seconds,
                 compile_seconds if index == 0 else 0.0,
                 policy.detail,
+                ended.T,
+                solved.T if hasattr(env, "solved") else None,
             )
     for policy in policies:
         if id(policy) not in rollouts:
@@ -202,8 +249,9 @@ def evaluate(
 def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], runs: int, steps: int, progress: bool):
     """Every device policy's whole rollout as one compiled function of (policy index, start key,
     step keys): start states, then a scan of choose -> step. It returns (states seen, actions
-    chosen, actions played, scores), each [steps, runs, ...]. In `shared`: "bar", the progress
-    bar the scan advances, and "compile_seconds" until the first caller takes it."""
+    chosen, actions played, scores, episode ends, episodes solved), each [steps, runs, ...]. In
+    `shared`: "bar", the progress bar the scan advances, and "compile_seconds" until the first
+    caller takes it."""
     shared = {"bar": None}
 
     def choose(index, key, states):
@@ -216,7 +264,7 @@ def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], run
             next_states, played, score = closed_loop_step(env, protocol, env_key, states, chosen)
             if progress:
                 jax.debug.callback(lambda: shared["bar"].update(1))
-            return next_states, (states, chosen, played, score)
+            return next_states, (states, chosen, played, score, *episode_ends(env, states, next_states))
 
         first = start_states(env, protocol, start_key, runs)
         return play(first, step_keys, functools.partial(choose, index), advance)
@@ -240,8 +288,9 @@ def loop_functions(env: envs.Env, protocol: GameProtocol, runs: int):
 def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progress, keep_texts) -> Rollout:
     """The same loop driven from the host: one `policy.act` and one jitted step per decision."""
     start, step, render = loop_functions(env, protocol, runs)
+    ends = _episode_ends_jit(env)
     states = start(start_key)
-    seen, played, scores, texts = [], [], [], []
+    seen, played, scores, texts, ended, solved = [], [], [], [], [], []
     bar = _progress(len(step_keys), f"{protocol.game} {policy.name}", progress)
     begin = time.perf_counter()
     for step_key in step_keys:
@@ -254,7 +303,10 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
                 f"policy {policy.name!r} returned {actions.shape} actions and {len(answers)} answers for {runs} boards"
             )
         seen.append(jax.device_get(states))
+        before = states
         states, moves, score = step(env_key, states, jnp.asarray(actions, jnp.int32))
+        for out, flags in zip((ended, solved), jax.device_get(ends(before, states))):
+            out.append(flags)
         played.append(np.asarray(moves))
         scores.append(np.asarray(score))
         texts.append(list(answers))
@@ -272,4 +324,11 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
         runs_texts,
         seconds,
         detail=getattr(policy, "detail", ""),
+        ended=np.stack(ended).T,
+        solved=np.stack(solved).T if hasattr(env, "solved") else None,
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _episode_ends_jit(env: envs.Env):
+    return jax.jit(functools.partial(episode_ends, env))

@@ -24,7 +24,9 @@ class GameProtocol:
     the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points) or
     "success" (1 per successful move); test_time_fallback: 2048's test-time parser, where an
     unparsable answer or a number >= 4 plays a uniformly random move 0..3; original_base: the
-    base of the original's coordinate code (6 in both Shisen-Sho games, 8 in Swap)."""
+    base of the original's coordinate code (6 in both Shisen-Sho games, 8 in Swap); paper: the
+    paper's Figure-1 numbers (None for games the paper did not evaluate); episodic: the game ends
+    in success (its env defines `solved`), so the report adds success rate and steps to solve."""
 
     game: str
     title: str
@@ -34,14 +36,16 @@ class GameProtocol:
     score: str
     test_time_fallback: bool
     original_base: int | None
-    paper: tuple[float, ...]  # one value per PAPER_ROWS entry
+    paper: tuple[float, ...] | None  # one value per PAPER_ROWS entry
+    episodic: bool = False
 
     def make_env(self, **overrides) -> envs.Env:
         return envs.make(self.game, **{**dict(self.env_config), **overrides})
 
     @property
     def paper_scores(self) -> dict[str, float]:
-        return dict(zip(PAPER_ROWS, self.paper))
+        """The paper's Figure-1 numbers by row; empty for a game the paper did not evaluate."""
+        return dict(zip(PAPER_ROWS, self.paper or ()))
 
 
 PROTOCOLS: dict[str, GameProtocol] = {
@@ -84,6 +88,12 @@ PROTOCOLS: dict[str, GameProtocol] = {
         ),
         GameProtocol(
             "swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8, (78, 43, 5, 4, 6, 1, 1)
+        ),
+        # Not a G1 game: the multi-turn anchors' setting (VAGEN: random 4x4 maps, ice that does not
+        # slip, 256x256 frames -> 252x252). Score: goals reached (1 per episode solved); the report
+        # adds success rate and decisions to solve.
+        GameProtocol(
+            "frozenlake", "FrozenLake", (("image_size", (252, 252)),), 0, 100, "success", False, None, None, True
         ),
     )
 }

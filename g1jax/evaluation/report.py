@@ -29,6 +29,8 @@ def figure1_table(rollouts: Sequence[Rollout]) -> dict:
             "seconds": round(r.seconds, 3),
             "compile_seconds": round(r.compile_seconds, 3),
         }
+        if r.episodes is not None:
+            ours[r.policy][r.game]["episodes"] = r.episodes
     return {
         "games": [{"game": g, "title": PROTOCOLS[g].title, "paper_runs": PROTOCOLS[g].runs} for g in games],
         "rows": [{"policy": name, "source": "ours", "scores": scores} for name, scores in ours.items()],
@@ -36,9 +38,10 @@ def figure1_table(rollouts: Sequence[Rollout]) -> dict:
             {
                 "policy": name,
                 "source": "paper (Figure 1)",
-                "scores": {g: PROTOCOLS[g].paper_scores[name] for g in games},
+                "scores": {g: PROTOCOLS[g].paper_scores.get(name) for g in games},
             }
             for name in PAPER_ROWS
+            if any(PROTOCOLS[g].paper for g in games)
         ],
     }
 
@@ -48,23 +51,39 @@ def _cell(score: dict | None) -> str:
         return "—"
     se = "" if score["se"] is None else f" ± {score['se']:.3g}"
     detail = f", {score['detail']}" if score.get("detail") else ""
-    return f"{score['avg']:.4g}{se} (N={score['runs']}{detail})"
+    cell = f"{score['avg']:.4g}{se} (N={score['runs']}{detail})"
+    episodes = score.get("episodes")
+    if episodes:
+        rate = episodes["success_rate"]
+        if rate is None:
+            return f"{cell}; no episode ended"
+        cell += f"; success {rate:.3g} ± {episodes['success_se']:.2g} of {episodes['episodes']} episodes"
+        if episodes["steps_to_solve"] is not None:
+            cell += f", {episodes['steps_to_solve']:.3g} decisions to solve"
+    return cell
+
+
+def _paper_header(game: dict) -> str:
+    if not PROTOCOLS[game["game"]].paper:
+        return f"{game['title']} (not in the paper)"
+    return f"{game['title']} (paper avg@{game['paper_runs']})"
 
 
 def table_markdown(table: dict) -> str:
     games = table["games"]
-    header = "| policy | source | " + " | ".join(f"{g['title']} (paper avg@{g['paper_runs']})" for g in games) + " |"
+    header = "| policy | source | " + " | ".join(_paper_header(g) for g in games) + " |"
     lines = [header, "|" + "---|" * (len(games) + 2)]
     for row in table["rows"]:
         cells = [_cell(row["scores"].get(g["game"])) for g in games]
         lines.append(f"| {row['policy']} | ours | " + " | ".join(cells) + " |")
     for row in table["paper"]:
-        cells = [f"{row['scores'][g['game']]:g}" for g in games]
+        cells = ["—" if row["scores"][g["game"]] is None else f"{row['scores'][g['game']]:g}" for g in games]
         lines.append(f"| {row['policy']} | paper | " + " | ".join(cells) + " |")
     steps = sorted({s["steps"] for row in table["rows"] for s in row["scores"].values()})
     note = (
         f"\nOurs: mean ± standard error over N runs of {', '.join(map(str, steps))} decisions each "
-        "(2048: merge points; the other games: successful moves). Protocol: docs/eval.md.\n"
+        "(2048: merge points; FrozenLake: goals reached, with the success rate and decisions to solve of the "
+        "episodes that ended; the other games: successful moves). Protocol: docs/eval.md.\n"
     )
     return "\n".join(lines) + "\n" + note
 
@@ -94,9 +113,14 @@ def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
             steps, curves.mean(axis=0), color=color, linewidth=2.2, label=f"{r.policy}: {r.mean:.4g}{se} (N={r.runs})"
         )
     protocol = PROTOCOLS[rollouts[0].game]
-    ax.set_title(f"{protocol.title}: cumulative score per run (paper Random: {protocol.paper_scores['Random']:g})")
+    paper = protocol.paper_scores.get("Random")
+    ax.set_title(
+        f"{protocol.title}: cumulative score per run" + ("" if paper is None else f" (paper Random: {paper:g})")
+    )
     ax.set_xlabel("decision")
-    ax.set_ylabel("merge points" if protocol.score == "merge" else "successful moves")
+    ax.set_ylabel(
+        "merge points" if protocol.score == "merge" else "goals reached" if protocol.episodic else "successful moves"
+    )
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
