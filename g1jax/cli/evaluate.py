@@ -10,9 +10,10 @@
 Policies: random (G1's random baselines), random:aliased (the original's coordinate aliasing),
 teacher (each game's default programmatic teacher) or teacher:KIND, model (--model DIR: a run
 directory with checkpoints or a Hugging Face directory). --runs defaults to the paper's N (10;
-Swap 100; FrozenLake, not in the paper, 100). Every value is checked before anything compiles; a bad one is a one-line error (exit
-status 2). The protocol and what was matched: docs/eval.md. It runs in one process on one host: a run
-trained on several hosts is evaluated from its checkpoints or its hf/ export on one machine.
+Swap 100; FrozenLake, not in the paper, 100). Every value is checked before anything compiles; a bad
+one is a one-line error (exit status 2). The protocol and what was matched: docs/eval.md. It runs in
+one process on one host: a run trained on several hosts is evaluated from its checkpoints or its hf/
+export on one machine.
 
 --json writes the Figure-1 table (avg@N and SE per game and policy); --out DIR writes that table as
 table.json and table.md, a cumulative-score plot per game, a video per run (MP4, or GIF without
