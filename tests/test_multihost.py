@@ -43,13 +43,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
-    """One process per command (its log in logs/process<i>.log), each with 2 CPU devices."""
+def process_env(cache=None) -> dict[str, str]:
+    """A child process's environment: 2 CPU devices, and this checkout's g1jax first on the path. With a
+    `cache` directory, JAX's persistent compilation cache: process 0 writes the programs it compiles there
+    and the processes of a later run read them instead of compiling again."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
     )
+    if cache is not None:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        )
+    return env
+
+
+def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
+    """One process per command (its log in logs/process<i>.log), each with 2 CPU devices; their compiled
+    programs are kept in logs/../xla-cache for the next processes (see process_env)."""
+    env = process_env(logs.parent / "xla-cache")
     processes = []
     for index, command in enumerate(commands):
         with open(logs / f"process{index}.log", "w") as log:
@@ -150,6 +164,7 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
     # and the reverse, at the same time: two processes resume the one-process run's checkpoint, while this
     # process continues the two-process run's; both take the same third step
+    restored_s = time.monotonic() - started
     processes = start_processes(train_commands(one, 2, "--steps", "2", "--resume"), logs)
     try:
         resumed.run()
@@ -158,7 +173,8 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
         stop(processes)
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
     assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
-    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resumes: "
+    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; restored in one process: "
+          f"{restored_s:.0f} s; with the resumes: "
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
 
 
@@ -264,3 +280,20 @@ def test_an_unreachable_coordinator_fails_within_the_timeout(capsys):
     assert train_cli.main(["--distributed", *flags, "--join-timeout", "2"]) == 2
     assert time.monotonic() - started < 10
     assert "did not answer within 2 s" in capsys.readouterr().err
+
+
+def test_process_0_alone_stops_in_one_line_within_the_timeout():
+    """The coordinator waiting for a process that never comes: XLA would abort it with a C++ stack trace."""
+    address = f"localhost:{free_port()}"
+    command = [sys.executable, "-m", "g1jax.cli", "train", "--distributed", "--coordinator", address]
+    command += ["--num-processes", "2", "--process-id", "0", "--join-timeout", "2"]
+    started = time.monotonic()
+    # hard timeout: XLA's own deadline (2 + JOIN_MARGIN_S s) would abort it with status 134 long before
+    done = subprocess.run(command, env=process_env(), cwd=ROOT, capture_output=True, text=True, timeout=90)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: --distributed: not all 2 processes joined at the coordinator {address} within 2 s; "
+        "start the same command on every host (another process id on each), or raise --join-timeout"
+    ]
+    assert seconds < 2 + train_cli.JOIN_MARGIN_S  # the process's own timer, not XLA's deadline
