@@ -286,22 +286,24 @@ def run_layout(mesh: str, processes: int, steps: int, workdir: str, timeout: flo
     return result
 
 
+# The programs one RL step runs once each (`Trainer.train_step`: the rollout's start states, the sampler, the
+# update), by a part of their jitted name, with the trip count that their unknown-length loop takes.
+STEP_PROGRAMS = {"_start": "none", "_sample_jit": "decode", "grpo_update": "none"}
+GATHER_PROGRAM = "_identity_fn"  # multihost_utils.process_allgather's program: counted by sharding.GATHERED
+
+
 def summarize(mesh: str, layout: str, result: dict, skip: int) -> dict:
     steps = result["steps"][skip:] or result["steps"]
     iterations = statistics.mean(s["decode_iterations"] for s in steps)
     programs = result["programs"]
-
-    def named(part):
+    per_step, cross = {}, {True: 0.0, False: 0.0}
+    for part, loop in STEP_PROGRAMS.items():
         names = [n for n in programs if part in n]
-        return programs[names[-1]]["ops"] if names else []
-
-    sampler, update = named("_sample_jit"), named("grpo_update")
-    cross = {}
-    for crossing in (True, False):
-        total = 0.0
-        for ops, its in ((sampler, iterations), (update, 0)):
-            total += sum(e["bytes"] for e in per_call(ops, its, crossing).values())
-        cross[crossing] = total
+        ops = programs[names[-1]]["ops"] if names else []
+        its = iterations if loop == "decode" else 0
+        per_step[part] = per_call(ops, its)
+        for crossing in cross:
+            cross[crossing] += sum(e["bytes"] for e in per_call(ops, its, crossing).values())
     return dict(
         mesh=mesh,
         layout=layout,
@@ -309,18 +311,18 @@ def summarize(mesh: str, layout: str, result: dict, skip: int) -> dict:
         rollout_s=statistics.median(s["time_rollout"] for s in steps),
         update_s=statistics.median(s["time_update"] for s in steps),
         step_range_s=[min(s["time_step"] for s in steps), max(s["time_step"] for s in steps)],
+        steps_measured=len(steps),
         gathered_arrays=statistics.mean(s["gathered"].get("arrays", 0) for s in steps),
         gathered_bytes=statistics.mean(s["gathered"].get("bytes", 0) for s in steps),
         gathered_received=statistics.mean(s["gathered"].get("received", 0) for s in steps),
         decode_iterations=iterations,
-        sampler=per_call(sampler, iterations),
-        update=per_call(update, 0),
+        per_step=per_step,
         collective_bytes_crossing=cross[True],
         collective_bytes_local=cross[False],
         other_programs={
             name: per_call(p["ops"], iterations)
             for name, p in programs.items()
-            if "_sample_jit" not in name and "grpo_update" not in name
+            if GATHER_PROGRAM not in name and not any(part in name for part in STEP_PROGRAMS)
         },
         wall_s=result["wall_s"],
     )
@@ -328,17 +330,17 @@ def summarize(mesh: str, layout: str, result: dict, skip: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     def ops(d):
-        return ", ".join(f"{k} x{v['executions']:g} {v['bytes'] / 1e3:,.1f} kB" for k, v in d.items()) or "none"
+        return ", ".join(f"{k} x{v['executions']:g} {v['bytes']:,.0f} B" for k, v in d.items()) or "none"
 
     lines = [
         f"{'mesh':<6} {'layout':<5} {'step s':>6} {'roll s':>6} {'upd s':>6} {'gathered B (recv)':>18} "
-        f"{'coll. B crossing':>16} {'local':>9}  sampler | update (per device)"
+        f"{'coll. B crossing':>16} {'local':>9}  start | sampler | update (per device, per step)"
     ]
     for r in rows:
         lines.append(
             f"{r['mesh']:<6} {r['layout']:<5} {r['step_s']:>6.2f} {r['rollout_s']:>6.2f} {r['update_s']:>6.2f} "
             f"{r['gathered_bytes']:>9,.0f} ({r['gathered_received']:>5,.0f}) {r['collective_bytes_crossing']:>16,.0f} "
-            f"{r['collective_bytes_local']:>9,.0f}  {ops(r['sampler'])} | {ops(r['update'])}"
+            f"{r['collective_bytes_local']:>9,.0f}  " + " | ".join(ops(r["per_step"][part]) for part in STEP_PROGRAMS)
         )
     return "\n".join(lines)
 

@@ -132,6 +132,11 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
     finally:
         stop(processes)
     two_processes_s = time.monotonic() - started
+    import resource
+    def cpu():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return f"self {a.ru_utime + a.ru_stime:.0f} s children {b.ru_utime + b.ru_stime:.0f} s"
+    print("CPU phase1", cpu(), flush=True)
 
     # written once, by process 0: one metrics line per step (cold start + RL)
     assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
@@ -165,12 +170,14 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
     # and the reverse, at the same time: two processes resume the one-process run's checkpoint, while this
     # process continues the two-process run's; both take the same third step
     restored_s = time.monotonic() - started
+    print("CPU restored", cpu(), flush=True)
     processes = start_processes(train_commands(one, 2, "--steps", "2", "--resume"), logs)
     try:
         resumed.run()
         wait_all(processes, logs, time.monotonic() + TIMEOUT_S)
     finally:
         stop(processes)
+    print("CPU phase2", cpu(), flush=True)
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
     assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
     print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; restored in one process: "
