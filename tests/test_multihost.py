@@ -4,6 +4,7 @@ then one process resumes the two-process run's checkpoint and two processes the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -236,6 +237,14 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     step, items, _ = Checkpointer(sys.argv[3]).restore_latest(target)
 print("restored step", step, "x", float(items["x"].addressable_data(0)[0]), "warned", len(caught))
+# what sharding.to_host gathers across the processes is counted: nothing for the replicated x, all of the
+# row-split array, half of which this process held
+from g1jax.sharding import GATHERED, to_host
+rows = jax.make_array_from_callback(
+    (4,), NamedSharding(whole.mesh, PartitionSpec("data")), lambda index: np.arange(4, dtype=np.float32)[index]
+)
+to_host(items)
+print("gathered", to_host(rows).tolist(), dict(GATHERED))
 """
 )
 
@@ -258,7 +267,9 @@ def test_processes_fall_back_together_past_a_damaged_checkpoint(tmp_path):
     finally:
         stop(processes)
     for index in (0, 1):
-        assert "restored step 1 x 1.0 warned 1" in (logs / f"process{index}.log").read_text()
+        log = (logs / f"process{index}.log").read_text()
+        assert "restored step 1 x 1.0 warned 1" in log
+        assert "gathered [0.0, 1.0, 2.0, 3.0] {'arrays': 1, 'bytes': 16, 'received': 8}" in log
     assert os.listdir(tmp_path / "checkpoints-unreadable") == ["2"]
     assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
@@ -302,3 +313,52 @@ def test_process_0_alone_stops_in_one_line_within_the_timeout():
         "start the same command on every host (another process id on each), or raise --join-timeout"
     ]
     assert seconds < 2 + train_cli.JOIN_MARGIN_S  # the process's own timer, not XLA's deadline
+
+
+HLO = """HloModule jit_f, entry_computation_layout={(f32[8]{0})->f32[32]{0}}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%decode (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %r = f32[8]{0} all-reduce(%x), channel_id=1, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, to_apply=%add
+}
+
+%stop (p: (s32[], f32[8])) -> pred[] {
+  ROOT %c = pred[] all-reduce(%y), channel_id=2, replica_groups=[1,4]<=[4], to_apply=%add
+}
+
+%layers (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %g = f32[2,8]{1,0} all-gather(%z), channel_id=4, replica_groups=[2,2]<=[2,2]T(1,0), dimensions={0}
+}
+
+%layers_cond (p: (s32[], f32[8])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[8]) -> f32[32] {
+  %w = (s32[], f32[8]) while(%t), condition=%stop, body=%decode
+  %l = (s32[], f32[8]) while(%t), condition=%layers_cond, body=%layers, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %a = f32[32]{0} all-gather(%x), channel_id=3, replica_groups={{0,1},{2,3}}, dimensions={0}
+}
+"""
+
+
+def test_the_benchmark_counts_collectives_per_execution_and_whether_they_cross_processes():
+    """experiments/bench_multihost.py's reading of optimized HLO: loop trips, operand bytes, process groups."""
+    spec = importlib.util.spec_from_file_location("bench_multihost", Path(ROOT) / "experiments" / "bench_multihost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ops = bench.count_collectives(HLO, mesh_processes=[0, 0, 1, 1])
+    got = [(op["kind"], op["bytes"], op["group_size"], op["crosses"], op["executions"]) for op in ops]
+    assert got == [
+        ("all-reduce", 32, 2, False, (0, 1)),  # once per decode iteration D; groups {0,1}, {2,3}: one process each
+        ("all-reduce", 1, 4, True, (1, 1)),  # the loop's stop test: D + 1 times
+        ("all-gather", 32, 2, True, (3, 0)),  # 3 known trips; groups {0,2}, {1,3}; operand = result / 2
+        ("all-gather", 64, 2, False, (1, 0)),
+    ]
+    assert bench.per_call(ops, 15, crossing=True) == {
+        "all-reduce": {"ops": 1, "executions": 16, "bytes": 16},
+        "all-gather": {"ops": 1, "executions": 3, "bytes": 96},
+    }
