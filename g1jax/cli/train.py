@@ -107,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=60,
         metavar="SECONDS",
-        help="how long a process waits for all the others to reach the coordinator (default 60)",
+        help="how long a process waits for all the others to reach the coordinator before it stops with a "
+        "one-line error, exit status 2 (default 60)",
     )
     return parser.parse_args(argv)
 
@@ -189,10 +190,10 @@ def join_processes(args: argparse.Namespace) -> None:
     # XLA's client, when not every process registers in time, aborts this process with a C++ stack trace
     # (LOG(FATAL), nothing Python can catch). So a timer of our own stops the process first, in one line;
     # XLA's own deadline is set past it and only acts if the timer could not.
-    count = layout.get("num_processes", "all")
+    count = f"{layout['num_processes']} " if layout else ""
     where = f"the coordinator {layout['coordinator_address']}" if layout else "the detected coordinator"
     message = (
-        f"error: --distributed: not all {count} processes joined at {where} within {args.join_timeout} s; "
+        f"error: --distributed: not all {count}processes joined at {where} within {args.join_timeout} s; "
         "start the same command on every host (another process id on each), or raise --join-timeout\n"
     )
     timer = threading.Timer(max(started + args.join_timeout - time.monotonic(), 0.1), _give_up, (message,))
