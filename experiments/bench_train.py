@@ -3,6 +3,7 @@
     python experiments/bench_train.py                        # all three parts (2 CPU cores: 10-25 minutes)
     python experiments/bench_train.py --quick                # tiny decode + tiny GRPO step + memory (~80 s CPU)
     python experiments/bench_train.py --parts memory         # the memory table alone (instant, no compile)
+    python experiments/bench_train.py --parts update flops   # the update alone, shared-prefix vs per-row; FLOPs
     PYTHONPATH=/tmp/trl/site-packages python experiments/bench_train.py --parts grpo   # TRL outside the venv
 
 1. decode: greedy sampling with `g1jax.sampling.sample` (G = 1, stop ids set to an id outside the
@@ -21,6 +22,12 @@
    reward code (see `trl_grpo_benchmark` for what is and is not matched).
 3. memory: bytes per device of the G1 recipe (`g1jax.recipes`, "g1-paper") at 3B and 7B on 8 devices, computed
    from shapes by `g1_memory_per_device` (assumptions in its docstring and in BENCHMARKS.md).
+4. update (not in the default parts): the GRPO update alone, shared-prefix (each prompt through the
+   decoder once per group) against per-row (each answer with its own copy of the prompt), alternated on
+   one rollout per group size (`--groups`, default 4 8); `--image-size`, `--states`, `--length`,
+   `--kl-coef` set the shapes.
+5. flops (not in the default parts, instant): one G1-paper update at 3B counted from shapes, per-row
+   against shared-prefix (`update_flops`).
 
 Results: a table per part on stdout and everything in JSON (`--json`, default out/bench_train.json).
 """
@@ -929,7 +936,7 @@ def machine() -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["decode", "grpo", "memory"])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -1053,6 +1060,7 @@ def run(args: argparse.Namespace) -> int:
         kl_coef=args.kl_coef,
         micro_batch_states=args.micro_batch_states,
     )
+    image_size = tuple(args.image_size) if args.image_size else None
     if "grpo" in args.parts:
         # TRL is matched to the default step only (tiny, float32, no KL, one micro-batch)
         matched = policy == dict(
@@ -1065,7 +1073,7 @@ def run(args: argparse.Namespace) -> int:
             micro_batch_states=None,
         )
         results["grpo"] = grpo_benchmark(
-            tuple(args.image_size) if args.image_size else None,
+            image_size,
             args.states,
             args.group,
             args.length,
@@ -1077,12 +1085,7 @@ def run(args: argparse.Namespace) -> int:
         print_grpo(results["grpo"])
     if "update" in args.parts:
         results["update"] = update_benchmark(
-            tuple(args.image_size) if args.image_size else None,
-            args.states,
-            args.groups,
-            args.length,
-            args.update_runs,
-            **policy,
+            image_size, args.states, args.groups, args.length, args.update_runs, **policy
         )
     if "flops" in args.parts:
         results["flops"] = [update_flops("3b"), update_flops("3b", remat=True)]
