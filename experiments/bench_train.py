@@ -630,7 +630,8 @@ def g1_memory_per_device(
       slots) for this device's images at once; the bf16 all-gather of the largest weight.
       training: gradients (float32; twice when micro-batched: the scan's running sum and one
       micro-batch's), and the activations of one micro-batch of `micro_states_per_device` states
-      (x G rows, prompt + response tokens) with remat per layer: every decoder layer's input saved
+      (the shared-prefix update: each state's prompt once, its G responses beside it; each response
+      token's scores over its prompt and its whole response) with remat per layer: every decoder layer's input saved
       in the compute dtype, one layer's backward working set (blocked causal attention scores and
       MLP intermediates), the chunked log-prob head (float32 logits of `logprob_chunk` positions,
       with softmax and gradient), and the vision tower per state (block inputs saved, one
@@ -675,15 +676,16 @@ def g1_memory_per_device(
         "gathered_weight_bf16": largest_weight * compute_bytes,
     }
     micro_count = prompts // micro_states
+    # the shared-prefix update: a micro-batch's prompts once, its G answers each beside them
+    tokens = micro_states * prompt_len + micro_rows * response_len
     training = {
         "gradients_f32": params * 4 / devices * (2 if micro_count > 1 else 1),
-        "saved_layer_inputs": (text.num_hidden_layers + 1) * micro_rows * slots * text.hidden_size * compute_bytes,
-        "layer_backward_attention": micro_rows
-        * text.num_attention_heads
-        * CAUSAL_BLOCK_FRACTION
-        * slots**2
+        "saved_layer_inputs": (text.num_hidden_layers + 1) * tokens * text.hidden_size * compute_bytes,
+        # the prompts' blocked causal scores, and each answer token's over its prompt and its whole answer
+        "layer_backward_attention": text.num_attention_heads
+        * (micro_states * CAUSAL_BLOCK_FRACTION * prompt_len**2 + micro_rows * response_len * slots)
         * score_bwd,
-        "layer_backward_mlp": micro_rows * slots * text.intermediate_size * compute_bytes * 4,
+        "layer_backward_mlp": tokens * text.intermediate_size * compute_bytes * 4,
         "logprob_head_f32": micro_rows * logprob_chunk * text.vocab_size * 4 * 3,
         "vision_saved_block_inputs": micro_states
         * vision.depth

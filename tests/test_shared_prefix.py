@@ -15,10 +15,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from g1jax.config import TrainConfig
 from g1jax.models import Qwen25VL, get_rope_index, preset
+from g1jax.models.layers import attention, prefix_attention
 from g1jax.trainer import Trainer
 from g1jax.update import Batch, completion_logprobs, shard_batch, shared_prefix_logprobs
 
@@ -52,6 +54,53 @@ def prefix_batch(cfg) -> Batch:
         sampler_logprobs=jnp.zeros((prompts * GROUP, LENGTH)),
         rewards=jnp.zeros(prompts * GROUP),
     )
+
+
+@pytest.mark.parametrize(
+    "dtype, block, tol", [(jnp.float32, None, 1e-5), (jnp.float32, 2, 1e-5), (jnp.bfloat16, 3, 2e-2)]
+)
+def test_prefix_attention_is_attention_over_the_copied_prompt(dtype, block, tol):
+    """2 prompts of 5 slots (the first 2 of prompt 0 padding) x G = 3 answers of 7 tokens, 4 query heads on
+    2 key heads, head_dim 8 (scale 8^-0.5 is no power of two: bfloat16 scales the scores, not q), in
+    query blocks or not: the values and the gradients of `attention` over concat(prompt, answer) per row."""
+    prompts, group, t, s, heads, kv, hd = 2, 3, 7, 5, 4, 2, 8
+    keys = jax.random.split(jax.random.key(0), 6)
+    q = jax.random.normal(keys[0], (prompts, group, t, heads, hd))
+    k, v = (jax.random.normal(key, (prompts, group, t, kv, hd)) for key in keys[1:3])
+    pk, pv = (jax.random.normal(key, (prompts, s, kv, hd)) for key in keys[3:5])
+    prefix_mask = jnp.ones((prompts, s), bool).at[0, :2].set(False)
+    valid = jnp.arange(t)[None, None] < jnp.asarray([[7, 3, 1], [5, 7, 2]])[..., None]
+    mask = jnp.tril(jnp.ones((t, t), bool)) & valid[:, :, None, :]
+    weights = jax.random.normal(keys[5], (prompts, group, t, heads * hd))
+
+    def shared(q, k, v, pk, pv):
+        args = [x.astype(dtype) for x in (q, k, v)], [x.astype(dtype) for x in (pk, pv)]
+        out = prefix_attention(*args[0], mask, *args[1], prefix_mask, hd**-0.5, causal_block=block)
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+
+    def per_row(q, k, v, pk, pv):
+        def rows(x):
+            return x.reshape(prompts * group, *x.shape[2:]).astype(dtype)
+
+        def copied(x):
+            return jnp.repeat(x, group, axis=0).astype(dtype)
+
+        keys_mask = jnp.concatenate([jnp.repeat(prefix_mask, group, 0)[:, None].repeat(t, 1), rows(mask)], axis=2)
+        out = attention(
+            rows(q),
+            jnp.concatenate([copied(pk), rows(k)], axis=1),
+            jnp.concatenate([copied(pv), rows(v)], axis=1),
+            keys_mask,
+            hd**-0.5,
+        ).reshape(prompts, group, t, heads * hd)
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+
+    arrays = (q, k, v, pk, pv)
+    got_grads, got = jax.jit(jax.grad(shared, argnums=range(5), has_aux=True))(*arrays)
+    want_grads, want = jax.jit(jax.grad(per_row, argnums=range(5), has_aux=True))(*arrays)
+    np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=0)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, atol=tol * float(np.abs(b).max()), rtol=0)
 
 
 def test_shared_prefix_logprobs_and_gradients_equal_the_per_row_ones():

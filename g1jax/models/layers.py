@@ -258,7 +258,9 @@ def _attention_heads_major(q, k, v, mask, scale):
     return (out / total).astype(v.dtype)
 
 
-def prefix_attention(q, k, v, mask, prefix_k, prefix_v, prefix_mask, scale: float) -> jax.Array:
+def prefix_attention(
+    q, k, v, mask, prefix_k, prefix_v, prefix_mask, scale: float, causal_block: int | None = None
+) -> jax.Array:
     """Attention of G answers per prompt over their prompt's keys (shared, never copied) and their own.
 
     q [P, G, T, N, hd]; k, v [P, G, T, K, hd] (the answers' own keys and values); mask bool [P, G, T, T]
@@ -271,32 +273,57 @@ def prefix_attention(q, k, v, mask, prefix_k, prefix_v, prefix_mask, scale: floa
     G x T answer queries against the S prompt keys. Its backward sums the G answers' gradients into the
     one copy of the prompt's keys and values. Matmuls in the heads-major layout of `attention`'s
     many-query path, float32 scores, probabilities cast to the value dtype for the value products.
+
+    causal_block: `mask` is causal; answer queries go in blocks of this size, each against its own
+    answer's keys up to the block's end only (as `attention` does), skipping most of the masked triangle.
     """
     prompts, group, t_len, n_heads, head_dim = q.shape
     kv_heads = k.shape[3]
-    groups = n_heads // kv_heads
     with jax.named_scope("prefix_attention"):
         on_q = q.dtype == jnp.float32 or math.frexp(scale)[0] == 0.5
         q = q * jnp.asarray(scale, q.dtype) if on_q else q
-        # [P, K, g, G, T, hd]: query head n reads key head n // g
-        qh = q.reshape(prompts, group, t_len, kv_heads, groups, head_dim).transpose(0, 3, 4, 1, 2, 5)
+        # [P, K, G, g, T, hd] (query head n reads key head n // g): batch dimensions lead in every matmul, as
+        # XLA's CPU backend needs for bfloat16 inputs with float32 accumulation
+        qh = q.reshape(prompts, group, t_len, kv_heads, n_heads // kv_heads, head_dim).transpose(0, 3, 1, 4, 2, 5)
         kh, vh = k.transpose(0, 3, 1, 2, 4), v.transpose(0, 3, 1, 2, 4)  # [P, K, G, T, hd]
-        pk, pv = prefix_k.transpose(0, 2, 1, 3), prefix_v.transpose(0, 2, 1, 3)  # [P, K, S, hd]
-        prefix_scores = jnp.einsum("pkgatd,pksd->pkgats", qh, pk, preferred_element_type=jnp.float32)
-        own_scores = jnp.einsum("pkgatd,pkasd->pkgats", qh, kh, preferred_element_type=jnp.float32)
-        if not on_q:
-            prefix_scores, own_scores = prefix_scores * scale, own_scores * scale
-        prefix_scores = prefix_scores + _mask_bias(prefix_mask)[:, None, None, None, None, :]
-        own_scores = own_scores + _mask_bias(mask)[:, None, None]
-        top = jnp.maximum(jnp.max(prefix_scores, axis=-1, keepdims=True), jnp.max(own_scores, axis=-1, keepdims=True))
-        prefix_probs, own_probs = jnp.exp(prefix_scores - top), jnp.exp(own_scores - top)
-        total = jnp.sum(prefix_probs, axis=-1, keepdims=True) + jnp.sum(own_probs, axis=-1, keepdims=True)
-        out = jnp.einsum("pkgats,pksd->pkgatd", prefix_probs.astype(v.dtype), pv, preferred_element_type=jnp.float32)
-        out = out + jnp.einsum(
-            "pkgats,pkasd->pkgatd", own_probs.astype(v.dtype), vh, preferred_element_type=jnp.float32
-        )
-        out = (out / total).astype(v.dtype)  # [P, K, g, G, T, hd]
-        return out.transpose(0, 3, 4, 1, 2, 5).reshape(prompts, group, t_len, n_heads * head_dim)
+        prefix = (prefix_k.transpose(0, 2, 1, 3), prefix_v.transpose(0, 2, 1, 3), prefix_mask)  # [P, K, S, hd]
+        scale = None if on_q else scale
+        if causal_block is None or t_len <= causal_block:
+            out = _prefix_attention_block(qh, kh, vh, mask, prefix, scale)
+        else:
+            out = jnp.concatenate(
+                [
+                    _prefix_attention_block(
+                        qh[:, :, :, :, start : start + causal_block],
+                        kh[:, :, :, : start + causal_block],
+                        vh[:, :, :, : start + causal_block],
+                        mask[:, :, start : start + causal_block, : start + causal_block],
+                        prefix,
+                        scale,
+                    )
+                    for start in range(0, t_len, causal_block)
+                ],
+                axis=4,
+            )
+        return out.transpose(0, 2, 4, 1, 3, 5).reshape(prompts, group, t_len, n_heads * head_dim)
+
+
+def _prefix_attention_block(qh, kh, vh, mask, prefix, scale):
+    """qh [P, K, G, g, t, hd] (scaled already unless `scale`); kh, vh [P, K, G, s, hd]; mask [P, G, t, s];
+    prefix: (keys, values [P, K, S, hd], real slots [P, S]) -> [P, K, G, g, t, hd]."""
+    pk, pv, prefix_mask = prefix
+    prefix_scores = jnp.einsum("pkagtd,pksd->pkagts", qh, pk, preferred_element_type=jnp.float32)
+    own_scores = jnp.einsum("pkagtd,pkasd->pkagts", qh, kh, preferred_element_type=jnp.float32)
+    if scale is not None:
+        prefix_scores, own_scores = prefix_scores * scale, own_scores * scale
+    prefix_scores = prefix_scores + _mask_bias(prefix_mask)[:, None, None, None, None, :]
+    own_scores = own_scores + _mask_bias(mask)[:, None, :, None]
+    top = jnp.maximum(jnp.max(prefix_scores, axis=-1, keepdims=True), jnp.max(own_scores, axis=-1, keepdims=True))
+    prefix_probs, own_probs = jnp.exp(prefix_scores - top), jnp.exp(own_scores - top)
+    total = jnp.sum(prefix_probs, axis=-1, keepdims=True) + jnp.sum(own_probs, axis=-1, keepdims=True)
+    out = jnp.einsum("pkagts,pksd->pkagtd", prefix_probs.astype(vh.dtype), pv, preferred_element_type=jnp.float32)
+    out = out + jnp.einsum("pkagts,pkasd->pkagtd", own_probs.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    return (out / total).astype(vh.dtype)
 
 
 def _attention_one_query(q, k, v, mask, scale):

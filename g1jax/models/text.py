@@ -114,6 +114,7 @@ class Qwen2Attention(nnx.Module):
             v,
             prompt_valid,
             self.head_dim**-0.5,
+            causal_block=max(MIN_CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS)),
         )
         return self.o_proj(prompt_out), self.o_proj(answer_out.reshape(rows, t, -1))
 
