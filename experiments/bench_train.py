@@ -630,10 +630,10 @@ def g1_memory_per_device(
       slots) for this device's images at once; the bf16 all-gather of the largest weight.
       training: gradients (float32; twice when micro-batched: the scan's running sum and one
       micro-batch's), and the activations of one micro-batch of `micro_states_per_device` states
-      (the shared-prefix update: each state's prompt once, its G responses beside it; each response
-      token's scores over its prompt and its whole response) with remat per layer: every decoder layer's input saved
-      in the compute dtype, one layer's backward working set (blocked causal attention scores and
-      MLP intermediates), the chunked log-prob head (float32 logits of `logprob_chunk` positions,
+      (the shared-prefix update: each state's prompt once, its G responses beside it, a response
+      token's scores over its whole prompt and, blocked, its own response) with remat per layer: every
+      decoder layer's input saved in the compute dtype, one layer's backward working set (attention
+      scores and MLP intermediates), the chunked log-prob head (float32 logits of `logprob_chunk` positions,
       with softmax and gradient), and the vision tower per state (block inputs saved, one
       full-attention block's backward).
     None as micro_states_per_device: the recipe's whole batch in one micro-batch (no accumulation).
@@ -681,9 +681,12 @@ def g1_memory_per_device(
     training = {
         "gradients_f32": params * 4 / devices * (2 if micro_count > 1 else 1),
         "saved_layer_inputs": (text.num_hidden_layers + 1) * tokens * text.hidden_size * compute_bytes,
-        # the prompts' blocked causal scores, and each answer token's over its prompt and its whole answer
+        # the prompts' blocked causal scores; the answers' over their whole prompt and, blocked, their own
         "layer_backward_attention": text.num_attention_heads
-        * (micro_states * CAUSAL_BLOCK_FRACTION * prompt_len**2 + micro_rows * response_len * slots)
+        * (
+            micro_states * CAUSAL_BLOCK_FRACTION * prompt_len**2
+            + micro_rows * response_len * (prompt_len + CAUSAL_BLOCK_FRACTION * response_len)
+        )
         * score_bwd,
         "layer_backward_mlp": tokens * text.intermediate_size * compute_bytes * 4,
         "logprob_head_f32": micro_rows * logprob_chunk * text.vocab_size * 4 * 3,
