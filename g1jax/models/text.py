@@ -61,12 +61,8 @@ class Qwen2Attention(nnx.Module):
         writes this chunk's keys/values at slot `write_index` and attends over the whole cache
         (S = S_max; the mask hides unwritten and padding slots). Returns (out, new kv or None).
         """
-        b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        t = x.shape[1]
+        q, k, v = self._heads(x, cos, sin)
         if kv is not None:
             cache_k, cache_v = kv
             start = (0, write_index, 0, 0)
