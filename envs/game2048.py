@@ -24,7 +24,7 @@ import numpy as np
 from flax import struct
 
 from envs import raster
-from envs.core import Env, check_bool, check_cell_size, check_image_size, check_range, kth_true, register
+from envs.core import Env, check_bool, check_cell_size, check_choice, check_image_size, check_range, kth_true, register
 from envs.grammar import board_text, first_answer_integer
 
 UP, RIGHT, DOWN, LEFT, STILL = 0, 1, 2, 3, 4
@@ -40,6 +40,11 @@ PROMPT = (
     "<perception></perception>.Then output your thinking process in <think></think> and final action number "
     "in <answer></answer>."
 )
+# The same task in a few words, for models trained from scratch (the CPU recipes): such a model cannot read
+# the instructions, and G1's ~370 constant prompt tokens only cost compute and dilute the few image tokens
+# in the decoder's attention (BENCHMARKS.md, "Why the tiny model does not see").
+SHORT_PROMPT = "2048. Actions: (0) Up (1) Right (2) Down (3) Left. Write <perception>, <think>, <answer>."
+INSTRUCTIONS = {"g1": PROMPT, "short": SHORT_PROMPT}
 
 # Original look (pygame, 400 x 460 canvas): colours by tile value.
 BACKGROUND = (250, 248, 238)
@@ -217,17 +222,19 @@ def _can_slide_left(rows):
 class Game2048(Env):
     """G1's 2048. Static config: board_size (3..8), image_size (H, W) multiples of 28 with
     tiles of at least MIN_TILE_PX pixels, coordinate_labels (draw row/column indices; off like
-    the original)."""
+    the original), instructions ("g1": G1's prompt; "short": SHORT_PROMPT)."""
 
     name = "2048"
     board_size: int = 4
     image_size: tuple = (448, 392)
     coordinate_labels: bool = False
+    instructions: str = "g1"
 
     def __post_init__(self):
         check_range(self.name, "board_size", self.board_size, 3, 8)
         object.__setattr__(self, "image_size", check_image_size(self.name, self.image_size))
         check_bool(self.name, "coordinate_labels", self.coordinate_labels)
+        check_choice(self.name, "instructions", self.instructions, tuple(INSTRUCTIONS))
         n = self.board_size
         check_cell_size(
             self.name,
@@ -254,7 +261,7 @@ class Game2048(Env):
 
     @property
     def prompt(self) -> str:
-        return PROMPT
+        return INSTRUCTIONS[self.instructions]
 
     @property
     def max_exponent(self) -> int:

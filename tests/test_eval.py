@@ -342,3 +342,14 @@ def test_model_policy_batches_every_decision_into_one_sampling_call(shisensho, m
     assert calls == [RUNS, RUNS]  # one call per decision, all runs in it
     (row,) = json.loads(table_json.read_text())["rows"]
     assert row["policy"] == "model" and row["scores"]["shisensho"]["runs"] == RUNS
+
+
+def test_a_run_is_evaluated_on_the_prompt_it_trained_on(tmp_path):
+    from g1jax.evaluation.model_source import ModelSource
+    from g1jax.models.config import preset
+
+    run = {"model": "tiny", "games": ["2048"], "game_options": {"2048": {"instructions": "short", "board_size": 4}}}
+    source = ModelSource(str(tmp_path), "run", preset("tiny"), run)
+    assert source.train_prompt_options("2048") == {"instructions": "short"}
+    assert source.train_prompt_options("swap") == {}
+    assert ModelSource(str(tmp_path), "preset", preset("tiny")).train_prompt_options("2048") == {}

@@ -266,3 +266,11 @@ def test_coordinate_labels_draw_only_in_the_margin():
     L = ENV.layout
     assert diff.any()
     assert not diff[L.board_y : L.board_y + L.board_px, L.board_x : L.board_x + L.board_px].any()
+
+
+def test_instructions_option_picks_the_prompt():
+    assert envs.make("2048").prompt.startswith("You are now playing the 2048 game")
+    short = envs.make("2048", instructions="short").prompt
+    assert len(short) < 120 and "(0) Up" in short and "<perception>" in short
+    with pytest.raises(envs.ConfigError, match="instructions='long' is not supported"):
+        envs.make("2048", instructions="long")

@@ -145,8 +145,10 @@ def protocol_of(game: str, args: argparse.Namespace) -> evaluation.GameProtocol:
     return protocol
 
 
-def make_env(protocol: evaluation.GameProtocol, args: argparse.Namespace):
+def make_env(protocol: evaluation.GameProtocol, args: argparse.Namespace, source=None):
     overrides = {"image_size": image_size(protocol, args)}
+    if source is not None:
+        overrides.update(source.train_prompt_options(protocol.game))
     if protocol.game == "shisensho_photo" and args.cifar_path:
         overrides["cifar_path"] = args.cifar_path
     return protocol.make_env(**overrides)
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     try:
         games, source = check_args(args)
         protocols = {game: protocol_of(game, args) for game in games}
-        game_envs = {game: make_env(protocols[game], args) for game in games}
+        game_envs = {game: make_env(protocols[game], args, source) for game in games}
         model = evaluation.load_model(source) if source is not None else None
         runs = {game: args.runs or protocols[game].runs for game in games}
         policies = {g: make_policies(args, protocols[g], game_envs[g], runs[g], model) for g in games}

@@ -36,6 +36,12 @@ class ModelSource:
         size = (self.run_config or {}).get("image_size")
         return None if size is None else tuple(int(v) for v in size)
 
+    def train_prompt_options(self, game: str) -> dict:
+        """The run's options for `game` that change its prompt (2048's `instructions`): a model is evaluated
+        on the prompt it was trained on."""
+        options = ((self.run_config or {}).get("game_options") or {}).get(game) or {}
+        return {name: options[name] for name in ("instructions",) if name in options}
+
     @property
     def detail(self) -> str:
         return os.path.basename(os.path.normpath(self.path)) if self.kind != "preset" else f"{self.path} (random init)"
