@@ -60,7 +60,10 @@ def closed_loop_step(env: envs.Env, protocol: GameProtocol, key, states, actions
         actions = jnp.where((actions >= 0) & (actions < 4), actions, moves)
     stepped, _, _, info = jax.vmap(env.step)(jax.random.split(step_key, runs), states, actions)
     raw = info["raw_reward"]
-    score = raw if protocol.score == "merge" else (raw > 0).astype(jnp.float32)
+    if protocol.score == "solved":
+        score = info["solved"].astype(jnp.float32)
+    else:
+        score = raw if protocol.score == "merge" else (raw > 0).astype(jnp.float32)
     finished = states.done
     score = jnp.where(finished, 0.0, score).astype(jnp.float32)
 
@@ -98,7 +101,8 @@ class Rollout:
     it; actions as played); states: the states the policy saw, a pytree of host arrays
     [steps, runs, ...]; texts[run][step]: the answers (None when not kept); seconds: the row's
     wall time without compile_seconds (the device program, compiled once per game for all device
-    rows, is counted on the first of them; the host loop compiles inside its first steps)."""
+    rows, is counted on the first of them; the host loop compiles inside its first steps); ended:
+    [runs, steps], the decision ended the game (`episode_metrics`)."""
 
     game: str
     policy: str
@@ -109,6 +113,7 @@ class Rollout:
     seconds: float
     compile_seconds: float = 0.0
     detail: str = ""
+    ended: np.ndarray | None = None
 
     @property
     def runs(self) -> int:
@@ -135,6 +140,32 @@ class Rollout:
 
     def states_at(self, step: int):
         return jax.tree.map(lambda x: x[step], self.states)
+
+
+def episode_metrics(rollout: Rollout) -> dict:
+    """Episode results of a rollout whose per-decision score is 1 when the decision wins the game
+    (protocol score "solved"): episodes that ended within the decisions, the share of them won
+    ("success_rate"; None when none ended) and the mean number of decisions of the won ones
+    ("steps_to_solve", counted from the episode's first decision). A decision that sees a finished
+    game only resets it; an episode still running after the last decision is not counted."""
+    finished = np.asarray(rollout.states.done).T  # [runs, steps]: the decision only resets the game
+    won, ended = rollout.scores > 0, rollout.ended
+    lengths, wins = [], []
+    for run in range(rollout.runs):
+        start = 0
+        for t in range(rollout.steps):
+            if finished[run, t]:
+                start = t + 1
+            elif ended[run, t]:
+                lengths.append(t - start + 1)
+                wins.append(bool(won[run, t]))
+    won_lengths = [n for n, w in zip(lengths, wins) if w]
+    return {
+        "episodes": len(lengths),
+        "solved": len(won_lengths),
+        "success_rate": sum(wins) / len(wins) if wins else None,
+        "steps_to_solve": float(np.mean(won_lengths)) if won_lengths else None,
+    }
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -174,7 +205,7 @@ def evaluate(
         for index, policy in enumerate(device):
             bar = shared["bar"] = _progress(steps, f"{protocol.game} {policy.name}", progress)
             begin = time.perf_counter()
-            seen, chosen, played, scores = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
+            seen, chosen, played, scores, ended = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
             seconds = time.perf_counter() - begin
             bar.close()
             texts = None
@@ -191,6 +222,7 @@ def evaluate(
                 seconds,
                 compile_seconds if index == 0 else 0.0,
                 policy.detail,
+                ended.T,
             )
     for policy in policies:
         if id(policy) not in rollouts:
@@ -202,8 +234,8 @@ def evaluate(
 def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], runs: int, steps: int, progress: bool):
     """Every device policy's whole rollout as one compiled function of (policy index, start key,
     step keys): start states, then a scan of choose -> step. It returns (states seen, actions
-    chosen, actions played, scores), each [steps, runs, ...]. In `shared`: "bar", the progress
-    bar the scan advances, and "compile_seconds" until the first caller takes it."""
+    chosen, actions played, scores, whether the decision ended the game), each [steps, runs, ...].
+    In `shared`: "bar", the progress bar the scan advances, and "compile_seconds" until the first caller takes it."""
     shared = {"bar": None}
 
     def choose(index, key, states):
@@ -216,7 +248,7 @@ def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], run
             next_states, played, score = closed_loop_step(env, protocol, env_key, states, chosen)
             if progress:
                 jax.debug.callback(lambda: shared["bar"].update(1))
-            return next_states, (states, chosen, played, score)
+            return next_states, (states, chosen, played, score, next_states.done)
 
         first = start_states(env, protocol, start_key, runs)
         return play(first, step_keys, functools.partial(choose, index), advance)
@@ -241,7 +273,7 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
     """The same loop driven from the host: one `policy.act` and one jitted step per decision."""
     start, step, render = loop_functions(env, protocol, runs)
     states = start(start_key)
-    seen, played, scores, texts = [], [], [], []
+    seen, played, scores, texts, ended = [], [], [], [], []
     bar = _progress(len(step_keys), f"{protocol.game} {policy.name}", progress)
     begin = time.perf_counter()
     for step_key in step_keys:
@@ -257,6 +289,7 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
         states, moves, score = step(env_key, states, jnp.asarray(actions, jnp.int32))
         played.append(np.asarray(moves))
         scores.append(np.asarray(score))
+        ended.append(np.asarray(states.done))  # a finished game is reset only at the next decision
         texts.append(list(answers))
         bar.update(1)
     seconds = time.perf_counter() - begin
@@ -272,4 +305,5 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
         runs_texts,
         seconds,
         detail=getattr(policy, "detail", ""),
+        ended=np.stack(ended).T,
     )

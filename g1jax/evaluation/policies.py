@@ -98,8 +98,9 @@ class RandomPolicy(DevicePolicy):
         return coords
 
     def choose(self, key, state):
-        if self.protocol.original_base is None:  # 2048
-            return jax.random.randint(key, (), 0, 4)
+        if self.protocol.original_base is None:  # 2048, Sokoban: a uniform move (any id but the invalid one)
+            move = jax.random.randint(key, (), 0, self.env.num_actions - 1)
+            return move + (move >= self.env.invalid_action)
         coords = self.draw(key)
         on_board = (coords < self.env.board_size).all()
         return jnp.where(on_board, encode_pair(*coords, self.env.board_size), self.env.invalid_action)

@@ -21,9 +21,10 @@ class GameProtocol:
 
     env_config: static env options for evaluation (the image size of the original's eval
     scripts); warmup_moves: random moves (uniform over all action ids, as G1 samples them) before
-    the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points) or
-    "success" (1 per successful move); test_time_fallback: 2048's test-time parser, where an
-    unparsable answer or a number >= 4 plays a uniformly random move 0..3; original_base: the
+    the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points),
+    "success" (1 per successful move) or "solved" (1 per game won: the multi-turn games, whose
+    rows also report episode metrics, `closed_loop.episode_metrics`); test_time_fallback: 2048's
+    test-time parser, where an unparsable answer or a number >= 4 plays a uniformly random move 0..3; original_base: the
     base of the original's coordinate code (6 in both Shisen-Sho games, 8 in Swap)."""
 
     game: str
@@ -34,7 +35,7 @@ class GameProtocol:
     score: str
     test_time_fallback: bool
     original_base: int | None
-    paper: tuple[float, ...]  # one value per PAPER_ROWS entry
+    paper: tuple[float, ...]  # one value per PAPER_ROWS entry; () for games outside the paper
 
     def make_env(self, **overrides) -> envs.Env:
         return envs.make(self.game, **{**dict(self.env_config), **overrides})
@@ -85,6 +86,9 @@ PROTOCOLS: dict[str, GameProtocol] = {
         GameProtocol(
             "swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8, (78, 43, 5, 4, 6, 1, 1)
         ),
+        # Not in the paper: gym-sokoban's 6x6 one-box rooms, as VAGEN, RAGEN and verl-agent play them
+        # (96-px frames, which Qwen2.5-VL resizes to 84 px: drawn at that size).
+        GameProtocol("sokoban", "Sokoban 6x6", (("image_size", (84, 84)),), 0, 100, "solved", False, None, ()),
     )
 }
 GAMES = tuple(PROTOCOLS)

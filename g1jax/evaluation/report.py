@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: the session's backend (a notebook's inline one) stays
 
 import envs
-from g1jax.evaluation.closed_loop import Rollout
+from g1jax.evaluation.closed_loop import Rollout, episode_metrics
 from g1jax.evaluation.protocols import GAMES, PAPER_ROWS, PROTOCOLS
 
 
@@ -29,6 +29,8 @@ def figure1_table(rollouts: Sequence[Rollout]) -> dict:
             "seconds": round(r.seconds, 3),
             "compile_seconds": round(r.compile_seconds, 3),
         }
+        if PROTOCOLS[r.game].score == "solved":
+            ours[r.policy][r.game]["episodes"] = episode_metrics(r)
     return {
         "games": [{"game": g, "title": PROTOCOLS[g].title, "paper_runs": PROTOCOLS[g].runs} for g in games],
         "rows": [{"policy": name, "source": "ours", "scores": scores} for name, scores in ours.items()],
@@ -36,7 +38,7 @@ def figure1_table(rollouts: Sequence[Rollout]) -> dict:
             {
                 "policy": name,
                 "source": "paper (Figure 1)",
-                "scores": {g: PROTOCOLS[g].paper_scores[name] for g in games},
+                "scores": {g: PROTOCOLS[g].paper_scores.get(name) for g in games},
             }
             for name in PAPER_ROWS
         ],
@@ -48,6 +50,12 @@ def _cell(score: dict | None) -> str:
         return "—"
     se = "" if score["se"] is None else f" ± {score['se']:.3g}"
     detail = f", {score['detail']}" if score.get("detail") else ""
+    episodes = score.get("episodes")
+    if episodes:  # the multi-turn games: success rate and decisions to solve
+        rate, steps = episodes["success_rate"], episodes["steps_to_solve"]
+        rate = "—" if rate is None else f"{100 * rate:.3g}%"
+        steps = "—" if steps is None else f"{steps:.3g}"
+        detail += f"; solved {rate} of {episodes['episodes']} episodes, {steps} steps to solve"
     return f"{score['avg']:.4g}{se} (N={score['runs']}{detail})"
 
 
@@ -59,12 +67,12 @@ def table_markdown(table: dict) -> str:
         cells = [_cell(row["scores"].get(g["game"])) for g in games]
         lines.append(f"| {row['policy']} | ours | " + " | ".join(cells) + " |")
     for row in table["paper"]:
-        cells = [f"{row['scores'][g['game']]:g}" for g in games]
+        cells = ["—" if row["scores"][g["game"]] is None else f"{row['scores'][g['game']]:g}" for g in games]
         lines.append(f"| {row['policy']} | paper | " + " | ".join(cells) + " |")
     steps = sorted({s["steps"] for row in table["rows"] for s in row["scores"].values()})
     note = (
         f"\nOurs: mean ± standard error over N runs of {', '.join(map(str, steps))} decisions each "
-        "(2048: merge points; the other games: successful moves). Protocol: docs/eval.md.\n"
+        "(2048: merge points; Sokoban: games won; the other games: successful moves). Protocol: docs/eval.md.\n"
     )
     return "\n".join(lines) + "\n" + note
 
@@ -94,9 +102,12 @@ def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
             steps, curves.mean(axis=0), color=color, linewidth=2.2, label=f"{r.policy}: {r.mean:.4g}{se} (N={r.runs})"
         )
     protocol = PROTOCOLS[rollouts[0].game]
-    ax.set_title(f"{protocol.title}: cumulative score per run (paper Random: {protocol.paper_scores['Random']:g})")
+    paper = protocol.paper_scores.get("Random")
+    ax.set_title(
+        f"{protocol.title}: cumulative score per run" + ("" if paper is None else f" (paper Random: {paper:g})")
+    )
     ax.set_xlabel("decision")
-    ax.set_ylabel("merge points" if protocol.score == "merge" else "successful moves")
+    ax.set_ylabel({"merge": "merge points", "solved": "games won"}.get(protocol.score, "successful moves"))
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
