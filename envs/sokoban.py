@@ -267,30 +267,51 @@ def generate_room(
     player int32 [2], reverse-play score of the room, topologies drawn; score 0 means the
     fallback room)."""
     h, w = dim
+    flat = [dr * w + dc for dr, dc in DELTAS]
+    layout_key, walks_key = jax.random.split(key)
 
-    def attempt(k):
-        k_topology, k_place, k_walks = jax.random.split(k, 3)
+    def layout(k):
+        """A topology with the player and targets placed, and whether it can succeed at all:
+        enough floor, and next to every target a line of two floor cells (where the player can
+        stand and step back to pull that box off; without one, reverse play scores 0)."""
+        k_topology, k_place = jax.random.split(k)
         floor = room_topology(k_topology, dim, num_gen_steps).reshape(-1)
         player, targets, enough = place_player_and_targets(k_place, floor, num_boxes)
+        free = floor  # boxes may move away first: only walls rule a pull out for sure
+        beyond = [jnp.clip(targets + 2 * d, 0, h * w - 1) for d in flat]  # clipped: a corner (wall)
+        pullable = jnp.stack([free[targets + d] & free[b] for d, b in zip(flat, beyond)]).any(0).all()
+        return floor, player, targets, enough & pullable
+
+    def drawing(carry):
+        return ~carry[-2] & (carry[-1] < tries)
+
+    def next_layout(carry):
+        n = carry[-1]
+        return (*layout(jax.random.fold_in(layout_key, n)), n + 1)
+
+    def attempt(n):
+        """Layouts until one can succeed (cheap, in a loop of its own), then the reverse walks."""
+        blank = (jnp.zeros(h * w, bool), jnp.int32(0), jnp.zeros(num_boxes, jnp.int32), jnp.bool_(False), n)
+        floor, player, targets, ok, n = jax.lax.while_loop(drawing, next_layout, blank)
         walk = functools.partial(
             reverse_walk, floor=floor, width=w, player=player, targets=targets, num_steps=reverse_steps
         )
-        scores, players, boxes = jax.vmap(lambda kk: walk(kk))(jax.random.split(k_walks, reverse_walks))
+        walk_key = jax.random.fold_in(walks_key, n)
+        scores, players, boxes = jax.vmap(lambda kk: walk(kk))(jax.random.split(walk_key, reverse_walks))
         best = jnp.argmax(scores)  # the first walk among equals
-        score = jnp.where(enough, scores[best], 0)
+        score = jnp.where(ok, scores[best], 0)
         cells = jnp.arange(h * w)
         board = jnp.where(floor, FLOOR, WALL)
         board = jnp.where((cells[:, None] == targets).any(1), TARGET, board)
         board = jnp.where((cells[:, None] == boxes[best]).any(1), BOX, board)  # off target when score > 0
         board = jnp.where(cells == players[best], PLAYER, board)
-        return board.reshape(h, w), jnp.stack([players[best] // w, players[best] % w]), score
+        return board.reshape(h, w), jnp.stack([players[best] // w, players[best] % w]), score, n
 
     def searching(carry):
         return (carry[2] == 0) & (carry[3] < tries)
 
     def next_try(carry):
-        board, player, score, n = carry
-        return (*attempt(jax.random.fold_in(key, n)), n + 1)
+        return attempt(carry[3])
 
     fallback = fallback_room(dim, num_boxes)
     start = (jnp.asarray(fallback), jnp.array([3, 1], jnp.int32), jnp.int32(0), jnp.int32(0))
