@@ -94,7 +94,13 @@ class State:
 
 @struct.dataclass
 class Params:
-    """Sokoban has no dynamic knobs: the room options and the step limit are static config."""
+    """The room options and the step limit are static config. `rooms` / `players` optionally hold
+    a pool of rooms generated beforehand (`Sokoban.room_pool`): `reset` then draws one uniformly
+    instead of generating it (as jumanji loads stored levels), so that resets cost a gather,
+    e.g. under `auto_reset_step`, which computes a reset for every board at every step."""
+
+    rooms: jax.Array | None = None  # int32 [N, H, W] boards
+    players: jax.Array | None = None  # int32 [N, 2]
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,8 +528,20 @@ class Sokoban(Env):
         )
 
     def reset(self, key, params=None):
-        board, player, _, _ = self.generate(key)
+        params = self.default_params if params is None else params
+        if params.rooms is None:
+            board, player, _, _ = self.generate(key)
+        else:
+            index = jax.random.randint(key, (), 0, params.rooms.shape[0])
+            board, player = params.rooms[index], params.players[index]
         return State(board=board, player=player, steps=jnp.int32(0), done=jnp.bool_(False))
+
+    def room_pool(self, key, size: int, chunk: int = 1024) -> Params:
+        """Params holding `size` rooms generated now (vmapped, `chunk` at a time), for cheap resets."""
+        generate = jax.jit(jax.vmap(self.generate))
+        keys = jax.random.split(key, size)
+        parts = [generate(keys[i : i + chunk])[:2] for i in range(0, size, chunk)]
+        return Params(rooms=jnp.concatenate([b for b, _ in parts]), players=jnp.concatenate([p for _, p in parts]))
 
     def step(self, key, state, action, params=None):
         action = self.checked_action(state, action)

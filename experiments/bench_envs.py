@@ -1,6 +1,7 @@
 """Environment throughput: game logic steps/s (with auto-reset, actions uniform over the valid
 mask), rendered frames/s, and the env work of one G1 training step, for every registered game;
-for games that generate their boards (Sokoban) also the generation cost per board.
+for games that generate their boards (Sokoban) also the generation cost per board, steps/s with
+resets drawn from a pool of boards generated up front, and steps/s without resets.
 
     python experiments/bench_envs.py                       # all games, batch 1/64/1024/4096
     python experiments/bench_envs.py --games 2048 --compare --json out/bench_envs.json
@@ -30,6 +31,7 @@ from envs.wrappers import G1_WARMUP_MOVES
 
 G1_FRAME = (840, 644)  # G1 resizes to 640x840 (WxH); the processor then makes it 644x840
 G1_STATES, G1_GROUP = 128, 5
+POOL_ROOMS = 10_000  # Sokoban rooms generated up front for the pool-reset rows
 
 
 def scan_length(batch: int) -> int:
@@ -49,14 +51,14 @@ def timed(fn, *args, repeats: int):
     return first, runs
 
 
-def logic_rollout(env, batch: int, steps: int, auto_reset: bool = True):
+def logic_rollout(env, batch: int, steps: int, auto_reset: bool = True, params=None):
     """A jitted rollout of `steps` auto-reset steps for `batch` boards; actions uniform over
     each board's valid actions. Returns the number of finished episodes (a sanity check).
     auto_reset=False: plain steps (a finished board stays finished), the game logic alone for
     games whose reset is costly (Sokoban generates a room, and `auto_reset_step` computes a
     reset for every board at every step)."""
     step_fn = envs.auto_reset_step if auto_reset else lambda env, k, s, a, p: env.step(k, s, a, p)
-    params = env.default_params
+    params = env.default_params if params is None else params
 
     def run(key):
         state = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(key, batch))
@@ -77,13 +79,13 @@ def warm_batch(env, batch: int, moves: int = 20):
     return jax.jit(lambda k: envs.warmup_states(env, k, batch, num_moves=moves))(jax.random.key(1))
 
 
-def bench_logic(env, batch: int, repeats: int, auto_reset: bool = True) -> dict:
+def bench_logic(env, batch: int, repeats: int, auto_reset: bool = True, params=None, metric=None) -> dict:
     steps = scan_length(batch)
-    fn = logic_rollout(env, batch, steps, auto_reset)
+    fn = logic_rollout(env, batch, steps, auto_reset, params)
     first, runs = timed(fn, jax.random.key(0), repeats=repeats)
     finished = int(fn(jax.random.key(0)))
     return dict(
-        metric="steps_per_s" if auto_reset else "steps_per_s_no_reset",
+        metric=metric or ("steps_per_s" if auto_reset else "steps_per_s_no_reset"),
         batch=batch,
         scan_steps=steps,
         compile_s=first,
@@ -337,9 +339,9 @@ def compare_sokoban_rollouts(batch: int):
 # --- driver ------------------------------------------------------------------------------------
 
 
-def compare(game: str, others: dict, batch: int, rows: list, repeats: int, emit) -> None:
-    """Time other libraries' rollouts of `game` at `batch` and set each beside ours."""
-    ours = next(r for r in rows if r.get("game") == game and r["metric"] == "steps_per_s" and r["batch"] == batch)
+def compare(game: str, others: dict, batch: int, rows: list, repeats: int, emit, metric: str) -> None:
+    """Time other libraries' rollouts of `game` at `batch` and set each beside our `metric` row."""
+    ours = next(r for r in rows if r.get("game") == game and r["metric"] == metric and r["batch"] == batch)
     for label, fn in others.items():
         first, runs = timed(fn, jax.random.key(0), repeats=repeats)
         n = batch * scan_length(batch)
@@ -353,7 +355,7 @@ def compare(game: str, others: dict, batch: int, rows: list, repeats: int, emit)
             g1jax_ratio_best=ours["best"] / (n / min(runs)),
         )
         emit(row)
-        print(f"{'':<34} g1jax {game} (with auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
+        print(f"{'':<34} g1jax {game} ({metric}, auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
 
 
 def fmt(v: float) -> str:
@@ -439,6 +441,9 @@ def main(argv=None):
             for b in args.batches:
                 emit(dict(game=name, **bench_logic(env, b, args.repeats)))
             if hasattr(env, "generate"):
+                pool = env.room_pool(jax.random.key(7), POOL_ROOMS)
+                for b in args.batches:
+                    emit(dict(game=name, **bench_logic(env, b, args.repeats, params=pool, metric="steps_per_s_pool")))
                 for b in args.batches:
                     emit(dict(game=name, **bench_logic(env, b, args.repeats, auto_reset=False)))
                 for b in args.batches:
@@ -450,10 +455,15 @@ def main(argv=None):
                 for b in args.g1_batches:
                     emit(dict(game=name, **bench_render(big, b, args.repeats, donate)))
         if args.compare:
-            for game, others in (("2048", compare_rollouts), ("sokoban", compare_sokoban_rollouts)):
+            # Sokoban: ours with pool resets, like jumanji's stored levels
+            pairs = (
+                ("2048", compare_rollouts, "steps_per_s"),
+                ("sokoban", compare_sokoban_rollouts, "steps_per_s_pool"),
+            )
+            for game, others, metric in pairs:
                 if game in games:
                     for b in args.batches:
-                        compare(game, others(b), b, rows, args.repeats, emit)
+                        compare(game, others(b), b, rows, args.repeats, emit, metric)
     for name in games:
         emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy))
     if args.json:

@@ -309,3 +309,14 @@ def test_the_teacher_solves_every_room_in_the_shortest_number_of_moves(rooms):
     assert ENV.parse(text) == int(S.solve(boards[0])[0])
     with pytest.raises(TeacherError, match="one-box"):
         make_teacher(envs.make("sokoban", num_boxes=2))
+
+
+def test_resets_can_draw_from_a_pool_of_rooms():
+    pool = ENV.room_pool(jax.random.key(3), 6, chunk=4)
+    assert pool.rooms.shape == (6, 6, 6) and pool.players.shape == (6, 2)
+    states = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(4), 32), pool)
+    rooms = {b.tobytes() for b in np.asarray(pool.rooms)}
+    assert {b.tobytes() for b in np.asarray(states.board)} <= rooms
+    np.testing.assert_array_equal(
+        np.asarray(states.board)[np.arange(32), states.player[:, 0], states.player[:, 1]], S.PLAYER
+    )
