@@ -49,6 +49,10 @@ from envs import raster
 from envs.core import ConfigError, Env, check_cell_size, check_image_size, check_range, kth_true, register
 from envs.grammar import ANSWER_CLOSE, ANSWER_OPEN
 
+# Reverse-play walk length per box: 300 (gym-sokoban's search depth) matches its solution lengths
+# on 6x6 one-box rooms; with more boxes, longer walks are needed to get every box off its target
+# (10x10, 4 boxes: 14 of 512 rooms fell back at 300 steps, none at 1000).
+REVERSE_STEPS_PER_BOX = 300
 WALL, FLOOR, TARGET, BOX_ON_TARGET, BOX, PLAYER, PLAYER_ON_TARGET = range(7)
 NOOP, UP, DOWN, LEFT, RIGHT = range(5)
 ACTION_LABELS = ("No-op", "Up", "Down", "Left", "Right")
@@ -455,7 +459,7 @@ class Sokoban(Env):
     """gym-sokoban's Sokoban. Static config: dim_room (H, W), 5..16 each (the anchors' 6x6 by
     default); num_boxes (1 by default, at most W - 2); max_steps (gym-sokoban's 120);
     num_gen_steps (the topology walk's length, None: gym-sokoban's int(1.7 * (H + W)));
-    reverse_walks and reverse_steps (the bounded reverse play); generation_tries (topologies
+    reverse_walks and reverse_steps (the bounded reverse play; None: 300 steps per box); generation_tries (topologies
     tried before the fallback room); image_size (None: 14-px cells rounded up to multiples of
     28, (84, 84) for 6x6); actions_per_turn (how many comma-separated actions an answer may
     name, `parse_actions` and `step_turn`)."""
@@ -466,7 +470,7 @@ class Sokoban(Env):
     max_steps: int = 120
     num_gen_steps: int | None = None
     reverse_walks: int = 4
-    reverse_steps: int = 300
+    reverse_steps: int | None = None
     generation_tries: int = 16
     image_size: tuple | None = None
     actions_per_turn: int = 1
@@ -485,6 +489,8 @@ class Sokoban(Env):
             object.__setattr__(self, "num_gen_steps", int(1.7 * (h + w)))
         check_range(self.name, "num_gen_steps", self.num_gen_steps, 1, 10_000)
         check_range(self.name, "reverse_walks", self.reverse_walks, 1, 4096)
+        if self.reverse_steps is None:
+            object.__setattr__(self, "reverse_steps", REVERSE_STEPS_PER_BOX * self.num_boxes)
         check_range(self.name, "reverse_steps", self.reverse_steps, 1, 100_000)
         check_range(self.name, "generation_tries", self.generation_tries, 1, 10_000)
         check_range(self.name, "actions_per_turn", self.actions_per_turn, 1, 64)
