@@ -320,3 +320,19 @@ def test_resets_can_draw_from_a_pool_of_rooms():
     np.testing.assert_array_equal(
         np.asarray(states.board)[np.arange(32), states.player[:, 0], states.player[:, 1]], S.PLAYER
     )
+
+
+def test_episode_metrics_count_first_games_and_wins():
+    """Run 0 wins at decision 1 (decision 2 only resets) then plays on; run 1 never ends."""
+    from types import SimpleNamespace
+
+    from g1jax.evaluation.closed_loop import Rollout, episode_metrics
+
+    scores = np.zeros((2, 5), np.float32)
+    scores[0, 1] = 1
+    ended = np.zeros((2, 5), bool)
+    ended[0, 1] = True
+    done_seen = np.zeros((5, 2), bool)  # [steps, runs], as the states the policy saw
+    done_seen[2, 0] = True
+    rollout = Rollout("sokoban", "p", scores, np.zeros((2, 5)), SimpleNamespace(done=done_seen), None, 0.0, ended=ended)
+    assert episode_metrics(rollout) == dict(runs=2, success_rate=0.5, steps_to_solve=2.0, episodes=1, solved=1)

@@ -144,27 +144,28 @@ class Rollout:
 
 def episode_metrics(rollout: Rollout) -> dict:
     """Episode results of a rollout whose per-decision score is 1 when the decision wins the game
-    (protocol score "solved"): episodes that ended within the decisions, the share of them won
-    ("success_rate"; None when none ended) and the mean number of decisions of the won ones
-    ("steps_to_solve", counted from the episode's first decision). A decision that sees a finished
-    game only resets it; an episode still running after the last decision is not counted."""
+    (protocol score "solved"). "success_rate": the share of runs whose first episode (every run
+    starts a fresh game) was won within the evaluated decisions, as the multi-turn frameworks
+    report success within a turn budget; a first episode still running after the last decision
+    counts as not won, so use at least the game's step limit of decisions to score the game alone.
+    "steps_to_solve": the mean decisions those won first episodes took. "episodes" and "solved":
+    every episode that ended within the decisions, and how many of them were won (a decision that
+    sees a finished game only resets it)."""
     finished = np.asarray(rollout.states.done).T  # [runs, steps]: the decision only resets the game
     won, ended = rollout.scores > 0, rollout.ended
-    lengths, wins = [], []
+    first_won, first_lengths, episodes = [], [], 0
     for run in range(rollout.runs):
-        start = 0
-        for t in range(rollout.steps):
-            if finished[run, t]:
-                start = t + 1
-            elif ended[run, t]:
-                lengths.append(t - start + 1)
-                wins.append(bool(won[run, t]))
-    won_lengths = [n for n, w in zip(lengths, wins) if w]
+        ends = np.flatnonzero(ended[run] & ~finished[run])
+        episodes += len(ends)
+        first_won.append(len(ends) > 0 and bool(won[run, ends[0]]))
+        if first_won[-1]:
+            first_lengths.append(int(ends[0]) + 1)
     return {
-        "episodes": len(lengths),
-        "solved": len(won_lengths),
-        "success_rate": sum(wins) / len(wins) if wins else None,
-        "steps_to_solve": float(np.mean(won_lengths)) if won_lengths else None,
+        "runs": rollout.runs,
+        "success_rate": sum(first_won) / rollout.runs,
+        "steps_to_solve": float(np.mean(first_lengths)) if first_lengths else None,
+        "episodes": episodes,
+        "solved": int(won.sum()),
     }
 
 

@@ -52,10 +52,12 @@ def _cell(score: dict | None) -> str:
     detail = f", {score['detail']}" if score.get("detail") else ""
     episodes = score.get("episodes")
     if episodes:  # the multi-turn games: success rate and decisions to solve
-        rate, steps = episodes["success_rate"], episodes["steps_to_solve"]
-        rate = "—" if rate is None else f"{100 * rate:.3g}%"
-        steps = "—" if steps is None else f"{steps:.3g}"
-        detail += f"; solved {rate} of {episodes['episodes']} episodes, {steps} steps to solve"
+        steps = episodes["steps_to_solve"]
+        steps = "—" if steps is None else f"{steps:.3g} steps"
+        detail += (
+            f"; first game won in {100 * episodes['success_rate']:.3g}% of runs ({steps}); "
+            f"{episodes['solved']} of {episodes['episodes']} ended games won"
+        )
     return f"{score['avg']:.4g}{se} (N={score['runs']}{detail})"
 
 
