@@ -542,12 +542,18 @@ class Sokoban(Env):
             board, player = params.rooms[index], params.players[index]
         return State(board=board, player=player, steps=jnp.int32(0), done=jnp.bool_(False))
 
+    @functools.cached_property
+    def generate_batch(self):
+        """`generate` vmapped over a batch of keys and jitted (compiled once per batch size)."""
+        return jax.jit(jax.vmap(self.generate))
+
     def room_pool(self, key, size: int, chunk: int = 1024) -> Params:
-        """Params holding `size` rooms generated now (vmapped, `chunk` at a time), for cheap resets."""
-        generate = jax.jit(jax.vmap(self.generate))
-        keys = jax.random.split(key, size)
-        parts = [generate(keys[i : i + chunk])[:2] for i in range(0, size, chunk)]
-        return Params(rooms=jnp.concatenate([b for b, _ in parts]), players=jnp.concatenate([p for _, p in parts]))
+        """Params holding `size` rooms generated now, `chunk` at a time (the last chunk padded, so
+        one compiled batch size serves), for cheap resets."""
+        keys = jax.random.split(key, -(-size // chunk) * chunk)
+        parts = [self.generate_batch(keys[i : i + chunk])[:2] for i in range(0, len(keys), chunk)]
+        rooms, players = (jnp.concatenate(x)[:size] for x in zip(*parts))
+        return Params(rooms=rooms, players=players)
 
     def step(self, key, state, action, params=None):
         action = self.checked_action(state, action)

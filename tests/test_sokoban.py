@@ -49,8 +49,13 @@ SOLVE = jax.jit(jax.vmap(S.solve))
 @pytest.fixture(scope="module")
 def rooms():
     """ROOMS default rooms generated on the device: (boards, players, scores, tries)."""
-    env = envs.make("sokoban")
-    return jax.device_get(jax.jit(jax.vmap(env.generate))(jax.random.split(jax.random.key(0), ROOMS)))
+    return jax.device_get(ENV.generate_batch(jax.random.split(jax.random.key(0), ROOMS)))
+
+
+def fresh_states(rooms, n: int):
+    """The first n generated rooms as fresh states (what reset makes of them)."""
+    boards, players = jnp.asarray(rooms[0][:n]), jnp.asarray(rooms[1][:n])
+    return jax.vmap(lambda b, p: S.State(b, p, jnp.int32(0), jnp.bool_(False)))(boards, players)
 
 
 def reference_env(board: np.ndarray, steps: int = 0, max_steps: int = 40):
@@ -133,11 +138,11 @@ def test_the_push_cases_have_the_expected_outcomes():
     assert outcome["no-op"] == (-0.1, False, False, False)
 
 
-def test_random_rooms_and_actions_step_as_gym_sokoban():
+def test_random_rooms_and_actions_step_as_gym_sokoban(rooms):
     """64 generated rooms, 60 uniformly random actions each (no-ops included), against
     gym-sokoban step by step until each episode ends (40 steps at most)."""
     n, moves = 64, 60
-    states = jax.jit(jax.vmap(ENV.reset))(jax.random.split(jax.random.key(5), n))
+    states = fresh_states(rooms, n)
     boards = np.asarray(states.board)
     refs = [reference_env(b) for b in boards]
     actions = np.random.default_rng(0).integers(0, 5, (moves, n))
@@ -295,8 +300,7 @@ def test_the_teacher_solves_every_room_in_the_shortest_number_of_moves(rooms):
     teacher = make_teacher(ENV)
     act = jax.jit(jax.vmap(teacher.act))
     n = 128
-    boards = jnp.asarray(rooms[0][:n])
-    states = jax.vmap(lambda b, p: S.State(b, p, jnp.int32(0), jnp.bool_(False)))(boards, jnp.asarray(rooms[1][:n]))
+    boards, states = jnp.asarray(rooms[0][:n]), fresh_states(rooms, n)
     lengths = np.asarray(SOLVE(boards)[1])
     for t in range(int(lengths.max())):
         keys = jax.random.split(jax.random.key(t), n)
@@ -312,7 +316,7 @@ def test_the_teacher_solves_every_room_in_the_shortest_number_of_moves(rooms):
 
 
 def test_resets_can_draw_from_a_pool_of_rooms():
-    pool = ENV.room_pool(jax.random.key(3), 6, chunk=4)
+    pool = ENV.room_pool(jax.random.key(3), 6, chunk=ROOMS)  # the fixture's compiled batch size
     assert pool.rooms.shape == (6, 6, 6) and pool.players.shape == (6, 2)
     states = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))(jax.random.split(jax.random.key(4), 32), pool)
     rooms = {b.tobytes() for b in np.asarray(pool.rooms)}
