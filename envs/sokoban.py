@@ -27,7 +27,10 @@ change (docs/envs.md, "Sokoban", "Room generation"):
   4. a try whose best score is 0 (too little floor, no pull possible) draws a new topology, up
      to `generation_tries` times in a `lax.while_loop` (gym-sokoban: 4 tries, then reset again
      without limit); if every try fails, the room is a fixed solvable one (`fallback_room`).
-Every room is therefore solvable: the player can undo the reverse play with pushes.
+Every room is therefore solvable: the player can undo the reverse play with pushes. A room costs
+about 60-100 us on a CPU core; `room_pool` generates rooms up front into `Params`, and `reset`
+then draws one (a gather), which matters under `auto_reset_step` (it computes a reset per board
+per step). BENCHMARKS.md, "Sokoban".
 
 `solve` (breadth-first over (player, box) positions, jittable, one-box rooms) finds shortest
 solutions; it is the teacher (g1jax.teachers) and the tests' solvability check.
