@@ -324,3 +324,25 @@ def test_resets_can_draw_from_a_pool_of_rooms():
     np.testing.assert_array_equal(
         np.asarray(states.board)[np.arange(32), states.player[:, 0], states.player[:, 1]], S.PLAYER
     )
+
+
+def test_closed_loop_scores_games_won_and_the_first_games_success():
+    """`experiments/eval.py --game sokoban`'s loop: a decision scores 1 when it wins a game
+    (info["solved"]), and the teacher wins every run's first game in its room's shortest solution."""
+    from g1jax import evaluation as ev
+
+    protocol = ev.PROTOCOLS["sokoban"]
+    env = protocol.make_env()
+    policies = [ev.make_policy(name, env, protocol) for name in ("random", "teacher")]
+    rows = ev.evaluate(
+        protocol, env, policies, runs=4, steps=24, key=jax.random.key(0), progress=False, keep_texts=False
+    )
+    for row in rows:
+        episodes = row.episodes
+        assert episodes["solved"] == row.totals.sum() and episodes["episodes"] == row.ended.sum()
+        won = (row.scores > 0).T[:-1]  # [steps - 1, runs]; the next decision sees the won room
+        assert bool(np.asarray(jax.vmap(S.solved)(row.states.board[1:][won])).all())
+    teacher = rows[1].episodes
+    lengths = np.asarray(SOLVE(jnp.asarray(rows[1].states.board[0]))[1])
+    assert teacher["success_rate"] == 1.0 and teacher["solved"] == teacher["episodes"]
+    assert teacher["steps_to_solve"] == pytest.approx(lengths.mean())
