@@ -3,6 +3,7 @@
     python experiments/bench_train.py                        # all three parts (2 CPU cores: 10-25 minutes)
     python experiments/bench_train.py --quick                # tiny decode + tiny GRPO step + memory (~80 s CPU)
     python experiments/bench_train.py --parts memory         # the memory table alone (instant, no compile)
+    python experiments/bench_train.py --parts update flops   # the update alone, shared-prefix vs per-row; FLOPs
     PYTHONPATH=/tmp/trl/site-packages python experiments/bench_train.py --parts grpo   # TRL outside the venv
 
 1. decode: greedy sampling with `g1jax.sampling.sample` (G = 1, stop ids set to an id outside the
@@ -21,6 +22,12 @@
    reward code (see `trl_grpo_benchmark` for what is and is not matched).
 3. memory: bytes per device of the G1 recipe (`g1jax.recipes`, "g1-paper") at 3B and 7B on 8 devices, computed
    from shapes by `g1_memory_per_device` (assumptions in its docstring and in BENCHMARKS.md).
+4. update (not in the default parts): the GRPO update alone, shared-prefix (each prompt through the
+   decoder once per group) against per-row (each answer with its own copy of the prompt), alternated on
+   one rollout per group size (`--groups`, default 4 8); `--image-size`, `--states`, `--length`,
+   `--kl-coef` set the shapes.
+5. flops (not in the default parts, instant): one G1-paper update at 3B counted from shapes, per-row
+   against shared-prefix (`update_flops`).
 
 Results: a table per part on stdout and everything in JSON (`--json`, default out/bench_train.json).
 """
@@ -28,6 +35,7 @@ Results: a table per part on stdout and everything in JSON (`--json`, default ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -57,7 +65,7 @@ from g1jax.recipes import config as recipe_config  # noqa: E402
 from g1jax.sampling import Samples, SamplingConfig, sample  # noqa: E402
 from g1jax.trainer import Trainer  # noqa: E402
 
-PARTS = ("decode", "grpo", "memory")
+PARTS = ("decode", "grpo", "memory", "update", "flops")
 G1_PAPER = recipe_config("g1-paper")
 GIB = 1024**3
 
@@ -622,9 +630,10 @@ def g1_memory_per_device(
       slots) for this device's images at once; the bf16 all-gather of the largest weight.
       training: gradients (float32; twice when micro-batched: the scan's running sum and one
       micro-batch's), and the activations of one micro-batch of `micro_states_per_device` states
-      (x G rows, prompt + response tokens) with remat per layer: every decoder layer's input saved
-      in the compute dtype, one layer's backward working set (blocked causal attention scores and
-      MLP intermediates), the chunked log-prob head (float32 logits of `logprob_chunk` positions,
+      (the shared-prefix update: each state's prompt once, its G responses beside it, a response
+      token's scores over its whole prompt and, blocked, its own response) with remat per layer: every
+      decoder layer's input saved in the compute dtype, one layer's backward working set (attention
+      scores and MLP intermediates), the chunked log-prob head (float32 logits of `logprob_chunk` positions,
       with softmax and gradient), and the vision tower per state (block inputs saved, one
       full-attention block's backward).
     None as micro_states_per_device: the recipe's whole batch in one micro-batch (no accumulation).
@@ -667,15 +676,19 @@ def g1_memory_per_device(
         "gathered_weight_bf16": largest_weight * compute_bytes,
     }
     micro_count = prompts // micro_states
+    # the shared-prefix update: a micro-batch's prompts once, its G answers each beside them
+    tokens = micro_states * prompt_len + micro_rows * response_len
     training = {
         "gradients_f32": params * 4 / devices * (2 if micro_count > 1 else 1),
-        "saved_layer_inputs": (text.num_hidden_layers + 1) * micro_rows * slots * text.hidden_size * compute_bytes,
-        "layer_backward_attention": micro_rows
-        * text.num_attention_heads
-        * CAUSAL_BLOCK_FRACTION
-        * slots**2
+        "saved_layer_inputs": (text.num_hidden_layers + 1) * tokens * text.hidden_size * compute_bytes,
+        # the prompts' blocked causal scores; the answers' over their whole prompt and, blocked, their own
+        "layer_backward_attention": text.num_attention_heads
+        * (
+            micro_states * CAUSAL_BLOCK_FRACTION * prompt_len**2
+            + micro_rows * response_len * (prompt_len + CAUSAL_BLOCK_FRACTION * response_len)
+        )
         * score_bwd,
-        "layer_backward_mlp": micro_rows * slots * text.intermediate_size * compute_bytes * 4,
+        "layer_backward_mlp": tokens * text.intermediate_size * compute_bytes * 4,
         "logprob_head_f32": micro_rows * logprob_chunk * text.vocab_size * 4 * 3,
         "vision_saved_block_inputs": micro_states
         * vision.depth
@@ -748,6 +761,159 @@ def print_memory(rows: list[dict], device_gib: float = 80 * 1e9 / GIB) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------- 4. the update alone
+PATHS = (("per_row", False), ("shared", True))
+
+
+def _timed_update(trainer: Trainer, settings, batch, shared: bool) -> float:
+    """Wall seconds of one update of a copy of the trainer's state (the step donates it) on `batch`."""
+    trainer.grpo_static["settings"] = dataclasses.replace(settings, shared_prefix=shared)
+    state = jax.block_until_ready(jax.tree.map(jnp.copy, trainer.state))
+    started = time.perf_counter()
+    _, metrics = trainer._train_step(state, trainer.frozen, trainer.reference, batch)
+    jax.device_get(metrics)
+    return time.perf_counter() - started
+
+
+def update_benchmark(image_size, states: int, groups, length: int, runs: int, **policy) -> list[dict]:
+    """Seconds per GRPO update (loss, gradient, AdamW, the metrics read on the host) of the shared-prefix
+    update against the per-row one (`UpdateSettings.shared_prefix` False: each answer with its own copy of
+    the prompt, the update before #21), on one rollout of `Trainer` per group size, the two interleaved
+    `runs` times after one compiling call each; medians."""
+    results = []
+    for group in groups:
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(grpo_config(image_size, states, group, length, run_dir, **policy))
+            batch = trainer.batch_of(trainer.collect(0))
+            settings = trainer.grpo_static["settings"]
+
+            first = {name: _timed_update(trainer, settings, batch, shared) for name, shared in PATHS}
+            times = {"per_row": [], "shared": []}
+            for _ in range(runs):
+                for name, shared in PATHS:
+                    times[name].append(_timed_update(trainer, settings, batch, shared))
+            trainer.grpo_static["settings"] = settings
+            row = {
+                "group": group,
+                "states": states,
+                "length": length,
+                "prompt_len": int(trainer.rollout.prompts.length),
+                "kl_coef": trainer.config.grpo.kl_coef,
+                "first_call": first,
+                "times": times,
+                "median": {name: statistics.median(t) for name, t in times.items()},
+            }
+            row["speedup"] = row["median"]["per_row"] / row["median"]["shared"]
+            results.append(row)
+            print_update(results[-1:])
+    return results
+
+
+def print_update(rows: list[dict]) -> None:
+    for r in rows:
+        print(
+            f"\n4. Update alone, G = {r['group']}: {r['states']} states x {r['group']} answers, "
+            f"{r['prompt_len']}-token prompts, {r['length']} answer tokens, KL {r['kl_coef']}: "
+            f"per-row {r['median']['per_row']:.3f} s, "
+            f"shared-prefix {r['median']['shared']:.3f} s (median of {len(r['times']['shared'])}): "
+            f"{r['speedup']:.2f}x; first calls (compile) {r['first_call']['per_row']:.1f} s / "
+            f"{r['first_call']['shared']:.1f} s"
+        )
+
+
+def update_flops(
+    name: str,
+    *,
+    states: int = 16,
+    group: int = 5,
+    prompt_len: int = 1100,
+    answer_len: int = 256,
+    image_hw=(840, 644),
+    kl: bool = True,
+    remat: bool = False,
+) -> dict:
+    """Model FLOPs of one GRPO update (multiply-add = 2), per-row against shared-prefix, from the shapes.
+
+    Counted as `bench_model.forward_flops` counts a forward: every decoder matmul (q/k/v/o, SwiGLU) on the
+    tokens it runs on, causal attention (a token reads the keys up to itself: per row, its whole
+    prompt + answer; shared, a prompt token its prompt's, an answer token its prompt's and its answer's up
+    to itself), lm_head on the answer positions only (what `token_logprobs` scores), and the vision tower
+    once per state in both (the image is already encoded once per prompt). Norms, rotary and softmax are
+    left out. The trained pass costs 3 forwards (forward + backward), 4 with `remat`; the KL reference
+    pass (`kl`) 1 forward, also shared-prefix in the shared update.
+    """
+    config = preset(name)
+    t, v = config.text, config.vision
+    d, hd, heads, kv, layers = (
+        t.hidden_size,
+        t.head_dim,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.num_hidden_layers,
+    )
+    per_token = layers * 2 * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * t.intermediate_size)
+    per_key = layers * 4 * heads * hd  # scores and value product of one query against one key, all layers
+    rows = states * group
+    total = prompt_len + answer_len
+    head = rows * answer_len * 2 * d * t.vocab_size
+    per_row = {
+        "decoder_matmuls": rows * total * per_token,
+        "attention": rows * per_key * total * (total + 1) / 2,
+    }
+    shared = {
+        "decoder_matmuls": (states * prompt_len + rows * answer_len) * per_token,
+        "attention": states * per_key * prompt_len * (prompt_len + 1) / 2
+        + rows * per_key * (answer_len * prompt_len + answer_len * (answer_len + 1) / 2),
+    }
+    patches = int(np.prod(grid_thw(*image_hw)))
+    frame = patches
+    window = min(frame, (v.window_merge_units * v.spatial_merge_size) ** 2)
+    dv, merged = v.hidden_size, 4 * v.hidden_size
+    vision = states * patches * (2 * v.patch_features * dv + v.depth * 2 * (4 * dv * dv + 3 * dv * v.intermediate_size))
+    vision += states * sum(
+        patches * 4 * dv * (frame if b in v.fullatt_block_indexes else window) for b in range(v.depth)
+    )
+    vision += states * patches // 4 * 2 * (merged * merged + merged * v.out_hidden_size)
+    passes = (4 if remat else 3) + (1 if kl else 0)
+    out = {
+        "model": name,
+        "states": states,
+        "group": group,
+        "prompt_len": prompt_len,
+        "answer_len": answer_len,
+        "image_hw": list(image_hw),
+        "kl": kl,
+        "remat": remat,
+        "forward_passes": passes,
+    }
+    for label, parts in (("per_row", per_row), ("shared", shared)):
+        forward = sum(parts.values()) + head + vision
+        out[label] = {
+            **{k: float(x) for k, x in parts.items()},
+            "lm_head": float(head),
+            "vision": float(vision),
+            "forward": float(forward),
+            "update": float(passes * forward),
+        }
+    out["ratio"] = out["per_row"]["update"] / out["shared"]["update"]
+    return out
+
+
+def print_flops(r: dict) -> None:
+    print(
+        f"\n5. FLOPs of one GRPO update ({r['model']}, {r['states']} states x {r['group']} answers, "
+        f"{r['prompt_len']}-token prompts, {r['answer_len']}-token answers, "
+        f"image {r['image_hw'][0]}x{r['image_hw'][1]}, "
+        f"{r['forward_passes']} forward-equivalents: train fwd+bwd{' + remat' if r['remat'] else ''}"
+        f"{' + KL reference' if r['kl'] else ''})"
+    )
+    print(f"{'part (one forward, TFLOP)':<28} {'per-row':>10} {'shared':>10}")
+    for key in ("decoder_matmuls", "attention", "lm_head", "vision", "forward"):
+        print(f"{key:<28} {r['per_row'][key] / 1e12:>10.2f} {r['shared'][key] / 1e12:>10.2f}")
+    print(f"{'update (TFLOP)':<28} {r['per_row']['update'] / 1e12:>10.1f} {r['shared']['update'] / 1e12:>10.1f}")
+    print(f"per-row / shared: {r['ratio']:.2f}x")
+
+
 # ---------------------------------------------------------------------------------------- main
 def machine() -> dict:
     def shell(command):
@@ -775,7 +941,7 @@ def machine() -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["decode", "grpo", "memory"])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -798,6 +964,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--length", type=int, default=32, help="new tokens per answer in the GRPO step")
     parser.add_argument("--steps", type=int, help="timed GRPO steps after the first (default 3; --quick: 1)")
+    parser.add_argument(
+        "--groups", type=int, nargs="+", default=[4, 8], help="update part: the group sizes (default 4 8)"
+    )
+    parser.add_argument("--update-runs", type=int, default=3, help="update part: timed calls of each path")
     parser.add_argument(
         "--grpo-model",
         default="tiny",
@@ -886,16 +1056,17 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             print_decode(results["decode"][-1:])
+    policy = dict(
+        model=args.grpo_model,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        param_dtype=args.param_dtype,
+        remat=args.remat,
+        kl_coef=args.kl_coef,
+        micro_batch_states=args.micro_batch_states,
+    )
+    image_size = tuple(args.image_size) if args.image_size else None
     if "grpo" in args.parts:
-        policy = dict(
-            model=args.grpo_model,
-            tokenizer=args.tokenizer,
-            dtype=args.dtype,
-            param_dtype=args.param_dtype,
-            remat=args.remat,
-            kl_coef=args.kl_coef,
-            micro_batch_states=args.micro_batch_states,
-        )
         # TRL is matched to the default step only (tiny, float32, no KL, one micro-batch)
         matched = policy == dict(
             model="tiny",
@@ -907,7 +1078,7 @@ def run(args: argparse.Namespace) -> int:
             micro_batch_states=None,
         )
         results["grpo"] = grpo_benchmark(
-            tuple(args.image_size) if args.image_size else None,
+            image_size,
             args.states,
             args.group,
             args.length,
@@ -917,6 +1088,14 @@ def run(args: argparse.Namespace) -> int:
             **policy,
         )
         print_grpo(results["grpo"])
+    if "update" in args.parts:
+        results["update"] = update_benchmark(
+            image_size, args.states, args.groups, args.length, args.update_runs, **policy
+        )
+    if "flops" in args.parts:
+        results["flops"] = [update_flops("3b"), update_flops("3b", remat=True)]
+        print_flops(results["flops"][0])
+        print(f"(with remat: per-row / shared {results['flops'][1]['ratio']:.2f}x)")
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started
     print(

@@ -35,6 +35,7 @@ Facts and the rules table: docs/model.md, "Sharding".
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -218,14 +219,23 @@ def _place_one(x, sharding: jax.sharding.Sharding) -> jax.Array:
 
 def to_host(tree):
     """`tree`'s arrays as numpy on this process, whole: on several processes the shards held by the
-    others are gathered (a collective: every process must call it at the same point)."""
+    others are gathered (a collective: every process must call it at the same point). Each gather is
+    counted in `GATHERED`."""
     return jax.tree.map(_to_host_one, tree)
+
+
+# What `to_host` gathered across processes since the last `GATHERED.clear()`: "arrays" gathered, their
+# whole "bytes", and the bytes this process "received" (held only by other processes' devices). Counted
+# from the arrays at each call; reading an array that this process holds whole counts nothing.
+GATHERED: collections.Counter = collections.Counter()
 
 
 def _to_host_one(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
         from jax.experimental import multihost_utils
 
+        local = {str(shard.index): shard.data.nbytes for shard in x.addressable_shards}  # each block once
+        GATHERED.update(arrays=1, bytes=x.nbytes, received=x.nbytes - sum(local.values()))
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 

@@ -140,6 +140,9 @@ class UpdateSettings:
     optimizer: OptimizerSettings
     micro_batches: int
     image_grids: tuple  # the whole batch's, one (t, h, w) per prompt
+    # each prompt through the decoder once per group (`shared_prefix_logprobs`); False: once per answer
+    # (`completion_logprobs`, the per-row update, kept as the reference the tests and benchmarks compare to)
+    shared_prefix: bool = True
 
     @property
     def micro_grids(self) -> tuple:
@@ -234,6 +237,31 @@ def completion_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_siz
     )
 
 
+def shared_prefix_logprobs(model: Qwen25VL, batch: Batch, *, image_grids, group_size: int, temperature: float):
+    """`completion_logprobs` with each prompt through the decoder once per group, not once per answer.
+
+    The prompts [P, S] go through the layers once; each layer's prompt keys and values are read by the
+    prompt's G answers (broadcast, never copied), whose tokens attend to them and causally to their own
+    answer (`Qwen25VL.shared_prefix_hidden_states`). An answer's first token is scored from its prompt's
+    last hidden state (the last column: prompts are left-padded), the others from the answer's own.
+    Equal to `completion_logprobs` up to float32 sum order (tests/test_shared_prefix.py states the bound).
+    """
+    prompts = batch.prompt_ids.shape[0]
+    features = model.encode_images(batch.pixel_values, image_grids)
+    prompt_hidden, answer_hidden = model.shared_prefix_hidden_states(
+        batch.prompt_ids,
+        batch.prompt_positions,
+        batch.prompt_mask,
+        batch.completion,
+        batch.completion_mask,
+        features.reshape(-1, features.shape[-1]),
+    )
+    rows = answer_hidden.shape[0]
+    first = jnp.broadcast_to(prompt_hidden[:, None, -1:], (prompts, rows // prompts, 1, prompt_hidden.shape[-1]))
+    hidden = jnp.concatenate([first.reshape(rows, 1, -1), answer_hidden[:, :-1]], axis=1)
+    return token_logprobs(model, hidden, batch.completion, temperature=temperature, return_entropy=True, text_only=True)
+
+
 def _split_rows(row_values, count: int):
     """Per-completion values (arrays whose leading axis indexes completions) in `count` stacked parts."""
     return jax.tree.map(lambda x: x.reshape(count, -1, *x.shape[1:]), row_values)
@@ -270,9 +298,13 @@ def _apply(settings: UpdateSettings, placement: Placement, state: TrainState, gr
 
 
 # ------------------------------------------------------------------------------------------ the steps
+def _logprobs_fn(settings: UpdateSettings):
+    return shared_prefix_logprobs if settings.shared_prefix else completion_logprobs
+
+
 def _micro_logprobs(settings: GRPOSettings):
     return functools.partial(
-        completion_logprobs,
+        _logprobs_fn(settings),
         image_grids=settings.micro_grids,
         group_size=settings.answers_per_prompt,
         temperature=settings.temperature,
@@ -357,7 +389,7 @@ def grpo_update(
 
 def _sft_micro_loss(params, frozen, micro: Batch, *, graphdef, settings: UpdateSettings):
     model = nnx.merge(graphdef, params, frozen)
-    logp, _ = completion_logprobs(model, micro, image_grids=settings.micro_grids, group_size=1, temperature=1.0)
+    logp, _ = _logprobs_fn(settings)(model, micro, image_grids=settings.micro_grids, group_size=1, temperature=1.0)
     loss_sum, count = sft_loss_terms(logp, micro.completion_mask)
     return loss_sum, (count, {"sft_loss": (loss_sum, count)})
 

@@ -4,8 +4,10 @@ then one process resumes the two-process run's checkpoint and two processes the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -32,7 +34,7 @@ RUN = [
     "--mesh", "1,4,1", "--kl-coef", "0", "--no-progress",
     "--set", "sft_steps=1", "--set", "eval_states=4", "--set", "export_hf=true",
 ]  # fmt: skip
-TIMEOUT_S = 420  # the whole two-process run; a hang fails the test instead of stalling the suite
+TIMEOUT_S = 600  # each two-process run; a hang fails the test instead of stalling the suite (420 s was hit at load 20)
 # Float32 collectives that sum in another order (gloo across processes vs. in-process) differ in the last bits.
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -43,13 +45,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
-    """One process per command (its log in logs/process<i>.log), each with 2 CPU devices."""
+def process_env(cache=None) -> dict[str, str]:
+    """A child process's environment: 2 CPU devices, and this checkout's g1jax first on the path. With a
+    `cache` directory, JAX's persistent compilation cache: process 0 writes the programs it compiles there
+    and the processes of a later run read them instead of compiling again."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
     )
+    if cache is not None:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        )
+    return env
+
+
+def start_processes(commands: list[list[str]], logs) -> list[subprocess.Popen]:
+    """One process per command (its log in logs/process<i>.log), each with 2 CPU devices; their compiled
+    programs are kept in logs/../xla-cache for the next processes (see process_env)."""
+    env = process_env(logs.parent / "xla-cache")
     processes = []
     for index, command in enumerate(commands):
         with open(logs / f"process{index}.log", "w") as log:
@@ -79,6 +95,11 @@ def stop(processes: list[subprocess.Popen]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def cpu_seconds() -> str:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return f"{own.ru_utime + own.ru_stime:.0f} + {children.ru_utime + children.ru_stime:.0f} s"
 
 
 def read_jsonl(path) -> list[dict]:
@@ -117,7 +138,7 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
         wait_all(processes, logs, started + TIMEOUT_S)
     finally:
         stop(processes)
-    two_processes_s = time.monotonic() - started
+    two_processes_s, two_processes_cpu = time.monotonic() - started, cpu_seconds()
 
     # written once, by process 0: one metrics line per step (cold start + RL)
     assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
@@ -158,8 +179,9 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
         stop(processes)
     assert [m["step"] for m in read_jsonl(two / "metrics.jsonl")] == [1, 2, 3]
     assert_close_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
-    print(f"two-process run (the one-process run alongside): {two_processes_s:.0f} s; with the resumes: "
-          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    # wall and CPU seconds (this process, its children): on a loaded machine the CPU seconds say more
+    print(f"two-process run with the one-process run beside it: {two_processes_s:.0f} s, CPU {two_processes_cpu}; "
+          f"with the restores and resumes: {time.monotonic() - started:.0f} s, CPU {cpu_seconds()}")  # fmt: skip
 
 
 # the start of a script run as `python -c SCRIPT PROCESS_ID PORT ...`: join the other process
@@ -215,6 +237,14 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     step, items, _ = Checkpointer(sys.argv[3]).restore_latest(target)
 print("restored step", step, "x", float(items["x"].addressable_data(0)[0]), "warned", len(caught))
+# what sharding.to_host gathers across the processes is counted: nothing for the replicated x, all of the
+# row-split array, half of which this process held
+from g1jax.sharding import GATHERED, to_host
+rows = jax.make_array_from_callback(
+    (4,), NamedSharding(whole.mesh, PartitionSpec("data")), lambda index: np.arange(4, dtype=np.float32)[index]
+)
+to_host(items)
+print("gathered", to_host(rows).tolist(), dict(GATHERED))
 """
 )
 
@@ -237,7 +267,9 @@ def test_processes_fall_back_together_past_a_damaged_checkpoint(tmp_path):
     finally:
         stop(processes)
     for index in (0, 1):
-        assert "restored step 1 x 1.0 warned 1" in (logs / f"process{index}.log").read_text()
+        log = (logs / f"process{index}.log").read_text()
+        assert "restored step 1 x 1.0 warned 1" in log
+        assert "gathered [0.0, 1.0, 2.0, 3.0] {'arrays': 1, 'bytes': 16, 'received': 8}" in log
     assert os.listdir(tmp_path / "checkpoints-unreadable") == ["2"]
     assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
@@ -264,3 +296,69 @@ def test_an_unreachable_coordinator_fails_within_the_timeout(capsys):
     assert train_cli.main(["--distributed", *flags, "--join-timeout", "2"]) == 2
     assert time.monotonic() - started < 10
     assert "did not answer within 2 s" in capsys.readouterr().err
+
+
+def test_process_0_alone_stops_in_one_line_within_the_timeout():
+    """The coordinator waiting for a process that never comes: XLA would abort it with a C++ stack trace."""
+    address = f"localhost:{free_port()}"
+    command = [sys.executable, "-m", "g1jax.cli", "train", "--distributed", "--coordinator", address]
+    command += ["--num-processes", "2", "--process-id", "0", "--join-timeout", "2"]
+    started = time.monotonic()
+    # hard timeout: XLA's own deadline (2 + JOIN_MARGIN_S s) would abort it with status 134 long before
+    done = subprocess.run(command, env=process_env(), cwd=ROOT, capture_output=True, text=True, timeout=90)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: --distributed: not all 2 processes joined at the coordinator {address} within 2 s; "
+        "start the same command on every host (another process id on each), or raise --join-timeout"
+    ]
+    assert seconds < 2 + train_cli.JOIN_MARGIN_S  # the process's own timer, not XLA's deadline
+
+
+HLO = """HloModule jit_f, entry_computation_layout={(f32[8]{0})->f32[32]{0}}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%decode (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %r = f32[8]{0} all-reduce(%x), channel_id=1, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, to_apply=%add
+}
+
+%stop (p: (s32[], f32[8])) -> pred[] {
+  ROOT %c = pred[] all-reduce(%y), channel_id=2, replica_groups=[1,4]<=[4], to_apply=%add
+}
+
+%layers (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %g = f32[2,8]{1,0} all-gather(%z), channel_id=4, replica_groups=[2,2]<=[2,2]T(1,0), dimensions={0}
+}
+
+%layers_cond (p: (s32[], f32[8])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[8]) -> f32[32] {
+  %w = (s32[], f32[8]) while(%t), condition=%stop, body=%decode
+  %l = (s32[], f32[8]) while(%t), condition=%layers_cond, body=%layers, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %a = f32[32]{0} all-gather(%x), channel_id=3, replica_groups={{0,1},{2,3}}, dimensions={0}
+}
+"""
+
+
+def test_the_benchmark_counts_collectives_per_execution_and_whether_they_cross_processes():
+    """experiments/bench_multihost.py's reading of optimized HLO: loop trips, operand bytes, process groups."""
+    spec = importlib.util.spec_from_file_location("bench_multihost", Path(ROOT) / "experiments" / "bench_multihost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ops = bench.count_collectives(HLO, mesh_processes=[0, 0, 1, 1])
+    got = [(op["kind"], op["bytes"], op["group_size"], op["crosses"], op["executions"]) for op in ops]
+    assert got == [
+        ("all-reduce", 32, 2, False, (0, 1)),  # once per decode iteration D; groups {0,1}, {2,3}: one process each
+        ("all-reduce", 1, 4, True, (1, 1)),  # the loop's stop test: D + 1 times
+        ("all-gather", 32, 2, True, (3, 0)),  # 3 known trips; groups {0,2}, {1,3}; operand = result / 2
+        ("all-gather", 64, 2, False, (1, 0)),
+    ]
+    assert bench.per_call(ops, 15, crossing=True) == {
+        "all-reduce": {"ops": 1, "executions": 16, "bytes": 16},
+        "all-gather": {"ops": 1, "executions": 3, "bytes": 96},
+    }

@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -107,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=60,
         metavar="SECONDS",
-        help="how long a process waits for all the others to reach the coordinator (default 60)",
+        help="how long a process waits for all the others to reach the coordinator before it stops with a "
+        "one-line error, exit status 2 (default 60)",
     )
     return parser.parse_args(argv)
 
@@ -171,7 +173,8 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
 
 def join_processes(args: argparse.Namespace) -> None:
     """jax.distributed.initialize with this run's process layout, processes waiting --join-timeout seconds
-    for each other: an unreachable coordinator is a one-line error, not a hang."""
+    for each other: an unreachable coordinator, or processes that never come, is a one-line error on every
+    process that waits, not a hang or XLA's abort."""
     if not args.distributed:
         named = [f"--{flag.replace('_', '-')}" for flag in DISTRIBUTED_FLAGS if getattr(args, flag) is not None]
         if named:
@@ -180,13 +183,39 @@ def join_processes(args: argparse.Namespace) -> None:
     if args.join_timeout < 1:
         raise ConfigError(f"--join-timeout must be at least 1 second, got {args.join_timeout}")
     layout = process_layout(args)
+    started = time.monotonic()
     if layout and layout["process_id"] > 0:
         wait_for_coordinator(layout["coordinator_address"], args.join_timeout)
     import jax
 
-    # Past this point a process that misses the others (process 0 waiting for a host that never
-    # comes) is aborted by XLA after the timeout, with DEADLINE_EXCEEDED in its log.
-    jax.distributed.initialize(**layout, initialization_timeout=args.join_timeout)
+    # XLA's client, when not every process registers in time, aborts this process with a C++ stack trace
+    # (LOG(FATAL), nothing Python can catch). So a timer of our own stops the process first, in one line;
+    # XLA's own deadline is set past it and only acts if the timer could not.
+    count = f"{layout['num_processes']} " if layout else ""
+    where = f"the coordinator {layout['coordinator_address']}" if layout else "the detected coordinator"
+    message = (
+        f"error: --distributed: not all {count}processes joined at {where} within {args.join_timeout} s; "
+        "start the same command on every host (another process id on each), or raise --join-timeout\n"
+    )
+    timer = threading.Timer(max(started + args.join_timeout - time.monotonic(), 0.1), _give_up, (message,))
+    timer.daemon = True
+    timer.start()
+    try:
+        jax.distributed.initialize(**layout, initialization_timeout=args.join_timeout + JOIN_MARGIN_S)
+    finally:
+        timer.cancel()
+
+
+JOIN_MARGIN_S = 30  # XLA's own join deadline lies this far past --join-timeout
+
+
+def _give_up(message: str) -> None:
+    """End this process at once with `message` on stderr (exit status 2): the main thread is inside XLA's
+    join and cannot be interrupted."""
+    sys.stdout.flush()
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def read_config_file(path: str) -> dict:

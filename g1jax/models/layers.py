@@ -121,18 +121,19 @@ class SwiGLU(nnx.Module):
             return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def remat_call(module: nnx.Module, *args, **static):
+def remat_call(module: nnx.Module, *args, method: str = "__call__", **static):
     """module(*args, **static) with its activations recomputed in the backward pass instead of kept.
 
     Functional (split, `jax.checkpoint`, merge inside) rather than `nnx.remat`: nnx.remat writes the
     module's variables back after the call, which fails ("Cannot mutate Param from a different trace
     level") when the module was merged at another trace level, e.g. the KL reference model inside
     the update's `jax.grad`. `static`: plain Python values (not traced), such as a segment length.
+    `method`: the module's method to call (its `__call__` by default).
     """
     graphdef, state = nnx.split(module)
 
     def run(state, *args):
-        return nnx.merge(graphdef, state)(*args, **static)
+        return getattr(nnx.merge(graphdef, state), method)(*args, **static)
 
     return jax.checkpoint(run)(state, *args)
 
@@ -255,6 +256,74 @@ def _attention_heads_major(q, k, v, mask, scale):
     probs, total = _softmax_parts(scores)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return (out / total).astype(v.dtype)
+
+
+def prefix_attention(
+    q, k, v, mask, prefix_k, prefix_v, prefix_mask, scale: float, causal_block: int | None = None
+) -> jax.Array:
+    """Attention of G answers per prompt over their prompt's keys (shared, never copied) and their own.
+
+    q [P, G, T, N, hd]; k, v [P, G, T, K, hd] (the answers' own keys and values); mask bool [P, G, T, T]
+    over them (causal and their padding); prefix_k, prefix_v [P, S, K, hd]: the prompt's keys and values,
+    read by all G answers; prefix_mask bool [P, S]: its real (not padding) slots. -> [P, G, T, N * hd].
+
+    The same value as `attention` over the keys concat(prompt, answer) of each answer row (what the
+    per-row update computes, the prompt copied G times), up to the order of float32 sums: the softmax
+    is taken over the two key blocks together (one max, one sum), the prompt block as one matmul of all
+    G x T answer queries against the S prompt keys. Its backward sums the G answers' gradients into the
+    one copy of the prompt's keys and values. Matmuls in the heads-major layout of `attention`'s
+    many-query path, float32 scores, probabilities cast to the value dtype for the value products.
+
+    causal_block: `mask` is causal; answer queries go in blocks of this size, each against its own
+    answer's keys up to the block's end only (as `attention` does), skipping most of the masked triangle.
+    """
+    prompts, group, t_len, n_heads, head_dim = q.shape
+    kv_heads = k.shape[3]
+    with jax.named_scope("prefix_attention"):
+        on_q = q.dtype == jnp.float32 or math.frexp(scale)[0] == 0.5
+        q = q * jnp.asarray(scale, q.dtype) if on_q else q
+        # [P, K, G, g, T, hd] (query head n reads key head n // g): batch dimensions lead in every matmul, as
+        # XLA's CPU backend needs for bfloat16 inputs with float32 accumulation
+        qh = q.reshape(prompts, group, t_len, kv_heads, n_heads // kv_heads, head_dim).transpose(0, 3, 1, 4, 2, 5)
+        kh, vh = k.transpose(0, 3, 1, 2, 4), v.transpose(0, 3, 1, 2, 4)  # [P, K, G, T, hd]
+        prefix = (prefix_k.transpose(0, 2, 1, 3), prefix_v.transpose(0, 2, 1, 3), prefix_mask)  # [P, K, S, hd]
+        scale = None if on_q else scale
+        if causal_block is None or t_len <= causal_block:
+            out = _prefix_attention_block(qh, kh, vh, mask, prefix, scale)
+        else:
+            out = jnp.concatenate(
+                [
+                    _prefix_attention_block(
+                        qh[:, :, :, :, start : start + causal_block],
+                        kh[:, :, :, : start + causal_block],
+                        vh[:, :, :, : start + causal_block],
+                        mask[:, :, start : start + causal_block, : start + causal_block],
+                        prefix,
+                        scale,
+                    )
+                    for start in range(0, t_len, causal_block)
+                ],
+                axis=4,
+            )
+        return out.transpose(0, 2, 4, 1, 3, 5).reshape(prompts, group, t_len, n_heads * head_dim)
+
+
+def _prefix_attention_block(qh, kh, vh, mask, prefix, scale):
+    """qh [P, K, G, g, t, hd] (scaled already unless `scale`); kh, vh [P, K, G, s, hd]; mask [P, G, t, s];
+    prefix: (keys, values [P, K, S, hd], real slots [P, S]) -> [P, K, G, g, t, hd]."""
+    pk, pv, prefix_mask = prefix
+    prefix_scores = jnp.einsum("pkagtd,pksd->pkagts", qh, pk, preferred_element_type=jnp.float32)
+    own_scores = jnp.einsum("pkagtd,pkasd->pkagts", qh, kh, preferred_element_type=jnp.float32)
+    if scale is not None:
+        prefix_scores, own_scores = prefix_scores * scale, own_scores * scale
+    prefix_scores = prefix_scores + _mask_bias(prefix_mask)[:, None, None, None, None, :]
+    own_scores = own_scores + _mask_bias(mask)[:, None, :, None]
+    top = jnp.maximum(jnp.max(prefix_scores, axis=-1, keepdims=True), jnp.max(own_scores, axis=-1, keepdims=True))
+    prefix_probs, own_probs = jnp.exp(prefix_scores - top), jnp.exp(own_scores - top)
+    total = jnp.sum(prefix_probs, axis=-1, keepdims=True) + jnp.sum(own_probs, axis=-1, keepdims=True)
+    out = jnp.einsum("pkagts,pksd->pkagtd", prefix_probs.astype(vh.dtype), pv, preferred_element_type=jnp.float32)
+    out = out + jnp.einsum("pkagts,pkasd->pkagtd", own_probs.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    return (out / total).astype(vh.dtype)
 
 
 def _attention_one_query(q, k, v, mask, scale):

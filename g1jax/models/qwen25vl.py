@@ -132,6 +132,35 @@ class Qwen25VL(nnx.Module):
         hidden, _ = self.model(embeds, positions, mask)
         return hidden
 
+    def shared_prefix_hidden_states(
+        self, prompt_ids, prompt_positions, prompt_mask, answers, answer_mask, image_features
+    ) -> tuple[jax.Array, jax.Array]:
+        """Each prompt once, its G answers after it: (prompt hidden [P, S, D], answer hidden [P * G, T, D]).
+
+        prompt_ids, prompt_mask [P, S] (left-padded), prompt_positions [3, P, S]; answers, answer_mask
+        [P * G, T] (row p * G + g: answer g of prompt p); image_features [image tokens, D] for the
+        prompts' image slots (None: text-only prompts). An answer's tokens continue its prompt's
+        positions on all three M-RoPE axes (max valid position + 1, + 1, ...) and take no image
+        features (an image-pad id in an answer is a token). The same hidden states as `hidden_states`
+        on every row's concat(prompt, answer) with the prompt repeated G times, up to float32 sum order
+        (`Qwen2Model.shared_prefix`), at the cost of one prompt per group.
+        """
+        prompts, rows, length = prompt_ids.shape[0], answers.shape[0], answers.shape[1]
+        group = rows // prompts
+        prompt_embeds = self.embed(prompt_ids, image_features=image_features)
+        answer_embeds = self.model.embed_tokens(answers)
+        valid = prompt_mask.astype(bool)
+        start = jnp.max(jnp.where(valid[None], prompt_positions, jnp.iinfo(jnp.int32).min), axis=(0, 2)) + 1
+        answer_positions = jnp.repeat(start, group)[:, None] + jnp.arange(length)[None, :]
+        return self.model.shared_prefix(
+            prompt_embeds,
+            prompt_positions,
+            valid,
+            answer_embeds,
+            jnp.broadcast_to(answer_positions[None], (3, rows, length)),
+            answer_mask.astype(bool),
+        )
+
     def __call__(self, input_ids, positions, attention_mask, pixel_values=None, image_grids=()) -> jax.Array:
         return self.logits(self.hidden_states(input_ids, positions, attention_mask, pixel_values, image_grids))
 

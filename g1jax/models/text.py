@@ -7,7 +7,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g1jax.models.config import TextConfig
-from g1jax.models.layers import Embed, Linear, RMSNorm, SwiGLU, apply_rotary, attention, inverse_frequencies, remat_call
+from g1jax.models.layers import (
+    Embed,
+    Linear,
+    RMSNorm,
+    SwiGLU,
+    apply_rotary,
+    attention,
+    inverse_frequencies,
+    prefix_attention,
+    remat_call,
+)
 from g1jax.sharding import constrain_rows
 
 # Uncached (full-sequence) path, where the mask is causal: queries go in at most 8 blocks of at least
@@ -51,12 +61,8 @@ class Qwen2Attention(nnx.Module):
         writes this chunk's keys/values at slot `write_index` and attends over the whole cache
         (S = S_max; the mask hides unwritten and padding slots). Returns (out, new kv or None).
         """
-        b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        t = x.shape[1]
+        q, k, v = self._heads(x, cos, sin)
         if kv is not None:
             cache_k, cache_v = kv
             start = (0, write_index, 0, 0)
@@ -69,6 +75,44 @@ class Qwen2Attention(nnx.Module):
             block = max(MIN_CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS))
             out = attention(q, k, v, mask, self.head_dim**-0.5, causal_block=block)
         return self.o_proj(out), kv
+
+    def _heads(self, x, cos, sin):
+        """x [B, T, D] -> rotated q [B, T, N, hd], rotated k and v [B, T, K, hd]."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def shared_prefix(self, prompt, answers, rope, masks):
+        """Prompts and their G answers each, every prompt computed once (`Qwen2Model.shared_prefix`).
+
+        prompt [P, S, D], answers [P * G, T, D]; rope: (prompt cos, sin [P, S, hd], answer cos, sin
+        [P * G, T, hd]); masks: (prompt causal mask [P, S, S], the prompt's real slots [P, S], the
+        answers' causal mask over themselves [P * G, T, T]). Returns (prompt out, answer out).
+        """
+        prompt_cos, prompt_sin, answer_cos, answer_sin = rope
+        prompt_mask, prompt_valid, answer_mask = masks
+        q, k, v = self._heads(prompt, prompt_cos, prompt_sin)
+        s = prompt.shape[1]
+        block = max(MIN_CAUSAL_BLOCK, -(-s // MAX_CAUSAL_BLOCKS))
+        prompt_out = attention(q, k, v, prompt_mask, self.head_dim**-0.5, causal_block=block)
+        prompts, (rows, t, _) = prompt.shape[0], answers.shape
+        group = rows // prompts
+        aq, ak, av = self._heads(answers, answer_cos, answer_sin)
+        answer_out = prefix_attention(
+            aq.reshape(prompts, group, t, *aq.shape[2:]),
+            ak.reshape(prompts, group, t, *ak.shape[2:]),
+            av.reshape(prompts, group, t, *av.shape[2:]),
+            answer_mask.reshape(prompts, group, t, t),
+            k,
+            v,
+            prompt_valid,
+            self.head_dim**-0.5,
+            causal_block=max(MIN_CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS)),
+        )
+        return self.o_proj(prompt_out), self.o_proj(answer_out.reshape(rows, t, -1))
 
 
 class DecoderLayer(nnx.Module):
@@ -92,6 +136,16 @@ class DecoderLayer(nnx.Module):
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
+
+    def shared_prefix(self, prompt, answers, rope, masks):
+        """The layer on prompts [P, S, D] and their answers [P * G, T, D] (`Qwen2Model.shared_prefix`)."""
+        prompt_attn, answer_attn = self.self_attn.shared_prefix(
+            self.input_layernorm(prompt), self.input_layernorm(answers), rope, masks
+        )
+        prompt, answers = prompt + prompt_attn, answers + answer_attn
+        prompt = prompt + self.mlp(self.post_attention_layernorm(prompt))
+        answers = answers + self.mlp(self.post_attention_layernorm(answers))
+        return prompt, answers
 
 
 def _call_layer(layer, x, cos, sin, mask, kv, write_index):
@@ -127,3 +181,39 @@ class Qwen2Model(nnx.Module):
             x = constrain_rows(x)
             new_caches.append(kv)
         return self.norm(x), (None if kv_caches is None else tuple(new_caches))
+
+    def shared_prefix(
+        self, prompt_embeds, prompt_positions, prompt_valid, answer_embeds, answer_positions, answer_valid
+    ):
+        """Prompts and G answers each, every prompt through the layers once: the shared-prefix update.
+
+        prompt_embeds [P, S, D], prompt_positions [3, P, S], prompt_valid bool [P, S] (left padding
+        False); answer_embeds [P * G, T, D] (row p * G + g: answer g of prompt p), answer_positions
+        [3, P * G, T], answer_valid bool [P * G, T]. Returns the normed hidden states of the prompts
+        [P, S, D] and of the answers [P * G, T, D]: those of `__call__` on each row's whole sequence
+        concat(prompt, answer) with a causal mask, up to the order of float32 sums.
+
+        In every layer the prompt's keys and values are computed once and read by all G answers
+        (`layers.prefix_attention`): an answer token attends to its prompt's real tokens and causally
+        to its own answer. The gradient of the G answers reaches the one prompt through those reads.
+        """
+        dtype = prompt_embeds.dtype
+        causal_prompt = jnp.tril(jnp.ones((prompt_embeds.shape[1],) * 2, bool))
+        causal_answer = jnp.tril(jnp.ones((answer_embeds.shape[1],) * 2, bool))
+        masks = (
+            causal_prompt[None] & prompt_valid[:, None, :],
+            prompt_valid,
+            causal_answer[None] & answer_valid[:, None, :],
+        )
+        rope = (
+            *mrope_cos_sin(prompt_positions, self.config, dtype),
+            *mrope_cos_sin(answer_positions, self.config, dtype),
+        )
+        prompt, answers = constrain_rows(prompt_embeds), constrain_rows(answer_embeds)
+        for layer in self.layers:
+            if self.remat:
+                prompt, answers = remat_call(layer, prompt, answers, rope, masks, method="shared_prefix")
+            else:
+                prompt, answers = layer.shared_prefix(prompt, answers, rope, masks)
+            prompt, answers = constrain_rows(prompt), constrain_rows(answers)
+        return self.norm(prompt), self.norm(answers)
