@@ -19,7 +19,7 @@ from envs.wrappers import (
 )
 
 # Each game registers itself on import; one module per game.
-_GAME_MODULES = ("game2048", "swap", "shisensho", "shisensho_photo", "frozenlake")
+_GAME_MODULES = ("game2048", "swap", "shisensho", "shisensho_photo", "frozenlake", "sokoban")
 for _module in _GAME_MODULES:
     importlib.import_module(f"envs.{_module}")
 

@@ -8,8 +8,9 @@ player goes the intended way with probability `success_rate` (1/3) and to either
 cumulative probabilities of [(a - 1) % 4, a, (a + 1) % 4]). Entering a hole or the goal ends
 the episode (terminated), so does the `max_steps`-th move (gymnasium's TimeLimit: 100 on 4x4,
 200 on 8x8); raw reward = training reward = gymnasium's `reward_schedule` (goal, hole, frozen),
-(1, 0, 0) by default (`Params.reward_goal`, `reward_hole`, `reward_frozen`). Ice that does not
-slip is the default here (the anchors' VAGEN setting; gymnasium's default is slippery).
+(1, 0, 0) by default (`Params.reward_goal`, `reward_hole`, `reward_frozen`); `info["solved"]`:
+the player stands on the goal (the game was won, whatever the reward schedule). Ice that does
+not slip is the default here (the anchors' VAGEN setting; gymnasium's default is slippery).
 
 Maps: random by default, drawn on the device as gymnasium's `generate_random_map` draws them:
 every cell frozen with probability `frozen_prob` (0.8), S at the top-left, G at the bottom-right,
@@ -552,7 +553,12 @@ class FrozenLake(Env):
         steps = steps + wasted
         done = done | (wasted & (steps >= self.max_steps))
         new = State(board=state.board, pos=pos, last_action=last, steps=steps, done=done)
-        info = {"raw_reward": reward, "legal": legal, "truncated": done & ~state.done & ~terminated}
+        info = {
+            "raw_reward": reward,
+            "legal": legal,
+            "truncated": done & ~state.done & ~terminated,
+            "solved": self.solved(new),
+        }
         return new, reward, done, info
 
     def valid_actions(self, state, params=None):

@@ -1,8 +1,12 @@
 """Environment throughput: game logic steps/s (with auto-reset, actions uniform over the valid
-mask), rendered frames/s, and the env work of one G1 training step, for every registered game.
+mask), rendered frames/s, and the env work of one G1 training step, for every registered game;
+for games that generate their boards (Sokoban) also the generation cost per board (a vmapped
+`reset`; `--resets` measures it for any game), steps/s with resets drawn from a pool of boards
+generated up front, and steps/s without resets.
 
     python experiments/bench_envs.py                       # all games, batch 1/64/1024/4096
     python experiments/bench_envs.py --games 2048 --compare --json out/bench_envs.json
+    python experiments/bench_envs.py --games sokoban --compare  # beside jumanji's Sokoban
     python experiments/bench_envs.py --g1-step             # only the G1-step measure
     python experiments/bench_envs.py --games frozenlake --config board_size=8 --resets   # an option, resets/s
 
@@ -30,6 +34,7 @@ from envs.wrappers import G1_WARMUP_MOVES
 
 G1_FRAME = (840, 644)  # G1 resizes to 640x840 (WxH); the processor then makes it 644x840
 G1_STATES, G1_GROUP = 128, 5
+POOL_ROOMS = 10_000  # Sokoban rooms generated up front for the pool-reset rows
 
 
 def scan_length(batch: int) -> int:
@@ -49,10 +54,14 @@ def timed(fn, *args, repeats: int):
     return first, runs
 
 
-def logic_rollout(env, batch: int, steps: int):
+def logic_rollout(env, batch: int, steps: int, auto_reset: bool = True, params=None):
     """A jitted rollout of `steps` auto-reset steps for `batch` boards; actions uniform over
-    each board's valid actions. Returns the number of finished episodes (a sanity check)."""
-    params = env.default_params
+    each board's valid actions. Returns the number of finished episodes (a sanity check).
+    auto_reset=False: plain steps (a finished board stays finished), the game logic alone for
+    games whose reset is costly (Sokoban generates a room, and `auto_reset_step` computes a
+    reset for every board at every step)."""
+    step_fn = envs.auto_reset_step if auto_reset else lambda env, k, s, a, p: env.step(k, s, a, p)
+    params = env.default_params if params is None else params
 
     def run(key):
         state = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(key, batch))
@@ -60,9 +69,7 @@ def logic_rollout(env, batch: int, steps: int):
         def body(state, k):
             act_keys, step_keys = jnp.split(jax.random.split(k, 2 * batch), 2)
             actions = jax.vmap(lambda kk, s: env.random_valid_action(kk, s, params))(act_keys, state)
-            state, _, done, _ = jax.vmap(lambda kk, s, a: envs.auto_reset_step(env, kk, s, a, params))(
-                step_keys, state, actions
-            )
+            state, _, done, _ = jax.vmap(lambda kk, s, a: step_fn(env, kk, s, a, params))(step_keys, state, actions)
             return state, done.sum()
 
         _, finished = jax.lax.scan(body, state, jax.random.split(key, steps))
@@ -72,8 +79,9 @@ def logic_rollout(env, batch: int, steps: int):
 
 
 def bench_reset(env, batch: int, repeats: int) -> dict:
-    """Fresh games per second: a vmapped `reset` of B boards (where a game draws its board on the
-    device, as FrozenLake's random maps, that is the generation cost)."""
+    """Fresh games per second: a vmapped `reset` of B boards with the default params (where a game
+    draws its board on the device, as FrozenLake's random maps and Sokoban's rooms, that is the
+    generation cost; also as microseconds per board)."""
     fn = jax.jit(jax.vmap(lambda k: env.reset(k, env.default_params)))
     keys = jax.random.split(jax.random.key(0), batch)
     first, runs = timed(fn, keys, repeats=repeats)
@@ -83,7 +91,13 @@ def bench_reset(env, batch: int, repeats: int) -> dict:
         compile_s=first,
         median=batch / statistics.median(runs),
         best=batch / min(runs),
+        us_per_board_best=min(runs) / batch * 1e6,
     )
+
+
+def config_label(name: str, config: dict) -> str:
+    """A result row's game: the name, then the --config options it was built with."""
+    return name + "".join(f" {k}={v}" for k, v in config.items())
 
 
 def parse_config(items) -> dict:
@@ -105,13 +119,13 @@ def warm_batch(env, batch: int, moves: int = 20):
     return jax.jit(lambda k: envs.warmup_states(env, k, batch, num_moves=moves))(jax.random.key(1))
 
 
-def bench_logic(env, batch: int, repeats: int) -> dict:
+def bench_logic(env, batch: int, repeats: int, auto_reset: bool = True, params=None, metric=None) -> dict:
     steps = scan_length(batch)
-    fn = logic_rollout(env, batch, steps)
+    fn = logic_rollout(env, batch, steps, auto_reset, params)
     first, runs = timed(fn, jax.random.key(0), repeats=repeats)
     finished = int(fn(jax.random.key(0)))
     return dict(
-        metric="steps_per_s",
+        metric=metric or ("steps_per_s" if auto_reset else "steps_per_s_no_reset"),
         batch=batch,
         scan_steps=steps,
         compile_s=first,
@@ -182,7 +196,7 @@ def bench_g1_step(name: str, repeats: int, policy: str, config: dict | None = No
     assert frames[0].shape == (G1_STATES, *G1_FRAME, 3)
     return dict(
         metric="g1_step_s",
-        game=name + "".join(f" {k}={v}" for k, v in (config or {}).items()),
+        game=config_label(name, config or {}),
         warmup_moves=moves,
         warmup_policy=policy,
         image=f"{G1_FRAME[0]}x{G1_FRAME[1]}",
@@ -319,7 +333,55 @@ def compare_rollouts(batch: int):
     return out
 
 
+def compare_sokoban_rollouts(batch: int):
+    """jumanji's Sokoban (1.1.2) in the same style, when installed: auto-reset rollouts with
+    uniformly random actions (it has no action mask; illegal moves are no-ops). Its levels come
+    from the 2 built-in toy levels (`ToyGenerator`): its default generator downloads the Boxoban
+    levels, and either way a reset loads a stored level, where ours generates a room."""
+    try:
+        from jumanji.environments.routing.sokoban import Sokoban
+        from jumanji.environments.routing.sokoban.generator import ToyGenerator
+        from jumanji.wrappers import AutoResetWrapper
+    except ImportError:
+        return {}
+    env = AutoResetWrapper(Sokoban(generator=ToyGenerator()))
+    steps = scan_length(batch)
+
+    def run(key):
+        state, ts = jax.vmap(env.reset)(jax.random.split(key, batch))
+
+        def body(carry, k):
+            state, ts = carry
+            actions = jax.random.randint(k, (batch,), 0, 4)
+            state, ts = jax.vmap(env.step)(state, actions)
+            return (state, ts), ts.last().sum()
+
+        _, fin = jax.lax.scan(body, (state, ts), jax.random.split(key, steps))
+        return fin.sum()
+
+    return {"jumanji Sokoban 10x10 (AutoResetWrapper, toy levels)": jax.jit(run)}
+
+
 # --- driver ------------------------------------------------------------------------------------
+
+
+def compare(game: str, others: dict, batch: int, rows: list, repeats: int, emit, metric: str) -> None:
+    """Time other libraries' rollouts of `game` at `batch` and set each beside our `metric` row."""
+    ours = next(r for r in rows if r.get("game") == game and r["metric"] == metric and r["batch"] == batch)
+    for label, fn in others.items():
+        first, runs = timed(fn, jax.random.key(0), repeats=repeats)
+        n = batch * scan_length(batch)
+        row = dict(
+            game=label,
+            metric="steps_per_s",
+            batch=batch,
+            compile_s=first,
+            median=n / statistics.median(runs),
+            best=n / min(runs),
+            g1jax_ratio_best=ours["best"] / (n / min(runs)),
+        )
+        emit(row)
+        print(f"{'':<34} g1jax {game} ({metric}, auto-reset) / {label}: {row['g1jax_ratio_best']:.2f}x (best vs best)")
 
 
 def fmt(v: float) -> str:
@@ -346,7 +408,9 @@ def main(argv=None):
         "--g1-batches", nargs="*", type=int, default=[1, 64, 1024], help="batches for frames at 840x644"
     )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compare", action="store_true", help="also run pgx / jumanji 2048 if installed")
+    parser.add_argument(
+        "--compare", action="store_true", help="also run pgx / jumanji 2048 and jumanji Sokoban if installed"
+    )
     parser.add_argument("--g1-step", action="store_true", help="only the G1-step measure")
     parser.add_argument(
         "--g1-warmup-policy",
@@ -386,7 +450,7 @@ def main(argv=None):
             )
         else:
             print(
-                f"{label:<34} {row['metric']:<13} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
+                f"{label:<34} {row['metric']:<20} B={row['batch']:<5}{extra:<24} median {fmt(row['median']):>8}  "
                 f"best {fmt(row['best']):>8}  [compile+first {row['compile_s']:.1f} s]",
                 flush=True,
             )
@@ -405,10 +469,16 @@ def main(argv=None):
     elif not args.g1_step:
         for name in games:
             env = envs.make(name, **config)
-            label = name + "".join(f" {k}={v}" for k, v in config.items())
+            label = config_label(name, config)
             for b in args.batches:
                 emit(dict(game=label, **bench_logic(env, b, args.repeats)))
-            if args.resets:
+            if hasattr(env, "room_pool"):  # Sokoban: also resets drawn from a pool of rooms, and no resets
+                pool = env.room_pool(jax.random.key(7), POOL_ROOMS)
+                for b in args.batches:
+                    emit(dict(game=label, **bench_logic(env, b, args.repeats, params=pool, metric="steps_per_s_pool")))
+                for b in args.batches:
+                    emit(dict(game=label, **bench_logic(env, b, args.repeats, auto_reset=False)))
+            if args.resets or hasattr(env, "room_pool"):  # the generation cost, always for Sokoban's rooms
                 for b in args.batches:
                     emit(dict(game=label, **bench_reset(env, b, args.repeats)))
             big = envs.make(name, **{**config, "image_size": G1_FRAME})
@@ -418,33 +488,15 @@ def main(argv=None):
                 for b in args.g1_batches:
                     emit(dict(game=label, **bench_render(big, b, args.repeats, donate)))
         if args.compare:
-            for b in args.batches:
-                ours = (
-                    next(
-                        r for r in rows if r.get("game") == "2048" and r["metric"] == "steps_per_s" and r["batch"] == b
-                    )
-                    if "2048" in games
-                    else None
-                )
-                for label, fn in compare_rollouts(b).items():
-                    first, runs = timed(fn, jax.random.key(0), repeats=args.repeats)
-                    n = b * scan_length(b)
-                    row = dict(
-                        game=label,
-                        metric="steps_per_s",
-                        batch=b,
-                        compile_s=first,
-                        median=n / statistics.median(runs),
-                        best=n / min(runs),
-                    )
-                    if ours:
-                        row["g1jax_ratio_best"] = ours["best"] / row["best"]
-                    emit(row)
-                    if ours:
-                        print(
-                            f"{'':<34} g1jax 2048 (with auto-reset) / {label}: "
-                            f"{row['g1jax_ratio_best']:.2f}x (best vs best)"
-                        )
+            # Sokoban: ours with pool resets, like jumanji's stored levels
+            pairs = (
+                ("2048", compare_rollouts, "steps_per_s"),
+                ("sokoban", compare_sokoban_rollouts, "steps_per_s_pool"),
+            )
+            for game, others, metric in pairs:
+                if game in games:
+                    for b in args.batches:
+                        compare(config_label(game, config), others(b), b, rows, args.repeats, emit, metric)
     for name in games:
         emit(bench_g1_step(name, args.repeats, args.g1_warmup_policy, config))
     if args.json:

@@ -40,6 +40,7 @@ import envs
 from envs import frozenlake
 from envs.core import Env
 from envs.grammar import encode_pair
+from envs.sokoban import NOOP, solve
 from envs.swap import line_mask
 
 GAME_OVER_PENALTY = 1000.0  # expectimax value of a board with no move left, in points
@@ -654,12 +655,53 @@ class OptimalFrozenLake(Teacher):
 
 
 # ---------------------------------------------------------------------------------------
+# Sokoban
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BfsSokoban(Teacher):
+    """Optimal play: the first move of a shortest solution (`envs.sokoban.solve`, breadth-first
+    over (player, box) positions; one-box rooms). Among equally short solutions the one whose
+    first move has the highest id (Right, Left, Down, Up) wins. A room that cannot be solved any
+    more (a box stuck in a corner) gets its first valid move."""
+
+    games: ClassVar = ("sokoban",)
+    kind: ClassVar = "bfs"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.env.num_boxes != 1:
+            raise TeacherError(f"the bfs teacher solves one-box rooms; this game has num_boxes={self.env.num_boxes}")
+
+    def evaluate(self, state, params):
+        action, moves = solve(state.board)
+        legal = self.env.valid_actions(state, params)
+        first_valid = jnp.where(legal.any(), jnp.argmax(legal), NOOP)
+        best = jnp.where(state.done, NOOP, jnp.where(moves > 0, action, first_valid))
+        return dict(best=best.astype(jnp.int32), moves=moves, legal=legal)
+
+    def reasoning(self, state, facts, action):
+        moves, best = int(facts["moves"]), int(facts["best"])
+        name = self.env.action_label
+        if bool(state.done) or not facts["legal"].any():
+            return "The game is over: there is no move left to make."
+        if moves < 0:
+            lead = "No sequence of moves puts every box on a target any more."
+            return f"{lead} So I play {name(action)}." if action == best else f"{lead} I play {name(action)}."
+        lead = f"A shortest solution takes {_count(moves, 'move')} and starts with {name(best)}."
+        if action == best:
+            return f"{lead} So I play {name(action)}."
+        return f"{lead} But I play {name(action)}."
+
+
+# ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
 
 TEACHERS: dict[tuple[str, str], type[Teacher]] = {
     (game, cls.kind): cls
-    for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap, OptimalFrozenLake)
+    for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap, OptimalFrozenLake, BfsSokoban)
     for game in cls.games
 }
 DEFAULT_KIND = {
@@ -668,6 +710,7 @@ DEFAULT_KIND = {
     "shisensho_photo": "lookahead",
     "swap": "best_score",
     "frozenlake": "optimal",
+    "sokoban": "bfs",
 }
 
 

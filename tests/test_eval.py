@@ -1,6 +1,7 @@
 """Closed-loop evaluation (g1jax/evaluation, g1jax/cli/evaluate.py): scoring as the paper counts it, the
 random baselines' statistics, device and host loops agreeing, the command's errors and outputs."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -197,6 +198,32 @@ def test_rollout_statistics(shisensho):
     assert [r["policy"] for r in table["rows"]] == list(ROW_SPECS)
     assert table["paper"][-1] == {"policy": "Random", "source": "paper (Figure 1)", "scores": {"shisensho": 0.4}}
     assert "| Random | paper | 0.4 |" in ev.table_markdown(table)
+    assert all(r.ended is None and r.episodes is None for r in rows)  # episode metrics: games scored "solved"
+
+
+def test_episode_metrics_score_each_runs_first_game():
+    """The games scored "solved" (FrozenLake, Sokoban), three runs of 6 decisions. Run 0 wins its
+    first game at decision 1 (decision 2 only restarts it), then loses one at decision 4; run 1
+    loses its first game at decision 2 and wins the next at decision 4, so its first game counts
+    as lost; run 2's first game is still running after the last decision (not won)."""
+    scores = np.zeros((3, 6), np.float32)
+    scores[0, 1] = scores[1, 4] = 1
+    ended = np.zeros((3, 6), bool)  # [runs, steps]: the decision ended a live game
+    ended[0, [1, 4]] = ended[1, [2, 4]] = True
+    row = ev.Rollout("sokoban", "x", scores, np.zeros((3, 6), int), None, None, 0.0, ended=ended)
+    assert row.episodes == {
+        "runs": 3,
+        "success_rate": pytest.approx(1 / 3),
+        "success_se": pytest.approx(np.sqrt(1 / 3 * 2 / 3 / 3)),
+        "steps_to_solve": 2.0,
+        "unfinished": 1,
+        "episodes": 4,
+        "solved": 2,
+    }
+    cell = ev.table_markdown(ev.figure1_table([row]))
+    assert "Sokoban 6x6 (not in the paper)" in cell and "| paper |" not in cell
+    assert "success 0.333 ± 0.27, 2 decisions to solve, 1 first games unfinished; 2 of 4 ended games won" in cell
+    assert dataclasses.replace(row, ended=None).episodes is None
 
 
 # --- the command -------------------------------------------------------------------------------

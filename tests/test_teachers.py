@@ -393,7 +393,10 @@ def test_registry_covers_every_game():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda: make_teacher("chess"), "games with teachers: 2048, frozenlake, shisensho, shisensho_photo, swap"),
+        (
+            lambda: make_teacher("chess"),
+            "games with teachers: 2048, frozenlake, shisensho, shisensho_photo, sokoban, swap",
+        ),
         (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy"),
         (
             lambda: make_teacher(ENVS["2048"], "expectimax", depht=2),

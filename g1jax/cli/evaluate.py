@@ -6,14 +6,15 @@
     python -m g1jax.cli.evaluate --game shisensho --policy model --model runs/x --out out/eval_x
     python -m g1jax.cli.evaluate --game swap --policy random random:aliased teacher:best_score --out out/swap
     python -m g1jax.cli.evaluate --game frozenlake --policy random teacher    # + success rate, steps to solve
+    python -m g1jax.cli.evaluate --game sokoban --policy random teacher --steps 120  # its step limit
 
 Policies: random (G1's random baselines), random:aliased (the original's coordinate aliasing),
 teacher (each game's default programmatic teacher) or teacher:KIND, model (--model DIR: a run
 directory with checkpoints or a Hugging Face directory). --runs defaults to the paper's N (10;
-Swap 100; FrozenLake, not in the paper, 100). Every value is checked before anything compiles; a bad
-one is a one-line error (exit status 2). The protocol and what was matched: docs/eval.md. It runs in
-one process on one host: a run trained on several hosts is evaluated from its checkpoints or its hf/
-export on one machine.
+Swap 100; FrozenLake and Sokoban, not in the paper, 100). Every value is checked before anything
+compiles; a bad one is a one-line error (exit status 2). The protocol and what was matched:
+docs/eval.md. It runs in one process on one host: a run trained on several hosts is evaluated
+from its checkpoints or its hf/ export on one machine.
 
 --json writes the Figure-1 table (avg@N and SE per game and policy); --out DIR writes that table as
 table.json and table.md, a cumulative-score plot per game, a video per run (MP4, or GIF without
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--policy", nargs="+", default=["random"], help=", ".join(evaluation.POLICY_NAMES))
     parser.add_argument(
-        "--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100; FrozenLake 100)"
+        "--runs", type=int, help="boards per game (default: the paper's N, 10; Swap 100; FrozenLake, Sokoban 100)"
     )
     parser.add_argument("--steps", type=int, default=100, help="decisions per board (default 100)")
     parser.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,9 @@
 Each decision the policy sees the board (a frame, no history) and answers; the answer is parsed
 to an action and the game steps. A run's score is the game's summed reward counted the way the
 paper counts it (2048: the merge score; the coordinate games: the number of successful moves),
-reported as avg@N with its standard error (`Rollout`).
+reported as avg@N with its standard error (`Rollout`). The multi-turn games outside the paper
+(FrozenLake, Sokoban; protocol score "solved") count games won, and their rows add episode
+metrics: the success rate of each run's first game and the decisions it took (`Rollout.episodes`).
 
     protocol = PROTOCOLS["2048"]
     env = protocol.make_env()
@@ -60,7 +62,10 @@ def closed_loop_step(env: envs.Env, protocol: GameProtocol, key, states, actions
         actions = jnp.where((actions >= 0) & (actions < 4), actions, moves)
     stepped, _, _, info = jax.vmap(env.step)(jax.random.split(step_key, runs), states, actions)
     raw = info["raw_reward"]
-    score = raw if protocol.score == "merge" else (raw > 0).astype(jnp.float32)
+    if protocol.score == "solved":  # the game was won (every game scored so reports info["solved"])
+        score = info["solved"].astype(jnp.float32)
+    else:
+        score = raw if protocol.score == "merge" else (raw > 0).astype(jnp.float32)
     finished = states.done
     score = jnp.where(finished, 0.0, score).astype(jnp.float32)
 
@@ -72,14 +77,10 @@ def closed_loop_step(env: envs.Env, protocol: GameProtocol, key, states, actions
     return next_states, actions, score
 
 
-def episode_ends(env: envs.Env, states, next_states):
-    """(ended, solved) bool [N]: the decision ended its board's episode, and ended it in success
-    (games that define `solved(state)`, e.g. FrozenLake's goal; never for the others). A board
-    that was already over before the decision (it restarts now) ends nothing."""
-    ended = ~states.done & next_states.done
-    if not hasattr(env, "solved"):
-        return ended, jnp.zeros_like(ended)
-    return ended, ended & jax.vmap(env.solved)(next_states)
+def episode_ends(states, next_states):
+    """bool [N]: the decision ended its board's game (won, lost or out of steps). A board that
+    was already over before the decision (it restarts now) ends nothing."""
+    return ~states.done & next_states.done
 
 
 def _decision_keys(key):
@@ -108,9 +109,9 @@ class Rollout:
     it; actions as played); states: the states the policy saw, a pytree of host arrays
     [steps, runs, ...]; texts[run][step]: the answers (None when not kept); seconds: the row's
     wall time without compile_seconds (the device program, compiled once per game for all device
-    rows, is counted on the first of them; the host loop compiles inside its first steps); ended,
-    solved: [runs, steps] bool, the decision ended an episode / ended it in success (`episode_ends`;
-    solved is None for games without success)."""
+    rows, is counted on the first of them; the host loop compiles inside its first steps); ended:
+    [runs, steps] bool, the decision ended a live game (won, lost or out of steps: `episode_ends`),
+    kept for games scored "solved" (None for the others), whose `episodes` it gives."""
 
     game: str
     policy: str
@@ -122,7 +123,6 @@ class Rollout:
     compile_seconds: float = 0.0
     detail: str = ""
     ended: np.ndarray | None = None
-    solved: np.ndarray | None = None
 
     @property
     def runs(self) -> int:
@@ -152,33 +152,34 @@ class Rollout:
 
     @property
     def episodes(self) -> dict | None:
-        """Episode metrics of a game that ends in success (None for the others), over the episodes
-        that ended within the window (one still running at the last decision is not counted):
-        their number, how many were solved, the success rate with its binomial standard error,
-        and the mean number of decisions to solve (from an episode's first decision to the one
-        that solved it, inclusive; the wasted decision that restarts a finished board is not
-        part of either episode)."""
-        if self.solved is None or self.ended is None:
+        """Episode metrics of a game scored "solved" (None for the others; docs/eval.md). Every run
+        starts a fresh game. "success_rate": the share of the runs whose first game was won within
+        the evaluated decisions, as the multi-turn frameworks report success within a turn budget,
+        with "success_se", its binomial standard error over the runs; a first game still running
+        after the last decision counts as not won ("unfinished" counts those runs: give at least
+        the game's step limit of decisions to score every first game). "steps_to_solve": the mean
+        number of decisions those won first games took (from the run's first decision to the
+        winning one, inclusive). "episodes" and "solved": every game that ended within the
+        decisions and how many of them were won (the decision that meets a finished game only
+        restarts it and is part of no game)."""
+        if self.ended is None:
             return None
-        restarts = np.asarray(self.states.done).T  # [runs, steps]
-        outcomes, lengths = [], []
+        won = self.scores > 0  # score "solved": 1 exactly where the decision won the game
+        first_won, lengths = np.zeros(self.runs, bool), []
         for run in range(self.runs):
-            start = 0
-            for t in range(self.steps):
-                if restarts[run, t]:
-                    start = t + 1
-                elif self.ended[run, t]:
-                    outcomes.append(bool(self.solved[run, t]))
-                    lengths.append(t - start + 1)
-        solved = [n for n, ok in zip(lengths, outcomes) if ok]
-        count = len(outcomes)
-        rate = len(solved) / count if count else None
+            ends = np.flatnonzero(self.ended[run])
+            if len(ends) and won[run, ends[0]]:
+                first_won[run] = True
+                lengths.append(int(ends[0]) + 1)
+        rate = float(first_won.mean())
         return {
-            "episodes": count,
-            "solved": len(solved),
+            "runs": self.runs,
             "success_rate": rate,
-            "success_se": None if rate is None else math.sqrt(rate * (1.0 - rate) / count),
-            "steps_to_solve": float(np.mean(solved)) if solved else None,
+            "success_se": math.sqrt(rate * (1.0 - rate) / self.runs),
+            "steps_to_solve": float(np.mean(lengths)) if lengths else None,
+            "unfinished": int((~self.ended.any(axis=1)).sum()),
+            "episodes": int(self.ended.sum()),
+            "solved": int(won.sum()),
         }
 
 
@@ -219,7 +220,7 @@ def evaluate(
         for index, policy in enumerate(device):
             bar = shared["bar"] = _progress(steps, f"{protocol.game} {policy.name}", progress)
             begin = time.perf_counter()
-            seen, chosen, played, scores, ended, solved = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
+            seen, chosen, played, scores, ended = jax.device_get(loop(jnp.int32(index), start_key, step_keys))
             seconds = time.perf_counter() - begin
             bar.close()
             texts = None
@@ -236,8 +237,7 @@ def evaluate(
                 seconds,
                 compile_seconds if index == 0 else 0.0,
                 policy.detail,
-                ended.T,
-                solved.T if hasattr(env, "solved") else None,
+                ended.T if protocol.score == "solved" else None,
             )
     for policy in policies:
         if id(policy) not in rollouts:
@@ -249,9 +249,9 @@ def evaluate(
 def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], runs: int, steps: int, progress: bool):
     """Every device policy's whole rollout as one compiled function of (policy index, start key,
     step keys): start states, then a scan of choose -> step. It returns (states seen, actions
-    chosen, actions played, scores, episode ends, episodes solved), each [steps, runs, ...]. In
-    `shared`: "bar", the progress bar the scan advances, and "compile_seconds" until the first
-    caller takes it."""
+    chosen, actions played, scores, whether the decision ended a live game), each [steps, runs,
+    ...]. In `shared`: "bar", the progress bar the scan advances, and "compile_seconds" until the
+    first caller takes it."""
     shared = {"bar": None}
 
     def choose(index, key, states):
@@ -264,7 +264,7 @@ def _compiled_device_loop(env, protocol, policies: tuple[DevicePolicy, ...], run
             next_states, played, score = closed_loop_step(env, protocol, env_key, states, chosen)
             if progress:
                 jax.debug.callback(lambda: shared["bar"].update(1))
-            return next_states, (states, chosen, played, score, *episode_ends(env, states, next_states))
+            return next_states, (states, chosen, played, score, episode_ends(states, next_states))
 
         first = start_states(env, protocol, start_key, runs)
         return play(first, step_keys, functools.partial(choose, index), advance)
@@ -288,9 +288,8 @@ def loop_functions(env: envs.Env, protocol: GameProtocol, runs: int):
 def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progress, keep_texts) -> Rollout:
     """The same loop driven from the host: one `policy.act` and one jitted step per decision."""
     start, step, render = loop_functions(env, protocol, runs)
-    ends = _episode_ends_jit(env)
     states = start(start_key)
-    seen, played, scores, texts, ended, solved = [], [], [], [], [], []
+    seen, played, scores, texts, ended = [], [], [], [], []
     bar = _progress(len(step_keys), f"{protocol.game} {policy.name}", progress)
     begin = time.perf_counter()
     for step_key in step_keys:
@@ -303,10 +302,8 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
                 f"policy {policy.name!r} returned {actions.shape} actions and {len(answers)} answers for {runs} boards"
             )
         seen.append(jax.device_get(states))
-        before = states
         states, moves, score = step(env_key, states, jnp.asarray(actions, jnp.int32))
-        for out, flags in zip((ended, solved), jax.device_get(ends(before, states))):
-            out.append(flags)
+        ended.append(np.asarray(episode_ends(seen[-1], states)))
         played.append(np.asarray(moves))
         scores.append(np.asarray(score))
         texts.append(list(answers))
@@ -324,11 +321,5 @@ def _host_loop(env, protocol, policy: Policy, runs, start_key, step_keys, progre
         runs_texts,
         seconds,
         detail=getattr(policy, "detail", ""),
-        ended=np.stack(ended).T,
-        solved=np.stack(solved).T if hasattr(env, "solved") else None,
+        ended=np.stack(ended).T if protocol.score == "solved" else None,
     )
-
-
-@functools.lru_cache(maxsize=32)
-def _episode_ends_jit(env: envs.Env):
-    return jax.jit(functools.partial(episode_ends, env))

@@ -73,7 +73,8 @@ class DevicePolicy:
 @dataclasses.dataclass(frozen=True)
 class RandomPolicy(DevicePolicy):
     """G1's random baselines. 2048: a uniform move 0..3 (what its test-time parser falls back to);
-    FrozenLake, not a G1 game, likewise: a uniform direction, gymnasium's `action_space.sample()`.
+    the multi-turn games outside G1 likewise, any action id but the invalid one: FrozenLake a
+    uniform direction (gymnasium's `action_space.sample()`), Sokoban Up/Down/Left/Right.
     Coordinate games: four coordinates drawn uniformly from 0..7 as the original scripts drew them
     (also on 6x6 boards); the action is what our parser makes of the answer "(r1, c1) (r2, c2)", so
     a coordinate off the board is an invalid move. `aliased=True` instead decodes the draw as the
@@ -99,8 +100,9 @@ class RandomPolicy(DevicePolicy):
         return coords
 
     def choose(self, key, state):
-        if self.protocol.original_base is None:  # 2048, FrozenLake
-            return jax.random.randint(key, (), 0, 4)
+        if self.protocol.original_base is None:  # a uniform move: any action id but the invalid one
+            move = jax.random.randint(key, (), 0, self.env.num_actions - 1)
+            return move + (move >= self.env.invalid_action)
         coords = self.draw(key)
         on_board = (coords < self.env.board_size).all()
         return jnp.where(on_board, encode_pair(*coords, self.env.board_size), self.env.invalid_action)

@@ -21,12 +21,13 @@ class GameProtocol:
 
     env_config: static env options for evaluation (the image size of the original's eval
     scripts); warmup_moves: random moves (uniform over all action ids, as G1 samples them) before
-    the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points) or
-    "success" (1 per successful move); test_time_fallback: 2048's test-time parser, where an
-    unparsable answer or a number >= 4 plays a uniformly random move 0..3; original_base: the
-    base of the original's coordinate code (6 in both Shisen-Sho games, 8 in Swap); paper: the
-    paper's Figure-1 numbers (None for games the paper did not evaluate); episodic: the game ends
-    in success (its env defines `solved`), so the report adds success rate and steps to solve."""
+    the scored steps; runs: the paper's N (avg@N); score: "merge" (sum of merge points),
+    "success" (1 per successful move) or "solved" (1 per game won, the env's `info["solved"]`:
+    the multi-turn games, whose rows add episode metrics, `Rollout.episodes`); test_time_fallback:
+    2048's test-time parser, where an unparsable answer or a number >= 4 plays a uniformly random
+    move 0..3; original_base: the base of the original's coordinate code (6 in both Shisen-Sho
+    games, 8 in Swap); paper: the paper's Figure-1 numbers (None for games the paper did not
+    evaluate)."""
 
     game: str
     title: str
@@ -37,7 +38,6 @@ class GameProtocol:
     test_time_fallback: bool
     original_base: int | None
     paper: tuple[float, ...] | None  # one value per PAPER_ROWS entry
-    episodic: bool = False
 
     def make_env(self, **overrides) -> envs.Env:
         return envs.make(self.game, **{**dict(self.env_config), **overrides})
@@ -89,12 +89,13 @@ PROTOCOLS: dict[str, GameProtocol] = {
         GameProtocol(
             "swap", "Swap", (("image_size", (644, 644)),), 0, 100, "success", False, 8, (78, 43, 5, 4, 6, 1, 1)
         ),
-        # Not a G1 game: the multi-turn anchors' setting (VAGEN: random 4x4 maps, ice that does not
-        # slip, 256x256 frames -> 252x252). Score: goals reached (1 per episode solved); the report
-        # adds success rate and decisions to solve.
-        GameProtocol(
-            "frozenlake", "FrozenLake", (("image_size", (252, 252)),), 0, 100, "success", False, None, None, True
-        ),
+        # Not G1 games: the multi-turn anchors' settings, scored by games won ("solved"; the report
+        # adds the success rate and the decisions to solve). FrozenLake as VAGEN plays it: random
+        # 4x4 maps, ice that does not slip, 256x256 frames -> 252x252. Sokoban: gym-sokoban's 6x6
+        # one-box rooms, as VAGEN, RAGEN and verl-agent play them (96-px frames, which Qwen2.5-VL
+        # resizes to 84 px: drawn at that size).
+        GameProtocol("frozenlake", "FrozenLake", (("image_size", (252, 252)),), 0, 100, "solved", False, None, None),
+        GameProtocol("sokoban", "Sokoban 6x6", (("image_size", (84, 84)),), 0, 100, "solved", False, None, None),
     )
 }
 GAMES = tuple(PROTOCOLS)

@@ -53,13 +53,13 @@ def _cell(score: dict | None) -> str:
     detail = f", {score['detail']}" if score.get("detail") else ""
     cell = f"{score['avg']:.4g}{se} (N={score['runs']}{detail})"
     episodes = score.get("episodes")
-    if episodes:
-        rate = episodes["success_rate"]
-        if rate is None:
-            return f"{cell}; no episode ended"
-        cell += f"; success {rate:.3g} ± {episodes['success_se']:.2g} of {episodes['episodes']} episodes"
+    if episodes:  # the games scored "solved": success rate of the first games, decisions to solve
+        cell += f"; success {episodes['success_rate']:.3g} ± {episodes['success_se']:.2g}"
         if episodes["steps_to_solve"] is not None:
             cell += f", {episodes['steps_to_solve']:.3g} decisions to solve"
+        if episodes["unfinished"]:
+            cell += f", {episodes['unfinished']} first games unfinished"
+        cell += f"; {episodes['solved']} of {episodes['episodes']} ended games won"
     return cell
 
 
@@ -82,8 +82,9 @@ def table_markdown(table: dict) -> str:
     steps = sorted({s["steps"] for row in table["rows"] for s in row["scores"].values()})
     note = (
         f"\nOurs: mean ± standard error over N runs of {', '.join(map(str, steps))} decisions each "
-        "(2048: merge points; FrozenLake: goals reached, with the success rate and decisions to solve of the "
-        "episodes that ended; the other games: successful moves). Protocol: docs/eval.md.\n"
+        "(2048: merge points; FrozenLake, Sokoban: games won, with the success rate, the share of runs whose "
+        "first game was won within the decisions, and the decisions it took; the other games: successful moves). "
+        "Protocol: docs/eval.md.\n"
     )
     return "\n".join(lines) + "\n" + note
 
@@ -118,9 +119,7 @@ def plot_cumulative(rollouts: Sequence[Rollout], path: str) -> None:
         f"{protocol.title}: cumulative score per run" + ("" if paper is None else f" (paper Random: {paper:g})")
     )
     ax.set_xlabel("decision")
-    ax.set_ylabel(
-        "merge points" if protocol.score == "merge" else "goals reached" if protocol.episodic else "successful moves"
-    )
+    ax.set_ylabel({"merge": "merge points", "solved": "games won"}.get(protocol.score, "successful moves"))
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
