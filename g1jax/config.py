@@ -111,6 +111,8 @@ class TrainConfig:
     micro_batch_states: int | None = None  # prompts per micro-batch (None: a whole (mini-)batch at once)
     # G1's perception cold start (SFT on a programmatic teacher) and the held-out evaluation
     sft_steps: int = 0  # teacher-answer SFT steps before RL (0: the G0 recipe, RL only)
+    # the first of them train on the teacher's <perception> block alone: a perception-first cold start
+    sft_perception_steps: int = 0
     sft_learning_rate: float = 1e-4
     # teacher kind (g1jax.teachers.TEACHERS) for every game, or {game: kind} (games left out take their
     # default); None: each game's default
@@ -176,9 +178,15 @@ class TrainConfig:
             "init_seed",
             "top_k",
             "sft_steps",
+            "sft_perception_steps",
             "eval_states",
         ):
             _check_int(name, getattr(self, name), 0)
+        _check(
+            self.sft_perception_steps <= self.sft_steps,
+            f"sft_perception_steps {self.sft_perception_steps} must be at most sft_steps {self.sft_steps} (they "
+            "are the first of the cold-start steps)",
+        )
         games = len(self.games)
         _check(
             self.states_per_step % games == 0,

@@ -20,7 +20,7 @@ import numpy as np
 
 from envs import MultiGame
 from g1jax.sharding import to_host
-from g1jax.teachers import Teacher, make_teacher
+from g1jax.teachers import Teacher, make_teacher, perception_answer
 from g1jax.tokenizer import Tokenizer
 
 
@@ -54,6 +54,16 @@ class TeacherData:
         for teacher, state, action in zip(self.teachers, to_host(states), actions):
             texts.extend(teacher.answers(state, action))
         return texts, np.concatenate([np.asarray(a).reshape(-1) for a in actions]).astype(np.int32)
+
+    def perception_answers(self, states) -> list[str]:
+        """The true board of each start state as a `<perception>` block alone (batch order): the answers of
+        a perception-first cold start, which teach reading the picture before playing."""
+        texts = []
+        for game, state in zip(self.games.games, to_host(states)):
+            count = jax.tree.leaves(state)[0].shape[0]
+            boards = (game.describe(jax.tree.map(lambda x, i=i: x[i], state)) for i in range(count))
+            texts.extend(map(perception_answer, boards))
+        return texts
 
     def tokens(self, texts) -> tuple[np.ndarray, np.ndarray]:
         """(completion int32 [P, L] padded with the pad id, mask bool [P, L]); the stop token closes each answer."""

@@ -71,9 +71,14 @@ def answer_block(env: Env, action: int) -> str:
     return f"<answer>{action if env.name == '2048' else 'none'}</answer>"
 
 
+def perception_answer(perception: str) -> str:
+    """The `<perception>` block of G1's format (a perception-first cold start's whole answer)."""
+    return f"<perception>\n{perception}\n</perception>"
+
+
 def full_answer(perception: str, think: str, answer: str) -> str:
     """G1's full format; `answer` is the whole `<answer>` block."""
-    return f"<perception>\n{perception}\n</perception>\n<think>\n{think}\n</think>\n{answer}"
+    return f"{perception_answer(perception)}\n<think>\n{think}\n</think>\n{answer}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -333,7 +333,10 @@ class Trainer:
         started = time.perf_counter()
         start_key, teacher_key = jax.random.split(self.step_key(step))
         states, _, pixel_values = self.rollout.start(start_key)
-        texts, _ = self.teacher_data.answers(teacher_key, states)
+        if step < self.config.sft_perception_steps:
+            texts = self.teacher_data.perception_answers(states)
+        else:
+            texts, _ = self.teacher_data.answers(teacher_key, states)
         completion, mask = self.teacher_data.tokens(texts)
         zeros = jnp.zeros(completion.shape, jnp.float32)
         batch = self._batch(pixel_values, completion, mask, zeros, zeros[:, 0])

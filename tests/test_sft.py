@@ -54,6 +54,18 @@ def test_teacher_answers_become_masked_tokens_closed_by_the_stop_token():
     assert short_mask.all() and short.shape == (4, 8)
 
 
+def test_perception_first_answers_are_the_true_boards_alone():
+    games = envs.MultiGame.make({"2048": 2, "swap": 2}, image_size=(252, 224))
+    data = TeacherData(games, make_tiny_tokenizer(), max_tokens=400)
+    states = games.warmup(jax.random.key(0))
+    texts = data.perception_answers(states)
+    full, _ = data.answers(jax.random.key(1), states)
+    assert len(texts) == 4
+    for text, answer in zip(texts, full):
+        assert text.startswith("<perception>\n") and text.endswith("\n</perception>")
+        assert answer.startswith(text + "\n<think>")  # the full answer's own block: the same board text
+
+
 def test_sft_loss_is_the_masked_token_mean_of_minus_log_p():
     logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.9], [0.125, 0.3, 0.3]]))
     mask = jnp.asarray([[True, True, False], [True, False, False]])
@@ -79,6 +91,7 @@ def test_bad_cold_start_settings_are_one_clear_error():
         (dict(teacher={"swap": "best_score"}), "options given for 'swap', which is not in games"),
         (dict(teacher=3), "teacher must be a teacher kind"),
         (dict(eval_states=3, games=("2048", "swap"), states_per_step=4), "eval_states"),
+        (dict(sft_perception_steps=3), "sft_perception_steps 3 must be at most sft_steps 2"),
     ]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**{**SMALL, "run_dir": "unused", "sft_steps": 2, **changes})
