@@ -126,7 +126,7 @@ class Episodes:
     actions: np.ndarray  # int32 [N, T] as parsed (the invalid action for unreadable answers)
     texts: list  # texts[t][n]: the answer of trajectory n at turn t
     solved: np.ndarray | None  # bool [N]: the game reported success (info["solved"]) at some turn; None: no such notion
-    host_seconds: float = 0.0  # wall time of the host's part: decoding and parsing the answers
+    host_seconds: float = 0.0  # wall time of the host's part: decoding and parsing the answers, text checks
 
     @property
     def played(self) -> int:
@@ -393,9 +393,11 @@ class EpisodeRollout:
                 group_size=1,
                 config=self.sampling,
             )
-            # host: only the answers' tokens come over; they are decoded and parsed here
+            # host: only the answers' tokens come over; they are decoded and parsed here. The timer starts
+            # once they are over: dispatch is asynchronous, and reading them waits for the sampler
+            tokens = to_host(samples.tokens)
             host_started = time.perf_counter()
-            texts = decode_completions(self.tokenizer, to_host(samples.tokens))
+            texts = decode_completions(self.tokenizer, tokens)
             actions = np.asarray([env.parse(text) for text in texts], np.int32)
             truths = None
             if self.weights.perception:  # the perception reward reads the boards' ground truth (a few ints each)
@@ -418,7 +420,7 @@ class EpisodeRollout:
         episodes = self._collect(
             turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved, texts_all, actions_all
         )
-        episodes.host_seconds = host_seconds
+        episodes.host_seconds += host_seconds
         return episodes
 
     def _collect(
@@ -444,6 +446,7 @@ class EpisodeRollout:
         # the text checks turn by turn; without a perception weight no truth was read (perception 0)
         for name in ("format", "perception"):
             parts[name] = np.zeros((rows, turns), np.float32)
+        checks_started = time.perf_counter()
         for t, (answers, truths) in enumerate(texts_all):
             checks = text_parts(answers, truths or [""] * rows, self.strict_format)
             parts["format"][:, t] = checks["format"]
@@ -452,6 +455,7 @@ class EpisodeRollout:
         for name in ("format", "perception"):
             parts[name] *= active
         rewards = total_reward(parts, np.broadcast_to(self.weights.as_row(), (rows, turns, 3))) * active
+        checks_seconds = time.perf_counter() - checks_started
         keys = np.zeros((rows, turns, 2), np.uint32)
         keys[:, :played] = np.stack(to_host(keys_all), axis=1)
         solved_any = to_host(solved)
@@ -466,6 +470,7 @@ class EpisodeRollout:
             actions=actions,
             texts=texts,
             solved=solved_any if self.reports_solved else None,
+            host_seconds=checks_seconds,
         )
 
 
