@@ -6,6 +6,7 @@ One RL step:
     batch     every played turn of every trajectory as its own row (bounded length), trajectory-major
     update    per-turn advantages on the device (config.multiturn.credit)         rl/credit.py
               -> micro-batched (sum, count) loss over the answer tokens of every turn -> one optax update
+              (with grpo.ppo_epochs / ppo_minibatches: epochs of mini-batches of whole trajectories)
     log       the update's metrics, episode metrics (return, success, turns, invalid-answer rate), speed
 
 The cold start (G1's single-turn SFT), checkpoints, exact resume, the mesh and logging are the Trainer's.
