@@ -156,10 +156,6 @@ class TrainConfig:
         )
         if self.multiturn is not None:
             _check(len(self.games) == 1, f"multiturn episodes play one game, got games {list(self.games)}")
-            _check(
-                self.grpo.updates_per_rollout == 1,
-                "multiturn runs take one optimizer step per rollout (grpo.ppo_epochs = grpo.ppo_minibatches = 1)",
-            )
 
     def _check_games(self) -> None:
         _check(bool(self.games), "games must name at least one game")

@@ -6,6 +6,7 @@ One RL step:
     batch     every played turn of every trajectory as its own row (bounded length), trajectory-major
     update    per-turn advantages on the device (config.multiturn.credit)         rl/credit.py
               -> micro-batched (sum, count) loss over the answer tokens of every turn -> one optax update
+              (with grpo.ppo_epochs / ppo_minibatches: epochs of mini-batches of whole trajectories)
     log       the update's metrics, episode metrics (return, success, turns, invalid-answer rate), speed
 
 The cold start (G1's single-turn SFT), checkpoints, exact resume, the mesh and logging are the Trainer's.
@@ -41,6 +42,8 @@ from g1jax.update import (
     _accumulated_gradients,
     _apply,
     _grpo_micro_loss,
+    _old_logprobs,
+    _ppo_epochs,
     shard_batch,
 )
 
@@ -73,15 +76,23 @@ def multiturn_update(
 ):
     """One update on the turn rows of a rollout (`Episodes.turn_batch`: row n * T + t is turn t of
     trajectory n): advantages from rewards / active [N, T] and state keys [N, T, 2] by `settings.credit`,
-    then the micro-batched (sum, count) loss over every turn's answer tokens and one optimizer step."""
+    then the micro-batched (sum, count) loss over every turn's answer tokens and one optimizer step (with
+    grpo.ppo_epochs / ppo_minibatches, `updates_per_rollout` steps against the sampler's log-probs)."""
     advantages = credit.turn_advantages(rewards, active, keys, settings.grpo.group_size, settings.credit)
-    # the GRPO step's micro-batch loss; no old log-probs: one update per rollout, old = current
+    # the GRPO step's micro-batch loss and, with PPO epochs / mini-batches, its epochs: the rows are
+    # trajectory-major and ppo_minibatches divides the start states, so every mini-batch (and micro-batch)
+    # holds whole trajectories; the advantages are computed once over the whole rollout, as in grpo_update
     loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
     grad_fn = jax.grad(lambda p, b, r: loss(p, micro=b, rows=r), has_aux=True)
-    grads, (count, metric_sums) = _accumulated_gradients(
-        grad_fn, state.params, batch, (advantages.reshape(-1), None), settings.micro_batches
-    )
-    state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
+    if settings.grpo.updates_per_rollout == 1:  # old = current: no extra forward pass
+        grads, (count, metric_sums) = _accumulated_gradients(
+            grad_fn, state.params, batch, (advantages.reshape(-1), None), settings.micro_batches
+        )
+        state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
+    else:
+        old_logp = _old_logprobs(state.params, frozen, batch, graphdef=graphdef, settings=settings)
+        rows = (advantages.reshape(-1), old_logp)
+        state, metrics = _ppo_epochs(state, batch, rows, grad_fn, settings=settings, placement=placement)
     played = jnp.maximum(jnp.sum(active), 1)
     metrics["frac_zero_advantage"] = jnp.sum(active & (advantages == 0)) / played
     return state, metrics
@@ -96,10 +107,13 @@ def _mean_se(values) -> tuple[float, float]:
 class MultiTurnTrainer(Trainer):
     """The Trainer with `config.multiturn` episodes for RL (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False, policy=None):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, games=None, policy=None, reward_weights=None):
+        """games / policy / reward_weights: a custom task (one game) and model, as for the Trainer."""
         if config.multiturn is None:
             raise ConfigError("MultiTurnTrainer needs config.multiturn (e.g. multiturn={'max_turns': 4})")
-        super().__init__(config, resume=resume, policy=policy)
+        if games is not None and len(games.games) != 1:
+            raise ConfigError(f"multiturn episodes play one game, got custom games {[g.name for g in games.games]}")
+        super().__init__(config, resume=resume, games=games, policy=policy, reward_weights=reward_weights)
         # the evaluation plays episodes (below), not the single-turn held-out rows of the Trainer
         self.eval_episodes, self.eval_rollout, self.eval_teacher = self.eval_rollout is not None, None, None
 
@@ -120,6 +134,7 @@ class MultiTurnTrainer(Trainer):
             sampling=config.sampling,
             reward_weights=self.rollout.weights[game.name],
             strict_format=config.strict_format,
+            mesh=self.mesh,
         )
         self.warmup = (dict(self.rollout.warmup_moves)[game.name], self.rollout.warmup_policy)
         self._turn_static = dict(graphdef=self.graphdef, placement=Placement.of(self.state_shardings))
@@ -129,7 +144,8 @@ class MultiTurnTrainer(Trainer):
         config = self.config
         return TurnSettings(
             optimizer=OptimizerSettings.of(config, "rl"),
-            micro_batches=config.micro_batches,
+            # at least one micro-batch per mini-batch, as grpo_settings
+            micro_batches=max(config.micro_batches, config.grpo.ppo_minibatches),
             image_grids=episodes.image_grids(rows),
             grpo=config.grpo,
             temperature=config.temperature,
@@ -170,7 +186,7 @@ class MultiTurnTrainer(Trainer):
         update_time = time.perf_counter() - update_started
         metrics.update({f"episode_{name}": value for name, value in episodes.metrics().items()})
         mask = np.asarray(mesh_lib.to_host(batch.completion_mask))
-        active_turns = float(np.asarray(episodes.active).sum())
+        active_turns = float(mesh_lib.to_host(episodes.active).sum())
         metrics.update(
             # what the progress bar and the reward curve read: per-trajectory totals, mean answer length
             reward=metrics["episode_return"],
@@ -201,8 +217,8 @@ class MultiTurnTrainer(Trainer):
         for index in range(rounds):
             episodes, starts = self.play(jax.random.fold_in(key, index))
             per_start = lambda x: np.asarray(x, np.float64).reshape(-1, group).mean(1)  # noqa: E731
-            active = np.asarray(episodes.active)
-            out["return"] += per_start(np.asarray(episodes.rewards).sum(1)).tolist()
+            rewards, active = mesh_lib.to_host((episodes.rewards, episodes.active))
+            out["return"] += per_start(rewards.sum(1)).tolist()
             out["game_return"] += per_start((episodes.parts["game"] * active).sum(1)).tolist()
             out["success"] += per_start(episodes.success).tolist()
             rewards, active, legal = jax.device_get(

@@ -120,3 +120,35 @@ def colour_card_policy(seed: int = 0) -> tuple[Qwen25VL, Tokenizer]:
         vision_token_id=tokenizer.backend.token_to_id("[UNK]"),
     )
     return Qwen25VL(config, rngs=nnx.Rngs(seed)), tokenizer
+
+
+@struct.dataclass
+class CardsState:
+    colour: jax.Array  # int32
+    done: jax.Array  # bool: never set (the episode's max_turns ends it)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColourCards(ColourCard):
+    """ColourCard as an episode: each answer is scored against the card shown, then the next card is drawn.
+    The game never ends on its own, so every turn of every board is played (multi-turn tests). Any first
+    word names a colour (its vocabulary index mod 4), so even a random policy hits a quarter of the time
+    and a handful of turns has rewards that vary."""
+
+    name = "colour_cards"
+
+    def parse(self, text: str) -> int:
+        words = text.split()
+        return WORDS.index(words[0]) % len(COLOURS) if words and words[0] in WORDS else self.invalid_action
+
+    def reset(self, key, params=None):
+        return CardsState(colour=jax.random.randint(key, (), 0, len(COLOURS)), done=jnp.zeros((), bool))
+
+    def step(self, key, state, action, params=None):
+        hit = action == state.colour
+        info = {"raw_reward": hit.astype(jnp.float32), "legal": hit}
+        following = CardsState(colour=jax.random.randint(key, (), 0, len(COLOURS)), done=state.done)
+        return following, hit.astype(jnp.float32), state.done, info
+
+    def from_board(self, board, **kwargs):
+        return CardsState(colour=jnp.asarray(COLOURS.index(board), jnp.int32), done=jnp.zeros((), bool))

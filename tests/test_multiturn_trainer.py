@@ -1,5 +1,7 @@
 """The multi-turn trainer (issue #23): its config checks, one RL step on 2048 episodes with the tiny preset,
-the held-out verdict by hand, and the recipe from the command line."""
+the held-out verdict by hand, the recipe from the command line, and on ColourCards episodes (rewards that
+vary from the first step, so every gradient carries information): exact resume, the same step on a device
+mesh, PPO epochs and mini-batches over turn rows."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import math
 
 import jax
 import numpy as np
+import optax
 import pytest
 
+import envs
+from colour_card import ColourCards, colour_card_policy
 from g1jax import recipes
 from g1jax.cli import train as train_cli
 from g1jax.config import MultiTurnConfig, TrainConfig
@@ -38,7 +43,7 @@ SMALL = dict(
     "changes, match",
     [
         (dict(games=("2048", "swap")), "one game"),
-        (dict(grpo=dict(group_size=2, ppo_minibatches=2)), "one optimizer step"),
+        (dict(grpo=dict(group_size=2, ppo_minibatches=3)), "ppo_minibatches 3 must divide states_per_step 2"),
         (dict(multiturn=dict(max_turns=0)), "multiturn.max_turns"),
         (dict(multiturn=dict(credit="gae")), "multiturn.credit"),
         (dict(multiturn=dict(gamma=1.5)), "gamma"),
@@ -92,3 +97,112 @@ def test_the_held_out_verdict_by_hand():
     assert out["beats"]["success"] is False  # no gain over random: 0.5 each
     assert out["learned"] is True
     assert "learned: True" in episode_table(out)
+
+
+# ------------------------------------------------------------------------------------ ColourCards episodes
+# 2 start states x 2 trajectories x 2 turns of 2-token answers, a KL term (the reference must be restored
+# too), history 1, GiGPO's step groups (equal cards give equal frames, hence equal state keys).
+CARDS = dict(
+    games=("2048",),  # the config's game; the trainer plays the custom ColourCards task given to it
+    states_per_step=2,
+    grpo=dict(group_size=2, kl_coef=0.05),
+    max_new_tokens=2,
+    learning_rate=3e-3,
+    checkpoint_every=1,
+    sample_every=0,
+    progress=False,
+    export_hf=False,
+    multiturn=dict(max_turns=2, history=1, credit="gigpo"),
+    seed=1,  # its first rollout hits in both groups (seed 0: in one), so the first update moves every weight
+)
+CARD_WEIGHTS = {"colour_cards": {"format": 0.0, "perception": 0.0}}
+
+
+def cards_trainer(run_dir, steps: int, *, resume: bool = False, init_seed: int = 0, **changes) -> MultiTurnTrainer:
+    """A multi-turn run on ColourCards; a resumed trainer starts from other initial weights (init_seed 1),
+    so only what it restores can match the straight run."""
+    config = TrainConfig(**{**CARDS, **changes}, steps=steps, run_dir=str(run_dir))
+    return MultiTurnTrainer(
+        config,
+        resume=resume,
+        games=envs.MultiGame(games=(ColourCards(),), counts=(config.states_per_step,)),
+        policy=colour_card_policy(init_seed),
+        reward_weights=CARD_WEIGHTS,
+    )
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.fixture(scope="module")
+def card_runs(tmp_path_factory):
+    """A straight 2-step run, and a 1-step run in another directory (the one resumed below, and the
+    one-device reference of the mesh test), all on one device."""
+    root = tmp_path_factory.mktemp("cards")
+    straight = cards_trainer(root / "straight", steps=2)
+    straight.run()
+    first = cards_trainer(root / "stopped", steps=1)
+    first.run()
+    return dict(root=root, straight=straight, first=first, first_state=leaves(first.state))
+
+
+def test_a_resumed_multiturn_run_continues_exactly(card_runs):
+    straight = card_runs["straight"]
+    expected = straight.logger.read_metrics()
+    # the runs carry information a broken resume would lose: rewards vary, so the gradients are non-zero
+    assert all(m["grad_norm"] > 1e-3 for m in expected), [m["grad_norm"] for m in expected]
+    assert expected[1]["kl"] > 0 and expected[0]["frac_zero_advantage"] < 1
+    resumed = cards_trainer(card_runs["root"] / "stopped", steps=2, resume=True, init_seed=1)
+    assert resumed.start_step == 1
+    resumed.run()
+    got = resumed.logger.read_metrics()
+    assert [m["step"] for m in got] == [1, 2]
+    for key in ("reward", "episode_return", "episode_success", "loss", "grad_norm", "kl", "entropy", "length_mean"):
+        assert got[-1][key] == expected[-1][key], key
+    for a, b in zip(leaves(straight.state), leaves(resumed.state)):  # params, AdamW moments, step
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(leaves(straight.reference), leaves(resumed.reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_multiturn_step_is_the_same_on_a_device_mesh(card_runs):
+    """data 2 x fsdp 2: the episode rollout splits its 4 boards over 4 devices and the parameters are
+    FSDP-split. The sampled answers are the same tokens (each row keeps its key), so the episodes' metrics
+    are equal; the update sums in another order: grad_norm within rtol 1e-4, parameters within 10% of lr
+    (AdamW's first step moves a weight by about lr whatever the size of its gradient)."""
+    first = card_runs["first"]
+    trainer = cards_trainer(card_runs["root"] / "mesh", steps=1, mesh="2,2,1")
+    assert trainer.mesh.size == 4
+    trainer.run()
+    expected, got = first.logger.read_metrics()[0], trainer.logger.read_metrics()[0]
+    for key in ("episode_return", "episode_success", "episode_turns", "episode_invalid_rate", "length_mean"):
+        assert got[key] == expected[key], key
+    for key in ("grad_norm", "loss", "kl", "entropy"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    for a, b in zip(card_runs["first_state"], leaves(trainer.state)):
+        np.testing.assert_allclose(b, a, atol=0.1 * CARDS["learning_rate"])
+    # the rollout's rows really are split 4 ways: boards, turn prompts, answers, per-turn rewards
+    episodes, _ = trainer.play(trainer.step_key(0))
+    turn = episodes.turns[0]
+    for rows in (turn.prompt_ids, turn.samples.tokens, episodes.rewards, episodes.active):
+        assert rows.sharding.shard_shape(rows.shape)[0] == rows.shape[0] // 4
+    assert turn.positions.sharding.shard_shape(turn.positions.shape)[1] == turn.positions.shape[1] // 4
+
+
+def test_ppo_epochs_and_minibatches_over_turn_rows(card_runs):
+    """2 epochs x 2 mini-batches of whole trajectories: 4 optimizer steps on one rollout; with a large
+    learning rate the later steps move the policy off the sampling one, so the ratio leaves 1 and the clip acts."""
+    trainer = cards_trainer(
+        card_runs["root"] / "ppo",
+        steps=1,
+        learning_rate=0.05,
+        grpo=dict(group_size=2, kl_coef=0.05, ppo_epochs=2, ppo_minibatches=2),
+    )
+    trainer.run()
+    metrics = trainer.logger.read_metrics()[0]
+    counts = {int(c) for _, c in optax.tree_utils.tree_get_all_with_path(trainer.state.opt_state, "count")}
+    assert int(trainer.state.step) == 4 and counts == {4}
+    assert metrics["abs_log_ratio_mean"] > 1e-3 and metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0
+    # the extra pass scores the turn rows as the sampler did (float32 on CPU: about 1e-6 apart)
+    np.testing.assert_allclose(metrics["sampler_abs_logp_diff"], 0.0, atol=1e-4)

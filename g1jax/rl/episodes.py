@@ -44,7 +44,7 @@ from g1jax.rl.credit import state_hash
 from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
 from g1jax.rl.rollout import check_tokenizer_matches
 from g1jax.sampling import Samples, SamplingConfig, sample
-from g1jax.sharding import to_host
+from g1jax.sharding import shard_rows, to_host
 from g1jax.tokenizer import Tokenizer
 from g1jax.update import Batch
 
@@ -126,7 +126,7 @@ class Episodes:
     actions: np.ndarray  # int32 [N, T] as parsed (the invalid action for unreadable answers)
     texts: list  # texts[t][n]: the answer of trajectory n at turn t
     solved: np.ndarray | None  # bool [N]: the game reported success (info["solved"]) at some turn; None: no such notion
-    host_seconds: float = 0.0  # wall time of the host's part: decoding and parsing the answers
+    host_seconds: float = 0.0  # wall time of the host's part: decoding and parsing the answers, text checks
 
     @property
     def played(self) -> int:
@@ -135,8 +135,7 @@ class Episodes:
     def metrics(self) -> dict[str, float]:
         """Episode means: return (total reward), game_return, success, turns, invalid-answer rate (over
         active turns), and the format rate."""
-        active = np.asarray(self.active)
-        rewards = np.asarray(self.rewards)
+        active, rewards = to_host((self.active, self.rewards))
         turns = active.sum(1)
         played = max(int(turns.sum()), 1)
         return {
@@ -154,7 +153,7 @@ class Episodes:
         episode played at least one turn and every played move was legal (2048: no illegal move)."""
         if self.solved is not None:
             return self.solved
-        active = np.asarray(self.active)
+        active = to_host(self.active)
         return active.any(1) & ~(active & ~self.parts["legal"]).any(1)
 
     def turn_batch(self, turns: Sequence[int] | None = None) -> Batch:
@@ -217,9 +216,13 @@ class EpisodeRollout:
         sampling: SamplingConfig,
         reward_weights: RewardWeights | None = None,
         strict_format: bool = False,
+        mesh=None,
     ):
+        """mesh: a device mesh whose ("data", "fsdp") axes every row-indexed array of the loop is split over
+        (boards, frames, history buffers, prompts, patches, the sampler's row keys, the parsed actions), as
+        `rollout.GameRollout` does; without one they go where JAX puts them."""
         check_tokenizer_matches(tokenizer, model_config)
-        self.env, self.tokenizer, self.config = env, tokenizer, config
+        self.env, self.tokenizer, self.config, self.mesh = env, tokenizer, config, mesh
         self.sampling = dataclasses.replace(sampling, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
         self.weights = reward_weights or g1_weights(env.name)
         self.strict_format = strict_format
@@ -333,6 +336,13 @@ class EpisodeRollout:
         return answers, lengths, frames_seen
 
     # --- the loop ----------------------------------------------------------------------------
+    def rows(self, x, axis: int = 0):
+        """`x` (a host or device array, or a tree of them) with its rows (`axis`) split over the mesh's
+        ("data", "fsdp") axes (replicated when they do not divide); a device array as it is without a mesh."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, x)
+        return jax.tree.map(lambda leaf: shard_rows(leaf, self.mesh, axis), x)
+
     def start_states(self, key, count: int, warmup_moves: int = 0, policy: str = "uniform"):
         """`count` start states: resets, then `warmup_moves` random moves (G1's warm-up)."""
         return envs.warmup_states(self.env, key, count, num_moves=warmup_moves, policy=policy)
@@ -341,19 +351,25 @@ class EpisodeRollout:
         """Play G trajectories from each of the S batched start states `starts` (a batch of env states)."""
         cfg, env = self.config, self.env
         group, turns, k = cfg.group_size, cfg.max_turns, cfg.history
-        states = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), starts)
+        # on a mesh every row-indexed array is split by rows from here on: the jitted pieces below follow
+        # their inputs' layout, and each device samples its own rows
+        states = self.rows(jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), starts))
         rows = jax.tree.leaves(states)[0].shape[0]
         length = self.sampling.max_new_tokens
         height, width = env.image_shape[:2]
-        answers = jnp.full((rows, k, length), self.tokenizer.pad_id, jnp.int32)
-        lengths = jnp.zeros((rows, k), jnp.int32)
-        frames_seen = jnp.zeros((rows, k if cfg.history_frames else 0, height, width, 3), jnp.uint8)
+        answers, lengths, frames_seen = self.rows(
+            (
+                np.full((rows, k, length), self.tokenizer.pad_id, np.int32),
+                np.zeros((rows, k), np.int32),
+                np.zeros((rows, k if cfg.history_frames else 0, height, width, 3), np.uint8),
+            )
+        )
         active = ~states.done  # a start state whose game is already over never acts
 
         turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved = [], [], [], [], [], [], None
         texts_all, actions_all, host_seconds = [], [], 0.0
         for t in range(turns):
-            if t and not bool(jax.device_get(jnp.any(active))):
+            if t and not bool(to_host(jnp.any(active))):
                 break  # every board has finished: nothing is left to act
             turn_key = jax.random.fold_in(key, t)
             sample_key, step_key = jax.random.split(turn_key)
@@ -364,21 +380,24 @@ class EpisodeRollout:
             past = frames_seen[:, k - slots :] if cfg.history_frames else frames_seen  # [N, 0] without frames
             images = jnp.concatenate([past, frames[:, None]], axis=1)
             row_keys = jax.vmap(lambda r, sk=sample_key: jax.random.fold_in(sk, r))(jnp.arange(rows))
+            ids, mask, pixels, row_keys = self.rows((ids, mask, self._pixels(images), row_keys))
             samples = sample(
                 graphdef,
                 params,
                 ids,
-                positions,
+                self.rows(positions, 1),
                 mask,
-                self._pixels(images),
+                pixels,
                 row_keys,
                 image_grids=(self.grid,) * (rows * images.shape[1]),
                 group_size=1,
                 config=self.sampling,
             )
-            # host: only the answers' tokens come over; they are decoded and parsed here
+            # host: only the answers' tokens come over; they are decoded and parsed here. The timer starts
+            # once they are over: dispatch is asynchronous, and reading them waits for the sampler
+            tokens = to_host(samples.tokens)
             host_started = time.perf_counter()
-            texts = decode_completions(self.tokenizer, to_host(samples.tokens))
+            texts = decode_completions(self.tokenizer, tokens)
             actions = np.asarray([env.parse(text) for text in texts], np.int32)
             truths = None
             if self.weights.perception:  # the perception reward reads the boards' ground truth (a few ints each)
@@ -394,14 +413,14 @@ class EpisodeRollout:
             texts_all.append((texts, truths))
             actions_all.append(actions)
             answers, lengths, frames_seen = self._remember(answers, lengths, frames_seen, samples, frames)
-            states, game, legal, active, solved_now = self._advance(step_key, states, jnp.asarray(actions), active)
+            states, game, legal, active, solved_now = self._advance(step_key, states, self.rows(actions), active)
             game_all.append(game)
             legal_all.append(legal)
             solved = solved_now if solved is None else solved | solved_now
         episodes = self._collect(
             turn_rows, frames_all, keys_all, active_all, game_all, legal_all, solved, texts_all, actions_all
         )
-        episodes.host_seconds = host_seconds
+        episodes.host_seconds += host_seconds
         return episodes
 
     def _collect(
@@ -416,17 +435,18 @@ class EpisodeRollout:
             out[:, :played] = np.stack([np.asarray(v) for v in values], axis=1)
             return out
 
-        active = per_turn(jax.device_get(active_all), False, bool)
+        active = per_turn(to_host(active_all), False, bool)
         actions = per_turn(actions_all, env.invalid_action, np.int32)
         parts = {
-            "game": per_turn(jax.device_get(game_all), 0.0, np.float32),
-            "legal": per_turn(jax.device_get(legal_all), False, bool),
+            "game": per_turn(to_host(game_all), 0.0, np.float32),
+            "legal": per_turn(to_host(legal_all), False, bool),
             "invalid": (actions == env.invalid_action) & active,
         }
         texts = [texts for texts, _ in texts_all]
         # the text checks turn by turn; without a perception weight no truth was read (perception 0)
         for name in ("format", "perception"):
             parts[name] = np.zeros((rows, turns), np.float32)
+        checks_started = time.perf_counter()
         for t, (answers, truths) in enumerate(texts_all):
             checks = text_parts(answers, truths or [""] * rows, self.strict_format)
             parts["format"][:, t] = checks["format"]
@@ -435,20 +455,22 @@ class EpisodeRollout:
         for name in ("format", "perception"):
             parts[name] *= active
         rewards = total_reward(parts, np.broadcast_to(self.weights.as_row(), (rows, turns, 3))) * active
+        checks_seconds = time.perf_counter() - checks_started
         keys = np.zeros((rows, turns, 2), np.uint32)
-        keys[:, :played] = np.stack(jax.device_get(keys_all), axis=1)
-        solved_any = np.asarray(jax.device_get(solved))
+        keys[:, :played] = np.stack(to_host(keys_all), axis=1)
+        solved_any = to_host(solved)
         return Episodes(
             config=cfg,
             turns=turn_rows,
-            frames=jnp.stack(frames_all),
-            keys=jnp.asarray(keys),
-            active=jnp.asarray(active),
-            rewards=jnp.asarray(rewards, jnp.float32),
+            frames=self.rows(jnp.stack(frames_all), 1),
+            keys=self.rows(keys),
+            active=self.rows(active),
+            rewards=self.rows(rewards.astype(np.float32)),
             parts=parts,
             actions=actions,
             texts=texts,
             solved=solved_any if self.reports_solved else None,
+            host_seconds=checks_seconds,
         )
 
 
