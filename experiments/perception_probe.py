@@ -12,6 +12,7 @@ Two measurements on the default recipe's model, frames and start states:
 
     python experiments/perception_probe.py --steps 400 --json out/perception_probe.json
     python experiments/perception_probe.py --short-prompt --rope-theta 10      # the variants of BENCHMARKS.md
+    python experiments/perception_probe.py --short-prompt --freeze-vision --lr 1e-3 --steps 1700 --arms see
 
 Writes the probe accuracies and both arms' per-cell NLL curves as JSON.
 """
@@ -70,6 +71,7 @@ def build(args, blind: bool) -> Trainer:
         checkpoint_every=0,
         sample_every=0,
         seed=args.seed,
+        freeze_vision=args.freeze_vision,
     )
     return Trainer(config)
 
@@ -150,6 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--short-prompt", action="store_true", help=f"2048's prompt replaced by {SHORT_PROMPT!r}")
     parser.add_argument("--rope-theta", type=float, default=None, help="the text model's RoPE base (preset's if unset)")
+    parser.add_argument("--freeze-vision", action="store_true", help="train the decoder only (the vision tower stays)")
     parser.add_argument("--arms", default="see,blind")
     parser.add_argument("--run-dir", default="/tmp/perception_probe")
     parser.add_argument("--json", default=None)
