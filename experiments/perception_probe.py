@@ -29,14 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import envs
+from envs.game2048 import SHORT_PROMPT
 from envs.grammar import board_cells
 from g1jax import recipes
 from g1jax import update as update_lib
 from g1jax.models import config as model_config
 from g1jax.trainer import Trainer
-
-SHORT_PROMPT = "2048. Actions: (0) Up (1) Right (2) Down (3) Left. Write <perception>, <think>, <answer>."
 
 
 def perception_texts(env, states) -> list[str]:
@@ -72,6 +70,7 @@ def build(args, blind: bool) -> Trainer:
         sample_every=0,
         seed=args.seed,
         freeze_vision=args.freeze_vision,
+        game_options={"2048": {"instructions": "short" if args.short_prompt else "g1"}},
     )
     return Trainer(config)
 
@@ -157,8 +156,6 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default="/tmp/perception_probe")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.short_prompt:
-        envs.game2048.Game2048.prompt = property(lambda self: SHORT_PROMPT)
     if args.rope_theta is not None:
         preset = model_config.PRESETS[args.model]
         model_config.PRESETS[args.model] = lambda: (
