@@ -282,6 +282,76 @@ class Greedy2048(Teacher):
         return _reasoning_2048(facts, action, self, describe)
 
 
+EXPONENT_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def exponent_grid(board) -> str:
+    """A 2048 board as one character per cell: the tile's exponent as a base-36 digit (0 for empty;
+    2 -> 1, 4 -> 2, 1024 -> a), rows separated by spaces ("1021 1054 0146 1413"). Qwen's
+    pre-tokeniser splits digits one by one, so every cell below 1024 is exactly one token: in this
+    text a cell's left neighbour is always 1 token back and the one above it n + 1 tokens back."""
+    return " ".join("".join(EXPONENT_DIGITS[e] for e in row) for row in np.asarray(board).tolist())
+
+
+def meets_equal(board) -> np.ndarray:
+    """bool [n, n]: the tile meets an equal tile when the board slides left, i.e. the nearest tile to its
+    left in its row (empty cells skipped) has its value. Some row has such a tile iff Left merges; on
+    the transposed board, iff Up merges."""
+    board = np.asarray(board)
+    flags = np.zeros(board.shape, bool)
+    for r, row in enumerate(board):
+        previous = 0
+        for c, value in enumerate(row):
+            if value:
+                flags[r, c] = value == previous
+                previous = value
+    return flags
+
+
+def _flag_grid(flags) -> str:
+    return " ".join("".join("1" if f else "0" for f in row) for row in flags)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs2048(Teacher):
+    """A move that merges, found the way a small model can: Left when some row holds two equal
+    tiles that meet when slid (empty cells between them do not matter), else Up when some column
+    does, else the first legal move (nothing merges). G1's 2048 training reward pays +1 for any
+    merge, so this teacher is optimal for it. Its reasoning is three lines of one token per cell
+    and then the verdict: the board (`exponent_grid`), each tile's "meets an equal tile sliding
+    left" flag and its "sliding up" flag (`meets_equal`), laid out like the board so that every flag
+    sits a fixed number of tokens after the two cells it compares. Each step is a lookup a 2-layer
+    decoder can learn, with 32 supervised flags per answer instead of one verdict token
+    (BENCHMARKS.md, "A teacher whose reasoning the tiny model can follow")."""
+
+    games: ClassVar = ("2048",)
+    kind: ClassVar = "pairs"
+
+    def evaluate(self, state, params):
+        after, points, legal = _moves_2048(self.env, state.board)
+        facts = _facts_2048(state.board, after, points, legal)
+        rows, columns = facts["merges"][3] > 0, facts["merges"][0] > 0  # Left and Up: every row, every column
+        choice = jnp.where(rows, 3, jnp.where(columns, 0, jnp.argmax(legal)))
+        return dict(facts, best=jnp.where(legal.any(), choice, self.env.invalid_action))
+
+    def reasoning(self, state, facts, action):
+        board = np.asarray(state.board)
+        lines = (
+            f"rows {exponent_grid(board)}\n"
+            f"left {_flag_grid(meets_equal(board))}\n"
+            f"up {_flag_grid(meets_equal(board.T).T)}\n"
+        )
+        if not facts["legal"].any():
+            return lines + f"No move changes the board: the game is over. I answer {action}."
+        if facts["merges"][3] > 0:
+            found = "Left merges."
+        elif facts["merges"][0] > 0:
+            found = "Up merges."
+        else:
+            found = "Nothing merges."
+        return f"{lines}{found} {self._conclusion(int(facts['best']), action)}"
+
+
 def _reasoning_2048(facts, action, teacher, describe_move, lead: str = "") -> str:
     """Each direction described (or "cannot move"), then the choice."""
     if not facts["legal"].any():
@@ -706,7 +776,7 @@ class BfsSokoban(Teacher):
 
 TEACHERS: dict[tuple[str, str], type[Teacher]] = {
     (game, cls.kind): cls
-    for cls in (Greedy2048, Expectimax2048, LookaheadShisenSho, BestSwap, OptimalFrozenLake, BfsSokoban)
+    for cls in (Greedy2048, Expectimax2048, Pairs2048, LookaheadShisenSho, BestSwap, OptimalFrozenLake, BfsSokoban)
     for game in cls.games
 }
 DEFAULT_KIND = {
