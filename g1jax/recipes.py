@@ -55,40 +55,42 @@ CPU_SMALL = dict(
     strict_format=True,
 )
 # G1 in miniature: a cold start on an imperfect programmatic teacher, then GRPO, evaluated on held-out
-# start states before and after RL. 2048's teacher is the greedy best-merge player, which with epsilon 0.5
-# makes an imperfect teacher; other games take their default teacher. 500 cold-start steps: at 60 the
-# sampled answers almost never keep the strict format; at 500 over 90% do.
+# start states before and after RL (BENCHMARKS.md, "G1 in miniature"). What it takes for a 0.31M-parameter
+# model trained from scratch to play from the picture:
+# - the vision tower frozen at its random init: its features already carry the cells, and trained with the
+#   decoder it collapses to a constant ("Why the tiny model does not see");
+# - 2048's short prompt (20 tokens): a model trained from scratch cannot read G1's, whose ~370 tokens only
+#   dilute the 20 image tokens;
+# - 2048's `pairs` teacher: its <think> is a reasoning a 2-layer decoder can compute from what it reads
+#   (the board one token per cell, per-tile merge flags, the verdict; docs/teachers.md); the greedy
+#   teacher's merges and points it cannot;
+# - 3,000 cold-start steps of 8 states at 2e-3: the decoder first learns to fetch the cells (a plateau
+#   of ~500 steps), then the flags; epsilon 0.5 leaves half the teacher's moves random, which RL removes.
 G1_SMALL = dict(
     CPU_SMALL,
-    sft_steps=500,
-    sft_learning_rate=2e-3,
-    teacher={"2048": "greedy"},
-    teacher_epsilon=0.5,
-    steps=40,
-    run_dir="runs/default",
-)
-# The same, set up so that the tiny model reads the board (BENCHMARKS.md, "Why the tiny model does not see"):
-# the vision tower frozen at its random init, whose features already carry the cells (trained with the
-# decoder it collapses to a constant), G1's instructions shortened to 20 tokens (a model trained from
-# scratch cannot read them; they only dilute the image tokens), and 1,000 cold-start steps at 1e-3 (the
-# decoder starts fetching the cells after a ~400-step plateau). Its policy entering RL reads the cells
-# at ~0.70 (chance 0.26); turning that into better moves is what RL has not yet shown.
-G1_SEES = dict(
-    G1_SMALL,
     freeze_vision=True,
     game_options={"2048": {"instructions": "short"}},
-    sft_steps=1000,
-    sft_learning_rate=1e-3,
-    run_dir="runs/g1-sees",
+    states_per_step=8,
+    max_new_tokens=160,  # the pairs teacher's answers are ~150 tokens with the stop token
+    sft_steps=3000,
+    sft_learning_rate=2e-3,
+    teacher={"2048": "pairs"},
+    teacher_epsilon=0.5,
+    steps=60,
+    run_dir="runs/default",
 )
 # G0: the same RL budget without the cold start.
-G0_SMALL = dict(CPU_SMALL, sft_steps=0, steps=40, run_dir="runs/g0")
+G0_SMALL = dict(G1_SMALL, sft_steps=0, run_dir="runs/g0")
 # Multi-turn agent RL (issue #23) after G1's cold start: 4 start states x 4 trajectories of 4 turns, each
 # turn's prompt holding the previous answer (history 1, as short windows do better: docs/multiturn.md),
 # GiGPO's credit with its published settings (gamma 0.95, omega 1, mean_norm = drgrpo). Whether this
 # measurably learns on 2 CPUs within 15 minutes is not yet measured.
 MULTITURN_SMALL = dict(
-    G1_SMALL,
+    CPU_SMALL,  # the cold start the three seeds of BENCHMARKS.md ran with: 500 steps on the greedy teacher
+    sft_steps=500,
+    sft_learning_rate=2e-3,
+    teacher={"2048": "greedy"},
+    teacher_epsilon=0.5,
     states_per_step=4,
     steps=20,
     eval_states=32,
@@ -131,7 +133,6 @@ G0_PAPER = dict(PAPER_RL, steps=400, eval_states=128, run_dir="runs/g0")
 RECIPES: dict[str, dict[str, Any]] = {
     "default": G1_SMALL,
     "g1": G1_SMALL,
-    "g1-sees": G1_SEES,
     "g0": G0_SMALL,
     "g0-dapo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DAPO_LOSS), run_dir="runs/g0-dapo"),
     "g0-drgrpo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DRGRPO_LOSS), run_dir="runs/g0-drgrpo"),

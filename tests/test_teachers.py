@@ -231,6 +231,40 @@ def test_greedy_2048_merges_whenever_a_merge_exists(boards_2048):
     assert merging > len(boards) // 2  # the check saw many boards with a merge on offer
 
 
+PAIRS = make_teacher(ENVS["2048"], "pairs")
+
+
+def test_pairs_2048_plays_left_up_or_a_legal_move_by_the_reference_slides(boards_2048):
+    batches, boards = boards_2048
+    actions = np.concatenate([PAIRS.facts(b)["best"] for b in batches])
+    seen = set()
+    for board, action in zip(boards, actions):
+        merges = [move_board(board, a)[1] > 0 for a in range(4)]
+        legal = [not (move_board(board, a)[0] == board).all() for a in range(4)]
+        want = 3 if merges[3] else 0 if merges[0] else legal.index(True)
+        assert action == want, (board, action)
+        seen.add(want)
+    assert {0, 3} <= seen  # boards where a row merges and boards where only a column does
+
+
+def test_pairs_2048_reasoning_lays_out_the_board_and_its_meet_equal_flags(warm_states):
+    env = ENVS["2048"]
+    # row 0: 2 _ 2 4 (the 2s meet across the gap); column 3: 4 over 4; 1024 is the digit "a"
+    board = np.array([[1, 0, 1, 2], [3, 4, 5, 2], [10, 0, 0, 0], [0, 0, 0, 0]])
+    states = with_row(warm_states["2048"], env.from_board(board))
+    one = jax.tree.map(lambda x: x[0], states)
+    text = PAIRS.answer(one, 3)
+    assert "rows 1012 3452 a000 0000\nleft 0010 0000 0000 0000\nup 0000 0001 0000 0000\nLeft merges." in text
+    assert "So I play Left (3)." in text and env.parse(text) == 3 and format_ok(text, strict=True)
+    assert teachers.meets_equal(board.T).T.sum() == 1
+    # nothing merges: the flags are all 0 and the first legal move is played
+    board = np.array([[1, 2, 1, 2], [2, 1, 2, 1], [1, 2, 1, 2], [2, 1, 2, 0]])
+    states = with_row(warm_states["2048"], env.from_board(board))
+    assert int(PAIRS.facts(states)["best"][0]) == 1  # Up and Left move nothing; Right does
+    text = PAIRS.answer(jax.tree.map(lambda x: x[0], states), 2)
+    assert "Nothing merges. Right (1) is best by this count, but I play Down (2)." in text
+
+
 def test_greedy_2048_ties_go_to_the_more_movable_board(warm_states):
     env = ENVS["2048"]
     # no move merges; Right and Left bring the two 2s side by side (a merge for later), Up and
@@ -397,7 +431,7 @@ def test_registry_covers_every_game():
             lambda: make_teacher("chess"),
             "games with teachers: 2048, frozenlake, shisensho, shisensho_photo, sokoban, swap",
         ),
-        (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy"),
+        (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy, pairs"),
         (
             lambda: make_teacher(ENVS["2048"], "expectimax", depht=2),
             "no option depht; options: depth, empty_weight, merge_weight",
