@@ -31,7 +31,7 @@ from g1jax import sharding as mesh_lib
 from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
 from g1jax.rl import credit
-from g1jax.rl.episodes import EpisodeConfig, EpisodeRollout, Episodes, random_play
+from g1jax.rl.episodes import EpisodeConfig, EpisodeRollout, Episodes, episode_success, random_play
 from g1jax.trainer import HELD_OUT_STREAM, Trainer
 from g1jax.update import (
     Batch,
@@ -221,7 +221,7 @@ class MultiTurnTrainer(Trainer):
             out["return"] += per_start(rewards.sum(1)).tolist()
             out["game_return"] += per_start((episodes.parts["game"] * active).sum(1)).tolist()
             out["success"] += per_start(episodes.success).tolist()
-            rewards, active, legal = jax.device_get(
+            rewards, active, legal, solved = jax.device_get(
                 random_play(
                     self.episodes.env,
                     jax.random.fold_in(key, rounds + index),
@@ -231,7 +231,9 @@ class MultiTurnTrainer(Trainer):
                 )
             )
             out["random_game_return"] += per_start(rewards.sum(1)).tolist()
-            out["random_success"] += per_start(active.any(1) & ~(active & ~legal).any(1)).tolist()
+            # the policy's definition of success: winning where the game reports it (Sokoban, FrozenLake)
+            solved = solved if self.episodes.reports_solved else None
+            out["random_success"] += per_start(episode_success(active, legal, solved)).tolist()
         return {name: values[: config.eval_states] for name, values in out.items()}
 
     def begin_rl(self) -> None:

@@ -236,10 +236,11 @@ def test_bad_config_is_one_line(kwargs, words):
 
 def test_the_random_player_never_answers_the_invalid_action_and_masks_finished_boards(setup):
     env = setup["env"]
-    rewards, active, legal = jax.device_get(
+    rewards, active, legal, solved = jax.device_get(
         random_play(env, jax.random.key(0), setup["starts"], group_size=GROUP, turns=3)
     )
-    assert rewards.shape == active.shape == legal.shape == (2 * GROUP, 3)
+    assert rewards.shape == active.shape == legal.shape == solved.shape == (2 * GROUP, 3)
+    assert not solved.any()  # 2048 reports no win
     assert active[:GROUP].all() and not active[GROUP:].any()  # an open board cannot end in 3 moves
     assert np.array_equal(rewards[GROUP:], np.zeros((GROUP, 3)))
     # every move of 2048's training reward is +1 (merged) or -1; "still" never comes up, so legal <=> moved

@@ -49,6 +49,7 @@ SMALL = dict(
         (dict(multiturn=dict(gamma=1.5)), "gamma"),
         (dict(multiturn=dict(turns=3)), "unknown multiturn field"),
         (dict(multiturn=dict(history_frames=True)), "history_frames"),
+        (dict(games=("chess",)), "chess"),
     ],
 )
 def test_bad_multiturn_config_is_one_clear_error(changes, match):
@@ -97,6 +98,64 @@ def test_the_held_out_verdict_by_hand():
     assert out["beats"]["success"] is False  # no gain over random: 0.5 each
     assert out["learned"] is True
     assert "learned: True" in episode_table(out)
+
+
+# ------------------------------------------------------------------------------------ Sokoban and FrozenLake
+# The episode games, whose success is winning (info["solved"]): one RL step and the held-out episodes
+# before / after on tiny boards. A frozen vision tower and no KL halve the update's compile (the test's
+# cost); the cold start is the Trainer's, and the recipes' own run it (docs/multiturn.md).
+def game_run(tmp_path, game: str, options: dict, image: tuple[int, int]):
+    config = TrainConfig(
+        **{
+            **SMALL,
+            "games": (game,),
+            "game_options": {game: options},
+            "image_size": image,
+            "warmup_moves": {},
+            "freeze_vision": True,
+            "eval_states": 4,
+        },
+        run_dir=str(tmp_path),
+    )
+    trainer = make_trainer(config)
+    summary = trainer.run()
+    return trainer, summary, trainer.logger.read_metrics()[-1]
+
+
+def check_sane(summary, metrics, max_turns: int):
+    for row in ("before", "after", "random"):
+        assert 0 <= summary[f"{row}_success"] <= 1, row
+        assert math.isfinite(summary[f"{row}_game_return"]), row
+    assert math.isfinite(summary["before_return"]) and math.isfinite(summary["after_return"])
+    assert 1 <= metrics["turns_played"] <= max_turns and 0 < metrics["episode_turns"] <= max_turns
+    assert 0 <= metrics["episode_success"] <= 1 and math.isfinite(metrics["loss"])
+
+
+def test_sokoban_episodes_through_the_trainer(tmp_path):
+    # 5x5 one-box rooms: most are solved in one push, so both winning and not winning come up
+    trainer, summary, metrics = game_run(tmp_path, "sokoban", {"dim_room": (5, 5)}, (84, 84))
+    check_sane(summary, metrics, max_turns=2)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    game = episodes.parts["game"]
+    # success is the win: the solving push pays -0.1 + 1 (box on target) + 10, no other turn pays over 1
+    np.testing.assert_array_equal(episodes.success, (game > 10).any(1))
+    # a won board stops acting: no turn after the win
+    won_at = np.where((game > 10).any(1), np.argmax(game > 10, 1), -1)
+    active = np.asarray(jax.device_get(episodes.active))
+    for row, turn in enumerate(won_at):
+        assert turn < 0 or not active[row, turn + 1 :].any()
+
+
+def test_frozenlake_episodes_through_the_trainer(tmp_path):
+    # 2x2 maps: the goal is two moves away, so a 2-turn episode can reach it; reward 1 only there
+    trainer, summary, metrics = game_run(tmp_path, "frozenlake", {"board_size": 2}, (56, 56))
+    check_sane(summary, metrics, max_turns=2)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    np.testing.assert_array_equal(episodes.success, (episodes.parts["game"] > 0).any(1))
+    # the random player is scored by the same win, not by "no illegal move": its success is the share
+    # of its trajectories that reached the goal, which a random game return per start state equals
+    before = trainer.logger.read_json("eval_before.json")
+    np.testing.assert_allclose(before["random_success"], before["random_game_return"])
 
 
 # ------------------------------------------------------------------------------------ ColourCards episodes

@@ -99,6 +99,17 @@ def rope_positions(input_ids, attention_mask, *, image_token_id: int, merged_gri
 
 
 # ------------------------------------------------------------------------------------ output
+def episode_success(active, legal, solved=None) -> np.ndarray:
+    """bool [N] from host arrays active / legal [N, T] and solved ([N] or [N, T], None when the game has no
+    notion of winning): solved at some turn; without one, at least one turn played and no illegal move.
+    The policy's episodes and the random player's are scored by this one definition."""
+    if solved is not None:
+        solved = np.asarray(solved, bool)
+        return solved.any(1) if solved.ndim == 2 else solved
+    active = np.asarray(active, bool)
+    return active.any(1) & ~(active & ~np.asarray(legal, bool)).any(1)
+
+
 @dataclasses.dataclass
 class TurnRows:
     """One turn of every trajectory: its prompt (left-padded), frame and sampled answer."""
@@ -151,10 +162,7 @@ class Episodes:
     def success(self) -> np.ndarray:
         """bool [N]: the game reported success when it has such a notion (info["solved"]); otherwise the
         episode played at least one turn and every played move was legal (2048: no illegal move)."""
-        if self.solved is not None:
-            return self.solved
-        active = to_host(self.active)
-        return active.any(1) & ~(active & ~self.parts["legal"]).any(1)
+        return episode_success(to_host(self.active), self.parts["legal"], self.solved)
 
     def turn_batch(self, turns: Sequence[int] | None = None) -> Batch:
         """The rows (n, t) of the given played turns (default: all) as an `update.Batch` with one
@@ -222,6 +230,13 @@ class EpisodeRollout:
         (boards, frames, history buffers, prompts, patches, the sampler's row keys, the parsed actions), as
         `rollout.GameRollout` does; without one they go where JAX puts them."""
         check_tokenizer_matches(tokenizer, model_config)
+        if getattr(env, "actions_per_turn", 1) > 1 and hasattr(env, "step_turn"):
+            # a turn plays the one action id `parse` gives; Sokoban's keeps the first of several (step_turn
+            # plays the rest), so the episode would silently drop moves (FrozenLake's ids name whole sequences)
+            raise envs.ConfigError(
+                f"{env.name}: multi-turn episodes play one action id per turn, and actions_per_turn="
+                f"{env.actions_per_turn} answers need step_turn; use actions_per_turn=1"
+            )
         self.env, self.tokenizer, self.config, self.mesh = env, tokenizer, config, mesh
         self.sampling = dataclasses.replace(sampling, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
         self.weights = reward_weights or g1_weights(env.name)
@@ -343,8 +358,10 @@ class EpisodeRollout:
             return jax.tree.map(jnp.asarray, x)
         return jax.tree.map(lambda leaf: shard_rows(leaf, self.mesh, axis), x)
 
+    @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
     def start_states(self, key, count: int, warmup_moves: int = 0, policy: str = "uniform"):
-        """`count` start states: resets, then `warmup_moves` random moves (G1's warm-up)."""
+        """`count` start states: resets, then `warmup_moves` random moves (G1's warm-up). Jitted whole:
+        run eagerly, each of a reset's while loops (Sokoban's room generation) compiles on its own."""
         return envs.warmup_states(self.env, key, count, num_moves=warmup_moves, policy=policy)
 
     def __call__(self, graphdef, params, key, starts) -> Episodes:
@@ -478,7 +495,8 @@ class EpisodeRollout:
 def random_play(env: envs.Env, key, starts, *, group_size: int, turns: int):
     """The random baseline on the same start states: G trajectories of up to T uniformly random moves (any
     id but the invalid action) each. Returns (game rewards float32 [N, T], active bool [N, T], legal bool
-    [N, T]), finished boards masked as in the rollout."""
+    [N, T], solved bool [N, T]: info["solved"] on an active turn, all False for a game without it),
+    finished boards masked as in the rollout."""
     states = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), starts)
     rows = states.done.shape[0]
 
@@ -490,8 +508,9 @@ def random_play(env: envs.Env, key, starts, *, group_size: int, turns: int):
         actions = jnp.where(actions >= env.invalid_action, actions + 1, actions).astype(jnp.int32)
         stepped, reward, done, info = jax.vmap(env.step)(jax.random.split(step_key, rows), states, actions)
         states = envs.tree_where(active, stepped, states)
-        out = (jnp.where(active, reward, 0.0), active, info["legal"] & active)
+        solved = info["solved"] & active if "solved" in info else jnp.zeros_like(active)
+        out = (jnp.where(active, reward, 0.0), active, info["legal"] & active, solved)
         return (states, active & ~done), out
 
-    _, (rewards, active, legal) = jax.lax.scan(turn, (states, ~states.done), jax.random.split(key, turns))
-    return rewards.T, active.T, legal.T
+    _, out = jax.lax.scan(turn, (states, ~states.done), jax.random.split(key, turns))
+    return tuple(x.T for x in out)
