@@ -52,9 +52,8 @@ class MultiTurnConfig:
         _check_int("multiturn.max_turns", self.max_turns, 1)
         _check_int("multiturn.history", self.history, 0)
         _check(
-            self.history_frames is False,
-            "multiturn.history_frames is not supported by the trainer yet (turns before `history` would hold "
-            "fewer frames and need batches of their own); keep it False",
+            isinstance(self.history_frames, bool),
+            f"multiturn.history_frames must be true or false, got {self.history_frames!r}",
         )
         _check(
             self.credit in CREDIT_MODES, f"multiturn.credit must be one of {list(CREDIT_MODES)}, got {self.credit!r}"

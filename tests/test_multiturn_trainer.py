@@ -48,7 +48,7 @@ SMALL = dict(
         (dict(multiturn=dict(credit="gae")), "multiturn.credit"),
         (dict(multiturn=dict(gamma=1.5)), "gamma"),
         (dict(multiturn=dict(turns=3)), "unknown multiturn field"),
-        (dict(multiturn=dict(history_frames=True)), "history_frames"),
+        (dict(multiturn=dict(history_frames=1)), "history_frames"),
         (dict(games=("chess",)), "chess"),
     ],
 )
@@ -265,3 +265,40 @@ def test_ppo_epochs_and_minibatches_over_turn_rows(card_runs):
     assert metrics["abs_log_ratio_mean"] > 1e-3 and metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0
     # the extra pass scores the turn rows as the sampler did (float32 on CPU: about 1e-6 apart)
     np.testing.assert_allclose(metrics["sampler_abs_logp_diff"], 0.0, atol=1e-4)
+
+
+def test_turn_groups_sum_to_one_batch_of_their_rows(card_runs):
+    """The update over the turn rows in two batches (turn 0, turn 1) is the update over them in one: the
+    (sum, count) loss adds across batches. This is how turns of different frame counts train together."""
+    trainer = cards_trainer(card_runs["root"] / "groups", steps=1)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    assert episodes.frame_groups() == [[0, 1]]  # no history frames: one shape
+    start = jax.tree.map(jax.numpy.copy, trainer.state)
+    one, _ = trainer.update(episodes)
+    one_state = leaves(trainer.state)
+    trainer.state = start
+    two, batches = trainer.update(episodes, groups=[[0], [1]])
+    assert [b.prompt_ids.shape[0] for b in batches] == [4, 4]
+    assert one["grad_norm"] > 1e-3
+    for key in ("grad_norm", "loss", "kl", "entropy"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
+    # AdamW's first step moves a weight by about lr whatever its gradient's size, so a near-zero gradient
+    # summed in another order can move differently: the mesh test's bound, 10% of lr
+    for a, b in zip(one_state, leaves(trainer.state)):
+        np.testing.assert_allclose(b, a, atol=0.1 * CARDS["learning_rate"])
+
+
+def test_history_frames_train_in_batches_of_equal_frame_counts(card_runs):
+    """history 1 with frames: turn 0 holds its own frame, turn 1 the previous one too; each turn is its
+    own batch and one update trains on both."""
+    multiturn = dict(CARDS["multiturn"], history_frames=True)
+    trainer = cards_trainer(card_runs["root"] / "frames", steps=1, multiturn=multiturn)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    assert [turn.images for turn in episodes.turns] == [1, 2] and episodes.frame_groups() == [[0], [1]]
+    before = leaves(trainer.state.params)
+    metrics, batches = trainer.update(episodes)
+    # 4 rows per turn; the second batch carries two frames per row, so twice the patches
+    assert [b.prompt_ids.shape[0] for b in batches] == [4, 4]
+    assert batches[1].pixel_values.shape[0] == 2 * batches[0].pixel_values.shape[0]
+    assert metrics["grad_norm"] > 1e-3 and math.isfinite(metrics["loss"])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(trainer.state.params)))

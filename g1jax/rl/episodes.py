@@ -200,6 +200,14 @@ class Episodes:
             rewards=self.rewards[:, jnp.asarray(turns)].reshape(-1),
         )
 
+    def frame_groups(self) -> list[list[int]]:
+        """The played turns in batches of equal frame counts, in order: all of them without history frames;
+        with them (history k), turns 0 .. k - 1 one each (1 .. k frames), then every later turn (k + 1)."""
+        groups: dict[int, list[int]] = {}
+        for t, turn in enumerate(self.turns):
+            groups.setdefault(turn.images, []).append(t)
+        return list(groups.values())
+
     def frames_of(self, turn: int, count: int) -> jax.Array:
         """uint8 [N, count, H, W, 3]: the frames in turn `turn`'s prompt (the last count - 1 turns', then its own)."""
         return jnp.moveaxis(self.frames[turn - count + 1 : turn + 1], 0, 1)
