@@ -234,6 +234,15 @@ def test_bad_config_is_one_line(kwargs, words):
     assert "\n" not in str(excinfo.value)
 
 
+def test_several_sokoban_actions_per_turn_are_one_clear_error(setup):
+    # a turn plays the one action id parse gives; Sokoban's parse keeps only the first of several
+    env = envs.make("sokoban", actions_per_turn=2)
+    config = EpisodeConfig(group_size=GROUP, max_turns=2, history=1)
+    with pytest.raises(envs.ConfigError, match="actions_per_turn=2") as excinfo:
+        EpisodeRollout(env, setup["tokenizer"], setup["cfg"], config=config, sampling=setup["sampling"])
+    assert "\n" not in str(excinfo.value)
+
+
 def test_the_random_player_never_answers_the_invalid_action_and_masks_finished_boards(setup):
     env = setup["env"]
     rewards, active, legal, solved = jax.device_get(
