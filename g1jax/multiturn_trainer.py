@@ -176,6 +176,7 @@ class MultiTurnTrainer(Trainer):
                 max_turns=turns.max_turns,
                 history=turns.history,
                 history_frames=turns.history_frames,
+                text_reward=turns.text_reward,
             ),
             sampling=config.sampling,
             reward_weights=self.rollout.weights[game.name],

@@ -100,7 +100,9 @@ MULTITURN_SMALL = dict(
 # imperfect), then RL. Small boards drawn one image token per cell (28-px cells), so the tiny model's
 # frames stay small: Sokoban in the anchors' 6x6 one-box rooms (88% of them solve in at most 5 moves),
 # FrozenLake on random 3x3 maps (a shortest path is 4 moves, 2 to spare). max_new_tokens covers the
-# teachers' longest answers (147 and 92 tokens with the stop token).
+# teachers' longest answers (147 and 92 tokens with the stop token). Format and perception are per-turn
+# penalties (text_reward "penalty"): as G1's per-turn bonuses they pay for every extra turn, more than
+# winning does (FrozenLake's goal is worth 1), and RL learned to stop winning (docs/multiturn.md).
 MULTITURN_SOKOBAN = dict(
     MULTITURN_SMALL,
     games=("sokoban",),
@@ -108,7 +110,7 @@ MULTITURN_SOKOBAN = dict(
     image_size=(168, 168),
     teacher=None,
     max_new_tokens=160,
-    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6),
+    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6, text_reward="penalty"),
     run_dir="runs/multiturn-sokoban",
 )
 MULTITURN_FROZENLAKE = dict(
@@ -118,7 +120,7 @@ MULTITURN_FROZENLAKE = dict(
     image_size=(84, 84),
     teacher=None,
     max_new_tokens=112,
-    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6),
+    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6, text_reward="penalty"),
     run_dir="runs/multiturn-frozenlake",
 )
 

@@ -24,7 +24,9 @@ from g1jax.rl.episodes import (
     EpisodeRollout,
     random_play,
     rope_positions,
+    turn_rewards,
 )
+from g1jax.rl.rewards import RewardWeights
 from g1jax.sampling import SamplingConfig
 from g1jax.tokenizer import make_tiny_tokenizer
 from g1jax.update import completion_logprobs
@@ -226,12 +228,24 @@ def test_history_frames_enter_the_prompt(setup):
         (dict(group_size=2, max_turns=0), "max_turns"),
         (dict(group_size=2, max_turns=2, history=-1), "history"),
         (dict(group_size=2, max_turns=2, history_frames=1), "history_frames"),
+        (dict(group_size=2, max_turns=2, text_reward="sum"), "text_reward"),
     ],
 )
 def test_bad_config_is_one_line(kwargs, words):
     with pytest.raises(ValueError, match=words) as excinfo:
         EpisodeConfig(**kwargs)
     assert "\n" not in str(excinfo.value)
+
+
+def test_text_rewards_as_a_bonus_or_a_penalty_by_hand():
+    parts = {"game": [[1.0, -0.1, 5.0]], "format": [[1.0, 0.0, 1.0]], "perception": [[0.0, 1.0, 1.0]]}
+    active = [[True, True, False]]  # the last turn was not played: 0 whatever its parts
+    weights = RewardWeights(game=1.0, format=1.0, perception=0.5)
+    # bonus (G1's): w * check; penalty: w * (check - 1), nothing for a passed check
+    np.testing.assert_allclose(turn_rewards(parts, weights, active), [[2.0, 0.4, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(turn_rewards(parts, weights, active, "penalty"), [[0.5, -1.1, 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="text_reward"):
+        turn_rewards(parts, weights, active, "sum")
 
 
 def test_several_sokoban_actions_per_turn_are_one_clear_error(setup):

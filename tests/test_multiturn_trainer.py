@@ -50,6 +50,7 @@ SMALL = dict(
         (dict(multiturn=dict(turns=3)), "unknown multiturn field"),
         (dict(multiturn=dict(history_frames=1)), "history_frames"),
         (dict(games=("chess",)), "chess"),
+        (dict(multiturn=dict(text_reward="sum")), "multiturn.text_reward"),
     ],
 )
 def test_bad_multiturn_config_is_one_clear_error(changes, match):
@@ -290,9 +291,11 @@ def test_turn_groups_sum_to_one_batch_of_their_rows(card_runs):
 
 def test_history_frames_train_in_batches_of_equal_frame_counts(card_runs):
     """history 1 with frames: turn 0 holds its own frame, turn 1 the previous one too; each turn is its
-    own batch and one update trains on both."""
+    own batch and the update trains on both, here in 2 PPO mini-batches (each takes one start state's
+    trajectories from both batches: 2 optimizer steps)."""
     multiturn = dict(CARDS["multiturn"], history_frames=True)
-    trainer = cards_trainer(card_runs["root"] / "frames", steps=1, multiturn=multiturn)
+    grpo = dict(CARDS["grpo"], ppo_minibatches=2)
+    trainer = cards_trainer(card_runs["root"] / "frames", steps=1, multiturn=multiturn, grpo=grpo)
     episodes, _ = trainer.play(trainer.step_key(0))
     assert [turn.images for turn in episodes.turns] == [1, 2] and episodes.frame_groups() == [[0], [1]]
     before = leaves(trainer.state.params)
@@ -300,5 +303,5 @@ def test_history_frames_train_in_batches_of_equal_frame_counts(card_runs):
     # 4 rows per turn; the second batch carries two frames per row, so twice the patches
     assert [b.prompt_ids.shape[0] for b in batches] == [4, 4]
     assert batches[1].pixel_values.shape[0] == 2 * batches[0].pixel_values.shape[0]
-    assert metrics["grad_norm"] > 1e-3 and math.isfinite(metrics["loss"])
+    assert metrics["grad_norm"] > 1e-3 and math.isfinite(metrics["loss"]) and int(trainer.state.step) == 2
     assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(trainer.state.params)))

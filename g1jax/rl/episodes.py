@@ -41,7 +41,7 @@ from g1jax.constants import FACTOR
 from g1jax.image_processing import grid_thw, num_image_tokens, preprocess
 from g1jax.models.config import Qwen25VLConfig
 from g1jax.rl.credit import state_hash
-from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
+from g1jax.rl.rewards import TEXT_REWARDS, RewardWeights, g1_weights, text_parts, total_reward
 from g1jax.rl.rollout import check_tokenizer_matches
 from g1jax.sampling import Samples, SamplingConfig, sample
 from g1jax.sharding import shard_rows, to_host
@@ -49,6 +49,7 @@ from g1jax.tokenizer import Tokenizer
 from g1jax.update import Batch
 
 PAST_LABEL = "An earlier turn; the board then:"  # with history frames
+
 PAST_LABEL_NO_FRAME = "An earlier turn (its board is not shown)."
 
 
@@ -62,6 +63,7 @@ class EpisodeConfig:
     history: int = 2
     history_frames: bool = False
     system: str = DEFAULT_SYSTEM_PROMPT
+    text_reward: str = "bonus"  # TEXT_REWARDS: how a turn's format / perception checks enter its reward
 
     def __post_init__(self):
         for name, low in (("group_size", 1), ("max_turns", 1), ("history", 0)):
@@ -70,6 +72,8 @@ class EpisodeConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.history_frames, bool):
             raise ValueError(f"history_frames must be True or False, got {self.history_frames!r}")
+        if self.text_reward not in TEXT_REWARDS:
+            raise ValueError(f"text_reward must be one of {list(TEXT_REWARDS)}, got {self.text_reward!r}")
 
 
 # ------------------------------------------------------------------------------------ positions
@@ -99,6 +103,20 @@ def rope_positions(input_ids, attention_mask, *, image_token_id: int, merged_gri
 
 
 # ------------------------------------------------------------------------------------ output
+def turn_rewards(parts, weights: RewardWeights, active, text_reward: str = "bonus") -> np.ndarray:
+    """float32 [N, T]: each active turn's total reward from the host parts game / format / perception
+    [N, T] (format and perception in [0, 1]) by `weights`; `text_reward` as TEXT_REWARDS; 0 when inactive."""
+    if text_reward not in TEXT_REWARDS:
+        raise ValueError(f"text_reward must be one of {list(TEXT_REWARDS)}, got {text_reward!r}")
+    active = np.asarray(active, bool)
+    scored = dict(parts)
+    if text_reward == "penalty":
+        for name in ("format", "perception"):
+            scored[name] = np.asarray(parts[name], np.float32) - 1.0
+    row = np.broadcast_to(weights.as_row(), (*active.shape, 3))
+    return (total_reward(scored, row) * active).astype(np.float32)
+
+
 def episode_success(active, legal, solved=None) -> np.ndarray:
     """bool [N] from host arrays active / legal [N, T] and solved ([N] or [N, T], None when the game has no
     notion of winning): solved at some turn; without one, at least one turn played and no illegal move.
@@ -479,7 +497,7 @@ class EpisodeRollout:
                 parts["perception"][:, t] = checks["perception"]
         for name in ("format", "perception"):
             parts[name] *= active
-        rewards = total_reward(parts, np.broadcast_to(self.weights.as_row(), (rows, turns, 3))) * active
+        rewards = turn_rewards(parts, self.weights, active, cfg.text_reward)
         checks_seconds = time.perf_counter() - checks_started
         keys = np.zeros((rows, turns, 2), np.uint32)
         keys[:, :played] = np.stack(to_host(keys_all), axis=1)
