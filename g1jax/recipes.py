@@ -106,7 +106,7 @@ MULTITURN_SMALL = dict(
 MULTITURN_SOKOBAN = dict(
     MULTITURN_SMALL,
     games=("sokoban",),
-    game_options={"sokoban": {"dim_room": (6, 6)}},
+    game_options={"sokoban": {"dim_room": [6, 6]}},  # a list: config.json keeps it one
     image_size=(168, 168),
     teacher=None,
     max_new_tokens=160,
