@@ -24,7 +24,7 @@ import envs
 from g1jax.models.config import ConfigError
 from g1jax.rl.credit import CREDIT_MODES, CreditConfig
 from g1jax.rl.grpo import GRPOConfig
-from g1jax.rl.rewards import g1_weights
+from g1jax.rl.rewards import TEXT_REWARDS, g1_weights
 from g1jax.sampling import SamplingConfig
 from g1jax.sharding import parse_mesh_shape
 
@@ -38,11 +38,13 @@ DEFAULT_GRPO = GRPOConfig(group_size=4)
 class MultiTurnConfig:
     """Multi-turn episodes (g1jax/rl/episodes.py) and their credit (g1jax/rl/credit.py): grpo.group_size
     trajectories of up to max_turns turns from each start state, each turn's prompt holding the last
-    `history` answers. credit: one of rl.credit.CREDIT_MODES; estimator, gamma, step_weight as CreditConfig."""
+    `history` answers. text_reward: one of rl.rewards.TEXT_REWARDS. credit: one of rl.credit.CREDIT_MODES;
+    estimator, gamma, step_weight as CreditConfig."""
 
     max_turns: int = 4
     history: int = 2
     history_frames: bool = False
+    text_reward: str = "bonus"
     credit: str = "episode"
     estimator: str = "grpo"
     gamma: float = 0.95
@@ -52,9 +54,12 @@ class MultiTurnConfig:
         _check_int("multiturn.max_turns", self.max_turns, 1)
         _check_int("multiturn.history", self.history, 0)
         _check(
-            self.history_frames is False,
-            "multiturn.history_frames is not supported by the trainer yet (turns before `history` would hold "
-            "fewer frames and need batches of their own); keep it False",
+            isinstance(self.history_frames, bool),
+            f"multiturn.history_frames must be true or false, got {self.history_frames!r}",
+        )
+        _check(
+            self.text_reward in TEXT_REWARDS,
+            f"multiturn.text_reward must be one of {list(TEXT_REWARDS)}, got {self.text_reward!r}",
         )
         _check(
             self.credit in CREDIT_MODES, f"multiturn.credit must be one of {list(CREDIT_MODES)}, got {self.credit!r}"

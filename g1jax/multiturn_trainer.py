@@ -31,7 +31,7 @@ from g1jax import sharding as mesh_lib
 from g1jax.config import TrainConfig
 from g1jax.models.config import ConfigError
 from g1jax.rl import credit
-from g1jax.rl.episodes import EpisodeConfig, EpisodeRollout, Episodes, random_play
+from g1jax.rl.episodes import EpisodeConfig, EpisodeRollout, Episodes, episode_success, random_play
 from g1jax.trainer import HELD_OUT_STREAM, Trainer
 from g1jax.update import (
     Batch,
@@ -42,8 +42,9 @@ from g1jax.update import (
     _accumulated_gradients,
     _apply,
     _grpo_micro_loss,
+    _micro_batches,
     _old_logprobs,
-    _ppo_epochs,
+    _split_rows,
     shard_batch,
 )
 
@@ -54,10 +55,44 @@ class TurnSettings(GRPOSettings):
     frame of every turn row; grpo.group_size: trajectories per start state) and the credit assignment."""
 
     credit: credit.CreditConfig
+    # ((turns, image_grids), ...): the played turns batched together, one Batch each. With history frames
+    # a turn before k holds fewer frames than the later ones, so its rows need their own batch shape
+    turn_groups: tuple = ()
 
     @property
     def answers_per_prompt(self) -> int:
         return 1  # a turn row is its own prompt; the G trajectories' prompts differ after turn 0
+
+    def of_group(self, index: int) -> TurnSettings:
+        """These settings for the rows of turn group `index` (its batch's image grids)."""
+        return dataclasses.replace(self, image_grids=self.turn_groups[index][1])
+
+
+def _summed(parts):
+    """The elementwise sum of (grads, (count, metric sums)) trees: the (sum, count) loss over several
+    batches is exactly the loss over their rows together."""
+    return functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), parts)
+
+
+def _grouped_ppo_epochs(state, batches, rows, grad_fns, *, settings: TurnSettings, placement: Placement):
+    """`update._ppo_epochs` over several turn groups: mini-batch m holds the m-th share of the start
+    states in every group (whole trajectories), and one optimizer step sums the groups' gradients."""
+    parts = settings.grpo.ppo_minibatches
+    minibatches = tuple((_micro_batches(b, parts), _split_rows(r, parts)) for b, r in zip(batches, rows))
+    micro_count = settings.micro_batches // parts
+
+    def minibatch_step(state, minibatch):
+        grads, (count, metric_sums) = _summed(
+            _accumulated_gradients(grad_fn, state.params, *group, micro_count)
+            for grad_fn, group in zip(grad_fns, minibatch)
+        )
+        return _apply(settings, placement, state, grads, count, metric_sums)
+
+    def epoch(state, _):
+        return jax.lax.scan(minibatch_step, state, minibatches)
+
+    state, metrics = jax.lax.scan(epoch, state, None, length=settings.grpo.ppo_epochs)
+    return state, jax.tree.map(jnp.mean, metrics)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "placement"), donate_argnums=(0,))
@@ -65,7 +100,7 @@ def multiturn_update(
     state: TrainState,
     frozen,
     reference,
-    batch: Batch,
+    batches: tuple[Batch, ...],
     rewards,
     active,
     keys,
@@ -74,25 +109,36 @@ def multiturn_update(
     settings: TurnSettings,
     placement: Placement,
 ):
-    """One update on the turn rows of a rollout (`Episodes.turn_batch`: row n * T + t is turn t of
-    trajectory n): advantages from rewards / active [N, T] and state keys [N, T, 2] by `settings.credit`,
-    then the micro-batched (sum, count) loss over every turn's answer tokens and one optimizer step (with
-    grpo.ppo_epochs / ppo_minibatches, `updates_per_rollout` steps against the sampler's log-probs)."""
+    """One update on the turn rows of a rollout, one Batch per turn group of `settings.turn_groups`
+    (`Episodes.turn_batch(turns)`: row n * len(turns) + i is turn turns[i] of trajectory n): advantages
+    from rewards / active [N, T] and state keys [N, T, 2] by `settings.credit`, then the micro-batched
+    (sum, count) loss over every turn's answer tokens, summed over the groups, and one optimizer step
+    (with grpo.ppo_epochs / ppo_minibatches, `updates_per_rollout` steps against the sampler's log-probs)."""
     advantages = credit.turn_advantages(rewards, active, keys, settings.grpo.group_size, settings.credit)
     # the GRPO step's micro-batch loss and, with PPO epochs / mini-batches, its epochs: the rows are
     # trajectory-major and ppo_minibatches divides the start states, so every mini-batch (and micro-batch)
     # holds whole trajectories; the advantages are computed once over the whole rollout, as in grpo_update
-    loss = functools.partial(_grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings)
-    grad_fn = jax.grad(lambda p, b, r: loss(p, micro=b, rows=r), has_aux=True)
+    grad_fns, group_rows = [], []
+    for index, (turns, _) in enumerate(settings.turn_groups):
+        loss = functools.partial(
+            _grpo_micro_loss, frozen=frozen, reference=reference, graphdef=graphdef, settings=settings.of_group(index)
+        )
+        grad_fns.append(jax.grad(lambda p, b, r, loss=loss: loss(p, micro=b, rows=r), has_aux=True))
+        group_rows.append(advantages[:, jnp.asarray(turns)].reshape(-1))
+    if len(batches) != len(grad_fns):
+        raise ValueError(f"{len(batches)} batches for {len(grad_fns)} turn groups")
     if settings.grpo.updates_per_rollout == 1:  # old = current: no extra forward pass
-        grads, (count, metric_sums) = _accumulated_gradients(
-            grad_fn, state.params, batch, (advantages.reshape(-1), None), settings.micro_batches
+        grads, (count, metric_sums) = _summed(
+            _accumulated_gradients(grad_fn, state.params, batch, (rows, None), settings.micro_batches)
+            for grad_fn, batch, rows in zip(grad_fns, batches, group_rows)
         )
         state, metrics = _apply(settings, placement, state, grads, count, metric_sums)
     else:
-        old_logp = _old_logprobs(state.params, frozen, batch, graphdef=graphdef, settings=settings)
-        rows = (advantages.reshape(-1), old_logp)
-        state, metrics = _ppo_epochs(state, batch, rows, grad_fn, settings=settings, placement=placement)
+        rows = tuple(
+            (advantages, _old_logprobs(state.params, frozen, batch, graphdef=graphdef, settings=settings.of_group(i)))
+            for i, (batch, advantages) in enumerate(zip(batches, group_rows))
+        )
+        state, metrics = _grouped_ppo_epochs(state, batches, rows, grad_fns, settings=settings, placement=placement)
     played = jnp.maximum(jnp.sum(active), 1)
     metrics["frac_zero_advantage"] = jnp.sum(active & (advantages == 0)) / played
     return state, metrics
@@ -130,6 +176,7 @@ class MultiTurnTrainer(Trainer):
                 max_turns=turns.max_turns,
                 history=turns.history,
                 history_frames=turns.history_frames,
+                text_reward=turns.text_reward,
             ),
             sampling=config.sampling,
             reward_weights=self.rollout.weights[game.name],
@@ -139,18 +186,20 @@ class MultiTurnTrainer(Trainer):
         self.warmup = (dict(self.rollout.warmup_moves)[game.name], self.rollout.warmup_policy)
         self._turn_static = dict(graphdef=self.graphdef, placement=Placement.of(self.state_shardings))
 
-    def _turn_settings(self, episodes: Episodes) -> TurnSettings:
-        rows = episodes.turns[0].prompt_ids.shape[0] * episodes.played
+    def _turn_settings(self, episodes: Episodes, groups) -> TurnSettings:
+        rows = episodes.turns[0].prompt_ids.shape[0]
         config = self.config
+        turn_groups = tuple((tuple(turns), episodes.image_grids(rows * len(turns), turns[0])) for turns in groups)
         return TurnSettings(
             optimizer=OptimizerSettings.of(config, "rl"),
             # at least one micro-batch per mini-batch, as grpo_settings
             micro_batches=max(config.micro_batches, config.grpo.ppo_minibatches),
-            image_grids=episodes.image_grids(rows),
+            image_grids=turn_groups[0][1],
             grpo=config.grpo,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,
             credit=config.multiturn.credit_config,
+            turn_groups=turn_groups,
         )
 
     def play(self, key, params=None) -> tuple[Episodes, Any]:
@@ -161,15 +210,13 @@ class MultiTurnTrainer(Trainer):
         params = (self.state.params, self.frozen) if params is None else params
         return self.episodes(self.graphdef, params, play_key, starts), starts
 
-    def train_step(self, step: int) -> dict[str, float]:
-        started = time.perf_counter()
-        episodes, _ = self.play(self.step_key(step))
-        jax.block_until_ready(episodes.rewards)
-        rollout_time = time.perf_counter() - started
-        update_started = time.perf_counter()
+    def update(self, episodes: Episodes, groups=None) -> tuple[dict[str, float], tuple[Batch, ...]]:
+        """One update of self.state on the episodes' turn rows, batched by `groups` (lists of played turns;
+        default `Episodes.frame_groups()`, the turns with equal frame counts). Returns (metrics, batches)."""
         played = episodes.played
-        batch = shard_batch(episodes.turn_batch(), self.mesh)
-        settings = self._turn_settings(episodes)
+        groups = episodes.frame_groups() if groups is None else [list(turns) for turns in groups]
+        batches = tuple(shard_batch(episodes.turn_batch(turns), self.mesh) for turns in groups)
+        settings = self._turn_settings(episodes, groups)
         step_fn = mesh_lib.on_mesh(
             lambda *arrays: multiturn_update(*arrays, settings=settings, **self._turn_static), self.mesh
         )
@@ -177,15 +224,24 @@ class MultiTurnTrainer(Trainer):
             self.state,
             self.frozen,
             self.reference,
-            batch,
+            batches,
             episodes.rewards[:, :played],
             episodes.active[:, :played],
             episodes.keys[:, :played],
         )
-        metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+        return {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}, batches
+
+    def train_step(self, step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        episodes, _ = self.play(self.step_key(step))
+        jax.block_until_ready(episodes.rewards)
+        rollout_time = time.perf_counter() - started
+        update_started = time.perf_counter()
+        played = episodes.played
+        metrics, batches = self.update(episodes)
         update_time = time.perf_counter() - update_started
         metrics.update({f"episode_{name}": value for name, value in episodes.metrics().items()})
-        mask = np.asarray(mesh_lib.to_host(batch.completion_mask))
+        mask = np.concatenate([np.asarray(mesh_lib.to_host(b.completion_mask)) for b in batches])
         active_turns = float(mesh_lib.to_host(episodes.active).sum())
         metrics.update(
             # what the progress bar and the reward curve read: per-trajectory totals, mean answer length
@@ -221,7 +277,7 @@ class MultiTurnTrainer(Trainer):
             out["return"] += per_start(rewards.sum(1)).tolist()
             out["game_return"] += per_start((episodes.parts["game"] * active).sum(1)).tolist()
             out["success"] += per_start(episodes.success).tolist()
-            rewards, active, legal = jax.device_get(
+            rewards, active, legal, solved = jax.device_get(
                 random_play(
                     self.episodes.env,
                     jax.random.fold_in(key, rounds + index),
@@ -231,7 +287,9 @@ class MultiTurnTrainer(Trainer):
                 )
             )
             out["random_game_return"] += per_start(rewards.sum(1)).tolist()
-            out["random_success"] += per_start(active.any(1) & ~(active & ~legal).any(1)).tolist()
+            # the policy's definition of success: winning where the game reports it (Sokoban, FrozenLake)
+            solved = solved if self.episodes.reports_solved else None
+            out["random_success"] += per_start(episode_success(active, legal, solved)).tolist()
         return {name: values[: config.eval_states] for name, values in out.items()}
 
     def begin_rl(self) -> None:

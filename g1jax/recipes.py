@@ -97,6 +97,34 @@ MULTITURN_SMALL = dict(
     multiturn=dict(max_turns=4, history=1, credit="gigpo", estimator="drgrpo", gamma=0.95, step_weight=1.0),
     run_dir="runs/multiturn",
 )
+# The same on the two episode games, where success means winning (info["solved"]), not just no illegal
+# move: one cold start on the game's own optimal teacher (bfs / optimal; G1's epsilon 0.5 keeps it
+# imperfect), then RL. Small boards drawn one image token per cell (28-px cells), so the tiny model's
+# frames stay small: Sokoban in the anchors' 6x6 one-box rooms (88% of them solve in at most 5 moves),
+# FrozenLake on random 3x3 maps (a shortest path is 4 moves, 2 to spare). max_new_tokens covers the
+# teachers' longest answers (147 and 92 tokens with the stop token). Format and perception are per-turn
+# penalties (text_reward "penalty"): as G1's per-turn bonuses they pay for every extra turn, more than
+# winning does (FrozenLake's goal is worth 1), and RL learned to stop winning (docs/multiturn.md).
+MULTITURN_SOKOBAN = dict(
+    MULTITURN_SMALL,
+    games=("sokoban",),
+    game_options={"sokoban": {"dim_room": [6, 6]}},  # a list: config.json keeps it one
+    image_size=(168, 168),
+    teacher=None,
+    max_new_tokens=160,
+    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6, text_reward="penalty"),
+    run_dir="runs/multiturn-sokoban",
+)
+MULTITURN_FROZENLAKE = dict(
+    MULTITURN_SMALL,
+    games=("frozenlake",),
+    game_options={"frozenlake": {"board_size": 3}},
+    image_size=(84, 84),
+    teacher=None,
+    max_new_tokens=112,
+    multiturn=dict(MULTITURN_SMALL["multiturn"], max_turns=6, text_reward="penalty"),
+    run_dir="runs/multiturn-frozenlake",
+)
 
 # ------------------------------------------------------------------------------ the paper's, for real checkpoints
 # G1's RL recipe (vlm-gym-spec §9; docs/rl.md): 128 states x 5 answers, lr 1e-6, G1's loss, temperature 1,
@@ -137,6 +165,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "g0-dapo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DAPO_LOSS), run_dir="runs/g0-dapo"),
     "g0-drgrpo": dict(G0_SMALL, grpo=dict(G0_SMALL["grpo"], **DRGRPO_LOSS), run_dir="runs/g0-drgrpo"),
     "multiturn": MULTITURN_SMALL,
+    "multiturn-sokoban": MULTITURN_SOKOBAN,
+    "multiturn-frozenlake": MULTITURN_FROZENLAKE,
     "g1-paper": G1_PAPER,
     "g0-paper": G0_PAPER,
 }

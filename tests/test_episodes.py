@@ -24,7 +24,9 @@ from g1jax.rl.episodes import (
     EpisodeRollout,
     random_play,
     rope_positions,
+    turn_rewards,
 )
+from g1jax.rl.rewards import RewardWeights
 from g1jax.sampling import SamplingConfig
 from g1jax.tokenizer import make_tiny_tokenizer
 from g1jax.update import completion_logprobs
@@ -226,6 +228,7 @@ def test_history_frames_enter_the_prompt(setup):
         (dict(group_size=2, max_turns=0), "max_turns"),
         (dict(group_size=2, max_turns=2, history=-1), "history"),
         (dict(group_size=2, max_turns=2, history_frames=1), "history_frames"),
+        (dict(group_size=2, max_turns=2, text_reward="sum"), "text_reward"),
     ],
 )
 def test_bad_config_is_one_line(kwargs, words):
@@ -234,12 +237,33 @@ def test_bad_config_is_one_line(kwargs, words):
     assert "\n" not in str(excinfo.value)
 
 
+def test_text_rewards_as_a_bonus_or_a_penalty_by_hand():
+    parts = {"game": [[1.0, -0.1, 5.0]], "format": [[1.0, 0.0, 1.0]], "perception": [[0.0, 1.0, 1.0]]}
+    active = [[True, True, False]]  # the last turn was not played: 0 whatever its parts
+    weights = RewardWeights(game=1.0, format=1.0, perception=0.5)
+    # bonus (G1's): w * check; penalty: w * (check - 1), nothing for a passed check
+    np.testing.assert_allclose(turn_rewards(parts, weights, active), [[2.0, 0.4, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(turn_rewards(parts, weights, active, "penalty"), [[0.5, -1.1, 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="text_reward"):
+        turn_rewards(parts, weights, active, "sum")
+
+
+def test_several_sokoban_actions_per_turn_are_one_clear_error(setup):
+    # a turn plays the one action id parse gives; Sokoban's parse keeps only the first of several
+    env = envs.make("sokoban", actions_per_turn=2)
+    config = EpisodeConfig(group_size=GROUP, max_turns=2, history=1)
+    with pytest.raises(envs.ConfigError, match="actions_per_turn=2") as excinfo:
+        EpisodeRollout(env, setup["tokenizer"], setup["cfg"], config=config, sampling=setup["sampling"])
+    assert "\n" not in str(excinfo.value)
+
+
 def test_the_random_player_never_answers_the_invalid_action_and_masks_finished_boards(setup):
     env = setup["env"]
-    rewards, active, legal = jax.device_get(
+    rewards, active, legal, solved = jax.device_get(
         random_play(env, jax.random.key(0), setup["starts"], group_size=GROUP, turns=3)
     )
-    assert rewards.shape == active.shape == legal.shape == (2 * GROUP, 3)
+    assert rewards.shape == active.shape == legal.shape == solved.shape == (2 * GROUP, 3)
+    assert not solved.any()  # 2048 reports no win
     assert active[:GROUP].all() and not active[GROUP:].any()  # an open board cannot end in 3 moves
     assert np.array_equal(rewards[GROUP:], np.zeros((GROUP, 3)))
     # every move of 2048's training reward is +1 (merged) or -1; "still" never comes up, so legal <=> moved

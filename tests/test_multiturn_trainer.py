@@ -48,7 +48,9 @@ SMALL = dict(
         (dict(multiturn=dict(credit="gae")), "multiturn.credit"),
         (dict(multiturn=dict(gamma=1.5)), "gamma"),
         (dict(multiturn=dict(turns=3)), "unknown multiturn field"),
-        (dict(multiturn=dict(history_frames=True)), "history_frames"),
+        (dict(multiturn=dict(history_frames=1)), "history_frames"),
+        (dict(games=("chess",)), "chess"),
+        (dict(multiturn=dict(text_reward="sum")), "multiturn.text_reward"),
     ],
 )
 def test_bad_multiturn_config_is_one_clear_error(changes, match):
@@ -97,6 +99,64 @@ def test_the_held_out_verdict_by_hand():
     assert out["beats"]["success"] is False  # no gain over random: 0.5 each
     assert out["learned"] is True
     assert "learned: True" in episode_table(out)
+
+
+# ------------------------------------------------------------------------------------ Sokoban and FrozenLake
+# The episode games, whose success is winning (info["solved"]): one RL step and the held-out episodes
+# before / after on tiny boards. A frozen vision tower and no KL halve the update's compile (the test's
+# cost); the cold start is the Trainer's, and the recipes' own run it (docs/multiturn.md).
+def game_run(tmp_path, game: str, options: dict, image: tuple[int, int]):
+    config = TrainConfig(
+        **{
+            **SMALL,
+            "games": (game,),
+            "game_options": {game: options},
+            "image_size": image,
+            "warmup_moves": {},
+            "freeze_vision": True,
+            "eval_states": 4,
+        },
+        run_dir=str(tmp_path),
+    )
+    trainer = make_trainer(config)
+    summary = trainer.run()
+    return trainer, summary, trainer.logger.read_metrics()[-1]
+
+
+def check_sane(summary, metrics, max_turns: int):
+    for row in ("before", "after", "random"):
+        assert 0 <= summary[f"{row}_success"] <= 1, row
+        assert math.isfinite(summary[f"{row}_game_return"]), row
+    assert math.isfinite(summary["before_return"]) and math.isfinite(summary["after_return"])
+    assert 1 <= metrics["turns_played"] <= max_turns and 0 < metrics["episode_turns"] <= max_turns
+    assert 0 <= metrics["episode_success"] <= 1 and math.isfinite(metrics["loss"])
+
+
+def test_sokoban_episodes_through_the_trainer(tmp_path):
+    # 5x5 one-box rooms: most are solved in one push, so both winning and not winning come up
+    trainer, summary, metrics = game_run(tmp_path, "sokoban", {"dim_room": (5, 5)}, (84, 84))
+    check_sane(summary, metrics, max_turns=2)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    game = episodes.parts["game"]
+    # success is the win: the solving push pays -0.1 + 1 (box on target) + 10, no other turn pays over 1
+    np.testing.assert_array_equal(episodes.success, (game > 10).any(1))
+    # a won board stops acting: no turn after the win
+    won_at = np.where((game > 10).any(1), np.argmax(game > 10, 1), -1)
+    active = np.asarray(jax.device_get(episodes.active))
+    for row, turn in enumerate(won_at):
+        assert turn < 0 or not active[row, turn + 1 :].any()
+
+
+def test_frozenlake_episodes_through_the_trainer(tmp_path):
+    # 2x2 maps: the goal is two moves away, so a 2-turn episode can reach it; reward 1 only there
+    trainer, summary, metrics = game_run(tmp_path, "frozenlake", {"board_size": 2}, (56, 56))
+    check_sane(summary, metrics, max_turns=2)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    np.testing.assert_array_equal(episodes.success, (episodes.parts["game"] > 0).any(1))
+    # the random player is scored by the same win, not by "no illegal move": its success is the share
+    # of its trajectories that reached the goal, which a random game return per start state equals
+    before = trainer.logger.read_json("eval_before.json")
+    np.testing.assert_allclose(before["random_success"], before["random_game_return"])
 
 
 # ------------------------------------------------------------------------------------ ColourCards episodes
@@ -206,3 +266,42 @@ def test_ppo_epochs_and_minibatches_over_turn_rows(card_runs):
     assert metrics["abs_log_ratio_mean"] > 1e-3 and metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0
     # the extra pass scores the turn rows as the sampler did (float32 on CPU: about 1e-6 apart)
     np.testing.assert_allclose(metrics["sampler_abs_logp_diff"], 0.0, atol=1e-4)
+
+
+def test_turn_groups_sum_to_one_batch_of_their_rows(card_runs):
+    """The update over the turn rows in two batches (turn 0, turn 1) is the update over them in one: the
+    (sum, count) loss adds across batches. This is how turns of different frame counts train together."""
+    trainer = cards_trainer(card_runs["root"] / "groups", steps=1)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    assert episodes.frame_groups() == [[0, 1]]  # no history frames: one shape
+    start = jax.tree.map(jax.numpy.copy, trainer.state)
+    one, _ = trainer.update(episodes)
+    one_state = leaves(trainer.state)
+    trainer.state = start
+    two, batches = trainer.update(episodes, groups=[[0], [1]])
+    assert [b.prompt_ids.shape[0] for b in batches] == [4, 4]
+    assert one["grad_norm"] > 1e-3
+    for key in ("grad_norm", "loss", "kl", "entropy"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
+    # AdamW's first step moves a weight by about lr whatever its gradient's size, so a near-zero gradient
+    # summed in another order can move differently: the mesh test's bound, 10% of lr
+    for a, b in zip(one_state, leaves(trainer.state)):
+        np.testing.assert_allclose(b, a, atol=0.1 * CARDS["learning_rate"])
+
+
+def test_history_frames_train_in_batches_of_equal_frame_counts(card_runs):
+    """history 1 with frames: turn 0 holds its own frame, turn 1 the previous one too; each turn is its
+    own batch and the update trains on both, here in 2 PPO mini-batches (each takes one start state's
+    trajectories from both batches: 2 optimizer steps)."""
+    multiturn = dict(CARDS["multiturn"], history_frames=True)
+    grpo = dict(CARDS["grpo"], ppo_minibatches=2)
+    trainer = cards_trainer(card_runs["root"] / "frames", steps=1, multiturn=multiturn, grpo=grpo)
+    episodes, _ = trainer.play(trainer.step_key(0))
+    assert [turn.images for turn in episodes.turns] == [1, 2] and episodes.frame_groups() == [[0], [1]]
+    before = leaves(trainer.state.params)
+    metrics, batches = trainer.update(episodes)
+    # 4 rows per turn; the second batch carries two frames per row, so twice the patches
+    assert [b.prompt_ids.shape[0] for b in batches] == [4, 4]
+    assert batches[1].pixel_values.shape[0] == 2 * batches[0].pixel_values.shape[0]
+    assert metrics["grad_norm"] > 1e-3 and math.isfinite(metrics["loss"]) and int(trainer.state.step) == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(trainer.state.params)))

@@ -41,7 +41,7 @@ from g1jax.constants import FACTOR
 from g1jax.image_processing import grid_thw, num_image_tokens, preprocess
 from g1jax.models.config import Qwen25VLConfig
 from g1jax.rl.credit import state_hash
-from g1jax.rl.rewards import RewardWeights, g1_weights, text_parts, total_reward
+from g1jax.rl.rewards import TEXT_REWARDS, RewardWeights, g1_weights, text_parts, total_reward
 from g1jax.rl.rollout import check_tokenizer_matches
 from g1jax.sampling import Samples, SamplingConfig, sample
 from g1jax.sharding import shard_rows, to_host
@@ -49,6 +49,7 @@ from g1jax.tokenizer import Tokenizer
 from g1jax.update import Batch
 
 PAST_LABEL = "An earlier turn; the board then:"  # with history frames
+
 PAST_LABEL_NO_FRAME = "An earlier turn (its board is not shown)."
 
 
@@ -62,6 +63,7 @@ class EpisodeConfig:
     history: int = 2
     history_frames: bool = False
     system: str = DEFAULT_SYSTEM_PROMPT
+    text_reward: str = "bonus"  # TEXT_REWARDS: how a turn's format / perception checks enter its reward
 
     def __post_init__(self):
         for name, low in (("group_size", 1), ("max_turns", 1), ("history", 0)):
@@ -70,6 +72,8 @@ class EpisodeConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.history_frames, bool):
             raise ValueError(f"history_frames must be True or False, got {self.history_frames!r}")
+        if self.text_reward not in TEXT_REWARDS:
+            raise ValueError(f"text_reward must be one of {list(TEXT_REWARDS)}, got {self.text_reward!r}")
 
 
 # ------------------------------------------------------------------------------------ positions
@@ -99,6 +103,31 @@ def rope_positions(input_ids, attention_mask, *, image_token_id: int, merged_gri
 
 
 # ------------------------------------------------------------------------------------ output
+def turn_rewards(parts, weights: RewardWeights, active, text_reward: str = "bonus") -> np.ndarray:
+    """float32 [N, T]: each active turn's total reward from the host parts game / format / perception
+    [N, T] (format and perception in [0, 1]) by `weights`; `text_reward` as TEXT_REWARDS; 0 when inactive."""
+    if text_reward not in TEXT_REWARDS:
+        raise ValueError(f"text_reward must be one of {list(TEXT_REWARDS)}, got {text_reward!r}")
+    active = np.asarray(active, bool)
+    scored = dict(parts)
+    if text_reward == "penalty":
+        for name in ("format", "perception"):
+            scored[name] = np.asarray(parts[name], np.float32) - 1.0
+    row = np.broadcast_to(weights.as_row(), (*active.shape, 3))
+    return (total_reward(scored, row) * active).astype(np.float32)
+
+
+def episode_success(active, legal, solved=None) -> np.ndarray:
+    """bool [N] from host arrays active / legal [N, T] and solved ([N] or [N, T], None when the game has no
+    notion of winning): solved at some turn; without one, at least one turn played and no illegal move.
+    The policy's episodes and the random player's are scored by this one definition."""
+    if solved is not None:
+        solved = np.asarray(solved, bool)
+        return solved.any(1) if solved.ndim == 2 else solved
+    active = np.asarray(active, bool)
+    return active.any(1) & ~(active & ~np.asarray(legal, bool)).any(1)
+
+
 @dataclasses.dataclass
 class TurnRows:
     """One turn of every trajectory: its prompt (left-padded), frame and sampled answer."""
@@ -151,10 +180,7 @@ class Episodes:
     def success(self) -> np.ndarray:
         """bool [N]: the game reported success when it has such a notion (info["solved"]); otherwise the
         episode played at least one turn and every played move was legal (2048: no illegal move)."""
-        if self.solved is not None:
-            return self.solved
-        active = to_host(self.active)
-        return active.any(1) & ~(active & ~self.parts["legal"]).any(1)
+        return episode_success(to_host(self.active), self.parts["legal"], self.solved)
 
     def turn_batch(self, turns: Sequence[int] | None = None) -> Batch:
         """The rows (n, t) of the given played turns (default: all) as an `update.Batch` with one
@@ -192,6 +218,14 @@ class Episodes:
             rewards=self.rewards[:, jnp.asarray(turns)].reshape(-1),
         )
 
+    def frame_groups(self) -> list[list[int]]:
+        """The played turns in batches of equal frame counts, in order: all of them without history frames;
+        with them (history k), turns 0 .. k - 1 one each (1 .. k frames), then every later turn (k + 1)."""
+        groups: dict[int, list[int]] = {}
+        for t, turn in enumerate(self.turns):
+            groups.setdefault(turn.images, []).append(t)
+        return list(groups.values())
+
     def frames_of(self, turn: int, count: int) -> jax.Array:
         """uint8 [N, count, H, W, 3]: the frames in turn `turn`'s prompt (the last count - 1 turns', then its own)."""
         return jnp.moveaxis(self.frames[turn - count + 1 : turn + 1], 0, 1)
@@ -222,6 +256,13 @@ class EpisodeRollout:
         (boards, frames, history buffers, prompts, patches, the sampler's row keys, the parsed actions), as
         `rollout.GameRollout` does; without one they go where JAX puts them."""
         check_tokenizer_matches(tokenizer, model_config)
+        if getattr(env, "actions_per_turn", 1) > 1 and hasattr(env, "step_turn"):
+            # a turn plays the one action id `parse` gives; Sokoban's keeps the first of several (step_turn
+            # plays the rest), so the episode would silently drop moves (FrozenLake's ids name whole sequences)
+            raise envs.ConfigError(
+                f"{env.name}: multi-turn episodes play one action id per turn, and actions_per_turn="
+                f"{env.actions_per_turn} answers need step_turn; use actions_per_turn=1"
+            )
         self.env, self.tokenizer, self.config, self.mesh = env, tokenizer, config, mesh
         self.sampling = dataclasses.replace(sampling, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
         self.weights = reward_weights or g1_weights(env.name)
@@ -343,8 +384,10 @@ class EpisodeRollout:
             return jax.tree.map(jnp.asarray, x)
         return jax.tree.map(lambda leaf: shard_rows(leaf, self.mesh, axis), x)
 
+    @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
     def start_states(self, key, count: int, warmup_moves: int = 0, policy: str = "uniform"):
-        """`count` start states: resets, then `warmup_moves` random moves (G1's warm-up)."""
+        """`count` start states: resets, then `warmup_moves` random moves (G1's warm-up). Jitted whole:
+        run eagerly, each of a reset's while loops (Sokoban's room generation) compiles on its own."""
         return envs.warmup_states(self.env, key, count, num_moves=warmup_moves, policy=policy)
 
     def __call__(self, graphdef, params, key, starts) -> Episodes:
@@ -454,7 +497,7 @@ class EpisodeRollout:
                 parts["perception"][:, t] = checks["perception"]
         for name in ("format", "perception"):
             parts[name] *= active
-        rewards = total_reward(parts, np.broadcast_to(self.weights.as_row(), (rows, turns, 3))) * active
+        rewards = turn_rewards(parts, self.weights, active, cfg.text_reward)
         checks_seconds = time.perf_counter() - checks_started
         keys = np.zeros((rows, turns, 2), np.uint32)
         keys[:, :played] = np.stack(to_host(keys_all), axis=1)
@@ -478,7 +521,8 @@ class EpisodeRollout:
 def random_play(env: envs.Env, key, starts, *, group_size: int, turns: int):
     """The random baseline on the same start states: G trajectories of up to T uniformly random moves (any
     id but the invalid action) each. Returns (game rewards float32 [N, T], active bool [N, T], legal bool
-    [N, T]), finished boards masked as in the rollout."""
+    [N, T], solved bool [N, T]: info["solved"] on an active turn, all False for a game without it),
+    finished boards masked as in the rollout."""
     states = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), starts)
     rows = states.done.shape[0]
 
@@ -490,8 +534,9 @@ def random_play(env: envs.Env, key, starts, *, group_size: int, turns: int):
         actions = jnp.where(actions >= env.invalid_action, actions + 1, actions).astype(jnp.int32)
         stepped, reward, done, info = jax.vmap(env.step)(jax.random.split(step_key, rows), states, actions)
         states = envs.tree_where(active, stepped, states)
-        out = (jnp.where(active, reward, 0.0), active, info["legal"] & active)
+        solved = info["solved"] & active if "solved" in info else jnp.zeros_like(active)
+        out = (jnp.where(active, reward, 0.0), active, info["legal"] & active, solved)
         return (states, active & ~done), out
 
-    _, (rewards, active, legal) = jax.lax.scan(turn, (states, ~states.done), jax.random.split(key, turns))
-    return rewards.T, active.T, legal.T
+    _, out = jax.lax.scan(turn, (states, ~states.done), jax.random.split(key, turns))
+    return tuple(x.T for x in out)

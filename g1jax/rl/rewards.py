@@ -26,6 +26,12 @@ from envs.grammar import format_ok, perception_block, perception_cell_accuracy, 
 
 G1_PERCEPTION_WEIGHTS = {"2048": 1.0, "shisensho": 0.0, "shisensho_photo": 1.0, "swap": 1.0}
 PARTS = ("game", "format", "perception")
+# Multi-turn episodes (rl/episodes.py): how a turn's format and perception checks enter its reward.
+# "bonus": G1's, w * check (w when it passes). "penalty": w * (check - 1), 0 when it passes and -w when it
+# fails (RAGEN's format penalty). Summed over turns, a bonus pays for every extra turn played, so in a game
+# that ends when won (Sokoban, FrozenLake) it outweighs winning early; a penalty never pays for a longer
+# episode.
+TEXT_REWARDS = ("bonus", "penalty")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
