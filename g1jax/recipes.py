@@ -83,8 +83,8 @@ G1_SMALL = dict(
 G0_SMALL = dict(G1_SMALL, sft_steps=0, run_dir="runs/g0")
 # Multi-turn agent RL (issue #23) after G1's cold start: 4 start states x 4 trajectories of 4 turns, each
 # turn's prompt holding the previous answer (history 1, as short windows do better: docs/multiturn.md),
-# GiGPO's credit with its published settings (gamma 0.95, omega 1, mean_norm = drgrpo). Whether this
-# measurably learns on 2 CPUs within 15 minutes is not yet measured.
+# GiGPO's credit with its published settings (gamma 0.95, omega 1, mean_norm = drgrpo). Three seeds did not
+# learn (BENCHMARKS.md, "Does the multiturn recipe learn?"): this cold start does not read the board.
 MULTITURN_SMALL = dict(
     CPU_SMALL,  # the cold start the three seeds of BENCHMARKS.md ran with: 500 steps on the greedy teacher
     sft_steps=500,
