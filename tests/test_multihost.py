@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from adam_checks import assert_adam_params_close
 from envs import ConfigError
 from g1jax.checkpoint import Checkpointer
 from g1jax.cli import train as train_cli
@@ -37,6 +38,9 @@ RUN = [
 TIMEOUT_S = 600  # each two-process run; a hang fails the test instead of stalling the suite (420 s was hit at load 20)
 # Float32 collectives that sum in another order (gloo across processes vs. in-process) differ in the last bits.
 RTOL, ATOL = 1e-5, 1e-6
+# Parameters after the cold-start step (lr 2e-3) and the RL step: Adam can turn those last bits into up to 2 lr
+# per step on the rare element whose gradient is near zero (adam_checks.py).
+MAX_STEP = 2 * (2e-3 + 3e-4)
 
 
 def free_port() -> int:
@@ -157,7 +161,7 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
     got, expected = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
     assert got.keys() == expected.keys()
     for name, value in expected.items():
-        np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=name)
+        assert_adam_params_close(got[name], value, rtol=RTOL, atol=ATOL, max_step=MAX_STEP, name=name)
     assert not any(name.endswith(".tmp") for name in os.listdir(two))
 
     # the two-process checkpoint restores in one process, on another mesh too: the one-process run's parameters
@@ -168,7 +172,7 @@ def test_two_processes_train_as_one_and_checkpoints_cross_over(tmp_path):
     for trainer in (other_mesh, resumed):
         assert trainer.start_step == 2
         for a, b in zip(host_leaves(trainer.state.params), expected):
-            np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+            assert_adam_params_close(a, b, rtol=RTOL, atol=ATOL, max_step=MAX_STEP)
     # and the reverse, at the same time: two processes resume the one-process run's checkpoint, while this
     # process continues the two-process run's; both take the same third step
     processes = start_processes(train_commands(one, 2, "--steps", "2", "--resume"), logs)
