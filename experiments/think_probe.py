@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from perception_probe import cell_starts  # noqa: E402 (experiments/ is the script's directory)
 
 from g1jax import recipes
 from g1jax import update as update_lib
@@ -36,13 +37,7 @@ PARTS = ("cells", "grid", "flags", "flag1", "verdict", "answer")
 
 def positions(text: str) -> dict[str, list[int]]:
     """Character offsets of the measured tokens in one teacher answer (pairs teacher or greedy)."""
-    head = "<perception>\n"
-    cells, offset = [], len(head)
-    for line in text[len(head) :].split("\n")[:4]:
-        for part in line.split("|"):
-            cells.append(offset + len(part) - len(part.lstrip()))
-            offset += len(part) + 1
-    out = {"cells": cells[:16], "answer": [text.index("<answer>") + len("<answer>")]}
+    out = {"cells": cell_starts(text), "answer": [text.index("<answer>") + len("<answer>")]}
     if "\nrows " in text:
 
         def laid_out(start):  # the 16 cells of a line laid out like exponent_grid: 4 digits, a space
