@@ -7,10 +7,12 @@ in (teacher forcing), the mean probability the model gives the right token at:
     cells    the first token of each of the 16 cells of <perception> (the board read from the picture)
     grid     each cell of the pairs teacher's `rows` line (the board again, one token per cell)
     flags    each of the 32 merge flags (`left`, `up`); flag1 those that are 1 (a tile meeting an equal one)
-    verdict  the first token of the verdict ("Left merges." / "Up merges." / "Nothing merges.")
+    verdict  the first token of the verdict ("Left merges." / "Up merges." / "Nothing merges." or
+             "No equal neighbours.")
     answer   the action digit in <answer>
 
-The greedy teacher has no grid, flags or verdict; only cells and answer are measured for it.
+The neighbours teacher (flags of side-by-side tiles) is measured the same way; the greedy teacher has
+no grid, flags or verdict: only cells and answer are measured for it.
 
     python experiments/think_probe.py --steps 3000 --every 250 --json out/think_probe.json
     python experiments/think_probe.py --lr 1e-3 --states 16          # the slower setting of BENCHMARKS.md
@@ -72,7 +74,7 @@ def measure(trainer: Trainer, batches: int = 4) -> dict[str, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default="pairs", help="2048 teacher kind (pairs, greedy, expectimax)")
+    parser.add_argument("--teacher", default="neighbours", help="2048 teacher kind (neighbours, pairs, greedy, expectimax)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -61,9 +61,10 @@ CPU_SMALL = dict(
 #   decoder it collapses to a constant ("Why the tiny model does not see");
 # - 2048's short prompt (20 tokens): a model trained from scratch cannot read G1's, whose ~370 tokens only
 #   dilute the 20 image tokens;
-# - 2048's `pairs` teacher: its <think> is a reasoning a 2-layer decoder can compute from what it reads
-#   (the board one token per cell, per-tile merge flags, the verdict; docs/teachers.md); the greedy
-#   teacher's merges and points it cannot;
+# - 2048's `neighbours` teacher: its <think> is a reasoning a 2-layer decoder can compute from what it
+#   reads (the board one token per cell, a flag per tile for an equal tile right beside it, the verdict;
+#   docs/teachers.md); the greedy teacher's merges and points it cannot, and the `pairs` teacher's flags
+#   across gaps it learns more slowly;
 # - 3,000 cold-start steps of 8 states at 2e-3: the decoder first learns to fetch the cells (a plateau
 #   of ~500 steps), then the flags; epsilon 0.5 leaves half the teacher's moves random, which RL removes.
 G1_SMALL = dict(
@@ -71,10 +72,10 @@ G1_SMALL = dict(
     freeze_vision=True,
     game_options={"2048": {"instructions": "short"}},
     states_per_step=8,
-    max_new_tokens=168,  # the pairs teacher's answers: 145-165 tokens with the stop token (10% above 160)
+    max_new_tokens=168,  # the teacher's answers: 140-166 tokens with the stop token (10% above 160)
     sft_steps=3000,
     sft_learning_rate=2e-3,
-    teacher={"2048": "pairs"},
+    teacher={"2048": "neighbours"},
     teacher_epsilon=0.5,
     steps=60,
     run_dir="runs/default",

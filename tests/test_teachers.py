@@ -265,6 +265,40 @@ def test_pairs_2048_reasoning_lays_out_the_board_and_its_meet_equal_flags(warm_s
     assert "Nothing merges. Right (1) is best by this count, but I play Down (2)." in text
 
 
+NEIGHBOURS = make_teacher(ENVS["2048"], "neighbours")
+
+
+def test_neighbours_2048_plays_left_up_or_a_legal_move_by_side_by_side_pairs(boards_2048):
+    batches, boards = boards_2048
+    actions = np.concatenate([NEIGHBOURS.facts(b)["best"] for b in batches])
+    seen = set()
+    for board, action in zip(boards, actions):
+        row_pair = any(board[r, c] and board[r, c] == board[r, c + 1] for r in range(4) for c in range(3))
+        column_pair = any(board[r, c] and board[r, c] == board[r + 1, c] for r in range(3) for c in range(4))
+        legal = [not (move_board(board, a)[0] == board).all() for a in range(4)]
+        want = 3 if row_pair else 0 if column_pair else legal.index(True)
+        assert action == want, (board, action)
+        assert move_board(board, action)[1] > 0 or not (row_pair or column_pair)  # a chosen pair merges
+        seen.add(want)
+    assert {0, 3} <= seen
+
+
+def test_neighbours_2048_flags_only_side_by_side_tiles(warm_states):
+    env = ENVS["2048"]
+    # row 0: 2 _ 2 4 (a gap merge: no flag); column 3: 4 over 4 (a flag); row 1: 8 16 32 4
+    board = np.array([[1, 0, 1, 2], [3, 4, 5, 2], [10, 0, 0, 0], [0, 0, 0, 0]])
+    one = jax.tree.map(lambda x: x[0], with_row(warm_states["2048"], env.from_board(board)))
+    text = NEIGHBOURS.answer(one, 0)
+    assert "rows 1012 3452 a000 0000\nleft 0000 0000 0000 0000\nup 0000 0001 0000 0000\nUp merges." in text
+    assert "So I play Up (0)." in text and env.parse(text) == 0 and format_ok(text, strict=True)
+    # only a gap merge: Left merges, but no neighbours are equal, so the first legal move (Up)
+    board = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    states = with_row(warm_states["2048"], env.from_board(board))
+    assert int(NEIGHBOURS.facts(states)["best"][0]) == 1  # Up moves nothing, Right is the first legal move
+    text = NEIGHBOURS.answer(jax.tree.map(lambda x: x[0], states), 1)
+    assert "left 0000 0000 0000 0000\nup 0000 0000 0000 0000\nNo equal neighbours. So I play Right (1)." in text
+
+
 def test_greedy_2048_ties_go_to_the_more_movable_board(warm_states):
     env = ENVS["2048"]
     # no move merges; Right and Left bring the two 2s side by side (a merge for later), Up and
@@ -431,7 +465,7 @@ def test_registry_covers_every_game():
             lambda: make_teacher("chess"),
             "games with teachers: 2048, frozenlake, shisensho, shisensho_photo, sokoban, swap",
         ),
-        (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy, pairs"),
+        (lambda: make_teacher(ENVS["2048"], "minimax"), "choices: expectimax, greedy, neighbours, pairs"),
         (
             lambda: make_teacher(ENVS["2048"], "expectimax", depht=2),
             "no option depht; options: depth, empty_weight, merge_weight",
