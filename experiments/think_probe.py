@@ -74,7 +74,9 @@ def measure(trainer: Trainer, batches: int = 4) -> dict[str, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default="neighbours", help="2048 teacher kind (neighbours, pairs, greedy, expectimax)")
+    parser.add_argument(
+        "--teacher", default="neighbours", help="2048 teacher kind (neighbours, pairs, greedy, expectimax)"
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--lr", type=float, default=2e-3)

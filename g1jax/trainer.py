@@ -416,7 +416,9 @@ class Trainer:
         if self.eval_rollout is not None:
             # every process holds the 'before' evaluation of this run; a run resumed past it reads it back
             before = self.eval_before if self.eval_before is not None else self.logger.read_json("eval_before.json")
-            summary.update(heldout.comparison(before, self.evaluate()))
+            after = self.evaluate()
+            self.logger.write_json("eval_after.json", after)  # the answers after RL, to read beside the before's
+            summary.update(heldout.comparison(before, after))
             # wall time of this process (set-up, compiles, training, both evaluations; a resumed run counts its part)
             summary["wall_s"] = time.perf_counter() - self._created
             self.logger.write_json("summary.json", {k: v for k, v in summary.items() if k != "final"})

@@ -140,7 +140,9 @@ def test_cold_start_then_rl_evaluates_the_policy_entering_rl_and_after(tmp_path)
     assert saved["learned"] == all(saved["beats"].values()) and 0 < saved["perception_chance"] < 1
     before = json.loads((tmp_path / "run" / "eval_before.json").read_text())
     assert saved["before"] == before["policy"]
-    assert summary["gain"] == pytest.approx(np.mean(np.subtract(trainer.evaluate()["rewards"], before["rewards"])))
+    after = json.loads((tmp_path / "run" / "eval_after.json").read_text())
+    assert saved["after"] == after["policy"] and after["answers"] == trainer.evaluate()["answers"]
+    assert summary["gain"] == pytest.approx(np.mean(np.subtract(after["rewards"], before["rewards"])))
     # "before" is the policy entering RL: the cold start's last checkpoint (step 3) answers exactly as
     # it did, and not as the random-init policy did (the rewards cannot tell: every answer scores -1)
     restored, _ = Checkpointer(tmp_path / "run" / "checkpoints").restore(
