@@ -889,7 +889,6 @@ def generic_render(env, state):
     "config",
     [
         dict(),
-        dict(board_size=5, image_size=(252, 224)),
         dict(board_size=6, num_shapes=2, image_size=(336, 280), coordinate_labels=True),
     ],
 )
