@@ -240,11 +240,15 @@ def _moves_2048(env, board):
     return after, points.astype(jnp.float32), legal
 
 
+def _equal_to_left(board):
+    """bool [n, n - 1]: the tile equals the non-empty tile right beside it, to its left (numpy or jax);
+    on the transposed board, the tile above it."""
+    return (board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)
+
+
 def _equal_neighbours(board):
     """Adjacent equal non-empty tiles: merges available on the next move."""
-    horizontal = (board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)
-    vertical = (board[1:, :] == board[:-1, :]) & (board[1:, :] > 0)
-    return horizontal.sum() + vertical.sum()
+    return _equal_to_left(board).sum() + _equal_to_left(board.T).sum()
 
 
 def _facts_2048(board, after, points, legal):
@@ -313,7 +317,7 @@ def equal_neighbours(board) -> np.ndarray:
     such a tile only if Left merges (not iff: 2 _ 2 merges across the gap); on the transposed board, Up."""
     board = np.asarray(board)
     flags = np.zeros(board.shape, bool)
-    flags[:, 1:] = (board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)
+    flags[:, 1:] = _equal_to_left(board)
     return flags
 
 
@@ -372,9 +376,8 @@ class Neighbours2048(Pairs2048):
     Left when two equal tiles sit side by side in a row, else Up when two sit one above the other, else
     the first legal move. Each flag is then one lookup at a fixed offset (a gap merge, 2 _ 2, is not),
     which a 2-layer decoder learns faster (BENCHMARKS.md, "A teacher whose reasoning the tiny model can
-    follow"); the
-    price is the gap merges it misses, +0.60 instead of the optimal +0.65 game reward on the default's
-    warm-up states."""
+    follow"); the price is the gap merges it misses, +0.60 instead of the optimal +0.65 game reward on
+    the default's warm-up states."""
 
     kind: ClassVar = "neighbours"
     nothing: ClassVar = "No equal neighbours."
@@ -384,9 +387,7 @@ class Neighbours2048(Pairs2048):
         return equal_neighbours(board)
 
     def _row_and_column(self, board, merges):
-        side_by_side = (board[:, 1:] == board[:, :-1]) & (board[:, 1:] > 0)
-        one_above = (board[1:, :] == board[:-1, :]) & (board[1:, :] > 0)
-        return side_by_side.any(), one_above.any()
+        return _equal_to_left(board).any(), _equal_to_left(board.T).any()  # the flags `reasoning` writes
 
 
 def _reasoning_2048(facts, action, teacher, describe_move, lead: str = "") -> str:

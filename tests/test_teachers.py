@@ -232,17 +232,31 @@ def test_greedy_2048_merges_whenever_a_merge_exists(boards_2048):
 
 
 PAIRS = make_teacher(ENVS["2048"], "pairs")
+NEIGHBOURS = make_teacher(ENVS["2048"], "neighbours")
 
 
-def test_pairs_2048_plays_left_up_or_a_legal_move_by_the_reference_slides(boards_2048):
+def slide_merges(board, action) -> bool:
+    return move_board(board, action)[1] > 0
+
+
+def side_by_side(board, action) -> bool:
+    """Two equal tiles right beside each other in a row (Left) or one above the other (Up)."""
+    lines = board if action == 3 else board.T
+    return any(lines[r, c] and lines[r, c] == lines[r, c + 1] for r in range(4) for c in range(3))
+
+
+@pytest.mark.parametrize("teacher, finds", [(PAIRS, slide_merges), (NEIGHBOURS, side_by_side)])
+def test_pairs_2048_plays_left_up_or_a_legal_move(boards_2048, teacher, finds):
+    # pairs: Left / Up when the reference slide merges; neighbours: when two equal tiles touch (a gap merge,
+    # 2 _ 2, does not count); else the first legal move. Either way a chosen Left / Up merges.
     batches, boards = boards_2048
-    actions = np.concatenate([PAIRS.facts(b)["best"] for b in batches])
+    actions = np.concatenate([teacher.facts(b)["best"] for b in batches])
     seen = set()
     for board, action in zip(boards, actions):
-        merges = [move_board(board, a)[1] > 0 for a in range(4)]
         legal = [not (move_board(board, a)[0] == board).all() for a in range(4)]
-        want = 3 if merges[3] else 0 if merges[0] else legal.index(True)
+        want = 3 if finds(board, 3) else 0 if finds(board, 0) else legal.index(True)
         assert action == want, (board, action)
+        assert slide_merges(board, action) or not (finds(board, 3) or finds(board, 0))
         seen.add(want)
     assert {0, 3} <= seen  # boards where a row merges and boards where only a column does
 
@@ -263,24 +277,6 @@ def test_pairs_2048_reasoning_lays_out_the_board_and_its_meet_equal_flags(warm_s
     assert int(PAIRS.facts(states)["best"][0]) == 1  # Up and Left move nothing; Right does
     text = PAIRS.answer(jax.tree.map(lambda x: x[0], states), 2)
     assert "Nothing merges. Right (1) is best by this count, but I play Down (2)." in text
-
-
-NEIGHBOURS = make_teacher(ENVS["2048"], "neighbours")
-
-
-def test_neighbours_2048_plays_left_up_or_a_legal_move_by_side_by_side_pairs(boards_2048):
-    batches, boards = boards_2048
-    actions = np.concatenate([NEIGHBOURS.facts(b)["best"] for b in batches])
-    seen = set()
-    for board, action in zip(boards, actions):
-        row_pair = any(board[r, c] and board[r, c] == board[r, c + 1] for r in range(4) for c in range(3))
-        column_pair = any(board[r, c] and board[r, c] == board[r + 1, c] for r in range(3) for c in range(4))
-        legal = [not (move_board(board, a)[0] == board).all() for a in range(4)]
-        want = 3 if row_pair else 0 if column_pair else legal.index(True)
-        assert action == want, (board, action)
-        assert move_board(board, action)[1] > 0 or not (row_pair or column_pair)  # a chosen pair merges
-        seen.add(want)
-    assert {0, 3} <= seen
 
 
 def test_neighbours_2048_flags_only_side_by_side_tiles(warm_states):
